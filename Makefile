@@ -1,0 +1,45 @@
+# The two commands: `make demo` (set up, run the stack on sample DICOMs) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup protos check-protos lint typecheck up down clean train
+
+demo: setup
+	$(BIN)/imaging-platform demo
+
+test: setup check-protos lint typecheck
+	$(BIN)/pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/setup.sh
+	PYTHON=$(PYTHON) bash scripts/setup.sh $(VENV)
+	touch $(STAMP)
+
+protos: setup
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: setup
+	$(BIN)/python scripts/gen_protos.py --check
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy services scripts
+
+up: setup
+	$(BIN)/imaging-platform up
+
+down: setup
+	$(BIN)/imaging-platform down
+
+train: setup
+	$(BIN)/pip install -c constraints.txt -e '.[train]'
+	$(BIN)/python scripts/train_cxr_pneumonia.py
+
+clean:
+	rm -rf $(VENV) .run demo-output

@@ -1,0 +1,109 @@
+from services.api.imaging.v1 import findings_pb2 as _findings_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RequestPriority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REQUEST_PRIORITY_UNSPECIFIED: _ClassVar[RequestPriority]
+    REQUEST_PRIORITY_ROUTINE: _ClassVar[RequestPriority]
+    REQUEST_PRIORITY_URGENT: _ClassVar[RequestPriority]
+REQUEST_PRIORITY_UNSPECIFIED: RequestPriority
+REQUEST_PRIORITY_ROUTINE: RequestPriority
+REQUEST_PRIORITY_URGENT: RequestPriority
+
+class AnalyzeRequest(_message.Message):
+    __slots__ = ("instances", "pipeline", "priority", "client_request_id")
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedScalarFieldContainer[bytes]
+    pipeline: str
+    priority: RequestPriority
+    client_request_id: str
+    def __init__(self, instances: _Optional[_Iterable[bytes]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ...) -> None: ...
+
+class AnalyzeHeader(_message.Message):
+    __slots__ = ("pipeline", "priority", "client_request_id")
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    pipeline: str
+    priority: RequestPriority
+    client_request_id: str
+    def __init__(self, pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ...) -> None: ...
+
+class InstanceChunk(_message.Message):
+    __slots__ = ("instance_index", "data")
+    INSTANCE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    instance_index: int
+    data: bytes
+    def __init__(self, instance_index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AnalyzeChunk(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: AnalyzeHeader
+    chunk: InstanceChunk
+    def __init__(self, header: _Optional[_Union[AnalyzeHeader, _Mapping]] = ..., chunk: _Optional[_Union[InstanceChunk, _Mapping]] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class StageTiming(_message.Message):
+    __slots__ = ("stage", "milliseconds")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    MILLISECONDS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    milliseconds: float
+    def __init__(self, stage: _Optional[str] = ..., milliseconds: _Optional[float] = ...) -> None: ...
+
+class AnalyzeResponse(_message.Message):
+    __slots__ = ("request_id", "pipeline", "model", "findings", "triage_priority", "timings")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    TRIAGE_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    pipeline: str
+    model: ModelRef
+    findings: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Finding]
+    triage_priority: _findings_pb2.TriagePriority
+    timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
+    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ...) -> None: ...
+
+class ListPipelinesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PipelineInfo(_message.Message):
+    __slots__ = ("name", "description", "model", "accepts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    model: ModelRef
+    accepts: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., accepts: _Optional[str] = ...) -> None: ...
+
+class ListPipelinesResponse(_message.Message):
+    __slots__ = ("pipelines",)
+    PIPELINES_FIELD_NUMBER: _ClassVar[int]
+    pipelines: _containers.RepeatedCompositeFieldContainer[PipelineInfo]
+    def __init__(self, pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,33 @@
+from services.api.imaging.v1 import findings_pb2 as _findings_pb2
+from services.api.imaging.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PostprocessRequest(_message.Message):
+    __slots__ = ("pipeline", "outputs", "sop_instance_uids")
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UIDS_FIELD_NUMBER: _ClassVar[int]
+    pipeline: str
+    outputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    sop_instance_uids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pipeline: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PostprocessResponse(_message.Message):
+    __slots__ = ("findings", "triage_priority")
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    TRIAGE_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    findings: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Finding]
+    triage_priority: _findings_pb2.TriagePriority
+    def __init__(self, findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ...) -> None: ...

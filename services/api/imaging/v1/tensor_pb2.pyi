@@ -1,0 +1,84 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    DTYPE_UINT8: _ClassVar[DType]
+    DTYPE_INT8: _ClassVar[DType]
+    DTYPE_UINT16: _ClassVar[DType]
+    DTYPE_INT16: _ClassVar[DType]
+    DTYPE_UINT32: _ClassVar[DType]
+    DTYPE_INT32: _ClassVar[DType]
+    DTYPE_FLOAT32: _ClassVar[DType]
+    DTYPE_FLOAT64: _ClassVar[DType]
+DTYPE_UNSPECIFIED: DType
+DTYPE_UINT8: DType
+DTYPE_INT8: DType
+DTYPE_UINT16: DType
+DTYPE_INT16: DType
+DTYPE_UINT32: DType
+DTYPE_INT32: DType
+DTYPE_FLOAT32: DType
+DTYPE_FLOAT64: DType
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ImageAttributes(_message.Message):
+    __slots__ = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid", "modality", "body_part_examined", "view_position", "transfer_syntax_uid", "photometric_interpretation", "bits_stored", "pixel_representation", "rescale_slope", "rescale_intercept", "window_center", "window_width", "pixel_spacing", "number_of_frames")
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    BODY_PART_EXAMINED_FIELD_NUMBER: _ClassVar[int]
+    VIEW_POSITION_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_SYNTAX_UID_FIELD_NUMBER: _ClassVar[int]
+    PHOTOMETRIC_INTERPRETATION_FIELD_NUMBER: _ClassVar[int]
+    BITS_STORED_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_REPRESENTATION_FIELD_NUMBER: _ClassVar[int]
+    RESCALE_SLOPE_FIELD_NUMBER: _ClassVar[int]
+    RESCALE_INTERCEPT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_CENTER_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_SPACING_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_OF_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    body_part_examined: str
+    view_position: str
+    transfer_syntax_uid: str
+    photometric_interpretation: str
+    bits_stored: int
+    pixel_representation: int
+    rescale_slope: float
+    rescale_intercept: float
+    window_center: float
+    window_width: float
+    pixel_spacing: _containers.RepeatedScalarFieldContainer[float]
+    number_of_frames: int
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., modality: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., view_position: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., photometric_interpretation: _Optional[str] = ..., bits_stored: _Optional[int] = ..., pixel_representation: _Optional[int] = ..., rescale_slope: _Optional[float] = ..., rescale_intercept: _Optional[float] = ..., window_center: _Optional[float] = ..., window_width: _Optional[float] = ..., pixel_spacing: _Optional[_Iterable[float]] = ..., number_of_frames: _Optional[int] = ...) -> None: ...
+
+class DecodedImage(_message.Message):
+    __slots__ = ("pixels", "attributes")
+    PIXELS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    pixels: Tensor
+    attributes: ImageAttributes
+    def __init__(self, pixels: _Optional[_Union[Tensor, _Mapping]] = ..., attributes: _Optional[_Union[ImageAttributes, _Mapping]] = ...) -> None: ...

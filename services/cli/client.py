@@ -1,0 +1,58 @@
+"""A small client for the public Gateway API, used by the CLI, demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+
+from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
+
+CHUNK_BYTES = 1024 * 1024
+# Above this a study is streamed in chunks instead of sent as one message.
+STREAM_ABOVE_BYTES = 16 * 1024 * 1024
+
+
+def stream_messages(
+    instances: Sequence[bytes], header: gateway_pb2.AnalyzeHeader, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[gateway_pb2.AnalyzeChunk]:
+    yield gateway_pb2.AnalyzeChunk(header=header)
+    for index, data in enumerate(instances):
+        for start in range(0, max(len(data), 1), chunk_bytes):
+            yield gateway_pb2.AnalyzeChunk(
+                chunk=gateway_pb2.InstanceChunk(
+                    instance_index=index, data=data[start : start + chunk_bytes]
+                )
+            )
+
+
+class GatewayClient:
+    def __init__(self, address: str, timeout: float = 120.0) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
+        self._timeout = timeout
+
+    def analyze(
+        self,
+        instances: Sequence[bytes],
+        pipeline: str = "",
+        priority: int = gateway_pb2.REQUEST_PRIORITY_UNSPECIFIED,
+        client_request_id: str = "",
+    ) -> gateway_pb2.AnalyzeResponse:
+        """One message for small studies, a client stream for large ones."""
+        if sum(len(i) for i in instances) <= STREAM_ABOVE_BYTES:
+            request = gateway_pb2.AnalyzeRequest(
+                instances=list(instances), pipeline=pipeline, priority=priority,
+                client_request_id=client_request_id,
+            )
+            return self.stub.Analyze(request, timeout=self._timeout)
+        header = gateway_pb2.AnalyzeHeader(
+            pipeline=pipeline, priority=priority, client_request_id=client_request_id
+        )
+        return self.stub.AnalyzeStream(stream_messages(instances, header), timeout=self._timeout)
+
+    def pipelines(self) -> gateway_pb2.ListPipelinesResponse:
+        return self.stub.ListPipelines(gateway_pb2.ListPipelinesRequest(), timeout=self._timeout)
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,171 @@
+"""`imaging-platform`: run the local stack, analyze DICOM files, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from services.api.imaging.v1 import findings_pb2, gateway_pb2
+from services.cli.client import GatewayClient
+from services.cli.stack import REPO_ROOT, Ports, Stack
+
+DEFAULT_RUN_DIR = REPO_ROOT / ".run"
+SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "dicom"
+# Real frontal chest radiographs of the shared corpus: CR uncompressed, CR JPEG 2000 lossy,
+# DX JPEG 2000 lossless; and a tibia CR that no pipeline accepts.
+DEMO_CHEST = (
+    "pydicom-data/RG1_UNCR.dcm",
+    "pydicom-data/RG1_J2KI.dcm",
+    "pylibjpeg-data/JPEG2000Lossless/966_fixed.dcm",
+)
+DEMO_REJECTED = "pydicom-data/RG3_UNCR.dcm"
+
+
+def _table(path: str, response: gateway_pb2.AnalyzeResponse) -> str:
+    lines = []
+    for f in response.findings:
+        lines.append(
+            f"{path:<48} {f.display_name:<12} p={f.probability:.4f} thr={f.threshold:.2f} "
+            f"{'POSITIVE' if f.positive else 'negative':<8} "
+            f"{findings_pb2.TriagePriority.Name(response.triage_priority).removeprefix('TRIAGE_PRIORITY_')}"
+        )
+    timings = " ".join(f"{t.stage}={t.milliseconds:.1f}ms" for t in response.timings)
+    lines.append(f"{'':<48} pipeline={response.pipeline} model={response.model.name}/"
+                 f"{response.model.version or 'latest'} {timings}")
+    return "\n".join(lines)
+
+
+def _analyze_files(client: GatewayClient, files: list[Path], pipeline: str,
+                   out: Path | None) -> int:
+    failures = 0
+    for path in files:
+        try:
+            response = client.analyze([path.read_bytes()], pipeline=pipeline)
+        except grpc.RpcError as err:
+            failures += 1
+            print(f"{path.name:<48} {err.code().name}: {err.details()}")
+            continue
+        print(_table(path.name, response))
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            target = out / f"{path.stem}.findings.json"
+            target.write_text(json.dumps(MessageToDict(response), indent=2))
+    return failures
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    stack = Stack(run_dir=args.run_dir)
+    stack.start()
+    print(f"gateway        grpc://{stack.gateway_address}")
+    for service in ("decoder", "preprocessor", "postprocessor"):
+        print(f"{service:<14} grpc://127.0.0.1:{stack.ports.grpc(service)}")
+    print(f"tritonserver   grpc://{stack.triton_grpc_address} "
+          f"http://127.0.0.1:{stack.ports.triton_http}")
+    for service, port in stack.ports.metrics.items():
+        print(f"metrics        http://127.0.0.1:{port}/metrics ({service})")
+    print(f"logs in {args.run_dir / 'logs'}; stop with `imaging-platform down`")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    if not (args.run_dir / "stack.json").exists():
+        print("no running stack")
+        return 0
+    Stack.from_state(args.run_dir).stop()
+    print("stack stopped")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    client = GatewayClient(args.gateway)
+    try:
+        return 1 if _analyze_files(client, args.files, args.pipeline, args.out) else 0
+    finally:
+        client.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    files = [SAMPLE_DIR / name for name in (*DEMO_CHEST, DEMO_REJECTED)]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        print(f"sample DICOM files not found: {missing}", file=sys.stderr)
+        return 2
+    stack = Stack(run_dir=args.run_dir / "demo", ports=Ports.free())
+    print("starting tritonserver and the four services ...")
+    started = time.perf_counter()
+    stack.start()
+    print(f"stack ready in {time.perf_counter() - started:.1f} s (gateway {stack.gateway_address})")
+    client = GatewayClient(stack.gateway_address)
+    try:
+        for info in client.pipelines().pipelines:
+            print(f"pipeline {info.name}: model {info.model.name}/{info.model.version}; "
+                  f"accepts {info.accepts}")
+        print()
+        _analyze_files(client, files, "", args.out)
+        sample = files[0].read_bytes()
+        latencies = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            client.analyze([sample])
+            latencies.append((time.perf_counter() - start) * 1e3)
+        print(f"\nend-to-end latency for {files[0].name} ({len(sample) / 1e6:.1f} MB), "
+              f"{args.repeat} calls: median {statistics.median(latencies):.1f} ms, "
+              f"min {min(latencies):.1f} ms, max {max(latencies):.1f} ms")
+        print(f"findings written to {args.out}")
+    finally:
+        client.close()
+        stack.stop()
+        print("stack stopped")
+    return 0
+
+
+def cmd_pipelines(args: argparse.Namespace) -> int:
+    client = GatewayClient(args.gateway)
+    try:
+        for info in client.pipelines().pipelines:
+            print(f"{info.name}: {info.description} [model {info.model.name}/"
+                  f"{info.model.version}; accepts {info.accepts}]")
+    finally:
+        client.close()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="imaging-platform", description=__doc__)
+    root.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
+                      help="where the local stack keeps logs, state and its Triton repository")
+    sub = root.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start Triton and the four services").set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the stack started by `up`").set_defaults(func=cmd_down)
+    analyze = sub.add_parser("analyze", help="analyze DICOM files (one study per file)")
+    analyze.add_argument("files", nargs="+", type=Path)
+    analyze.add_argument("--pipeline", default="", help="pipeline name; default routes by tags")
+    analyze.add_argument("--gateway", default="127.0.0.1:50051")
+    analyze.add_argument("--out", type=Path, default=None, help="write findings JSON here")
+    analyze.set_defaults(func=cmd_analyze)
+    demo = sub.add_parser("demo", help="start the stack, analyze sample chest X-rays, stop")
+    demo.add_argument("--out", type=Path, default=REPO_ROOT / "demo-output")
+    demo.add_argument("--repeat", type=int, default=20, help="calls for the latency median")
+    demo.set_defaults(func=cmd_demo)
+    pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines")
+    pipelines.add_argument("--gateway", default="127.0.0.1:50051")
+    pipelines.set_defaults(func=cmd_pipelines)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Start and stop the local stack: a real tritonserver plus the four gRPC services.
+
+Processes run in their own sessions so that ``up`` can return while they keep serving;
+``down`` (or Stack.stop) sends SIGTERM for a graceful drain, then SIGKILL after a grace
+period. Nothing here fakes a component: the local Triton is the bundled CPU build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.triton_local.repository import derive_cpu_repository
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("decoder", "preprocessor", "postprocessor", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Ports:
+    """Every port of the stack; ``Ports.free()`` picks unused ones (tests, demo)."""
+
+    triton_http: int = 8000
+    triton_grpc: int = 8001
+    triton_metrics: int = 8002
+    gateway: int = 50051
+    decoder: int = 50052
+    preprocessor: int = 50053
+    postprocessor: int = 50054
+    metrics: dict[str, int] = field(
+        default_factory=lambda: {"gateway": 9101, "decoder": 9102, "preprocessor": 9103,
+                                 "postprocessor": 9104}
+    )
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(
+            free_port(), free_port(), free_port(), free_port(), free_port(), free_port(),
+            free_port(), {name: free_port() for name in SERVICES},
+        )
+
+    def grpc(self, service: str) -> int:
+        return int(getattr(self, service))
+
+
+def _triton_paths() -> tuple[Path, Path, Path]:
+    """tritonserver binary, its python backend folder, and the libraries it links against."""
+    import pytriton
+
+    package = Path(pytriton.__file__).parent
+    server = package / "tritonserver"
+    return server / "bin" / "tritonserver", server, package.parent / "nvidia_pytriton.libs"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    model_repository: Path = REPO_ROOT / "model_repository"
+    pipelines_dir: Path = REPO_ROOT / "pipelines"
+    log_level: str = "INFO"
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gateway_address(self) -> str:
+        return f"127.0.0.1:{self.ports.gateway}"
+
+    @property
+    def triton_grpc_address(self) -> str:
+        return f"127.0.0.1:{self.ports.triton_grpc}"
+
+    def _log(self, name: str) -> Path:
+        return self.run_dir / "logs" / f"{name}.log"
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = self._log(name).open("ab")
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.run_dir,
+            start_new_session=True,
+        )
+        self.pids[name] = process.pid
+
+    def _prepare_triton(self) -> list[str]:
+        binary, server, libs = _triton_paths()
+        backend = self.run_dir / "triton" / "backends" / "python"
+        backend.mkdir(parents=True, exist_ok=True)
+        stub = server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+        for source in (
+            server / "backends" / "python" / "libtriton_python.so",
+            server / "backends" / "python" / "triton_python_backend_utils.py",
+            stub / "triton_python_backend_stub",
+        ):
+            shutil.copy2(source, backend / source.name)
+        repository = self.run_dir / "triton" / "models"
+        if not derive_cpu_repository(self.model_repository, repository):
+            raise StackError(f"no ONNX models in {self.model_repository}")
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(libs), sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH"))
+            if p
+        )
+        argv = [
+            str(binary),
+            f"--model-repository={repository}",
+            f"--backend-directory={backend.parent}",
+            f"--http-port={self.ports.triton_http}",
+            f"--grpc-port={self.ports.triton_grpc}",
+            f"--metrics-port={self.ports.triton_metrics}",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+        ]
+        self._spawn("tritonserver", argv, env)
+        return argv
+
+    def _service_env(self, service: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            IMAGING_HOST="127.0.0.1",
+            IMAGING_PORT=str(self.ports.grpc(service)),
+            IMAGING_METRICS_PORT=str(self.ports.metrics[service]),
+            IMAGING_PIPELINES_DIR=str(self.pipelines_dir),
+            IMAGING_LOG_LEVEL=self.log_level,
+            IMAGING_DECODER_ADDRESS=f"127.0.0.1:{self.ports.decoder}",
+            IMAGING_PREPROCESSOR_ADDRESS=f"127.0.0.1:{self.ports.preprocessor}",
+            IMAGING_POSTPROCESSOR_ADDRESS=f"127.0.0.1:{self.ports.postprocessor}",
+            IMAGING_TRITON_ADDRESS=self.triton_grpc_address,
+        )
+        return env
+
+    def start(self, timeout: float = 180.0) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            self._prepare_triton()
+            for service in SERVICES:
+                argv = [sys.executable, "-m", f"services.{service}.server"]
+                self._spawn(service, argv, self._service_env(service))
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        (self.run_dir / "stack.json").write_text(json.dumps(
+            {"pids": self.pids, "ports": asdict(self.ports)}, indent=2
+        ))
+
+    def _check_alive(self) -> None:
+        for name, pid in self.pids.items():
+            try:
+                finished, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue  # not our child (stack started by another `up`)
+            if finished:
+                tail = self._log(name).read_text(errors="replace")[-3000:]
+                raise StackError(f"{name} exited with status {status} during start-up:\n{tail}")
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {"tritonserver", *SERVICES}
+        while pending:
+            self._check_alive()
+            if "tritonserver" in pending and self._triton_ready():
+                pending.discard("tritonserver")
+            for service in [s for s in SERVICES if s in pending]:
+                if self._grpc_serving(self.ports.grpc(service)):
+                    pending.discard(service)
+            if pending and time.monotonic() > deadline:
+                raise StackError(f"not ready after {timeout:.0f} s: {sorted(pending)}")
+            if pending:
+                time.sleep(0.25)
+
+    def _triton_ready(self) -> bool:
+        url = f"http://127.0.0.1:{self.ports.triton_http}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    @staticmethod
+    def _grpc_serving(port: int) -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM everything (gateway first so no new work enters), then SIGKILL stragglers."""
+        order = ["gateway", "decoder", "preprocessor", "postprocessor", "tritonserver"]
+        alive = {n: p for n, p in self.pids.items() if _signal(p, signal.SIGTERM)}
+        for name in order:
+            if name in alive:
+                _wait_exit(alive[name], grace)
+        for pid in alive.values():
+            _signal(pid, signal.SIGKILL)
+            _wait_exit(pid, 5)
+        self.pids.clear()
+        (self.run_dir / "stack.json").unlink(missing_ok=True)
+
+    @classmethod
+    def from_state(cls, run_dir: Path) -> Stack:
+        state = json.loads((run_dir / "stack.json").read_text())
+        return cls(run_dir=run_dir, ports=Ports(**state["ports"]), pids=state["pids"])
+
+
+def _signal(pid: int, sig: int) -> bool:
+    try:
+        os.killpg(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)
+            if finished:
+                return
+        except ChildProcessError:  # not our child: poll for existence instead
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.1)

@@ -1,0 +1,73 @@
+"""Domain objects <-> protobuf messages, for the servicers and clients (the only users)."""
+
+from __future__ import annotations
+
+from services.api.imaging.v1 import findings_pb2, tensor_pb2
+from services.common import tensors
+from services.common.images import DecodedImage, ImageAttributes
+
+
+def attributes_to_proto(attrs: ImageAttributes) -> tensor_pb2.ImageAttributes:
+    msg = tensor_pb2.ImageAttributes(
+        sop_instance_uid=attrs.sop_instance_uid,
+        sop_class_uid=attrs.sop_class_uid,
+        study_instance_uid=attrs.study_instance_uid,
+        series_instance_uid=attrs.series_instance_uid,
+        modality=attrs.modality,
+        body_part_examined=attrs.body_part_examined,
+        view_position=attrs.view_position,
+        transfer_syntax_uid=attrs.transfer_syntax_uid,
+        photometric_interpretation=attrs.photometric_interpretation,
+        bits_stored=attrs.bits_stored,
+        pixel_representation=attrs.pixel_representation,
+        rescale_slope=attrs.rescale_slope,
+        rescale_intercept=attrs.rescale_intercept,
+        pixel_spacing=list(attrs.pixel_spacing or ()),
+        number_of_frames=attrs.number_of_frames,
+    )
+    if attrs.window_center is not None:
+        msg.window_center = attrs.window_center
+    if attrs.window_width is not None:
+        msg.window_width = attrs.window_width
+    return msg
+
+
+def attributes_from_proto(msg: tensor_pb2.ImageAttributes) -> ImageAttributes:
+    spacing = tuple(msg.pixel_spacing)
+    return ImageAttributes(
+        sop_instance_uid=msg.sop_instance_uid,
+        sop_class_uid=msg.sop_class_uid,
+        study_instance_uid=msg.study_instance_uid,
+        series_instance_uid=msg.series_instance_uid,
+        modality=msg.modality,
+        body_part_examined=msg.body_part_examined,
+        view_position=msg.view_position,
+        transfer_syntax_uid=msg.transfer_syntax_uid,
+        photometric_interpretation=msg.photometric_interpretation,
+        bits_stored=msg.bits_stored,
+        pixel_representation=msg.pixel_representation,
+        rescale_slope=msg.rescale_slope,
+        rescale_intercept=msg.rescale_intercept,
+        window_center=msg.window_center if msg.HasField("window_center") else None,
+        window_width=msg.window_width if msg.HasField("window_width") else None,
+        pixel_spacing=(spacing[0], spacing[1]) if len(spacing) == 2 else None,
+        number_of_frames=msg.number_of_frames,
+    )
+
+
+def image_to_proto(image: DecodedImage) -> tensor_pb2.DecodedImage:
+    return tensor_pb2.DecodedImage(
+        pixels=tensors.to_proto(image.pixels), attributes=attributes_to_proto(image.attributes)
+    )
+
+
+def image_from_proto(msg: tensor_pb2.DecodedImage) -> DecodedImage:
+    return DecodedImage(tensors.from_proto(msg.pixels), attributes_from_proto(msg.attributes))
+
+
+def priority_to_proto(name: str) -> findings_pb2.TriagePriority.ValueType:
+    return findings_pb2.TriagePriority.Value(f"TRIAGE_PRIORITY_{name}")
+
+
+def priority_from_proto(value: findings_pb2.TriagePriority.ValueType) -> str:
+    return findings_pb2.TriagePriority.Name(value).removeprefix("TRIAGE_PRIORITY_")

@@ -1,0 +1,53 @@
+"""Domain objects shared by the decoder, preprocessor and gateway (no protobuf here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.common.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class ImageAttributes:
+    """The DICOM attributes preprocessing and pipeline routing need; never patient identity."""
+
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    modality: str = ""
+    body_part_examined: str = ""
+    view_position: str = ""
+    transfer_syntax_uid: str = ""
+    photometric_interpretation: str = "MONOCHROME2"
+    bits_stored: int = 8
+    pixel_representation: int = 0
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    window_center: float | None = None
+    window_width: float | None = None
+    pixel_spacing: tuple[float, float] | None = None
+    number_of_frames: int = 1
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Stored pixel values of one instance, shaped (frames, rows, cols, samples).
+
+    The values are as stored (no rescale, no window): the preprocessor owns every
+    transform so that serving and training apply exactly the same arithmetic.
+    """
+
+    pixels: np.ndarray
+    attributes: ImageAttributes = field(default_factory=ImageAttributes)
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim != 4:
+            raise InvalidInput(
+                f"decoded pixels must be 4-D (frames, rows, cols, samples), got shape "
+                f"{self.pixels.shape}"
+            )
+        if self.pixels.size == 0:
+            raise InvalidInput("decoded image has no pixels")

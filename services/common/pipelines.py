@@ -1,0 +1,178 @@
+"""Declarative pipeline specs (YAML validated by pydantic) and routing of studies to them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.common.errors import NoMatchingPipeline, NotFound
+from services.common.images import ImageAttributes
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Match(_Spec):
+    """Which instances a pipeline accepts; an empty list accepts any value."""
+
+    modality: list[str] = []
+    body_part_examined: list[str] = []
+    sop_class_uid: list[str] = []
+    view_position: list[str] = []
+
+    def mismatches(self, attrs: ImageAttributes) -> list[str]:
+        """Reasons ``attrs`` is rejected, empty when accepted."""
+        wanted = {
+            "Modality": (self.modality, attrs.modality),
+            "BodyPartExamined": (self.body_part_examined, attrs.body_part_examined),
+            "SOPClassUID": (self.sop_class_uid, attrs.sop_class_uid),
+            "ViewPosition": (self.view_position, attrs.view_position),
+        }
+        return [
+            f"{tag} is {value or 'empty'!r}, wants one of {allowed}"
+            for tag, (allowed, value) in wanted.items()
+            if allowed and value.upper() not in {a.upper() for a in allowed}
+        ]
+
+    def describe(self) -> str:
+        parts = [
+            f"{tag} in {values}"
+            for tag, values in (
+                ("Modality", self.modality),
+                ("BodyPartExamined", self.body_part_examined),
+                ("SOPClassUID", self.sop_class_uid),
+                ("ViewPosition", self.view_position),
+            )
+            if values
+        ]
+        return "; ".join(parts) or "any image"
+
+
+class ModalityLut(_Spec):
+    """Stored values -> modality units (RescaleSlope/Intercept, e.g. HU for CT)."""
+
+    op: Literal["modality_lut"]
+
+
+class VoiWindow(_Spec):
+    """Window to [0, 1]: the file's window, else this default, else the stored bit range."""
+
+    op: Literal["voi_window"]
+    center: float | None = None
+    width: float | None = Field(None, gt=0)
+    prefer_file_window: bool = True
+
+
+class InvertMonochrome1(_Spec):
+    """MONOCHROME1 shows low values as white; flip so that air is dark as in training."""
+
+    op: Literal["invert_monochrome1"]
+
+
+class CenterCropSquare(_Spec):
+    op: Literal["center_crop_square"]
+
+
+class Resize(_Spec):
+    """Area-averaging resize (anti-aliased when shrinking), as PIL's BOX filter."""
+
+    op: Literal["resize"]
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+
+
+class Normalize(_Spec):
+    op: Literal["normalize"]
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0)
+
+
+Step = Annotated[
+    ModalityLut | VoiWindow | InvertMonochrome1 | CenterCropSquare | Resize | Normalize,
+    Field(discriminator="op"),
+]
+
+
+class ModelSpec(_Spec):
+    name: str
+    version: str = Field("", description="empty = the latest version Triton serves")
+    input: str
+    channels: int = Field(1, gt=0, description="NCHW channel count the model expects")
+    outputs: list[str] = Field(min_length=1)
+
+
+class FindingRule(_Spec):
+    code: str
+    coding_scheme: str = "SCT"
+    display_name: str
+    output: str
+    index: int = Field(0, ge=0, description="column of the output row holding the logit")
+    activation: Literal["sigmoid", "none"] = "sigmoid"
+    threshold: float = Field(ge=0, le=1)
+    priority_if_positive: Literal["ROUTINE", "URGENT", "STAT"] = "URGENT"
+
+
+class Postprocess(_Spec):
+    findings: list[FindingRule] = Field(min_length=1)
+    default_priority: Literal["ROUTINE", "URGENT", "STAT"] = "ROUTINE"
+
+
+class Pipeline(_Spec):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    description: str = ""
+    match: Match = Match()
+    preprocess: list[Step] = Field(min_length=1)
+    model: ModelSpec
+    postprocess: Postprocess
+
+    @model_validator(mode="after")
+    def _outputs_exist(self) -> Pipeline:
+        for rule in self.postprocess.findings:
+            if rule.output not in self.model.outputs:
+                raise ValueError(f"finding {rule.code} reads unknown output {rule.output!r}")
+        return self
+
+
+class PipelineRegistry:
+    """All pipelines of a deployment, loaded once at start-up from a folder of YAML files."""
+
+    def __init__(self, pipelines: list[Pipeline]) -> None:
+        self._by_name = {p.name: p for p in pipelines}
+        if len(self._by_name) != len(pipelines):
+            raise ValueError("two pipeline files use the same name")
+
+    @classmethod
+    def load(cls, folder: Path) -> PipelineRegistry:
+        pipelines = []
+        for path in sorted(folder.glob("*.yaml")):
+            try:
+                pipelines.append(Pipeline.model_validate(yaml.safe_load(path.read_text())))
+            except ValidationError as err:
+                raise ValueError(f"invalid pipeline spec {path.name}: {err}") from err
+        if not pipelines:
+            raise ValueError(f"no pipeline specs (*.yaml) in {folder}")
+        return cls(pipelines)
+
+    def all(self) -> list[Pipeline]:
+        return list(self._by_name.values())
+
+    def get(self, name: str) -> Pipeline:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self._by_name))
+            raise NotFound(f"unknown pipeline {name!r}; this deployment serves: {known}") from None
+
+    def route(self, images: list[ImageAttributes]) -> Pipeline:
+        """The first pipeline (by name) that accepts every image, else say why none did."""
+        reasons = []
+        for pipeline in sorted(self._by_name.values(), key=lambda p: p.name):
+            problems = sorted({m for a in images for m in pipeline.match.mismatches(a)})
+            if not problems:
+                return pipeline
+            reasons.append(f"{pipeline.name}: {'; '.join(problems)}")
+        raise NoMatchingPipeline("no pipeline accepts this study (" + " | ".join(reasons) + ")")

@@ -1,0 +1,22 @@
+"""DicomDecoder RPCs: protobuf in and out, decoding in core."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
+from services.common.convert import image_to_proto
+from services.common.metrics import stage_timer
+from services.decoder.core import DecodeLimits, decode_instance
+
+
+class DecoderServicer(decoder_pb2_grpc.DicomDecoderServicer):
+    def __init__(self, limits: DecodeLimits) -> None:
+        self._limits = limits
+
+    def Decode(  # noqa: N802 (gRPC naming)
+        self, request: decoder_pb2.DecodeRequest, context: grpc.ServicerContext
+    ) -> decoder_pb2.DecodeResponse:
+        with stage_timer("decoder", "decode"):
+            image = decode_instance(request.dicom, self._limits)
+        return decoder_pb2.DecodeResponse(image=image_to_proto(image))

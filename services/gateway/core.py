@@ -1,0 +1,183 @@
+"""The gateway's data plane: a study in, an assessment out, one stage after another.
+
+Backends are injected (protocols below) so the orchestration, limits and routing are tested
+without gRPC; the servicer only converts messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from services.common.errors import InvalidInput, TooLarge
+from services.common.images import DecodedImage
+from services.common.metrics import stage_timer
+from services.common.pipelines import Pipeline, PipelineRegistry
+from services.postprocessor.core import Assessment, Finding
+
+RequestPriority = Literal["DEFAULT", "ROUTINE", "URGENT"]
+# Triton: 1 is the highest of the configured priority levels, 0 means the model's default.
+TRITON_PRIORITY: dict[str, int] = {"DEFAULT": 0, "URGENT": 1, "ROUTINE": 2}
+
+
+class Decoder(Protocol):
+    def decode(self, dicom: bytes, request_id: str) -> DecodedImage: ...
+
+
+class Preprocessor(Protocol):
+    def preprocess(
+        self, pipeline: str, images: Sequence[DecodedImage], request_id: str
+    ) -> np.ndarray: ...
+
+
+class InferenceServer(Protocol):
+    def infer(
+        self,
+        model: str,
+        version: str,
+        input_name: str,
+        batch: np.ndarray,
+        output_names: Sequence[str],
+        priority: int,
+        request_id: str,
+    ) -> dict[str, np.ndarray]: ...
+
+
+class Postprocessor(Protocol):
+    def postprocess(
+        self,
+        pipeline: str,
+        outputs: Mapping[str, np.ndarray],
+        sop_instance_uids: Sequence[str],
+        request_id: str,
+    ) -> Assessment: ...
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    instances: list[bytes]
+    pipeline: str = ""
+    priority: RequestPriority = "DEFAULT"
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    request_id: str
+    pipeline: str
+    model_name: str
+    model_version: str
+    findings: list[Finding]
+    triage_priority: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_instances: int
+    max_study_bytes: int
+
+
+class StudyAnalyzer:
+    """Decode (in parallel) -> route -> preprocess -> infer -> postprocess."""
+
+    def __init__(
+        self,
+        registry: PipelineRegistry,
+        decoder: Decoder,
+        preprocessor: Preprocessor,
+        inference: InferenceServer,
+        postprocessor: Postprocessor,
+        limits: Limits,
+        decode_workers: int = 8,
+    ) -> None:
+        self.registry = registry
+        self._decoder = decoder
+        self._preprocessor = preprocessor
+        self._inference = inference
+        self._postprocessor = postprocessor
+        self._limits = limits
+        self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+
+    def check_limits(self, instances: Sequence[bytes]) -> None:
+        if not instances:
+            raise InvalidInput("the request contains no DICOM instances")
+        if len(instances) > self._limits.max_instances:
+            raise TooLarge(
+                f"study has {len(instances)} instances; the limit is {self._limits.max_instances}"
+            )
+        total = sum(len(i) for i in instances)
+        if total > self._limits.max_study_bytes:
+            raise TooLarge(
+                f"study is {total} bytes; the limit is {self._limits.max_study_bytes}"
+            )
+        for index, instance in enumerate(instances):
+            if not instance:
+                raise InvalidInput(f"instance {index} is empty")
+
+    def analyze(self, request: StudyRequest) -> StudyResult:
+        self.check_limits(request.instances)
+        rid = request.request_id
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        # Name the pipeline first so an unknown name fails before any decoding work.
+        named: Pipeline | None = self.registry.get(request.pipeline) if request.pipeline else None
+        with stage_timer("gateway", "decode", seconds):
+            images = list(self._pool.map(lambda d: self._decoder.decode(d, rid), request.instances))
+        pipeline = named or self.registry.route([i.attributes for i in images])
+        with stage_timer("gateway", "preprocess", seconds):
+            batch = self._preprocessor.preprocess(pipeline.name, images, rid)
+        model = pipeline.model
+        with stage_timer("gateway", "infer", seconds):
+            outputs = self._inference.infer(
+                model.name, model.version, model.input, batch, model.outputs,
+                TRITON_PRIORITY[request.priority], rid,
+            )
+        uids = [i.attributes.sop_instance_uid for i in images]
+        with stage_timer("gateway", "postprocess", seconds):
+            assessment = self._postprocessor.postprocess(pipeline.name, outputs, uids, rid)
+        seconds["total"] = time.perf_counter() - start
+        return StudyResult(
+            request_id=rid,
+            pipeline=pipeline.name,
+            model_name=model.name,
+            model_version=model.version,
+            findings=assessment.findings,
+            triage_priority=assessment.triage_priority,
+            timings_ms={stage: s * 1e3 for stage, s in seconds.items()},
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def assemble_instances(
+    chunks: Iterable[tuple[int, bytes]], max_instances: int, max_study_bytes: int
+) -> list[bytes]:
+    """Join streamed chunks into instances, enforcing order and limits while receiving.
+
+    Limits are checked as bytes arrive, so an oversized stream is refused without buffering
+    all of it.
+    """
+    parts: list[bytearray] = []
+    total = 0
+    for index, data in chunks:
+        if index == len(parts):
+            if index >= max_instances:
+                raise TooLarge(f"study has more than {max_instances} instances")
+            parts.append(bytearray())
+        elif index != len(parts) - 1:
+            raise InvalidInput(
+                f"chunk for instance {index} arrived out of order (expected "
+                f"{len(parts) - 1} or {len(parts)})"
+            )
+        total += len(data)
+        if total > max_study_bytes:
+            raise TooLarge(f"study exceeds the limit of {max_study_bytes} bytes")
+        parts[index] += data
+    return [bytes(p) for p in parts]

@@ -1,0 +1,49 @@
+"""Entry point of the public gateway service."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
+from services.common import logs, server
+from services.common.pipelines import PipelineRegistry
+from services.common.settings import GatewaySettings
+from services.gateway.clients import (
+    DecoderClient,
+    PostprocessorClient,
+    PreprocessorClient,
+    TritonClient,
+)
+from services.gateway.core import Limits, StudyAnalyzer
+from services.gateway.servicer import GatewayServicer
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    logs.configure(settings.log_level)
+    timeout, cap = settings.call_timeout_seconds, settings.max_message_bytes
+    analyzer = StudyAnalyzer(
+        registry=PipelineRegistry.load(settings.pipelines_dir),
+        decoder=DecoderClient(settings.decoder_address, timeout, cap),
+        preprocessor=PreprocessorClient(settings.preprocessor_address, timeout, cap),
+        inference=TritonClient(settings.triton_address, timeout),
+        postprocessor=PostprocessorClient(settings.postprocessor_address, timeout, cap),
+        limits=Limits(settings.max_instances, settings.max_study_bytes),
+    )
+
+    def register(srv: grpc.Server) -> None:
+        gateway_pb2_grpc.add_GatewayServicer_to_server(
+            GatewayServicer(analyzer, settings.max_instances, settings.max_study_bytes), srv
+        )
+
+    running = server.start("gateway", settings, register, [SERVICE_NAME])
+    try:
+        server.serve_forever(running, settings.grace_seconds)
+    finally:
+        analyzer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Entry point of the postprocessing service."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.api.imaging.v1 import postprocessor_pb2, postprocessor_pb2_grpc
+from services.common import logs, server
+from services.common.pipelines import PipelineRegistry
+from services.common.settings import PipelineServiceSettings
+from services.postprocessor.servicer import PostprocessorServicer
+
+SERVICE_NAME = postprocessor_pb2.DESCRIPTOR.services_by_name["Postprocessor"].full_name
+
+
+def main() -> None:
+    settings = PipelineServiceSettings()
+    logs.configure(settings.log_level)
+    registry = PipelineRegistry.load(settings.pipelines_dir)
+
+    def register(srv: grpc.Server) -> None:
+        postprocessor_pb2_grpc.add_PostprocessorServicer_to_server(
+            PostprocessorServicer(registry), srv
+        )
+
+    running = server.start("postprocessor", settings, register, [SERVICE_NAME])
+    server.serve_forever(running, settings.grace_seconds)
+
+
+if __name__ == "__main__":
+    main()

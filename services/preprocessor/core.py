@@ -1,0 +1,126 @@
+"""Pipeline preprocessing: stored pixels -> model input, shared by serving and training.
+
+The training scripts call :func:`training_batch` with the same pipeline spec the service
+uses, so the model sees bit-for-bit the arithmetic it was trained with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from services.common import pipelines as spec
+from services.common.errors import InvalidInput
+from services.common.images import DecodedImage, ImageAttributes
+
+Frame = np.ndarray  # (rows, cols, samples) float64
+
+
+def _stored_range(attrs: ImageAttributes) -> tuple[float, float]:
+    bits = max(1, attrs.bits_stored)
+    if attrs.pixel_representation == 1:
+        return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    return 0.0, float(2**bits - 1)
+
+
+def _modality_lut(x: Frame, attrs: ImageAttributes, _: spec.ModalityLut) -> Frame:
+    return x * attrs.rescale_slope + attrs.rescale_intercept
+
+
+def _voi_window(x: Frame, attrs: ImageAttributes, step: spec.VoiWindow) -> Frame:
+    center, width = step.center, step.width
+    if step.prefer_file_window and attrs.window_center is not None and attrs.window_width:
+        center, width = attrs.window_center, attrs.window_width
+    if center is not None and width is not None and width > 1:
+        # DICOM PS3.3 C.11.2.1.2.1 LINEAR function, output scaled to [0, 1].
+        y = (x - (center - 0.5)) / (width - 1) + 0.5
+    else:
+        lo, hi = _stored_range(attrs)
+        lo, hi = sorted((lo * attrs.rescale_slope + attrs.rescale_intercept,
+                         hi * attrs.rescale_slope + attrs.rescale_intercept))
+        y = (x - lo) / (hi - lo)
+    return np.clip(y, 0.0, 1.0)
+
+
+def _invert_monochrome1(x: Frame, attrs: ImageAttributes, _: spec.InvertMonochrome1) -> Frame:
+    return 1.0 - x if attrs.photometric_interpretation == "MONOCHROME1" else x
+
+
+def _center_crop_square(x: Frame, _: ImageAttributes, __: spec.CenterCropSquare) -> Frame:
+    rows, cols = x.shape[:2]
+    side = min(rows, cols)
+    top, left = (rows - side) // 2, (cols - side) // 2
+    return x[top : top + side, left : left + side]
+
+
+def _resize(x: Frame, _: ImageAttributes, step: spec.Resize) -> Frame:
+    if x.shape[:2] == (step.height, step.width):
+        return x
+    channels = [
+        np.asarray(
+            Image.fromarray(x[:, :, c].astype(np.float32), mode="F").resize(
+                (step.width, step.height), Image.Resampling.BOX
+            ),
+            dtype=np.float64,
+        )
+        for c in range(x.shape[2])
+    ]
+    return np.stack(channels, axis=-1)
+
+
+def _normalize(x: Frame, _: ImageAttributes, step: spec.Normalize) -> Frame:
+    return (x - step.mean) / step.std
+
+
+_STEPS: dict[type, Callable[[Frame, ImageAttributes, object], Frame]] = {
+    spec.ModalityLut: _modality_lut,  # type: ignore[dict-item]
+    spec.VoiWindow: _voi_window,  # type: ignore[dict-item]
+    spec.InvertMonochrome1: _invert_monochrome1,  # type: ignore[dict-item]
+    spec.CenterCropSquare: _center_crop_square,  # type: ignore[dict-item]
+    spec.Resize: _resize,  # type: ignore[dict-item]
+    spec.Normalize: _normalize,  # type: ignore[dict-item]
+}
+
+
+def preprocess_image(image: DecodedImage, pipeline: spec.Pipeline) -> np.ndarray:
+    """One single-frame image -> float32 (channels, rows, cols) model input."""
+    frames, _, _, samples = image.pixels.shape
+    if frames != 1:
+        raise InvalidInput(
+            f"pipeline {pipeline.name} takes single-frame images; instance "
+            f"{image.attributes.sop_instance_uid or '(no UID)'} has {frames} frames"
+        )
+    if samples != pipeline.model.channels:
+        raise InvalidInput(
+            f"pipeline {pipeline.name} takes {pipeline.model.channels}-channel images; got "
+            f"{samples} samples per pixel ({image.attributes.photometric_interpretation})"
+        )
+    x: Frame = image.pixels[0].astype(np.float64)
+    for step in pipeline.preprocess:
+        x = _STEPS[type(step)](x, image.attributes, step)
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_batch(images: Sequence[DecodedImage], pipeline: spec.Pipeline) -> np.ndarray:
+    """Images -> float32 (N, C, H, W); all must come out the same size to form a batch."""
+    if not images:
+        raise InvalidInput("no images to preprocess")
+    arrays = [preprocess_image(image, pipeline) for image in images]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise InvalidInput(
+            f"pipeline {pipeline.name} produced differently sized inputs {sorted(shapes)}; "
+            "add a resize step"
+        )
+    return np.stack(arrays)
+
+
+def training_batch(images: np.ndarray, pipeline: spec.Pipeline) -> np.ndarray:
+    """8-bit MONOCHROME2 training images (N, H, W) -> the model input the service computes."""
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise InvalidInput(f"training images must be uint8 (N, H, W), got {images.dtype}")
+    attrs = ImageAttributes(photometric_interpretation="MONOCHROME2", bits_stored=8)
+    decoded = [DecodedImage(image[None, :, :, None], attrs) for image in images]
+    return preprocess_batch(decoded, pipeline)

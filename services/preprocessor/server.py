@@ -1,0 +1,31 @@
+"""Entry point of the preprocessing service."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.api.imaging.v1 import preprocessor_pb2, preprocessor_pb2_grpc
+from services.common import logs, server
+from services.common.pipelines import PipelineRegistry
+from services.common.settings import PipelineServiceSettings
+from services.preprocessor.servicer import PreprocessorServicer
+
+SERVICE_NAME = preprocessor_pb2.DESCRIPTOR.services_by_name["Preprocessor"].full_name
+
+
+def main() -> None:
+    settings = PipelineServiceSettings()
+    logs.configure(settings.log_level)
+    registry = PipelineRegistry.load(settings.pipelines_dir)
+
+    def register(srv: grpc.Server) -> None:
+        preprocessor_pb2_grpc.add_PreprocessorServicer_to_server(
+            PreprocessorServicer(registry), srv
+        )
+
+    running = server.start("preprocessor", settings, register, [SERVICE_NAME])
+    server.serve_forever(running, settings.grace_seconds)
+
+
+if __name__ == "__main__":
+    main()
