@@ -36,23 +36,34 @@ class GatewayClient:
         self,
         instances: Sequence[bytes],
         pipeline: str = "",
-        priority: int = gateway_pb2.REQUEST_PRIORITY_UNSPECIFIED,
+        priority: gateway_pb2.RequestPriority = gateway_pb2.REQUEST_PRIORITY_UNSPECIFIED,
         client_request_id: str = "",
     ) -> gateway_pb2.AnalyzeResponse:
         """One message for small studies, a client stream for large ones."""
         if sum(len(i) for i in instances) <= STREAM_ABOVE_BYTES:
             request = gateway_pb2.AnalyzeRequest(
-                instances=list(instances), pipeline=pipeline, priority=priority,
+                instances=list(instances),
+                pipeline=pipeline,
+                priority=priority,
                 client_request_id=client_request_id,
             )
-            return self.stub.Analyze(request, timeout=self._timeout)
+            response: gateway_pb2.AnalyzeResponse = self.stub.Analyze(
+                request, timeout=self._timeout
+            )
+            return response
         header = gateway_pb2.AnalyzeHeader(
             pipeline=pipeline, priority=priority, client_request_id=client_request_id
         )
-        return self.stub.AnalyzeStream(stream_messages(instances, header), timeout=self._timeout)
+        streamed: gateway_pb2.AnalyzeResponse = self.stub.AnalyzeStream(
+            stream_messages(instances, header), timeout=self._timeout
+        )
+        return streamed
 
     def pipelines(self) -> gateway_pb2.ListPipelinesResponse:
-        return self.stub.ListPipelines(gateway_pb2.ListPipelinesRequest(), timeout=self._timeout)
+        listed: gateway_pb2.ListPipelinesResponse = self.stub.ListPipelines(
+            gateway_pb2.ListPipelinesRequest(), timeout=self._timeout
+        )
+        return listed
 
     def close(self) -> None:
         self.channel.close()

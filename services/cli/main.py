@@ -38,13 +38,16 @@ def _table(path: str, response: gateway_pb2.AnalyzeResponse) -> str:
             f"{findings_pb2.TriagePriority.Name(response.triage_priority).removeprefix('TRIAGE_PRIORITY_')}"
         )
     timings = " ".join(f"{t.stage}={t.milliseconds:.1f}ms" for t in response.timings)
-    lines.append(f"{'':<48} pipeline={response.pipeline} model={response.model.name}/"
-                 f"{response.model.version or 'latest'} {timings}")
+    lines.append(
+        f"{'':<48} pipeline={response.pipeline} model={response.model.name}/"
+        f"{response.model.version or 'latest'} {timings}"
+    )
     return "\n".join(lines)
 
 
-def _analyze_files(client: GatewayClient, files: list[Path], pipeline: str,
-                   out: Path | None) -> int:
+def _analyze_files(
+    client: GatewayClient, files: list[Path], pipeline: str, out: Path | None
+) -> int:
     failures = 0
     for path in files:
         try:
@@ -67,8 +70,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"gateway        grpc://{stack.gateway_address}")
     for service in ("decoder", "preprocessor", "postprocessor"):
         print(f"{service:<14} grpc://127.0.0.1:{stack.ports.grpc(service)}")
-    print(f"tritonserver   grpc://{stack.triton_grpc_address} "
-          f"http://127.0.0.1:{stack.ports.triton_http}")
+    print(
+        f"tritonserver   grpc://{stack.triton_grpc_address} "
+        f"http://127.0.0.1:{stack.ports.triton_http}"
+    )
     for service, port in stack.ports.metrics.items():
         print(f"metrics        http://127.0.0.1:{port}/metrics ({service})")
     print(f"logs in {args.run_dir / 'logs'}; stop with `imaging-platform down`")
@@ -106,8 +111,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     client = GatewayClient(stack.gateway_address)
     try:
         for info in client.pipelines().pipelines:
-            print(f"pipeline {info.name}: model {info.model.name}/{info.model.version}; "
-                  f"accepts {info.accepts}")
+            print(
+                f"pipeline {info.name}: model {info.model.name}/{info.model.version}; "
+                f"accepts {info.accepts}"
+            )
         print()
         _analyze_files(client, files, "", args.out)
         sample = files[0].read_bytes()
@@ -116,9 +123,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             client.analyze([sample])
             latencies.append((time.perf_counter() - start) * 1e3)
-        print(f"\nend-to-end latency for {files[0].name} ({len(sample) / 1e6:.1f} MB), "
-              f"{args.repeat} calls: median {statistics.median(latencies):.1f} ms, "
-              f"min {min(latencies):.1f} ms, max {max(latencies):.1f} ms")
+        print(
+            f"\nend-to-end latency for {files[0].name} ({len(sample) / 1e6:.1f} MB), "
+            f"{args.repeat} calls: median {statistics.median(latencies):.1f} ms, "
+            f"min {min(latencies):.1f} ms, max {max(latencies):.1f} ms"
+        )
         print(f"findings written to {args.out}")
     finally:
         client.close()
@@ -131,8 +140,10 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
     client = GatewayClient(args.gateway)
     try:
         for info in client.pipelines().pipelines:
-            print(f"{info.name}: {info.description} [model {info.model.name}/"
-                  f"{info.model.version}; accepts {info.accepts}]")
+            print(
+                f"{info.name}: {info.description} [model {info.model.name}/"
+                f"{info.model.version}; accepts {info.accepts}]"
+            )
     finally:
         client.close()
     return 0
@@ -140,8 +151,12 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="imaging-platform", description=__doc__)
-    root.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
-                      help="where the local stack keeps logs, state and its Triton repository")
+    root.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_RUN_DIR,
+        help="where the local stack keeps logs, state and its Triton repository",
+    )
     sub = root.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start Triton and the four services").set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the stack started by `up`").set_defaults(func=cmd_down)

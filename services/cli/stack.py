@@ -47,15 +47,25 @@ class Ports:
     preprocessor: int = 50053
     postprocessor: int = 50054
     metrics: dict[str, int] = field(
-        default_factory=lambda: {"gateway": 9101, "decoder": 9102, "preprocessor": 9103,
-                                 "postprocessor": 9104}
+        default_factory=lambda: {
+            "gateway": 9101,
+            "decoder": 9102,
+            "preprocessor": 9103,
+            "postprocessor": 9104,
+        }
     )
 
     @classmethod
     def free(cls) -> Ports:
         return cls(
-            free_port(), free_port(), free_port(), free_port(), free_port(), free_port(),
-            free_port(), {name: free_port() for name in SERVICES},
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            {name: free_port() for name in SERVICES},
         )
 
     def grpc(self, service: str) -> int:
@@ -82,6 +92,7 @@ class Stack:
     model_repository: Path = REPO_ROOT / "model_repository"
     pipelines_dir: Path = REPO_ROOT / "pipelines"
     log_level: str = "INFO"
+    extra_env: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -98,7 +109,11 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log = self._log(name).open("ab")
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.run_dir,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.run_dir,
             start_new_session=True,
         )
         self.pids[name] = process.pid
@@ -107,7 +122,9 @@ class Stack:
         binary, server, libs = _triton_paths()
         backend = self.run_dir / "triton" / "backends" / "python"
         backend.mkdir(parents=True, exist_ok=True)
-        stub = server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = (
+            server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+        )
         for source in (
             server / "backends" / "python" / "libtriton_python.so",
             server / "backends" / "python" / "triton_python_backend_utils.py",
@@ -120,7 +137,8 @@ class Stack:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(libs), sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH"))
+            p
+            for p in (str(libs), sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH"))
             if p
         )
         argv = [
@@ -149,6 +167,7 @@ class Stack:
             IMAGING_POSTPROCESSOR_ADDRESS=f"127.0.0.1:{self.ports.postprocessor}",
             IMAGING_TRITON_ADDRESS=self.triton_grpc_address,
         )
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 180.0) -> None:
@@ -162,9 +181,9 @@ class Stack:
         except BaseException:
             self.stop()
             raise
-        (self.run_dir / "stack.json").write_text(json.dumps(
-            {"pids": self.pids, "ports": asdict(self.ports)}, indent=2
-        ))
+        (self.run_dir / "stack.json").write_text(
+            json.dumps({"pids": self.pids, "ports": asdict(self.ports)}, indent=2)
+        )
 
     def _check_alive(self) -> None:
         for name, pid in self.pids.items():

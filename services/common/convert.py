@@ -65,9 +65,11 @@ def image_from_proto(msg: tensor_pb2.DecodedImage) -> DecodedImage:
     return DecodedImage(tensors.from_proto(msg.pixels), attributes_from_proto(msg.attributes))
 
 
-def priority_to_proto(name: str) -> findings_pb2.TriagePriority.ValueType:
-    return findings_pb2.TriagePriority.Value(f"TRIAGE_PRIORITY_{name}")
+def priority_to_proto(name: str) -> str:
+    """Enum value name; protobuf accepts names wherever it accepts enum numbers."""
+    findings_pb2.TriagePriority.Value(f"TRIAGE_PRIORITY_{name}")  # raises on unknown names
+    return f"TRIAGE_PRIORITY_{name}"
 
 
-def priority_from_proto(value: findings_pb2.TriagePriority.ValueType) -> str:
+def priority_from_proto(value: findings_pb2.TriagePriority) -> str:
     return findings_pb2.TriagePriority.Name(value).removeprefix("TRIAGE_PRIORITY_")

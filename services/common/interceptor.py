@@ -74,7 +74,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 RPC_LATENCY.labels(self._service, method).observe(elapsed)
                 RPC_TOTAL.labels(self._service, method, code.name).inc()
                 _log.info(
-                    "%s %s %.1f ms%s", method, code.name, elapsed * 1e3, f" {reason}" if reason else ""
+                    "%s %s %.1f ms%s",
+                    method,
+                    code.name,
+                    elapsed * 1e3,
+                    f" {reason}" if reason else "",
                 )
                 logs.request_id.reset(token)
             context.abort(code, reason)

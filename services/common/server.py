@@ -63,8 +63,13 @@ def start(
     server.start()
     for service in ["", *service_names]:
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    _log.info("%s serving gRPC on %s:%d, metrics on :%d", name, settings.host, port,
-              metrics_server.server_port)
+    _log.info(
+        "%s serving gRPC on %s:%d, metrics on :%d",
+        name,
+        settings.host,
+        port,
+        metrics_server.server_port,
+    )
     return RunningServer(server, health_servicer, port, metrics_server.server_port, service_names)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from services.api.imaging.v1 import tensor_pb2
 from services.common.errors import InvalidInput, TooLarge
 
-_TO_NUMPY: dict[int, np.dtype] = {
+_TO_NUMPY: dict[tensor_pb2.DType, np.dtype] = {
     tensor_pb2.DTYPE_UINT8: np.dtype("<u1"),
     tensor_pb2.DTYPE_INT8: np.dtype("<i1"),
     tensor_pb2.DTYPE_UINT16: np.dtype("<u2"),
@@ -17,7 +17,7 @@ _TO_NUMPY: dict[int, np.dtype] = {
     tensor_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     tensor_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
 }
-_FROM_NUMPY: dict[str, int] = {dt.str[1:]: code for code, dt in _TO_NUMPY.items()}
+_FROM_NUMPY: dict[str, tensor_pb2.DType] = {dt.str[1:]: code for code, dt in _TO_NUMPY.items()}
 
 
 def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:

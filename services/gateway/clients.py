@@ -120,8 +120,15 @@ class PostprocessorClient(_ServiceClient):
         )
         reply = self.call(self._stub.Postprocess, request, request_id)
         findings = [
-            Finding(f.code, f.coding_scheme, f.display_name, f.probability, f.threshold,
-                    f.positive, f.sop_instance_uid)
+            Finding(
+                f.code,
+                f.coding_scheme,
+                f.display_name,
+                f.probability,
+                f.threshold,
+                f.positive,
+                f.sop_instance_uid,
+            )
             for f in reply.findings
         ]
         return Assessment(findings, priority_from_proto(reply.triage_priority))

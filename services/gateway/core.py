@@ -84,7 +84,7 @@ class Limits:
 
 
 class StudyAnalyzer:
-    """Decode (in parallel) -> route -> preprocess -> infer -> postprocess."""
+    """Decode (in parallel) -> route -> preprocess (in parallel) -> infer -> postprocess."""
 
     def __init__(
         self,
@@ -94,7 +94,7 @@ class StudyAnalyzer:
         inference: InferenceServer,
         postprocessor: Postprocessor,
         limits: Limits,
-        decode_workers: int = 8,
+        workers: int = 8,
     ) -> None:
         self.registry = registry
         self._decoder = decoder
@@ -102,7 +102,7 @@ class StudyAnalyzer:
         self._inference = inference
         self._postprocessor = postprocessor
         self._limits = limits
-        self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="study")
 
     def check_limits(self, instances: Sequence[bytes]) -> None:
         if not instances:
@@ -113,9 +113,7 @@ class StudyAnalyzer:
             )
         total = sum(len(i) for i in instances)
         if total > self._limits.max_study_bytes:
-            raise TooLarge(
-                f"study is {total} bytes; the limit is {self._limits.max_study_bytes}"
-            )
+            raise TooLarge(f"study is {total} bytes; the limit is {self._limits.max_study_bytes}")
         for index, instance in enumerate(instances):
             if not instance:
                 raise InvalidInput(f"instance {index} is empty")
@@ -131,12 +129,25 @@ class StudyAnalyzer:
             images = list(self._pool.map(lambda d: self._decoder.decode(d, rid), request.instances))
         pipeline = named or self.registry.route([i.attributes for i in images])
         with stage_timer("gateway", "preprocess", seconds):
-            batch = self._preprocessor.preprocess(pipeline.name, images, rid)
+            # One call per image keeps each message the size of one image and spreads the
+            # work over preprocessor replicas; the batch is assembled here.
+            batch = np.concatenate(
+                list(
+                    self._pool.map(
+                        lambda i: self._preprocessor.preprocess(pipeline.name, [i], rid), images
+                    )
+                )
+            )
         model = pipeline.model
         with stage_timer("gateway", "infer", seconds):
             outputs = self._inference.infer(
-                model.name, model.version, model.input, batch, model.outputs,
-                TRITON_PRIORITY[request.priority], rid,
+                model.name,
+                model.version,
+                model.input,
+                batch,
+                model.outputs,
+                TRITON_PRIORITY[request.priority],
+                rid,
             )
         uids = [i.attributes.sop_instance_uid for i in images]
         with stage_timer("gateway", "postprocess", seconds):

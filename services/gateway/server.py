@@ -20,9 +20,8 @@ from services.gateway.servicer import GatewayServicer
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
-def main() -> None:
-    settings = GatewaySettings()
-    logs.configure(settings.log_level)
+def start(settings: GatewaySettings) -> tuple[server.RunningServer, StudyAnalyzer]:
+    """Wire the analyzer to its peers and start serving (tests call this in-process)."""
     timeout, cap = settings.call_timeout_seconds, settings.max_message_bytes
     analyzer = StudyAnalyzer(
         registry=PipelineRegistry.load(settings.pipelines_dir),
@@ -31,6 +30,7 @@ def main() -> None:
         inference=TritonClient(settings.triton_address, timeout),
         postprocessor=PostprocessorClient(settings.postprocessor_address, timeout, cap),
         limits=Limits(settings.max_instances, settings.max_study_bytes),
+        workers=settings.workers,
     )
 
     def register(srv: grpc.Server) -> None:
@@ -38,7 +38,13 @@ def main() -> None:
             GatewayServicer(analyzer, settings.max_instances, settings.max_study_bytes), srv
         )
 
-    running = server.start("gateway", settings, register, [SERVICE_NAME])
+    return server.start("gateway", settings, register, [SERVICE_NAME]), analyzer
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    logs.configure(settings.log_level)
+    running, analyzer = start(settings)
     try:
         server.serve_forever(running, settings.grace_seconds)
     finally:

@@ -10,7 +10,13 @@ from services.api.imaging.v1 import findings_pb2, gateway_pb2, gateway_pb2_grpc
 from services.common import logs
 from services.common.convert import priority_to_proto
 from services.common.errors import InvalidInput
-from services.gateway.core import RequestPriority, StudyAnalyzer, StudyRequest, StudyResult, assemble_instances
+from services.gateway.core import (
+    RequestPriority,
+    StudyAnalyzer,
+    StudyRequest,
+    StudyResult,
+    assemble_instances,
+)
 
 _PRIORITY: dict[int, RequestPriority] = {
     gateway_pb2.REQUEST_PRIORITY_UNSPECIFIED: "DEFAULT",

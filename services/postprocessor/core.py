@@ -32,10 +32,8 @@ class Assessment:
 
 def _activate(values: np.ndarray, activation: str) -> np.ndarray:
     if activation == "sigmoid":
-        # Numerically stable for large |logit|.
-        return np.where(
-            values >= 0, 1 / (1 + np.exp(-values)), np.exp(values) / (1 + np.exp(values))
-        )
+        # 1 / (1 + e^-x) computed as exp(-log(1 + e^-x)): no overflow for large |x|.
+        return np.exp(-np.logaddexp(0.0, -values))
     return values
 
 
@@ -64,8 +62,15 @@ def assess(
         for uid, probability in zip(sop_instance_uids, probabilities, strict=True):
             positive = bool(probability >= rule.threshold)
             findings.append(
-                Finding(rule.code, rule.coding_scheme, rule.display_name, float(probability),
-                        rule.threshold, positive, uid)
+                Finding(
+                    rule.code,
+                    rule.coding_scheme,
+                    rule.display_name,
+                    float(probability),
+                    rule.threshold,
+                    positive,
+                    uid,
+                )
             )
             if positive and PRIORITY_ORDER.index(rule.priority_if_positive) > PRIORITY_ORDER.index(
                 priority

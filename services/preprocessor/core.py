@@ -38,8 +38,12 @@ def _voi_window(x: Frame, attrs: ImageAttributes, step: spec.VoiWindow) -> Frame
         y = (x - (center - 0.5)) / (width - 1) + 0.5
     else:
         lo, hi = _stored_range(attrs)
-        lo, hi = sorted((lo * attrs.rescale_slope + attrs.rescale_intercept,
-                         hi * attrs.rescale_slope + attrs.rescale_intercept))
+        lo, hi = sorted(
+            (
+                lo * attrs.rescale_slope + attrs.rescale_intercept,
+                hi * attrs.rescale_slope + attrs.rescale_intercept,
+            )
+        )
         y = (x - lo) / (hi - lo)
     return np.clip(y, 0.0, 1.0)
 

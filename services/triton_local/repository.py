@@ -21,7 +21,9 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
-def cpu_config(config: model_config_pb2.ModelConfig, cpu_instances: int = 1) -> model_config_pb2.ModelConfig:
+def cpu_config(
+    config: model_config_pb2.ModelConfig, cpu_instances: int = 1
+) -> model_config_pb2.ModelConfig:
     """The same model contract, executed by the python backend on the CPU."""
     local = model_config_pb2.ModelConfig()
     local.CopyFrom(config)

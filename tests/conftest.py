@@ -1,0 +1,55 @@
+"""Shared fixtures: the real DICOM corpus and one real local stack per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.api.imaging.v1 import gateway_pb2_grpc
+from services.cli.stack import Ports, Stack
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DICOM_DIR = REPO_ROOT.parent / "shared" / "data" / "dicom"
+MEDMNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "medmnist"
+CHEST_FILES = (
+    "pydicom-data/RG1_UNCR.dcm",
+    "pydicom-data/RG1_J2KI.dcm",
+    "pylibjpeg-data/JPEG2000Lossless/966_fixed.dcm",
+)
+# Gateway and inner services accept at most this per message in the test stack, so that a
+# > 20 MB study must use AnalyzeStream.
+TEST_MESSAGE_LIMIT = 16 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def dicom_dir() -> Path:
+    if not (DICOM_DIR / "MANIFEST.csv").exists():
+        pytest.fail(f"DICOM corpus not found at {DICOM_DIR}: the shared data must sit beside the repo")
+    return DICOM_DIR
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """tritonserver + decoder + preprocessor + postprocessor + gateway, on free ports."""
+    running = Stack(
+        run_dir=tmp_path_factory.mktemp("stack"),
+        ports=Ports.free(),
+        extra_env={
+            "IMAGING_MAX_MESSAGE_BYTES": str(TEST_MESSAGE_LIMIT),
+            "IMAGING_MAX_PIXELS": str(40_000_000),
+            "IMAGING_MAX_INSTANCES": "8",
+        },
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayStub]:
+    options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
+    with grpc.insecure_channel(stack.gateway_address, options=options) as channel:
+        yield gateway_pb2_grpc.GatewayStub(channel)

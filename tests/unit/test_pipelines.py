@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.common.errors import NoMatchingPipeline, NotFound
+from services.common.images import ImageAttributes
+from services.common.pipelines import Pipeline, PipelineRegistry
+
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+@pytest.fixture
+def registry() -> PipelineRegistry:
+    return PipelineRegistry.load(PIPELINES)
+
+
+def test_chest_radiographs_route_to_the_pneumonia_pipeline(registry: PipelineRegistry) -> None:
+    chest = ImageAttributes(modality="CR", body_part_examined="chest")
+    assert registry.route([chest, ImageAttributes(modality="DX", body_part_examined="CHEST")]).name == (
+        "cxr_pneumonia"
+    )
+
+
+def test_a_study_no_pipeline_accepts_says_why(registry: PipelineRegistry) -> None:
+    tibia = ImageAttributes(modality="CR", body_part_examined="EXTREMITY")
+    with pytest.raises(NoMatchingPipeline, match="BodyPartExamined is 'EXTREMITY'"):
+        registry.route([tibia])
+    with pytest.raises(NoMatchingPipeline, match="Modality is 'CT'"):
+        registry.route([ImageAttributes(modality="CT", body_part_examined="CHEST")])
+
+
+def test_unknown_pipeline_names_the_known_ones(registry: PipelineRegistry) -> None:
+    with pytest.raises(NotFound, match="unknown pipeline 'nope'.*cxr_pneumonia"):
+        registry.get("nope")
+
+
+def _spec() -> dict:
+    return yaml.safe_load((PIPELINES / "cxr_pneumonia.yaml").read_text())
+
+
+def test_specs_with_unknown_steps_or_outputs_are_rejected() -> None:
+    spec = _spec()
+    spec["preprocess"].append({"op": "sharpen"})
+    with pytest.raises(ValueError, match="sharpen|does not match"):
+        Pipeline.model_validate(spec)
+    spec = _spec()
+    spec["postprocess"]["findings"][0]["output"] = "missing"
+    with pytest.raises(ValueError, match="unknown output 'missing'"):
+        Pipeline.model_validate(spec)
+    spec = _spec()
+    spec["postprocess"]["findings"][0]["threshold"] = 1.5
+    with pytest.raises(ValueError, match="threshold"):
+        Pipeline.model_validate(spec)
+
+
+def test_load_reports_the_bad_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("name: x\n")
+    with pytest.raises(ValueError, match="invalid pipeline spec broken.yaml"):
+        PipelineRegistry.load(tmp_path)
+    with pytest.raises(ValueError, match="no pipeline specs"):
+        PipelineRegistry.load(tmp_path / "empty")

@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common.errors import InvalidInput
+from services.common.pipelines import Pipeline, PipelineRegistry
+from services.postprocessor.core import assess
+
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+@pytest.fixture
+def cxr() -> Pipeline:
+    return PipelineRegistry.load(PIPELINES).get("cxr_pneumonia")
+
+
+def test_logits_become_probabilities_findings_and_priority(cxr: Pipeline) -> None:
+    logits = np.array([[-2.0], [3.0]], np.float32)
+    result = assess({"logits": logits}, ["1.2.3", "1.2.4"], cxr)
+    probs = [f.probability for f in result.findings]
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp([2.0, -3.0])), rtol=1e-12)
+    assert [f.positive for f in result.findings] == [False, True]
+    assert [f.sop_instance_uid for f in result.findings] == ["1.2.3", "1.2.4"]
+    assert result.triage_priority == "URGENT"
+    assert result.findings[0].code == "233604007"
+
+
+def test_all_negative_study_is_routine(cxr: Pipeline) -> None:
+    result = assess({"logits": np.array([[-5.0]])}, ["1"], cxr)
+    assert result.triage_priority == "ROUTINE"
+
+
+def test_extreme_logits_do_not_overflow(cxr: Pipeline) -> None:
+    result = assess({"logits": np.array([[-1000.0], [1000.0]])}, ["a", "b"], cxr)
+    assert [f.probability for f in result.findings] == [0.0, 1.0]
+
+
+def test_missing_or_misshapen_outputs_are_reported(cxr: Pipeline) -> None:
+    with pytest.raises(InvalidInput, match="missing"):
+        assess({}, ["1"], cxr)
+    with pytest.raises(InvalidInput, match="expected 2 rows"):
+        assess({"logits": np.zeros((3, 1))}, ["1", "2"], cxr)

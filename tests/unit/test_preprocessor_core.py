@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common.errors import InvalidInput
+from services.common.images import DecodedImage, ImageAttributes
+from services.common.pipelines import Pipeline, PipelineRegistry
+from services.preprocessor.core import preprocess_image, training_batch
+
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+@pytest.fixture
+def cxr() -> Pipeline:
+    return PipelineRegistry.load(PIPELINES).get("cxr_pneumonia")
+
+
+def _image(pixels: np.ndarray, **attrs: object) -> DecodedImage:
+    return DecodedImage(pixels[None, :, :, None], ImageAttributes(**attrs))  # type: ignore[arg-type]
+
+
+def test_training_batch_is_scaled_and_normalised(cxr: Pipeline) -> None:
+    images = np.array([np.full((28, 28), v, np.uint8) for v in (0, 255, 51)])
+    batch = training_batch(images, cxr)
+    assert batch.shape == (3, 1, 28, 28) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[:, 0, 0, 0], [-1.0, 1.0, (51 / 255 - 0.5) / 0.5], atol=1e-6)
+
+
+def test_monochrome1_is_inverted(cxr: Pipeline) -> None:
+    pixels = np.tile(np.arange(28, dtype=np.uint16) * 100, (28, 1))
+    mono2 = preprocess_image(_image(pixels, bits_stored=12), cxr)
+    mono1 = preprocess_image(
+        _image(pixels, bits_stored=12, photometric_interpretation="MONOCHROME1"), cxr
+    )
+    np.testing.assert_allclose(mono1, -mono2, atol=1e-6)  # 1 - y, then (x - .5) / .5
+
+
+def test_file_window_and_rescale_are_applied(cxr: Pipeline) -> None:
+    pixels = np.array([[0, 1000, 2000, 3000]], dtype=np.uint16).repeat(4, axis=0)
+    image = _image(pixels, bits_stored=12, rescale_slope=2.0, rescale_intercept=-1000.0,
+                   window_center=1000.0, window_width=2001.0)
+    out = preprocess_image(image, cxr)
+    # values -1000, 1000, 3000, 5000 through window [0, 2000] -> 0, 0.5, 1, 1 -> (y-.5)/.5
+    np.testing.assert_allclose(out[0, 0, 0], -1.0, atol=1e-6)
+    np.testing.assert_allclose(out[0, 27, 27], 1.0, atol=1e-6)
+    assert out.shape == (1, 28, 28)
+
+
+def test_non_square_images_are_center_cropped_then_resized(cxr: Pipeline) -> None:
+    pixels = np.zeros((56, 112), np.uint8)
+    pixels[:, 28:84] = 255  # the centre square is white, the sides black
+    out = preprocess_image(_image(pixels, bits_stored=8), cxr)
+    assert out.shape == (1, 28, 28)
+    np.testing.assert_allclose(out, 1.0, atol=1e-6)
+
+
+def test_wrong_frames_or_channels_are_invalid(cxr: Pipeline) -> None:
+    with pytest.raises(InvalidInput, match="single-frame"):
+        preprocess_image(DecodedImage(np.zeros((2, 8, 8, 1), np.uint8)), cxr)
+    with pytest.raises(InvalidInput, match="1-channel"):
+        preprocess_image(DecodedImage(np.zeros((1, 8, 8, 3), np.uint8)), cxr)
+    with pytest.raises(InvalidInput, match="uint8"):
+        training_batch(np.zeros((1, 28, 28), np.float32), cxr)
