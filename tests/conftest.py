@@ -27,7 +27,7 @@ TEST_MESSAGE_LIMIT = 16 * 1024 * 1024
 @pytest.fixture(scope="session")
 def dicom_dir() -> Path:
     if not (DICOM_DIR / "MANIFEST.csv").exists():
-        pytest.fail(f"DICOM corpus not found at {DICOM_DIR}: the shared data must sit beside the repo")
+        pytest.fail(f"DICOM corpus not found at {DICOM_DIR}; shared data must sit beside the repo")
     return DICOM_DIR
 
 

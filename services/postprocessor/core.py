@@ -33,7 +33,7 @@ class Assessment:
 def _activate(values: np.ndarray, activation: str) -> np.ndarray:
     if activation == "sigmoid":
         # 1 / (1 + e^-x) computed as exp(-log(1 + e^-x)): no overflow for large |x|.
-        return np.exp(-np.logaddexp(0.0, -values))
+        return np.asarray(np.exp(-np.logaddexp(0.0, -values)))
     return values
 
 

@@ -17,9 +17,9 @@ def registry() -> PipelineRegistry:
 
 def test_chest_radiographs_route_to_the_pneumonia_pipeline(registry: PipelineRegistry) -> None:
     chest = ImageAttributes(modality="CR", body_part_examined="chest")
-    assert registry.route([chest, ImageAttributes(modality="DX", body_part_examined="CHEST")]).name == (
-        "cxr_pneumonia"
-    )
+    assert registry.route(
+        [chest, ImageAttributes(modality="DX", body_part_examined="CHEST")]
+    ).name == ("cxr_pneumonia")
 
 
 def test_a_study_no_pipeline_accepts_says_why(registry: PipelineRegistry) -> None:
@@ -31,7 +31,7 @@ def test_a_study_no_pipeline_accepts_says_why(registry: PipelineRegistry) -> Non
 
 
 def test_unknown_pipeline_names_the_known_ones(registry: PipelineRegistry) -> None:
-    with pytest.raises(NotFound, match="unknown pipeline 'nope'.*cxr_pneumonia"):
+    with pytest.raises(NotFound, match=r"unknown pipeline 'nope'.*cxr_pneumonia"):
         registry.get("nope")
 
 
@@ -42,7 +42,7 @@ def _spec() -> dict:
 def test_specs_with_unknown_steps_or_outputs_are_rejected() -> None:
     spec = _spec()
     spec["preprocess"].append({"op": "sharpen"})
-    with pytest.raises(ValueError, match="sharpen|does not match"):
+    with pytest.raises(ValueError, match=r"sharpen|does not match"):
         Pipeline.model_validate(spec)
     spec = _spec()
     spec["postprocess"]["findings"][0]["output"] = "missing"
@@ -56,7 +56,7 @@ def test_specs_with_unknown_steps_or_outputs_are_rejected() -> None:
 
 def test_load_reports_the_bad_file(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("name: x\n")
-    with pytest.raises(ValueError, match="invalid pipeline spec broken.yaml"):
+    with pytest.raises(ValueError, match=r"invalid pipeline spec broken\.yaml"):
         PipelineRegistry.load(tmp_path)
     with pytest.raises(ValueError, match="no pipeline specs"):
         PipelineRegistry.load(tmp_path / "empty")

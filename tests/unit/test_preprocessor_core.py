@@ -38,8 +38,14 @@ def test_monochrome1_is_inverted(cxr: Pipeline) -> None:
 
 def test_file_window_and_rescale_are_applied(cxr: Pipeline) -> None:
     pixels = np.array([[0, 1000, 2000, 3000]], dtype=np.uint16).repeat(4, axis=0)
-    image = _image(pixels, bits_stored=12, rescale_slope=2.0, rescale_intercept=-1000.0,
-                   window_center=1000.0, window_width=2001.0)
+    image = _image(
+        pixels,
+        bits_stored=12,
+        rescale_slope=2.0,
+        rescale_intercept=-1000.0,
+        window_center=1000.0,
+        window_width=2001.0,
+    )
     out = preprocess_image(image, cxr)
     # values -1000, 1000, 3000, 5000 through window [0, 2000] -> 0, 0.5, 1, 1 -> (y-.5)/.5
     np.testing.assert_allclose(out[0, 0, 0], -1.0, atol=1e-6)

@@ -23,8 +23,14 @@ def test_cpu_twin_keeps_the_model_contract() -> None:
     assert local.backend == "python" and local.platform == ""
     assert [g.kind for g in local.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
     assert not local.HasField("optimization")
-    for field in ("name", "max_batch_size", "input", "output", "dynamic_batching",
-                  "version_policy"):
+    for field in (
+        "name",
+        "max_batch_size",
+        "input",
+        "output",
+        "dynamic_batching",
+        "version_policy",
+    ):
         assert getattr(local, field) == getattr(config, field), field
 
 

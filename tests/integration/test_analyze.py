@@ -1,0 +1,147 @@
+"""End-to-end through the real stack: gateway -> decoder/preprocessor -> Triton -> postprocessor."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import CHEST_FILES, MEDMNIST_DIR, REPO_ROOT
+from synthetic import chest_image
+
+from services.api.imaging.v1 import (
+    decoder_pb2,
+    decoder_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    preprocessor_pb2,
+    preprocessor_pb2_grpc,
+)
+from services.cli.client import stream_messages
+from services.cli.stack import Stack
+from services.common import tensors
+
+pytestmark = pytest.mark.integration
+MODEL = REPO_ROOT / "model_repository" / "cxr_pneumonia" / "1" / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def session() -> ort.InferenceSession:
+    return ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x.astype(np.float64)))
+
+
+def _service_batch(stack: Stack, dicom: bytes) -> np.ndarray:
+    """The model input as the decoder and preprocessor services compute it."""
+    big = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+    ]
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.decoder}", options=big) as channel:
+        image = (
+            decoder_pb2_grpc.DicomDecoderStub(channel)
+            .Decode(decoder_pb2.DecodeRequest(dicom=dicom))
+            .image
+        )
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.preprocessor}", options=big) as channel:
+        reply = preprocessor_pb2_grpc.PreprocessorStub(channel).Preprocess(
+            preprocessor_pb2.PreprocessRequest(pipeline="cxr_pneumonia", images=[image])
+        )
+    assert reply.input_name == "image"
+    return tensors.from_proto(reply.batch)
+
+
+@pytest.mark.parametrize("name", CHEST_FILES)
+def test_real_chest_xray_probability_equals_onnxruntime(
+    name: str,
+    dicom_dir: Path,
+    stack: Stack,
+    gateway: gateway_pb2_grpc.GatewayStub,
+    session: ort.InferenceSession,
+) -> None:
+    dicom = (dicom_dir / name).read_bytes()
+    response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[dicom]))
+    assert response.pipeline == "cxr_pneumonia"
+    assert (response.model.name, response.model.version) == ("cxr_pneumonia", "1")
+    assert {t.stage for t in response.timings} >= {
+        "decode",
+        "preprocess",
+        "infer",
+        "postprocess",
+        "total",
+    }
+    [finding] = response.findings
+    assert finding.display_name == "Pneumonia" and finding.code == "233604007"
+    batch = _service_batch(stack, dicom)
+    assert batch.shape == (1, 1, 28, 28)
+    expected = float(_sigmoid(session.run(["logits"], {"image": batch})[0])[0, 0])
+    assert finding.probability == pytest.approx(expected, abs=1e-5)
+    assert finding.positive == (finding.probability >= finding.threshold)
+
+
+def _training_module():
+    spec = importlib.util.spec_from_file_location(
+        "train_cxr_pneumonia", REPO_ROOT / "scripts" / "train_cxr_pneumonia.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_service_preprocessing_reproduces_training_preprocessing(
+    stack: Stack, gateway: gateway_pb2_grpc.GatewayStub, session: ort.InferenceSession
+) -> None:
+    images = np.load(MEDMNIST_DIR / "pneumoniamnist_28_reconstructed.npz")["test_images"][:6]
+    expected = _training_module().training_tensor(images)
+    for image, trained in zip(images, expected, strict=True):
+        dicom = chest_image(image)
+        served = _service_batch(stack, dicom)
+        np.testing.assert_array_equal(served[0], trained)
+        response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[dicom]))
+        logit = session.run(["logits"], {"image": trained[None]})[0]
+        assert response.findings[0].probability == pytest.approx(
+            float(_sigmoid(logit)[0, 0]), abs=1e-5
+        )
+
+
+def test_study_above_the_message_limit_streams(
+    dicom_dir: Path, gateway: gateway_pb2_grpc.GatewayStub
+) -> None:
+    instance = (dicom_dir / CHEST_FILES[0]).read_bytes()
+    study = [instance] * 3
+    assert sum(map(len, study)) > 20 * 1024 * 1024
+    with pytest.raises(grpc.RpcError) as caught:
+        gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=study))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    header = gateway_pb2.AnalyzeHeader(client_request_id="big-study-1")
+    response = gateway.AnalyzeStream(stream_messages(study, header))
+    assert response.request_id == "big-study-1"
+    assert len(response.findings) == 3
+    assert len({round(f.probability, 6) for f in response.findings}) == 1
+
+
+def test_urgent_priority_and_client_request_id_are_honoured(
+    dicom_dir: Path, gateway: gateway_pb2_grpc.GatewayStub
+) -> None:
+    request = gateway_pb2.AnalyzeRequest(
+        instances=[(dicom_dir / CHEST_FILES[1]).read_bytes()],
+        pipeline="cxr_pneumonia",
+        priority=gateway_pb2.REQUEST_PRIORITY_URGENT,
+        client_request_id="ris-order-42",
+    )
+    response = gateway.Analyze(request)
+    assert response.request_id == "ris-order-42"
+    assert len(response.findings) == 1
+
+
+def test_list_pipelines(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    [info] = gateway.ListPipelines(gateway_pb2.ListPipelinesRequest()).pipelines
+    assert info.name == "cxr_pneumonia"
+    assert "Modality in ['CR', 'DX']" in info.accepts
