@@ -6,7 +6,6 @@ without gRPC; the servicer only converts messages.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -120,9 +119,22 @@ class StudyAnalyzer:
 
     def analyze(self, request: StudyRequest) -> StudyResult:
         self.check_limits(request.instances)
-        rid = request.request_id
         seconds: dict[str, float] = {}
-        start = time.perf_counter()
+        with stage_timer("gateway", "total", seconds):
+            assessment, pipeline = self._run(request, seconds)
+        model = pipeline.model
+        return StudyResult(
+            request_id=request.request_id,
+            pipeline=pipeline.name,
+            model_name=model.name,
+            model_version=model.version,
+            findings=assessment.findings,
+            triage_priority=assessment.triage_priority,
+            timings_ms={stage: s * 1e3 for stage, s in seconds.items()},
+        )
+
+    def _run(self, request: StudyRequest, seconds: dict[str, float]) -> tuple[Assessment, Pipeline]:
+        rid = request.request_id
         # Name the pipeline first so an unknown name fails before any decoding work.
         named: Pipeline | None = self.registry.get(request.pipeline) if request.pipeline else None
         with stage_timer("gateway", "decode", seconds):
@@ -152,16 +164,7 @@ class StudyAnalyzer:
         uids = [i.attributes.sop_instance_uid for i in images]
         with stage_timer("gateway", "postprocess", seconds):
             assessment = self._postprocessor.postprocess(pipeline.name, outputs, uids, rid)
-        seconds["total"] = time.perf_counter() - start
-        return StudyResult(
-            request_id=rid,
-            pipeline=pipeline.name,
-            model_name=model.name,
-            model_version=model.version,
-            findings=assessment.findings,
-            triage_priority=assessment.triage_priority,
-            timings_ms={stage: s * 1e3 for stage, s in seconds.items()},
-        )
+        return assessment, pipeline
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

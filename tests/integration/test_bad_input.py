@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 from synthetic import chest_image, dataset, to_bytes
 
@@ -34,6 +35,8 @@ def _truncated() -> bytes:
 def _unsupported_syntax() -> bytes:
     ds = dataset(OK_IMAGE)
     ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG2 video
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(60)])
+    ds["PixelData"].VR = "OB"
     return to_bytes(ds)
 
 
