@@ -15,7 +15,7 @@ from services.common import pipelines as spec
 from services.common.errors import InvalidInput
 from services.common.images import DecodedImage, ImageAttributes
 
-Frame = np.ndarray  # (rows, cols, samples) float64
+Frame = np.ndarray  # (rows, cols, samples) float32, owned by the pipeline run (steps may modify it)
 
 
 def _stored_range(attrs: ImageAttributes) -> tuple[float, float]:
@@ -26,7 +26,11 @@ def _stored_range(attrs: ImageAttributes) -> tuple[float, float]:
 
 
 def _modality_lut(x: Frame, attrs: ImageAttributes, _: spec.ModalityLut) -> Frame:
-    return x * attrs.rescale_slope + attrs.rescale_intercept
+    if attrs.rescale_slope != 1.0:
+        x *= np.float32(attrs.rescale_slope)
+    if attrs.rescale_intercept != 0.0:
+        x += np.float32(attrs.rescale_intercept)
+    return x
 
 
 def _voi_window(x: Frame, attrs: ImageAttributes, step: spec.VoiWindow) -> Frame:
@@ -35,7 +39,7 @@ def _voi_window(x: Frame, attrs: ImageAttributes, step: spec.VoiWindow) -> Frame
         center, width = attrs.window_center, attrs.window_width
     if center is not None and width is not None and width > 1:
         # DICOM PS3.3 C.11.2.1.2.1 LINEAR function, output scaled to [0, 1].
-        y = (x - (center - 0.5)) / (width - 1) + 0.5
+        offset, scale = center - 0.5 - 0.5 * (width - 1), width - 1
     else:
         lo, hi = _stored_range(attrs)
         lo, hi = sorted(
@@ -44,12 +48,17 @@ def _voi_window(x: Frame, attrs: ImageAttributes, step: spec.VoiWindow) -> Frame
                 hi * attrs.rescale_slope + attrs.rescale_intercept,
             )
         )
-        y = (x - lo) / (hi - lo)
-    return np.clip(y, 0.0, 1.0)
+        offset, scale = lo, hi - lo
+    # In place: these frames are full-resolution radiographs, temporaries cost real time.
+    x -= np.float32(offset)
+    x *= np.float32(1.0 / scale)
+    return np.clip(x, 0.0, 1.0, out=x)
 
 
 def _invert_monochrome1(x: Frame, attrs: ImageAttributes, _: spec.InvertMonochrome1) -> Frame:
-    return 1.0 - x if attrs.photometric_interpretation == "MONOCHROME1" else x
+    if attrs.photometric_interpretation == "MONOCHROME1":
+        np.subtract(np.float32(1.0), x, out=x)
+    return x
 
 
 def _center_crop_square(x: Frame, _: ImageAttributes, __: spec.CenterCropSquare) -> Frame:
@@ -64,10 +73,10 @@ def _resize(x: Frame, _: ImageAttributes, step: spec.Resize) -> Frame:
         return x
     channels = [
         np.asarray(
-            Image.fromarray(x[:, :, c].astype(np.float32), mode="F").resize(
+            Image.fromarray(np.ascontiguousarray(x[:, :, c]), mode="F").resize(
                 (step.width, step.height), Image.Resampling.BOX
             ),
-            dtype=np.float64,
+            dtype=np.float32,
         )
         for c in range(x.shape[2])
     ]
@@ -75,7 +84,9 @@ def _resize(x: Frame, _: ImageAttributes, step: spec.Resize) -> Frame:
 
 
 def _normalize(x: Frame, _: ImageAttributes, step: spec.Normalize) -> Frame:
-    return (x - step.mean) / step.std
+    x -= np.float32(step.mean)
+    x *= np.float32(1.0 / step.std)
+    return x
 
 
 _STEPS: dict[type, Callable[[Frame, ImageAttributes, object], Frame]] = {
@@ -101,7 +112,7 @@ def preprocess_image(image: DecodedImage, pipeline: spec.Pipeline) -> np.ndarray
             f"pipeline {pipeline.name} takes {pipeline.model.channels}-channel images; got "
             f"{samples} samples per pixel ({image.attributes.photometric_interpretation})"
         )
-    x: Frame = image.pixels[0].astype(np.float64)
+    x: Frame = image.pixels[0].astype(np.float32)  # a copy: steps work in place
     for step in pipeline.preprocess:
         x = _STEPS[type(step)](x, image.attributes, step)
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
