@@ -87,12 +87,13 @@ def test_real_chest_xray_probability_equals_onnxruntime(
 
 
 def _training_module():
+    """The training script's data module (torch-free), loaded as the script itself loads it."""
     spec = importlib.util.spec_from_file_location(
-        "train_cxr_pneumonia", REPO_ROOT / "scripts" / "train_cxr_pneumonia.py"
+        "cxr_dataset", REPO_ROOT / "scripts" / "cxr_dataset.py"
     )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses in the script look their module up
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

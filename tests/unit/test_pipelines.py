@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,11 @@ def test_load_reports_the_bad_file(tmp_path: Path) -> None:
         PipelineRegistry.load(tmp_path)
     with pytest.raises(ValueError, match="no pipeline specs"):
         PipelineRegistry.load(tmp_path / "empty")
+
+
+def test_pipeline_threshold_is_the_model_cards_operating_point(registry: PipelineRegistry) -> None:
+    metrics = json.loads(
+        (PIPELINES.parent / "model_repository" / "cxr_pneumonia" / "metrics.json").read_text()
+    )
+    [rule] = registry.get("cxr_pneumonia").postprocess.findings
+    assert rule.threshold == pytest.approx(metrics["operating_threshold"], abs=1e-6)
