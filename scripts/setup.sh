@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Create the virtual environment and install everything the platform and its tests need,
-# including the few Debian packages perf_analyzer links against. Safe to re-run.
+# including Debian packages: libb64-0d (perf_analyzer) and prometheus (promtool and the
+# Prometheus server the chart's rules are checked against). Safe to re-run.
 set -euo pipefail
 venv=${1:-.venv}
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 
-if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] && ! dpkg -s libb64-0d >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null || \
-    echo "warning: could not install libb64-0d (only perf_analyzer needs it)" >&2
+apt_packages=(libb64-0d prometheus)
+missing=()
+for package in "${apt_packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  else
+    echo "warning: install these Debian packages as root: ${missing[*]}" >&2
+  fi
 fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip

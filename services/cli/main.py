@@ -16,6 +16,8 @@ from google.protobuf.json_format import MessageToDict
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
 from services.cli.client import GatewayClient
 from services.cli.stack import REPO_ROOT, Ports, Stack
+from services.fleet.core import DEFAULT_GRPC_PORT
+from services.fleet.rollout import DEFAULT_RELEASE, DEFAULT_TIMEOUT, rollout_command
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "dicom"
@@ -149,6 +151,18 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_rollout(args: argparse.Namespace) -> int:
+    return rollout_command(
+        args.name,
+        version=args.version,
+        namespace=args.namespace,
+        release=args.release,
+        timeout=args.timeout,
+        grpc_port=args.grpc_port,
+        context=args.context,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="imaging-platform", description=__doc__)
     root.add_argument(
@@ -173,6 +187,30 @@ def parser() -> argparse.ArgumentParser:
     pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines")
     pipelines.add_argument("--gateway", default="127.0.0.1:50051")
     pipelines.set_defaults(func=cmd_pipelines)
+    models = sub.add_parser("models", help="manage models on the Triton pods of a release")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    rollout = models_sub.add_parser(
+        "rollout",
+        help="load a model (version) on every ready Triton pod; roll back everywhere on failure",
+    )
+    rollout.add_argument("name", help="model name in the Triton repository")
+    rollout.add_argument("--version", type=int, default=None, help="serve exactly this version")
+    rollout.add_argument("--namespace", default=None, help="default: the kubeconfig context's")
+    rollout.add_argument("--release", default=DEFAULT_RELEASE, help="Helm release name")
+    rollout.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds each pod may take to load and be READY",
+    )
+    rollout.add_argument(
+        "--grpc-port",
+        type=int,
+        default=DEFAULT_GRPC_PORT,
+        help="Triton gRPC port of pods without a containerPort named grpc",
+    )
+    rollout.add_argument("--context", default=None, help="kubeconfig context")
+    rollout.set_defaults(func=cmd_models_rollout)
     return root
 
 

@@ -72,7 +72,7 @@ class Ports:
         return int(getattr(self, service))
 
 
-def _triton_paths() -> tuple[Path, Path, Path]:
+def triton_paths() -> tuple[Path, Path, Path]:
     """tritonserver binary, its python backend folder, and the libraries it links against."""
     import pytriton
 
@@ -119,7 +119,7 @@ class Stack:
         self.pids[name] = process.pid
 
     def _prepare_triton(self) -> list[str]:
-        binary, server, libs = _triton_paths()
+        binary, server, libs = triton_paths()
         backend = self.run_dir / "triton" / "backends" / "python"
         backend.mkdir(parents=True, exist_ok=True)
         stub = (

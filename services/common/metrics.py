@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+import grpc
 from prometheus_client import Counter, Histogram
 
 # Buckets from 1 ms to 60 s: image decoding and CPU inference live in this range.
@@ -26,6 +27,20 @@ STAGE_LATENCY = Histogram(
     ["service", "stage"],
     buckets=_BUCKETS,
 )
+
+
+def initialise(service: str, methods: Iterable[str], stages: Iterable[str]) -> None:
+    """Create every known series at zero, so rate() and increase() see the first requests.
+
+    A labelled series appears only on first use; a counter whose first scraped value is
+    already 10 looks flat to Prometheus and the first burst of traffic would be invisible.
+    """
+    for method in methods:
+        RPC_LATENCY.labels(service, method)
+        for code in grpc.StatusCode:
+            RPC_TOTAL.labels(service, method, code.name)
+    for stage in stages:
+        STAGE_LATENCY.labels(service, stage)
 
 
 @contextmanager

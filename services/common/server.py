@@ -10,10 +10,12 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from services.common import metrics
 from services.common.interceptor import ServiceInterceptor
 from services.common.settings import ServiceSettings
 
@@ -39,8 +41,12 @@ def start(
     settings: ServiceSettings,
     register: Callable[[grpc.Server], None],
     service_names: Sequence[str],
+    stages: Sequence[str] = (),
 ) -> RunningServer:
-    """Build and start a server for ``register``'s servicers; returns the bound ports."""
+    """Build and start a server for ``register``'s servicers; returns the bound ports.
+
+    ``stages`` are the pipeline stages this service times (see metrics.stage_timer).
+    """
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -59,6 +65,9 @@ def start(
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise RuntimeError(f"{name}: cannot bind {settings.host}:{settings.port}")
+    pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
+    methods = [m.name for s in service_names for m in pool.FindServiceByName(s).methods]
+    metrics.initialise(name, methods, stages)
     metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
     server.start()
     for service in ["", *service_names]:

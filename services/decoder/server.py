@@ -25,7 +25,7 @@ def main() -> None:
     def register(srv: grpc.Server) -> None:
         decoder_pb2_grpc.add_DicomDecoderServicer_to_server(DecoderServicer(limits), srv)
 
-    running = server.start("decoder", settings, register, [SERVICE_NAME])
+    running = server.start("decoder", settings, register, [SERVICE_NAME], ("decode",))
     server.serve_forever(running, settings.grace_seconds)
 
 

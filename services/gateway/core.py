@@ -24,6 +24,10 @@ RequestPriority = Literal["DEFAULT", "ROUTINE", "URGENT"]
 TRITON_PRIORITY: dict[str, int] = {"DEFAULT": 0, "URGENT": 1, "ROUTINE": 2}
 
 
+# Stages the gateway times for every study (metrics and AnalyzeResponse.timings).
+STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
+
+
 class Decoder(Protocol):
     def decode(self, dicom: bytes, request_id: str) -> DecodedImage: ...
 

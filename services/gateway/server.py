@@ -14,7 +14,7 @@ from services.gateway.clients import (
     PreprocessorClient,
     TritonClient,
 )
-from services.gateway.core import Limits, StudyAnalyzer
+from services.gateway.core import STAGES, Limits, StudyAnalyzer
 from services.gateway.servicer import GatewayServicer
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
@@ -38,7 +38,8 @@ def start(settings: GatewaySettings) -> tuple[server.RunningServer, StudyAnalyze
             GatewayServicer(analyzer, settings.max_instances, settings.max_study_bytes), srv
         )
 
-    return server.start("gateway", settings, register, [SERVICE_NAME]), analyzer
+    running = server.start("gateway", settings, register, [SERVICE_NAME], STAGES)
+    return running, analyzer
 
 
 def main() -> None:

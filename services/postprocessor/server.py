@@ -23,7 +23,7 @@ def main() -> None:
             PostprocessorServicer(registry), srv
         )
 
-    running = server.start("postprocessor", settings, register, [SERVICE_NAME])
+    running = server.start("postprocessor", settings, register, [SERVICE_NAME], ("postprocess",))
     server.serve_forever(running, settings.grace_seconds)
 
 

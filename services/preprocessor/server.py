@@ -23,7 +23,7 @@ def main() -> None:
             PreprocessorServicer(registry), srv
         )
 
-    running = server.start("preprocessor", settings, register, [SERVICE_NAME])
+    running = server.start("preprocessor", settings, register, [SERVICE_NAME], ("preprocess",))
     server.serve_forever(running, settings.grace_seconds)
 
 

@@ -3,20 +3,188 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Release-qualified name used as the prefix of every resource. */}}
+{{/* Release-qualified name used as the prefix of every resource (room left for suffixes). */}}
 {{- define "imaging-platform.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name (include "imaging-platform.name" .) | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name (include "imaging-platform.name" .) | trunc 40 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 
-{{/* Standard app.kubernetes.io labels. */}}
-{{- define "imaging-platform.labels" -}}
+{{/* Chart name and version for the helm.sh/chart label. */}}
+{{- define "imaging-platform.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Name of one component's objects: <fullname>-<component>. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.componentName" -}}
+{{- printf "%s-%s" (include "imaging-platform.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select the release's pods of every component. */}}
+{{- define "imaging-platform.releaseSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "imaging-platform.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{/* Selector labels of one component. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.selectorLabels" -}}
+{{ include "imaging-platform.releaseSelectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Full app.kubernetes.io label set of an object. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.labels" -}}
+{{ include "imaging-platform.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: imaging-platform
+helm.sh/chart: {{ include "imaging-platform.chart" .root }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The release's ServiceAccount name. */}}
+{{- define "imaging-platform.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "imaging-platform.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The model-rollout job's ServiceAccount name. */}}
+{{- define "imaging-platform.rolloutServiceAccountName" -}}
+{{- default (include "imaging-platform.componentName" (dict "root" . "component" "model-rollout")) .Values.rollout.serviceAccount.name }}
+{{- end }}
+
+{{/* image reference from (dict "image" .Values.x.image "default" "tag"): digest wins over tag. */}}
+{{- define "imaging-platform.imageRef" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (toString (default .default .image.tag)) }}
+{{- end }}
+{{- end }}
+
+{{/* In-cluster DNS name of one component's Service. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.serviceHost" -}}
+{{- printf "%s.%s.svc.%s" (include "imaging-platform.componentName" .) .root.Release.Namespace .root.Values.clusterDomain }}
+{{- end }}
+
+{{/* The four platform services, in start order. */}}
+{{- define "imaging-platform.services" -}}
+decoder preprocessor postprocessor gateway
+{{- end }}
+
+{{/* Services that read pipeline specs (PipelineServiceSettings). */}}
+{{- define "imaging-platform.pipelineServices" -}}
+gateway preprocessor postprocessor
+{{- end }}
+
+{{/* Name of the ConfigMap holding the pipelines. */}}
+{{- define "imaging-platform.pipelinesConfigMap" -}}
+{{- default (include "imaging-platform.componentName" (dict "root" . "component" "pipelines")) .Values.pipelines.existingConfigMap }}
+{{- end }}
+
+{{/* Names exposed by the prometheus-adapter rules shipped in files/adapter-rules.yaml. */}}
+{{- define "imaging-platform.adapterMetricNames" -}}
+{{- $names := list }}
+{{- range (.Files.Get "files/adapter-rules.yaml" | fromYaml).rules }}
+{{- $names = append $names .name.as }}
+{{- end }}
+{{- range .Values.prometheusAdapter.rules.extraRules }}
+{{- if and .name .name.as }}{{ $names = append $names .name.as }}{{ end }}
+{{- end }}
+{{- join " " $names }}
+{{- end }}
+
+{{/* Adapter rule of a metric name, as a dict. Takes (dict "root" $ "metric" "x"). */}}
+{{- define "imaging-platform.adapterRule" -}}
+{{- $found := dict }}
+{{- range (.root.Files.Get "files/adapter-rules.yaml" | fromYaml).rules }}
+{{- if eq .name.as $.metric }}{{ $found = . }}{{ end }}
+{{- end }}
+{{- toYaml $found }}
+{{- end }}
+
+{{/* PromQL label matchers of this release's Triton pods. */}}
+{{- define "imaging-platform.tritonPodMatchers" -}}
+{{- printf "namespace=%q,pod=~%q" .Release.Namespace (printf "%s-[a-z0-9]+-[a-z0-9]+" (include "imaging-platform.componentName" (dict "root" . "component" "triton"))) }}
+{{- end }}
+
+{{/* The KEDA trigger query: the override, or the adapter rule of keda.metricName scoped to this release. */}}
+{{- define "imaging-platform.kedaQuery" -}}
+{{- $keda := .Values.triton.autoscaling.keda }}
+{{- if $keda.query }}
+{{- tpl $keda.query . }}
+{{- else }}
+{{- $rule := include "imaging-platform.adapterRule" (dict "root" . "metric" $keda.metricName) | fromYaml }}
+{{- if not $rule.metricsQuery }}
+{{- fail (printf "triton.autoscaling.keda.metricName %q is not exposed by files/adapter-rules.yaml" $keda.metricName) }}
+{{- end }}
+{{- $rule.metricsQuery | replace "<<.LabelMatchers>>" (include "imaging-platform.tritonPodMatchers" .) | replace "<<.GroupBy>>" "namespace" | replace "\n" " " | trim }}
+{{- end }}
+{{- end }}
+
+{{/* Pod template spec fragments shared by the four services: securityContext, scheduling. */}}
+{{- define "imaging-platform.topologySpread" -}}
+{{- $root := .root }}
+{{- $component := .component }}
+{{- range .constraints }}
+- {{ toYaml . | nindent 2 | trim }}
+  labelSelector:
+    matchLabels:
+      {{- include "imaging-platform.selectorLabels" (dict "root" $root "component" $component) | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{/* Checks that JSON Schema cannot express; called from every template run. */}}
+{{- define "imaging-platform.validate" -}}
+{{- $grace := add (int .Values.preStopSleepSeconds) (int .Values.config.graceSeconds) }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $grace) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds + config.graceSeconds (%d)" (int .Values.terminationGracePeriodSeconds) (int $grace)) }}
+{{- end }}
+{{- $tgrace := add (int .Values.triton.preStopSleepSeconds) (int .Values.triton.exitTimeoutSeconds) }}
+{{- if lt (int .Values.triton.terminationGracePeriodSeconds) (int $tgrace) }}
+{{- fail (printf "triton.terminationGracePeriodSeconds (%d) must be at least triton.preStopSleepSeconds + triton.exitTimeoutSeconds (%d)" (int .Values.triton.terminationGracePeriodSeconds) (int $tgrace)) }}
+{{- end }}
+{{- $as := .Values.triton.autoscaling }}
+{{- if and $as.hpa.enabled $as.keda.enabled }}
+{{- fail "triton.autoscaling.hpa.enabled and triton.autoscaling.keda.enabled are mutually exclusive: KEDA creates its own HPA" }}
+{{- end }}
+{{- if gt (int $as.minReplicas) (int $as.maxReplicas) }}
+{{- fail "triton.autoscaling.minReplicas must not exceed triton.autoscaling.maxReplicas" }}
+{{- end }}
+{{- if and $as.hpa.enabled .Values.prometheusAdapter.rules.enabled }}
+{{- $names := splitList " " (include "imaging-platform.adapterMetricNames" .) }}
+{{- if not (has $as.hpa.metricName $names) }}
+{{- fail (printf "triton.autoscaling.hpa.metricName %q is not exposed by the prometheus-adapter rules (%s)" $as.hpa.metricName (join ", " $names)) }}
+{{- end }}
+{{- end }}
+{{- range $svc := splitList " " (include "imaging-platform.services" .) }}
+{{- $a := (index $.Values $svc).autoscaling }}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
+{{- fail (printf "%s.autoscaling.minReplicas must not exceed %s.autoscaling.maxReplicas" $svc $svc) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "tls.secretName is required when tls.enabled is true" }}
+{{- end }}
+{{- end }}
+
+{{/* Ingress rule letting Prometheus scrape a metrics port. Takes (dict "np" .Values.networkPolicy "port" N). */}}
+{{- define "imaging-platform.metricsIngress" -}}
+- from:
+    - namespaceSelector:
+        {{- toYaml .np.metrics.namespaceSelector | nindent 8 }}
+      {{- with .np.metrics.podSelector }}
+      podSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+  ports:
+    - protocol: TCP
+      port: {{ .port }}
 {{- end }}

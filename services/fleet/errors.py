@@ -1,0 +1,45 @@
+"""Errors of fleet operations, as members of the platform's one exception tree."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.common.errors import DependencyUnavailable, NotFound, PlatformError
+
+
+class NoTritonPods(NotFound):
+    """The release has no Triton pod at all (wrong release, namespace or context)."""
+
+
+class NoReadyPods(DependencyUnavailable):
+    """Triton pods exist but none is ready, so there is nothing to roll out to."""
+
+
+class ClusterUnavailable(DependencyUnavailable):
+    """The Kubernetes API cannot be reached or refuses the request."""
+
+
+class PodCallFailed(DependencyUnavailable):
+    """One Triton pod did not do what was asked: unreachable, load refused, not ready.
+
+    ``detail`` is Triton's side of it alone, for a table row that already names the pod.
+    """
+
+    def __init__(self, what: str, address: str, detail: str) -> None:
+        super().__init__(f"{what} on {address}: {detail}")
+        self.what = what
+        self.detail = detail
+
+
+class RolloutFailed(PlatformError):
+    """The rollout stopped on a pod; every touched pod is back on its previous versions."""
+
+    code = grpc.StatusCode.ABORTED
+    exit_code = 1
+
+
+class RollbackIncomplete(RolloutFailed):
+    """The rollout failed and some pods could not be restored: the fleet is inconsistent."""
+
+    code = grpc.StatusCode.INTERNAL
+    exit_code = 3

@@ -1,0 +1,227 @@
+"""Fleet model rollout: a model version READY on every ready Triton pod of a release, or none.
+
+An explicit-mode load sent through the Triton Service lands on one pod, so this finds the pods
+through the Kubernetes API and loads on each directly, one at a time, verifying READY after
+each. When any pod fails, every pod already touched is put back on its previous versions.
+``imaging-platform models rollout NAME [--version V]`` calls ``rollout_command``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TextIO
+
+from services.common.errors import InvalidInput, PlatformError
+from services.fleet.core import (
+    DEFAULT_GRPC_PORT,
+    LoadKind,
+    LoadStep,
+    ModelState,
+    PodRollout,
+    ProgressTable,
+    RollbackKind,
+    Rollout,
+    Row,
+    Status,
+    Target,
+    model_label,
+    plan_rollback,
+    versions_label,
+    with_version,
+)
+from services.fleet.errors import PodCallFailed, RolloutFailed
+from services.fleet.triton import TritonPod
+
+DEFAULT_RELEASE = "imaging-platform"
+DEFAULT_TIMEOUT = 300.0  # a production load may build TensorRT engines
+
+
+class Pod(Protocol):
+    """What the rollout needs from one Triton server (services.fleet.triton.TritonPod)."""
+
+    def state(self, model: str) -> ModelState: ...
+
+    def load(self, model: str, config: Mapping[str, Any] | None, timeout: float) -> None: ...
+
+    def unload(self, model: str) -> None: ...
+
+    def wait_ready(self, model: str, versions: tuple[int, ...], timeout: float) -> ModelState: ...
+
+    def wait_unloaded(self, model: str, timeout: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+Connect = Callable[[str], Pod]
+Report = Callable[[Row], None]
+
+
+def _row(pod: PodRollout, action: str, result: str) -> Row:
+    previous = versions_label(pod.previous.versions) if pod.previous is not None else "-"
+    return Row(pod.target.pod, pod.target.address or "-", previous, action, result)
+
+
+class _Deadline:
+    """One time budget per pod, shared by its load call and the READY polling after it."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+        self._start = time.monotonic()
+
+    def left(self) -> float:
+        return max(self._end - time.monotonic(), 1.0)
+
+    def elapsed(self) -> str:
+        return f"{time.monotonic() - self._start:.1f} s"
+
+
+def _load(pod: Pod, rollout: Rollout, step: LoadStep, deadline: _Deadline) -> ModelState:
+    model = rollout.model
+    if step.kind is LoadKind.BOOTSTRAP:
+        # No pod serves the model, so there is no complete config to pin the version on:
+        # load the repository's, then pin if its version policy serves something else.
+        pod.load(model, None, deadline.left())
+        loaded = pod.wait_ready(model, (), deadline.left())
+        if loaded.versions == step.expect or loaded.config is None:
+            return pod.wait_ready(model, step.expect, deadline.left())
+        assert rollout.version is not None  # BOOTSTRAP is only planned for a given version
+        pod.load(model, with_version(loaded.config, rollout.version), deadline.left())
+    else:
+        pod.load(model, step.config, deadline.left())
+    return pod.wait_ready(model, step.expect, deadline.left())
+
+
+def _roll_back(
+    pod: Pod, rollout: Rollout, entry: PodRollout, timeout: float, report: Report
+) -> None:
+    assert entry.previous is not None  # only inspected pods are touched
+    model = rollout.model
+    previous = entry.previous
+    action = f"rollback to {versions_label(previous.versions)}" if previous.loaded else "unload"
+    deadline = _Deadline(timeout)
+    try:
+        step = plan_rollback(previous, pod.state(model))
+        if step.kind is RollbackKind.RELOAD:
+            pod.load(model, step.config, deadline.left())
+            state = pod.wait_ready(model, step.expect, deadline.left())
+            result = f"READY {versions_label(state.versions)} ({deadline.elapsed()})"
+        elif step.kind is RollbackKind.UNLOAD:
+            pod.unload(model)
+            pod.wait_unloaded(model, deadline.left())
+            result = "unloaded"
+        elif previous.loaded:
+            result = f"unchanged: still {versions_label(previous.versions)}"
+        else:
+            result = "unchanged: not loaded"
+    except PodCallFailed as err:
+        rollout.rolled_back(entry, f"{err.what}: {err.detail}")
+        report(_row(entry, action, f"ROLLBACK FAILED: {err.detail}"))
+        return
+    rollout.rolled_back(entry, None)
+    report(_row(entry, action, result))
+
+
+def execute(rollout: Rollout, connect: Connect, report: Report, timeout: float) -> None:
+    """Carry out ``rollout``, reporting each step; raises RolloutFailed if it did not land."""
+    model = rollout.model
+    action = f"load {versions_label([rollout.version])}" if rollout.version is not None else "load"
+    clients: dict[str, Pod] = {}
+    try:
+        for entry in rollout.skipped:
+            report(_row(entry, "skip", entry.detail))
+        for entry in rollout.to_inspect():
+            assert entry.target.address is not None  # active targets have one
+            try:
+                client = clients[entry.target.pod] = connect(entry.target.address)
+                state = client.state(model)
+            except PodCallFailed as err:
+                rollout.failed(entry, f"{err.what}: {err.detail}")
+                report(_row(entry, "inspect", f"FAILED: {err.detail}"))
+                break
+            if not rollout.inspected(entry, state):
+                report(_row(entry, "inspect", f"FAILED: {entry.detail}"))
+                break
+        while (step := rollout.next_load()) is not None:
+            entry, plan = step
+            deadline = _Deadline(timeout)
+            rollout.started(entry)
+            try:
+                state = _load(clients[entry.target.pod], rollout, plan, deadline)
+            except PodCallFailed as err:
+                rollout.failed(entry, f"{err.what}: {err.detail}")
+                report(_row(entry, action, f"FAILED: {err.detail}"))
+            except KeyboardInterrupt:  # a half-done rollout is worse than none: undo it
+                rollout.failed(entry, "interrupted")
+                report(_row(entry, action, "INTERRUPTED"))
+            else:
+                rollout.succeeded(entry, state)
+                report(_row(entry, action, f"{entry.detail} ({deadline.elapsed()})"))
+        for entry in rollout.pods:
+            if entry.status is Status.NOT_ATTEMPTED:
+                report(_row(entry, action, "not attempted"))
+        for entry in rollout.to_roll_back():
+            _roll_back(clients[entry.target.pod], rollout, entry, timeout, report)
+    finally:
+        for client in clients.values():
+            client.close()
+    error = rollout.error()
+    if error is not None:
+        raise error
+
+
+def roll_out(
+    targets: list[Target],
+    model: str,
+    version: int | None,
+    out: TextIO,
+    timeout: float = DEFAULT_TIMEOUT,
+    connect: Connect | None = None,
+) -> Rollout:
+    """Roll ``model`` out to ``targets``, printing the progress table to ``out``."""
+    rollout = Rollout(model, version, targets)
+    execute(rollout, connect or TritonPod, ProgressTable(targets, out), timeout)
+    return rollout
+
+
+def rollout_command(
+    model: str,
+    version: int | None = None,
+    namespace: str | None = None,
+    release: str = DEFAULT_RELEASE,
+    timeout: float = DEFAULT_TIMEOUT,
+    grpc_port: int = DEFAULT_GRPC_PORT,
+    context: str | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """The CLI command: 0 when READY everywhere, else the error's exit code (1, or 3 when
+    the rollback itself failed and the fleet is left inconsistent)."""
+    from services.fleet.kube import Cluster, connect
+
+    out = out or sys.stdout  # looked up now, so redirection after import is honoured
+    err = err or sys.stderr
+    label = model_label(model, version)
+    try:
+        if version is not None and version < 1:
+            raise InvalidInput(f"--version must be a positive model version, not {version}")
+        api, default_namespace = connect(context)
+        namespace = namespace or default_namespace
+        with api:
+            targets = Cluster(api).targets(namespace, release, grpc_port)
+        ready = sum(t.active for t in targets)
+        print(
+            f"rolling out {label} to release {release} in namespace {namespace}: "
+            f"{ready} of {len(targets)} Triton pod(s) ready",
+            file=out,
+        )
+        rollout = roll_out(targets, model, version, out, timeout)
+    except RolloutFailed as error:
+        print(f"error: {error.reason}", file=err)
+        return error.exit_code
+    except PlatformError as error:
+        print(f"error: {error.reason}", file=err)
+        return 1
+    print(rollout.summary(), file=out)
+    return 0

@@ -1,0 +1,193 @@
+"""Real local tritonservers in explicit model-control mode, one per emulated pod.
+
+Each serves a tiny ONNX model (y = x + version, so a reply tells which version answered)
+through the CPU python backend, from its own copy of the derived repository so that one pod's
+version 2 can be broken without touching the other's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tritonclient.grpc as triton_grpc
+from onnx import TensorProto, helper
+from tritonclient.utils import InferenceServerException
+
+from services.cli.stack import free_port, triton_paths
+from services.triton_local.repository import derive_cpu_repository
+
+MODEL = "fleet_tiny"
+VERSIONS = (1, 2)
+CONFIG = f"""name: "{MODEL}"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+version_policy: {{ specific: {{ versions: [ 1 ] }} }}
+instance_group [ {{ kind: KIND_GPU count: 1 }} ]
+"""
+
+
+def write_source_repository(root: Path) -> Path:
+    """A production-style repository: onnxruntime config serving v1, versions 1 and 2."""
+    model_dir = root / MODEL
+    for version in VERSIONS:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+        offset = helper.make_tensor("offset", TensorProto.FLOAT, [2], [float(version)] * 2)
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "offset"], ["y"])], MODEL, [x], [y], [offset]
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 8  # readable by any onnxruntime the python backend may run
+        onnx.checker.check_model(model)
+        (model_dir / str(version)).mkdir(parents=True)
+        onnx.save(model, model_dir / str(version) / "model.onnx")
+    (model_dir / "config.pbtxt").write_text(CONFIG)
+    return root
+
+
+def _backend_directory(run_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The python backend laid out as services/cli/stack.py does, and the server's env."""
+    _, server, libs = triton_paths()
+    backend = run_dir / "backends" / "python"
+    backend.mkdir(parents=True, exist_ok=True)
+    stub = server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+    for source in (
+        server / "backends" / "python" / "libtriton_python.so",
+        server / "backends" / "python" / "triton_python_backend_utils.py",
+        stub / "triton_python_backend_stub",
+    ):
+        shutil.copy2(source, backend / source.name)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (str(libs), sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH")) if p
+    )
+    env["IMAGING_ORT_THREADS"] = "1"
+    return backend.parent, env
+
+
+@dataclass
+class LocalTriton:
+    """One tritonserver standing in for one Triton pod."""
+
+    name: str
+    repository: Path
+    source: Path
+    grpc_port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def client(self) -> triton_grpc.InferenceServerClient:
+        return triton_grpc.InferenceServerClient(self.address)
+
+    def break_version(self, version: int) -> None:
+        """Make ``version`` fail to load here: its model.onnx is not ONNX any more."""
+        target = self.repository / MODEL / str(version) / "model.onnx"
+        target.unlink()
+        target.write_bytes(b"not an onnx model")
+
+    def heal_version(self, version: int) -> None:
+        target = self.repository / MODEL / str(version) / "model.onnx"
+        target.unlink()
+        target.symlink_to((self.source / MODEL / str(version) / "model.onnx").resolve())
+
+    def ready_versions(self) -> list[int]:
+        with self.client() as client:
+            return [v for v in VERSIONS if client.is_model_ready(MODEL, str(v))]
+
+    def infer_offset(self) -> float:
+        """y - x of one inference: the version that answered."""
+        with self.client() as client:
+            x = np.array([[10.0, 20.0]], dtype=np.float32)
+            request = triton_grpc.InferInput("x", list(x.shape), "FP32")
+            request.set_data_from_numpy(x)
+            result = client.infer(MODEL, [request]).as_numpy("y")
+        offsets = set((result - x).ravel().tolist())
+        assert len(offsets) == 1, offsets
+        return float(offsets.pop())
+
+    def reset(self, loaded: bool = True) -> None:
+        """Back to the repository's state: v2 loadable, the model on v1 (or unloaded)."""
+        self.heal_version(2)
+        with self.client() as client:
+            if loaded:
+                client.load_model(MODEL)
+            else:
+                client.unload_model(MODEL)
+                deadline = time.monotonic() + 30
+                while client.is_model_ready(MODEL) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+        assert self.ready_versions() == ([1] if loaded else [])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait(5)
+
+
+def start_tritonserver(name: str, run_dir: Path, source: Path) -> LocalTriton:
+    """Spawn (without waiting) a tritonserver with v1 of the model loaded, as a pod starts."""
+    binary, _, _ = triton_paths()
+    backends, env = _backend_directory(run_dir)
+    repository = run_dir / "models"
+    derive_cpu_repository(source, repository)
+    port = free_port()
+    log = run_dir / "tritonserver.log"
+    argv = [
+        str(binary),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",
+        f"--load-model={MODEL}",
+        f"--grpc-port={port}",
+        "--allow-http=false",
+        "--allow-metrics=false",
+        "--strict-readiness=true",
+        "--exit-on-error=false",
+    ]
+    process = subprocess.Popen(
+        argv,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=run_dir,
+        start_new_session=True,
+    )
+    return LocalTriton(name, repository, source, port, process, log)
+
+
+def wait_ready(servers: list[LocalTriton], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(servers)
+    while pending:
+        for server in list(pending):
+            if server.process.poll() is not None:
+                raise RuntimeError(f"{server.name} exited:\n{server.log.read_text()[-3000:]}")
+            try:
+                with server.client() as client:
+                    if client.is_server_ready() and client.is_model_ready(MODEL, "1"):
+                        pending.remove(server)
+            except InferenceServerException:
+                pass
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"not ready after {timeout:.0f} s: {[s.name for s in pending]}")
+        time.sleep(0.1)

@@ -1,0 +1,153 @@
+"""`imaging-platform models rollout` end to end: two real tritonservers, an emulated cluster.
+
+Every test runs the CLI against two local explicit-mode tritonservers standing in for the
+Triton pods; the Pods and EndpointSlices describing them are served by kmock's in-memory
+Kubernetes API emulator (no kube-apiserver can run here), reached through a kubeconfig.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fleet_kube import (
+    NAMESPACE,
+    PODS,
+    RELEASE,
+    KubeApi,
+    endpoint_slice,
+    triton_pod,
+)
+from fleet_tritons import MODEL, LocalTriton
+
+from services.cli.main import main
+from services.fleet.kube import pod_labels, selector
+
+pytest_plugins = ("fleet_fixtures",)
+
+
+def _publish(kube_api: KubeApi, fleet: list[LocalTriton], ready: dict[str, bool]) -> None:
+    """The two servers as Triton pods of the release, plus a pod that must be left alone."""
+    for server in fleet:
+        kube_api.add(triton_pod(server.name, server.grpc_port, ready=ready[server.name]))
+    kube_api.add(endpoint_slice(f"{RELEASE}-triton-x1", ready))
+    # Same release, another component: its port is a Triton's, so touching it would show.
+    kube_api.add(triton_pod("gateway-0", fleet[0].grpc_port, component="gateway"))
+
+
+def _rollout(*extra: str) -> int:
+    return main(["models", "rollout", MODEL, "--release", RELEASE, "--timeout", "60", *extra])
+
+
+def test_rollout_serves_the_new_version_on_every_pod(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pods and EndpointSlices come from the kmock API emulator: both pods end on v2."""
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+
+    assert _rollout("--version", "2") == 0
+
+    out = capsys.readouterr().out
+    for server in fleet:
+        assert server.ready_versions() == [2], server.name
+        assert server.infer_offset() == 2.0, server.name
+        row = next(line for line in out.splitlines() if line.startswith(server.name))
+        assert server.address in row and "load v2" in row and "READY v2" in row
+    assert "gateway-0" not in out
+    assert f"{MODEL} v2 is READY on 2 pod(s)" in out
+    # Namespace from the kubeconfig context; pods found by the chart's labels.
+    query = {"labelSelector": selector(pod_labels(RELEASE))}
+    assert (f"/api/v1/namespaces/{NAMESPACE}/pods", query) in kube_api.requests(PODS)
+
+
+def test_failed_load_rolls_every_pod_back(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pods come from the kmock API emulator; triton-b's version 2 is not a valid model.
+
+    triton-a is loaded first and gets v2, triton-b refuses it: both must end on v1 again and
+    the command must fail saying where and why.
+    """
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+    fleet[1].break_version(2)
+
+    assert _rollout("--version", "2", "--namespace", NAMESPACE) == 1
+
+    captured = capsys.readouterr()
+    for server in fleet:
+        assert server.ready_versions() == [1], server.name
+        assert server.infer_offset() == 1.0, server.name
+    assert "stopped at pod triton-b" in captured.err
+    assert "Rolled back 2 pod(s) to their previous versions" in captured.err
+    rows = [line for line in captured.out.splitlines() if line.startswith("triton-")]
+    assert [r.split()[0] for r in rows] == ["triton-a", "triton-b", "triton-b", "triton-a"]
+    assert "READY v2" in rows[0]
+    assert "FAILED" in rows[1]
+    assert "rollback to v1" in rows[2] and "unchanged: still v1" in rows[2]
+    assert "rollback to v1" in rows[3] and "READY v1" in rows[3]
+
+
+def test_pod_not_ready_in_the_api_is_skipped(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pods come from the kmock API emulator, which reports triton-b not Ready: only a loads."""
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": False})
+
+    assert _rollout("--version", "2") == 0
+
+    out = capsys.readouterr().out
+    assert fleet[0].ready_versions() == [2]
+    assert fleet[1].ready_versions() == [1]
+    skipped = next(line for line in out.splitlines() if line.startswith("triton-b"))
+    assert "skip" in skipped and "not ready" in skipped
+    assert "1 skipped (triton-b: not ready)" in out
+
+
+def test_rollback_unloads_where_the_model_was_not_loaded(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pods come from the kmock API emulator; triton-a does not serve the model at first.
+
+    triton-a gets v2 pinned on the config triton-b serves; when triton-b fails, triton-a is
+    unloaded again rather than left serving something it did not serve before.
+    """
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+    fleet[0].reset(loaded=False)
+    fleet[1].break_version(2)
+
+    assert _rollout("--version", "2") == 1
+
+    out = capsys.readouterr().out
+    assert fleet[0].ready_versions() == []
+    assert fleet[1].ready_versions() == [1]
+    last = [line for line in out.splitlines() if line.startswith("triton-a")][-1]
+    assert "unload" in last and "unloaded" in last
+
+
+def test_unreachable_pod_stops_the_rollout_before_any_change(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pods come from the kmock API emulator; a third Ready pod points at a closed port."""
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+    kube_api.add(triton_pod("triton-c", port=1))
+
+    assert _rollout("--version", "2") == 1
+
+    captured = capsys.readouterr()
+    for server in fleet:
+        assert server.ready_versions() == [1], server.name
+    assert "stopped at pod triton-c (127.0.0.1:1)" in captured.err
+    assert "unreachable" in captured.err and "Nothing was changed" in captured.err
+
+
+def test_a_model_missing_from_the_repositories_changes_nothing(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pods come from the kmock API emulator; the servers' repositories lack the model."""
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+
+    assert main(["models", "rollout", "no_such_model", "--release", RELEASE]) == 1
+
+    assert "no_such_model is not in this pod's model repository" in capsys.readouterr().err
+    for server in fleet:
+        assert server.ready_versions() == [1], server.name
