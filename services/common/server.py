@@ -50,6 +50,10 @@ def start(
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Clients balancing over a headless Service only learn about new replicas when they
+        # re-resolve; ending connections after a while (in-flight calls finish) makes them.
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix=name),

@@ -21,6 +21,9 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="gRPC message cap")
     workers: int = Field(8, gt=0, description="threads serving RPCs")
     grace_seconds: float = Field(10.0, ge=0, description="drain time on SIGTERM")
+    max_connection_age_seconds: float = Field(
+        60.0, gt=0, description="close client connections after this long so they re-resolve"
+    )
     log_level: str = Field("INFO", description="root log level")
 
 

@@ -13,9 +13,8 @@ from services.decoder.servicer import DecoderServicer
 SERVICE_NAME = decoder_pb2.DESCRIPTOR.services_by_name["DicomDecoder"].full_name
 
 
-def main() -> None:
-    settings = DecoderSettings()
-    logs.configure(settings.log_level)
+def start(settings: DecoderSettings) -> server.RunningServer:
+    """Start serving (tests call this in-process)."""
     limits = DecodeLimits(
         max_bytes=settings.max_encoded_bytes,
         max_pixels=settings.max_pixels,
@@ -25,8 +24,13 @@ def main() -> None:
     def register(srv: grpc.Server) -> None:
         decoder_pb2_grpc.add_DicomDecoderServicer_to_server(DecoderServicer(limits), srv)
 
-    running = server.start("decoder", settings, register, [SERVICE_NAME], ("decode",))
-    server.serve_forever(running, settings.grace_seconds)
+    return server.start("decoder", settings, register, [SERVICE_NAME], ("decode",))
+
+
+def main() -> None:
+    settings = DecoderSettings()
+    logs.configure(settings.log_level)
+    server.serve_forever(start(settings), settings.grace_seconds)
 
 
 if __name__ == "__main__":

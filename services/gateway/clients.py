@@ -7,6 +7,7 @@ code and reason; a peer that cannot be reached becomes UNAVAILABLE naming which 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,19 @@ _PASS_THROUGH: dict[grpc.StatusCode, type[errors.PlatformError]] = {
 }
 
 
+# Spread calls over every address the target resolves to (a headless Service's pods, or an
+# `ipv4:a,b` list) instead of pinning one connection; see the chart's peer Services.
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.service_config", _ROUND_ROBIN),
+    ]
+
+
 def _translate_rpc(peer: str, err: grpc.RpcError) -> errors.PlatformError:
     code, details = err.code(), err.details() or ""
     if code in _PASS_THROUGH:
@@ -57,13 +71,7 @@ class _ServiceClient:
     def __init__(self, peer: str, address: str, timeout: float, max_message_bytes: int) -> None:
         self._peer = peer
         self._timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+        self.channel = grpc.insecure_channel(address, options=channel_options(max_message_bytes))
 
     def call(self, method: Callable[..., T], request: object, request_id: str) -> T:
         try:
@@ -159,7 +167,9 @@ class TritonClient:
     def __init__(self, address: str, timeout: float) -> None:
         self._address = address
         self._timeout = timeout
-        self._client = triton.InferenceServerClient(address)
+        self._client = triton.InferenceServerClient(
+            address, channel_args=channel_options(2**31 - 1)
+        )
         self._max_batch: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 

@@ -176,10 +176,10 @@ def test_service_env_wiring(scenario: str) -> None:
     gateway_env = env_of(pod_spec(deployment(objs, "gateway"))["containers"][0])
     for peer in INNER:
         assert gateway_env[f"IMAGING_{peer.upper()}_ADDRESS"] == (
-            f"{component_name(peer)}.{NAMESPACE}.svc.cluster.local:50051"
+            f"dns:///{component_name(peer)}-peers.{NAMESPACE}.svc.cluster.local:50051"
         )
     assert gateway_env["IMAGING_TRITON_ADDRESS"] == (
-        f"{component_name('triton')}.{NAMESPACE}.svc.cluster.local:8001"
+        f"dns:///{component_name('triton')}-peers.{NAMESPACE}.svc.cluster.local:8001"
     )
 
 
@@ -192,7 +192,7 @@ def test_every_service_address_resolves_to_a_service_port(scenario: str) -> None
             for name, value in env_of(c).items():
                 if not name.endswith("_ADDRESS"):
                     continue
-                host, port = value.rsplit(":", 1)
+                host, port = value.removeprefix("dns:///").rsplit(":", 1)
                 svc_name, ns = host.split(".")[:2]
                 assert ns == NAMESPACE
                 svc = services[svc_name]
@@ -737,3 +737,20 @@ def test_schema_describes_every_default_value() -> None:
     assert schema is not None
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
     assert set(defaults) <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_gateway_balances_over_headless_peer_services(scenario: str) -> None:
+    """Per-call balancing needs every pod's address: the gateway dials headless Services."""
+    objs = objects(scenario)
+    gateway = deployment(objs, "gateway")
+    env = env_of(next(iter(containers(gateway, init=False))))
+    for peer in ("decoder", "preprocessor", "postprocessor", "triton"):
+        target = env[f"IMAGING_{peer.upper()}_ADDRESS"]
+        match = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.[a-z.]+:(\d+)", target)
+        assert match, target
+        service = by_name(objs, "Service", match.group(1))
+        assert match.group(2) == NAMESPACE
+        assert service["spec"]["clusterIP"] == "None"
+        assert int(match.group(3)) in {p["port"] for p in service["spec"]["ports"]}
+        assert pods_selected(objs, {"matchLabels": service["spec"]["selector"]}) == {peer}

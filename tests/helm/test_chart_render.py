@@ -83,10 +83,13 @@ def test_core_workloads_exist(scenario: str) -> None:
     deployments = {d["metadata"]["name"] for d in of_kind(objs, "Deployment")}
     services = {s["metadata"]["name"] for s in of_kind(objs, "Service")}
     expected = {component_name(c) for c in COMPONENTS}
+    peers = {
+        f"{component_name(c)}-peers" for c in ("decoder", "preprocessor", "postprocessor", "triton")
+    }
     assert deployments == expected
-    assert services == expected
+    assert services == expected | peers
     for svc in of_kind(objs, "Service"):
-        assert svc["spec"]["type"] == "ClusterIP"
+        assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
     assert any(
         o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-pipelines") for o in objs
     )

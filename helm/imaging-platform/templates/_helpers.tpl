@@ -70,6 +70,16 @@ helm.sh/chart: {{ include "imaging-platform.chart" .root }}
 {{- end }}
 
 {{/* In-cluster DNS name of one component's Service. Takes (dict "root" $ "component" "x"). */}}
+{{/* Headless Service of one component, for client-side gRPC balancing. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.peersName" -}}
+{{- printf "%s-peers" (include "imaging-platform.componentName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* gRPC target of a component's pods: dns:/// on the headless Service, so the client sees every pod. */}}
+{{- define "imaging-platform.peersTarget" -}}
+{{- printf "dns:///%s.%s.svc.%s:%d" (include "imaging-platform.peersName" .) .root.Release.Namespace .root.Values.clusterDomain (int .port) }}
+{{- end }}
+
 {{- define "imaging-platform.serviceHost" -}}
 {{- printf "%s.%s.svc.%s" (include "imaging-platform.componentName" .) .root.Release.Namespace .root.Values.clusterDomain }}
 {{- end }}
