@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from services.api.imaging.v1 import findings_pb2, tensor_pb2
 from services.common import tensors
-from services.common.images import DecodedImage, ImageAttributes
+from services.common.images import DecodedImage, ImageAttributes, Lut
+
+
+def _lut_to_proto(lut: Lut) -> tensor_pb2.Lut:
+    return tensor_pb2.Lut(
+        first_mapped=lut.first_mapped,
+        bits_per_entry=lut.bits_per_entry,
+        data=tensors.to_proto(lut.data),
+        explanation=lut.explanation,
+    )
+
+
+def _lut_from_proto(msg: tensor_pb2.Lut) -> Lut:
+    return Lut(msg.first_mapped, msg.bits_per_entry, tensors.from_proto(msg.data), msg.explanation)
 
 
 def attributes_to_proto(attrs: ImageAttributes) -> tensor_pb2.ImageAttributes:
@@ -24,7 +39,17 @@ def attributes_to_proto(attrs: ImageAttributes) -> tensor_pb2.ImageAttributes:
         rescale_intercept=attrs.rescale_intercept,
         pixel_spacing=list(attrs.pixel_spacing or ()),
         number_of_frames=attrs.number_of_frames,
+        frame_positions=[c for position in attrs.frame_positions for c in position],
+        image_orientation_patient=list(attrs.image_orientation_patient or ()),
+        voi_luts=[_lut_to_proto(lut) for lut in attrs.voi_luts],
+        voi_lut_function=attrs.voi_lut_function,
+        instance_number=attrs.instance_number,
+        series_number=attrs.series_number,
     )
+    if attrs.modality_lut is not None:
+        msg.modality_lut.CopyFrom(_lut_to_proto(attrs.modality_lut))
+    if attrs.slice_thickness is not None:
+        msg.slice_thickness = attrs.slice_thickness
     if attrs.window_center is not None:
         msg.window_center = attrs.window_center
     if attrs.window_width is not None:
@@ -52,6 +77,17 @@ def attributes_from_proto(msg: tensor_pb2.ImageAttributes) -> ImageAttributes:
         window_width=msg.window_width if msg.HasField("window_width") else None,
         pixel_spacing=(spacing[0], spacing[1]) if len(spacing) == 2 else None,
         number_of_frames=msg.number_of_frames,
+        frame_positions=tuple(
+            (float(p[0]), float(p[1]), float(p[2]))
+            for p in np.reshape(np.asarray(msg.frame_positions, dtype=np.float64), (-1, 3))
+        ),
+        image_orientation_patient=tuple(msg.image_orientation_patient) or None,
+        slice_thickness=msg.slice_thickness if msg.HasField("slice_thickness") else None,
+        modality_lut=_lut_from_proto(msg.modality_lut) if msg.HasField("modality_lut") else None,
+        voi_luts=tuple(_lut_from_proto(lut) for lut in msg.voi_luts),
+        voi_lut_function=msg.voi_lut_function or "LINEAR",
+        instance_number=msg.instance_number,
+        series_number=msg.series_number,
     )
 
 

@@ -10,6 +10,21 @@ from services.common.errors import InvalidInput
 
 
 @dataclass(frozen=True)
+class Lut:
+    """A DICOM LUT (PS3.3 C.11): stored value ``first_mapped + i`` maps to ``data[i]``."""
+
+    first_mapped: int
+    bits_per_entry: int
+    data: np.ndarray
+    explanation: str = ""
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Values below the first entry take the first, above the last take the last."""
+        index = np.clip(np.rint(values).astype(np.int64) - self.first_mapped, 0, len(self.data) - 1)
+        return np.asarray(self.data[index], dtype=np.float32)
+
+
+@dataclass(frozen=True)
 class ImageAttributes:
     """The DICOM attributes preprocessing and pipeline routing need; never patient identity."""
 
@@ -30,6 +45,15 @@ class ImageAttributes:
     window_width: float | None = None
     pixel_spacing: tuple[float, float] | None = None
     number_of_frames: int = 1
+    # ImagePositionPatient of each frame (mm), empty when unknown.
+    frame_positions: tuple[tuple[float, float, float], ...] = ()
+    image_orientation_patient: tuple[float, ...] | None = None
+    slice_thickness: float | None = None
+    modality_lut: Lut | None = None
+    voi_luts: tuple[Lut, ...] = ()
+    voi_lut_function: str = "LINEAR"
+    instance_number: int = 0
+    series_number: int = 0
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ImageAttributes(_message.Message):
-    __slots__ = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid", "modality", "body_part_examined", "view_position", "transfer_syntax_uid", "photometric_interpretation", "bits_stored", "pixel_representation", "rescale_slope", "rescale_intercept", "window_center", "window_width", "pixel_spacing", "number_of_frames")
+    __slots__ = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid", "modality", "body_part_examined", "view_position", "transfer_syntax_uid", "photometric_interpretation", "bits_stored", "pixel_representation", "rescale_slope", "rescale_intercept", "window_center", "window_width", "pixel_spacing", "number_of_frames", "frame_positions", "image_orientation_patient", "slice_thickness", "modality_lut", "voi_luts", "voi_lut_function", "instance_number", "series_number")
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,14 @@ class ImageAttributes(_message.Message):
     WINDOW_WIDTH_FIELD_NUMBER: _ClassVar[int]
     PIXEL_SPACING_FIELD_NUMBER: _ClassVar[int]
     NUMBER_OF_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FRAME_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ORIENTATION_PATIENT_FIELD_NUMBER: _ClassVar[int]
+    SLICE_THICKNESS_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_LUT_FIELD_NUMBER: _ClassVar[int]
+    VOI_LUTS_FIELD_NUMBER: _ClassVar[int]
+    VOI_LUT_FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SERIES_NUMBER_FIELD_NUMBER: _ClassVar[int]
     sop_instance_uid: str
     sop_class_uid: str
     study_instance_uid: str
@@ -73,7 +81,27 @@ class ImageAttributes(_message.Message):
     window_width: float
     pixel_spacing: _containers.RepeatedScalarFieldContainer[float]
     number_of_frames: int
-    def __init__(self, sop_instance_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., modality: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., view_position: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., photometric_interpretation: _Optional[str] = ..., bits_stored: _Optional[int] = ..., pixel_representation: _Optional[int] = ..., rescale_slope: _Optional[float] = ..., rescale_intercept: _Optional[float] = ..., window_center: _Optional[float] = ..., window_width: _Optional[float] = ..., pixel_spacing: _Optional[_Iterable[float]] = ..., number_of_frames: _Optional[int] = ...) -> None: ...
+    frame_positions: _containers.RepeatedScalarFieldContainer[float]
+    image_orientation_patient: _containers.RepeatedScalarFieldContainer[float]
+    slice_thickness: float
+    modality_lut: Lut
+    voi_luts: _containers.RepeatedCompositeFieldContainer[Lut]
+    voi_lut_function: str
+    instance_number: int
+    series_number: int
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., modality: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., view_position: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., photometric_interpretation: _Optional[str] = ..., bits_stored: _Optional[int] = ..., pixel_representation: _Optional[int] = ..., rescale_slope: _Optional[float] = ..., rescale_intercept: _Optional[float] = ..., window_center: _Optional[float] = ..., window_width: _Optional[float] = ..., pixel_spacing: _Optional[_Iterable[float]] = ..., number_of_frames: _Optional[int] = ..., frame_positions: _Optional[_Iterable[float]] = ..., image_orientation_patient: _Optional[_Iterable[float]] = ..., slice_thickness: _Optional[float] = ..., modality_lut: _Optional[_Union[Lut, _Mapping]] = ..., voi_luts: _Optional[_Iterable[_Union[Lut, _Mapping]]] = ..., voi_lut_function: _Optional[str] = ..., instance_number: _Optional[int] = ..., series_number: _Optional[int] = ...) -> None: ...
+
+class Lut(_message.Message):
+    __slots__ = ("first_mapped", "bits_per_entry", "data", "explanation")
+    FIRST_MAPPED_FIELD_NUMBER: _ClassVar[int]
+    BITS_PER_ENTRY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    first_mapped: int
+    bits_per_entry: int
+    data: Tensor
+    explanation: str
+    def __init__(self, first_mapped: _Optional[int] = ..., bits_per_entry: _Optional[int] = ..., data: _Optional[_Union[Tensor, _Mapping]] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class DecodedImage(_message.Message):
     __slots__ = ("pixels", "attributes")
