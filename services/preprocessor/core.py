@@ -26,6 +26,8 @@ def _stored_range(attrs: ImageAttributes) -> tuple[float, float]:
 
 
 def _modality_lut(x: Frame, attrs: ImageAttributes, _: spec.ModalityLut) -> Frame:
+    if attrs.modality_lut is not None:  # Modality LUT Sequence replaces the rescale
+        return attrs.modality_lut.apply(x)
     if attrs.rescale_slope != 1.0:
         x *= np.float32(attrs.rescale_slope)
     if attrs.rescale_intercept != 0.0:
@@ -33,25 +35,49 @@ def _modality_lut(x: Frame, attrs: ImageAttributes, _: spec.ModalityLut) -> Fram
     return x
 
 
-def _voi_window(x: Frame, attrs: ImageAttributes, step: spec.VoiWindow) -> Frame:
-    center, width = step.center, step.width
-    if step.prefer_file_window and attrs.window_center is not None and attrs.window_width:
-        center, width = attrs.window_center, attrs.window_width
-    if center is not None and width is not None and width > 1:
-        # DICOM PS3.3 C.11.2.1.2.1 LINEAR function, output scaled to [0, 1].
-        offset, scale = center - 0.5 - 0.5 * (width - 1), width - 1
-    else:
-        lo, hi = _stored_range(attrs)
-        lo, hi = sorted(
-            (
-                lo * attrs.rescale_slope + attrs.rescale_intercept,
-                hi * attrs.rescale_slope + attrs.rescale_intercept,
-            )
-        )
-        offset, scale = lo, hi - lo
+def _modality_range(attrs: ImageAttributes) -> tuple[float, float]:
+    """Range of modality values the file can hold: the window of last resort."""
+    if attrs.modality_lut is not None:
+        return float(attrs.modality_lut.data.min()), float(attrs.modality_lut.data.max())
+    lo, hi = _stored_range(attrs)
+    ends = (
+        lo * attrs.rescale_slope + attrs.rescale_intercept,
+        hi * attrs.rescale_slope + attrs.rescale_intercept,
+    )
+    return min(ends), max(ends)
+
+
+def _linear(x: Frame, offset: float, scale: float) -> Frame:
     # In place: these frames are full-resolution radiographs, temporaries cost real time.
     x -= np.float32(offset)
     x *= np.float32(1.0 / scale)
+    return x
+
+
+def _voi_window(x: Frame, attrs: ImageAttributes, step: spec.VoiWindow) -> Frame:
+    """DICOM PS3.3 C.11.2: the file's VOI LUT, else its window (with its VOI LUT Function),
+    else the step's window, else the full modality range; output scaled to [0, 1]."""
+    center, width, function = step.center, step.width, "LINEAR"
+    if step.prefer_file_window and attrs.voi_luts:
+        lut = attrs.voi_luts[0]
+        x = lut.apply(x)
+        return np.clip(_linear(x, 0.0, float(2**lut.bits_per_entry - 1)), 0.0, 1.0, out=x)
+    if step.prefer_file_window and attrs.window_center is not None and attrs.window_width:
+        center, width = attrs.window_center, attrs.window_width
+        function = attrs.voi_lut_function or "LINEAR"
+    if center is None or width is None:
+        lo, hi = _modality_range(attrs)
+        x = _linear(x, lo, max(hi - lo, 1e-6))
+    elif function == "SIGMOID":
+        x = _linear(x, center, width / 4.0)
+        np.negative(x, out=x)
+        np.exp(x, out=x)
+        x += np.float32(1.0)
+        np.reciprocal(x, out=x)
+    elif function == "LINEAR_EXACT":
+        x = _linear(x, center - width / 2.0, width)
+    else:  # LINEAR; a width of 1 is a threshold at the centre
+        x = _linear(x, center - 0.5 - (width - 1) / 2.0, max(width - 1.0, 1e-6))
     return np.clip(x, 0.0, 1.0, out=x)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidInput
-from services.common.images import DecodedImage, ImageAttributes
+from services.common.images import DecodedImage, ImageAttributes, Lut
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.preprocessor.core import preprocess_image, training_batch
 
@@ -68,3 +68,49 @@ def test_wrong_frames_or_channels_are_invalid(cxr: Pipeline) -> None:
         preprocess_image(DecodedImage(np.zeros((1, 8, 8, 3), np.uint8)), cxr)
     with pytest.raises(InvalidInput, match="uint8"):
         training_batch(np.zeros((1, 28, 28), np.float32), cxr)
+
+
+def _windowed(pixels: np.ndarray, **attrs: object) -> np.ndarray:
+    """The [0, 1] output of the modality LUT and VOI steps alone."""
+    pipeline = Pipeline.model_validate(
+        {
+            "name": "voi_only",
+            "preprocess": [{"op": "modality_lut"}, {"op": "voi_window"}],
+            "model": {"name": "m", "input": "x", "outputs": ["y"]},
+            "postprocess": {
+                "findings": [{"code": "1", "display_name": "x", "output": "y", "threshold": 0.5}]
+            },
+        }
+    )
+    return preprocess_image(_image(pixels, **attrs), pipeline)[0]
+
+
+def test_modality_lut_sequence_replaces_rescale() -> None:
+    lut = Lut(first_mapped=2, bits_per_entry=8, data=np.array([0, 50, 100, 200], np.uint16))
+    pixels = np.array([[0, 2, 3, 5, 9]], np.uint16)
+    out = _windowed(pixels, bits_stored=4, rescale_slope=10.0, modality_lut=lut)
+    # The LUT maps 2..5 to 0..200 (clamped outside); the window falls back to the LUT's range.
+    np.testing.assert_allclose(out[0], [0, 0, 0.25, 1, 1], atol=1e-6)
+
+
+def test_voi_lut_sequence_wins_over_the_window() -> None:
+    lut = Lut(first_mapped=0, bits_per_entry=8, data=np.array([255, 0, 51], np.uint16))
+    out = _windowed(
+        np.array([[0, 1, 2]], np.uint8), voi_luts=(lut,), window_center=1.0, window_width=2.0
+    )
+    np.testing.assert_allclose(out[0], [1.0, 0.0, 0.2], atol=1e-6)
+
+
+def test_voi_lut_functions() -> None:
+    pixels = np.array([[0, 50, 100, 150, 200]], np.uint16)
+    common = {"bits_stored": 8, "window_center": 100.0, "window_width": 100.0}
+    linear_exact = _windowed(pixels, voi_lut_function="LINEAR_EXACT", **common)
+    np.testing.assert_allclose(linear_exact[0], [0, 0, 0.5, 1, 1], atol=1e-6)
+    sigmoid = _windowed(pixels, voi_lut_function="SIGMOID", **common)
+    expected = 1 / (1 + np.exp(-4 * (pixels[0] - 100.0) / 100.0))
+    np.testing.assert_allclose(sigmoid[0], expected, atol=1e-6)
+    linear = _windowed(pixels, **common)
+    # PS3.3 C.11.2.1.2.1: ((x - (c - 0.5)) / (w - 1) + 0.5), clipped.
+    np.testing.assert_allclose(linear[0], np.clip((pixels[0] - 99.5) / 99 + 0.5, 0, 1), atol=1e-6)
+    threshold = _windowed(pixels, bits_stored=8, window_center=100.0, window_width=1.0)
+    np.testing.assert_array_equal(threshold[0], [0, 0, 1, 1, 1])
