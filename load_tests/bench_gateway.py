@@ -62,7 +62,7 @@ def main() -> None:
             triton = TritonClient(stack.triton_grpc_address, 60)
             gateway = GatewayClient(stack.gateway_address)
             image = decoder.decode(dicom, "bench")
-            batch = pre.preprocess("cxr_pneumonia", [image], "bench")
+            batch, prepared = pre.preprocess("cxr_pneumonia", [image], "bench")
             logits = {"logits": np.zeros((1, 1), np.float32)}
             uid = [image.attributes.sop_instance_uid]
             rows = {
@@ -75,7 +75,7 @@ def main() -> None:
                     lambda: pre.preprocess("cxr_pneumonia", [image], "b"), args.repeat
                 ),
                 "postprocess (RPC)": median_ms(
-                    lambda: post.postprocess("cxr_pneumonia", logits, uid, "b"), args.repeat
+                    lambda: post.postprocess("cxr_pneumonia", logits, uid, prepared, "b"), args.repeat
                 ),
                 "gateway Analyze end-to-end": median_ms(
                     lambda: gateway.analyze([dicom]), args.repeat

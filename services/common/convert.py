@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from services.api.imaging.v1 import findings_pb2, tensor_pb2
 from services.common import tensors
-from services.common.images import DecodedImage, ImageAttributes, Lut
+from services.common.errors import InvalidInput
+from services.common.images import DecodedImage, Geometry, ImageAttributes, Lut, ModelInput
 
 
 def _lut_to_proto(lut: Lut) -> tensor_pb2.Lut:
@@ -109,3 +112,32 @@ def priority_to_proto(name: str) -> str:
 
 def priority_from_proto(value: findings_pb2.TriagePriority) -> str:
     return findings_pb2.TriagePriority.Name(value).removeprefix("TRIAGE_PRIORITY_")
+
+
+def geometry_to_proto(geometry: Geometry) -> tensor_pb2.ImageGeometry:
+    return tensor_pb2.ImageGeometry(**vars(geometry))
+
+
+def geometry_from_proto(msg: tensor_pb2.ImageGeometry) -> Geometry:
+    return Geometry(
+        msg.rows, msg.cols, msg.region_top, msg.region_left, msg.region_rows, msg.region_cols
+    )
+
+
+def prepared_from_proto(
+    geometries: Sequence[tensor_pb2.ImageGeometry],
+    displays: Sequence[tensor_pb2.Tensor],
+    batch: np.ndarray | None = None,
+) -> list[ModelInput]:
+    """Per-image geometry and display (when sent) of a preprocessed batch."""
+    if displays and len(displays) != len(geometries):
+        raise InvalidInput(f"{len(displays)} display images for {len(geometries)} geometries")
+    empty = np.zeros((0, 0, 0), np.float32)
+    return [
+        ModelInput(
+            batch[i] if batch is not None else empty,
+            geometry_from_proto(g),
+            tensors.from_proto(displays[i]) if displays else None,
+        )
+        for i, g in enumerate(geometries)
+    ]

@@ -75,3 +75,24 @@ class DecodedImage:
             )
         if self.pixels.size == 0:
             raise InvalidInput("decoded image has no pixels")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The region of the original image (rows x cols) that became the model input."""
+
+    rows: int
+    cols: int
+    region_top: int
+    region_left: int
+    region_rows: int
+    region_cols: int
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One image prepared for the model, plus what a heatmap needs to be drawn over it."""
+
+    tensor: np.ndarray  # (channels, height, width) float32
+    geometry: Geometry
+    display: np.ndarray | None = None  # (rows, cols) uint8, the windowed image

@@ -113,12 +113,16 @@ class FindingRule(_Spec):
     index: int = Field(0, ge=0, description="column of the output row holding the logit")
     activation: Literal["sigmoid", "none"] = "sigmoid"
     threshold: float = Field(ge=0, le=1)
+    heatmap_output: str | None = Field(
+        None, description="model output holding this finding's class activation map"
+    )
     priority_if_positive: Literal["ROUTINE", "URGENT", "STAT"] = "URGENT"
 
 
 class Postprocess(_Spec):
     findings: list[FindingRule] = Field(min_length=1)
     default_priority: Literal["ROUTINE", "URGENT", "STAT"] = "ROUTINE"
+    heatmap_opacity: float = Field(0.45, ge=0, le=1, description="overlay alpha at full CAM")
 
 
 class Pipeline(_Spec):
@@ -132,9 +136,14 @@ class Pipeline(_Spec):
     @model_validator(mode="after")
     def _outputs_exist(self) -> Pipeline:
         for rule in self.postprocess.findings:
-            if rule.output not in self.model.outputs:
-                raise ValueError(f"finding {rule.code} reads unknown output {rule.output!r}")
+            for output in (rule.output, rule.heatmap_output):
+                if output is not None and output not in self.model.outputs:
+                    raise ValueError(f"finding {rule.code} reads unknown output {output!r}")
         return self
+
+    @property
+    def draws_heatmaps(self) -> bool:
+        return any(rule.heatmap_output for rule in self.postprocess.findings)
 
 
 class PipelineRegistry:

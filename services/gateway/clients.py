@@ -27,8 +27,14 @@ from services.api.imaging.v1 import (
     preprocessor_pb2_grpc,
 )
 from services.common import errors, tensors
-from services.common.convert import image_from_proto, image_to_proto, priority_from_proto
-from services.common.images import DecodedImage
+from services.common.convert import (
+    geometry_to_proto,
+    image_from_proto,
+    image_to_proto,
+    prepared_from_proto,
+    priority_from_proto,
+)
+from services.common.images import DecodedImage, ModelInput
 from services.common.interceptor import REQUEST_ID_HEADER
 from services.postprocessor.core import Assessment, Finding
 
@@ -102,11 +108,13 @@ class PreprocessorClient(_ServiceClient):
 
     def preprocess(
         self, pipeline: str, images: Sequence[DecodedImage], request_id: str
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, list[ModelInput]]:
         request = preprocessor_pb2.PreprocessRequest(
             pipeline=pipeline, images=[image_to_proto(i) for i in images]
         )
-        return tensors.from_proto(self.call(self._stub.Preprocess, request, request_id).batch)
+        reply = self.call(self._stub.Preprocess, request, request_id)
+        batch = tensors.from_proto(reply.batch)
+        return batch, prepared_from_proto(reply.geometries, reply.displays, batch)
 
 
 class PostprocessorClient(_ServiceClient):
@@ -119,12 +127,15 @@ class PostprocessorClient(_ServiceClient):
         pipeline: str,
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
+        prepared: Sequence[ModelInput],
         request_id: str,
     ) -> Assessment:
         request = postprocessor_pb2.PostprocessRequest(
             pipeline=pipeline,
             outputs={name: tensors.to_proto(array) for name, array in outputs.items()},
             sop_instance_uids=list(sop_instance_uids),
+            geometries=[geometry_to_proto(p.geometry) for p in prepared],
+            displays=[tensors.to_proto(p.display) for p in prepared if p.display is not None],
         )
         reply = self.call(self._stub.Postprocess, request, request_id)
         findings = [
@@ -136,6 +147,7 @@ class PostprocessorClient(_ServiceClient):
                 f.threshold,
                 f.positive,
                 f.sop_instance_uid,
+                f.heatmap_png,
             )
             for f in reply.findings
         ]

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from services.common.errors import InvalidInput, TooLarge
-from services.common.images import DecodedImage
+from services.common.images import DecodedImage, ModelInput
 from services.common.metrics import stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.postprocessor.core import Assessment, Finding
@@ -35,7 +35,7 @@ class Decoder(Protocol):
 class Preprocessor(Protocol):
     def preprocess(
         self, pipeline: str, images: Sequence[DecodedImage], request_id: str
-    ) -> np.ndarray: ...
+    ) -> tuple[np.ndarray, list[ModelInput]]: ...
 
 
 class InferenceServer(Protocol):
@@ -57,6 +57,7 @@ class Postprocessor(Protocol):
         pipeline: str,
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
+        prepared: Sequence[ModelInput],
         request_id: str,
     ) -> Assessment: ...
 
@@ -147,13 +148,13 @@ class StudyAnalyzer:
         with stage_timer("gateway", "preprocess", seconds):
             # One call per image keeps each message the size of one image and spreads the
             # work over preprocessor replicas; the batch is assembled here.
-            batch = np.concatenate(
-                list(
-                    self._pool.map(
-                        lambda i: self._preprocessor.preprocess(pipeline.name, [i], rid), images
-                    )
+            parts = list(
+                self._pool.map(
+                    lambda i: self._preprocessor.preprocess(pipeline.name, [i], rid), images
                 )
             )
+        batch = np.concatenate([batch for batch, _ in parts])
+        prepared = [p for _, per_image in parts for p in per_image]
         model = pipeline.model
         with stage_timer("gateway", "infer", seconds):
             outputs = self._inference.infer(
@@ -167,7 +168,9 @@ class StudyAnalyzer:
             )
         uids = [i.attributes.sop_instance_uid for i in images]
         with stage_timer("gateway", "postprocess", seconds):
-            assessment = self._postprocessor.postprocess(pipeline.name, outputs, uids, rid)
+            assessment = self._postprocessor.postprocess(
+                pipeline.name, outputs, uids, prepared, rid
+            )
         return assessment, pipeline
 
     def close(self) -> None:

@@ -9,6 +9,8 @@ import numpy as np
 
 from services.common import pipelines as spec
 from services.common.errors import InvalidInput
+from services.common.images import ModelInput
+from services.postprocessor import heatmaps
 
 PRIORITY_ORDER = ("ROUTINE", "URGENT", "STAT")
 
@@ -22,6 +24,7 @@ class Finding:
     threshold: float
     positive: bool
     sop_instance_uid: str
+    heatmap_png: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,42 @@ def _activate(values: np.ndarray, activation: str) -> np.ndarray:
     return values
 
 
+def _heatmaps(
+    rule: spec.FindingRule,
+    outputs: Mapping[str, np.ndarray],
+    rows: int,
+    prepared: Sequence[ModelInput],
+    opacity: float,
+) -> list[bytes]:
+    if rule.heatmap_output is None:
+        return [b""] * rows
+    cams = outputs.get(rule.heatmap_output)
+    if cams is None or len(cams) != rows:
+        raise InvalidInput(f"model output {rule.heatmap_output!r} must have one map per image")
+    if len(prepared) != rows or any(p.display is None for p in prepared):
+        raise InvalidInput("heatmaps need each image's geometry and display image")
+    # A map per class: take this rule's channel when the CAM has several.
+    return [
+        heatmaps.render(
+            cam[rule.index] if cam.ndim == 3 and cam.shape[0] > rule.index else cam,
+            p.display,  # type: ignore[arg-type]
+            p.geometry,
+            opacity,
+        )
+        for cam, p in zip(cams, prepared, strict=True)
+    ]
+
+
 def assess(
-    outputs: Mapping[str, np.ndarray], sop_instance_uids: Sequence[str], pipeline: spec.Pipeline
+    outputs: Mapping[str, np.ndarray],
+    sop_instance_uids: Sequence[str],
+    pipeline: spec.Pipeline,
+    prepared: Sequence[ModelInput] = (),
 ) -> Assessment:
-    """Apply each finding rule to each image row; the study's priority is the most urgent."""
+    """Apply each finding rule to each image row; the study's priority is the most urgent.
+
+    ``prepared`` (geometry and display image per row) is needed only for heatmaps.
+    """
     rows = len(sop_instance_uids)
     findings: list[Finding] = []
     priority = pipeline.postprocess.default_priority
@@ -59,7 +94,8 @@ def assess(
                 f"{rule.code} reads column {rule.index}"
             )
         probabilities = _activate(values[:, rule.index], rule.activation)
-        for uid, probability in zip(sop_instance_uids, probabilities, strict=True):
+        maps = _heatmaps(rule, outputs, rows, prepared, pipeline.postprocess.heatmap_opacity)
+        for uid, probability, png in zip(sop_instance_uids, probabilities, maps, strict=True):
             positive = bool(probability >= rule.threshold)
             findings.append(
                 Finding(
@@ -70,6 +106,7 @@ def assess(
                     rule.threshold,
                     positive,
                     uid,
+                    png,
                 )
             )
             if positive and PRIORITY_ORDER.index(rule.priority_if_positive) > PRIORITY_ORDER.index(

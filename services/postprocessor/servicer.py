@@ -6,7 +6,7 @@ import grpc
 
 from services.api.imaging.v1 import findings_pb2, postprocessor_pb2, postprocessor_pb2_grpc
 from services.common import tensors
-from services.common.convert import priority_to_proto
+from services.common.convert import prepared_from_proto, priority_to_proto
 from services.common.metrics import stage_timer
 from services.common.pipelines import PipelineRegistry
 from services.postprocessor.core import assess
@@ -21,8 +21,9 @@ class PostprocessorServicer(postprocessor_pb2_grpc.PostprocessorServicer):
     ) -> postprocessor_pb2.PostprocessResponse:
         pipeline = self._registry.get(request.pipeline)
         outputs = {name: tensors.from_proto(t) for name, t in request.outputs.items()}
+        prepared = prepared_from_proto(request.geometries, request.displays)
         with stage_timer("postprocessor", "postprocess"):
-            result = assess(outputs, list(request.sop_instance_uids), pipeline)
+            result = assess(outputs, list(request.sop_instance_uids), pipeline, prepared)
         return postprocessor_pb2.PostprocessResponse(
             findings=[findings_pb2.Finding(**vars(f)) for f in result.findings],
             triage_priority=priority_to_proto(result.triage_priority),

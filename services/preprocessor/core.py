@@ -13,7 +13,7 @@ from PIL import Image
 
 from services.common import pipelines as spec
 from services.common.errors import InvalidInput
-from services.common.images import DecodedImage, ImageAttributes
+from services.common.images import DecodedImage, Geometry, ImageAttributes, ModelInput
 
 Frame = np.ndarray  # (rows, cols, samples) float32, owned by the pipeline run (steps may modify it)
 
@@ -125,9 +125,16 @@ _STEPS: dict[type, Callable[[Frame, ImageAttributes, object], Frame]] = {
 }
 
 
-def preprocess_image(image: DecodedImage, pipeline: spec.Pipeline) -> np.ndarray:
-    """One single-frame image -> float32 (channels, rows, cols) model input."""
-    frames, _, _, samples = image.pixels.shape
+_GEOMETRIC = (spec.CenterCropSquare, spec.Resize, spec.Normalize)
+
+
+def prepare(image: DecodedImage, pipeline: spec.Pipeline) -> ModelInput:
+    """One single-frame image -> model input (C, H, W), its geometry and display image.
+
+    The display image (for heatmaps) is the windowed image in [0, 1] as it stands before the
+    first geometric or normalising step, at the original size.
+    """
+    frames, rows, cols, samples = image.pixels.shape
     if frames != 1:
         raise InvalidInput(
             f"pipeline {pipeline.name} takes single-frame images; instance "
@@ -139,16 +146,33 @@ def preprocess_image(image: DecodedImage, pipeline: spec.Pipeline) -> np.ndarray
             f"{samples} samples per pixel ({image.attributes.photometric_interpretation})"
         )
     x: Frame = image.pixels[0].astype(np.float32)  # a copy: steps work in place
+    region = Geometry(rows, cols, 0, 0, rows, cols)
+    display: np.ndarray | None = None
     for step in pipeline.preprocess:
+        if pipeline.draws_heatmaps and display is None and isinstance(step, _GEOMETRIC):
+            display = np.rint(np.clip(x.mean(axis=2), 0.0, 1.0) * 255).astype(np.uint8)
+        if isinstance(step, spec.CenterCropSquare):
+            side = min(region.region_rows, region.region_cols)
+            region = Geometry(
+                rows,
+                cols,
+                region.region_top + (region.region_rows - side) // 2,
+                region.region_left + (region.region_cols - side) // 2,
+                side,
+                side,
+            )
         x = _STEPS[type(step)](x, image.attributes, step)
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+    tensor = np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+    return ModelInput(tensor, region, display)
 
 
-def preprocess_batch(images: Sequence[DecodedImage], pipeline: spec.Pipeline) -> np.ndarray:
-    """Images -> float32 (N, C, H, W); all must come out the same size to form a batch."""
-    if not images:
-        raise InvalidInput("no images to preprocess")
-    arrays = [preprocess_image(image, pipeline) for image in images]
+def preprocess_image(image: DecodedImage, pipeline: spec.Pipeline) -> np.ndarray:
+    """One single-frame image -> float32 (channels, rows, cols) model input."""
+    return prepare(image, pipeline).tensor
+
+
+def _stack(arrays: Sequence[np.ndarray], pipeline: spec.Pipeline) -> np.ndarray:
+    """All inputs must come out the same size to form a batch."""
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise InvalidInput(
@@ -156,6 +180,21 @@ def preprocess_batch(images: Sequence[DecodedImage], pipeline: spec.Pipeline) ->
             "add a resize step"
         )
     return np.stack(arrays)
+
+
+def prepare_batch(
+    images: Sequence[DecodedImage], pipeline: spec.Pipeline
+) -> tuple[np.ndarray, list[ModelInput]]:
+    """Images -> float32 (N, C, H, W) and the per-image geometry/display."""
+    if not images:
+        raise InvalidInput("no images to preprocess")
+    prepared = [prepare(image, pipeline) for image in images]
+    return _stack([p.tensor for p in prepared], pipeline), prepared
+
+
+def preprocess_batch(images: Sequence[DecodedImage], pipeline: spec.Pipeline) -> np.ndarray:
+    """Images -> float32 (N, C, H, W)."""
+    return prepare_batch(images, pipeline)[0]
 
 
 def training_batch(images: np.ndarray, pipeline: spec.Pipeline) -> np.ndarray:

@@ -6,10 +6,10 @@ import grpc
 
 from services.api.imaging.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from services.common import tensors
-from services.common.convert import image_from_proto
+from services.common.convert import geometry_to_proto, image_from_proto
 from services.common.metrics import stage_timer
 from services.common.pipelines import PipelineRegistry
-from services.preprocessor.core import preprocess_batch
+from services.preprocessor.core import prepare_batch
 
 
 class PreprocessorServicer(preprocessor_pb2_grpc.PreprocessorServicer):
@@ -22,7 +22,10 @@ class PreprocessorServicer(preprocessor_pb2_grpc.PreprocessorServicer):
         pipeline = self._registry.get(request.pipeline)
         images = [image_from_proto(image) for image in request.images]
         with stage_timer("preprocessor", "preprocess"):
-            batch = preprocess_batch(images, pipeline)
+            batch, prepared = prepare_batch(images, pipeline)
         return preprocessor_pb2.PreprocessResponse(
-            batch=tensors.to_proto(batch), input_name=pipeline.model.input
+            batch=tensors.to_proto(batch),
+            input_name=pipeline.model.input,
+            geometries=[geometry_to_proto(p.geometry) for p in prepared],
+            displays=[tensors.to_proto(p.display) for p in prepared if p.display is not None],
         )

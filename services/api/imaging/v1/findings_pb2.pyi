@@ -17,7 +17,7 @@ TRIAGE_PRIORITY_URGENT: TriagePriority
 TRIAGE_PRIORITY_STAT: TriagePriority
 
 class Finding(_message.Message):
-    __slots__ = ("code", "coding_scheme", "display_name", "probability", "threshold", "positive", "sop_instance_uid")
+    __slots__ = ("code", "coding_scheme", "display_name", "probability", "threshold", "positive", "sop_instance_uid", "heatmap_png")
     CODE_FIELD_NUMBER: _ClassVar[int]
     CODING_SCHEME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Finding(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     POSITIVE_FIELD_NUMBER: _ClassVar[int]
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     code: str
     coding_scheme: str
     display_name: str
@@ -32,4 +33,5 @@ class Finding(_message.Message):
     threshold: float
     positive: bool
     sop_instance_uid: str
-    def __init__(self, code: _Optional[str] = ..., coding_scheme: _Optional[str] = ..., display_name: _Optional[str] = ..., probability: _Optional[float] = ..., threshold: _Optional[float] = ..., positive: bool = ..., sop_instance_uid: _Optional[str] = ...) -> None: ...
+    heatmap_png: bytes
+    def __init__(self, code: _Optional[str] = ..., coding_scheme: _Optional[str] = ..., display_name: _Optional[str] = ..., probability: _Optional[float] = ..., threshold: _Optional[float] = ..., positive: bool = ..., sop_instance_uid: _Optional[str] = ..., heatmap_png: _Optional[bytes] = ...) -> None: ...

@@ -110,3 +110,19 @@ class DecodedImage(_message.Message):
     pixels: Tensor
     attributes: ImageAttributes
     def __init__(self, pixels: _Optional[_Union[Tensor, _Mapping]] = ..., attributes: _Optional[_Union[ImageAttributes, _Mapping]] = ...) -> None: ...
+
+class ImageGeometry(_message.Message):
+    __slots__ = ("rows", "cols", "region_top", "region_left", "region_rows", "region_cols")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    REGION_TOP_FIELD_NUMBER: _ClassVar[int]
+    REGION_LEFT_FIELD_NUMBER: _ClassVar[int]
+    REGION_ROWS_FIELD_NUMBER: _ClassVar[int]
+    REGION_COLS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    cols: int
+    region_top: int
+    region_left: int
+    region_rows: int
+    region_cols: int
+    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., region_top: _Optional[int] = ..., region_left: _Optional[int] = ..., region_rows: _Optional[int] = ..., region_cols: _Optional[int] = ...) -> None: ...
