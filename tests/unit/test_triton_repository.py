@@ -44,3 +44,28 @@ def test_derived_repository_serves_every_onnx_model(tmp_path: Path) -> None:
     ).resolve()
     parsed = read_config(tmp_path / "models" / "cxr_pneumonia" / "config.pbtxt")
     assert parsed.backend == "python"
+
+
+def test_python_models_and_ensembles_are_carried_over_tensorrt_plans_are_not(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "source"
+    for name, body in {
+        "combiner": 'name: "combiner" backend: "python" max_batch_size: 8 '
+        "instance_group [{ kind: KIND_GPU count: 2 }]",
+        "ens": 'name: "ens" platform: "ensemble" max_batch_size: 8',
+        "engine": 'name: "engine" platform: "tensorrt_plan" max_batch_size: 8',
+    }.items():
+        (source / name / "1").mkdir(parents=True)
+        (source / name / "config.pbtxt").write_text(body)
+    (source / "combiner" / "1" / "model.py").write_text("# combiner\n")
+    names = derive_cpu_repository(source, tmp_path / "models")
+    assert sorted(names) == ["combiner", "ens"]
+    combiner = read_config(tmp_path / "models" / "combiner" / "config.pbtxt")
+    assert [(g.kind, g.count) for g in combiner.instance_group] == [
+        (model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)
+    ]
+    assert (tmp_path / "models" / "combiner" / "1" / "model.py").read_text() == "# combiner\n"
+    assert read_config(tmp_path / "models" / "ens" / "config.pbtxt").platform == "ensemble"
+    assert (tmp_path / "models" / "ens" / "1").is_dir()
+    assert not (tmp_path / "models" / "engine").exists()
