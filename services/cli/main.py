@@ -60,10 +60,30 @@ def _analyze_files(
             continue
         print(_table(path.name, response))
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            target = out / f"{path.stem}.findings.json"
-            target.write_text(json.dumps(MessageToDict(response), indent=2))
+            write_outputs(out, path.stem, response)
     return failures
+
+
+def write_outputs(out: Path, stem: str, response: gateway_pb2.AnalyzeResponse) -> list[Path]:
+    """Findings as JSON, each heatmap as its own PNG (referenced from the JSON)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    record = gateway_pb2.AnalyzeResponse()
+    record.CopyFrom(response)
+    heatmaps: dict[int, str] = {}
+    for index, finding in enumerate(record.findings):
+        if finding.heatmap_png:
+            png = out / f"{stem}.{index}.{finding.code}.heatmap.png"
+            png.write_bytes(finding.heatmap_png)
+            heatmaps[index] = png.name
+            written.append(png)
+            finding.ClearField("heatmap_png")
+    document = MessageToDict(record)
+    for index, name in heatmaps.items():
+        document["findings"][index]["heatmapFile"] = name
+    target = out / f"{stem}.findings.json"
+    target.write_text(json.dumps(document, indent=2))
+    return [target, *written]
 
 
 def cmd_up(args: argparse.Namespace) -> int:
