@@ -62,7 +62,8 @@ def main() -> None:
             triton = TritonClient(stack.triton_grpc_address, 60)
             gateway = GatewayClient(stack.gateway_address)
             image = decoder.decode(dicom, "bench")
-            batch, prepared = pre.preprocess("cxr_pneumonia", [image], "bench")
+            prepared = pre.preprocess("cxr_pneumonia", [image], "bench")
+            batch = prepared.batch
             logits = {"logits": np.zeros((1, 1), np.float32)}
             uid = [image.attributes.sop_instance_uid]
             rows = {

@@ -40,7 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         extra_env={
             "IMAGING_MAX_MESSAGE_BYTES": str(TEST_MESSAGE_LIMIT),
             "IMAGING_MAX_PIXELS": str(40_000_000),
-            "IMAGING_MAX_INSTANCES": "8",
+            "IMAGING_MAX_INSTANCES": "100",
         },
     )
     running.start()

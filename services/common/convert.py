@@ -9,6 +9,7 @@ import numpy as np
 from services.api.imaging.v1 import findings_pb2, tensor_pb2
 from services.common import tensors
 from services.common.errors import InvalidInput
+from services.common.grids import Segmentation, VolumeGrid
 from services.common.images import DecodedImage, Geometry, ImageAttributes, Lut, ModelInput
 
 
@@ -141,3 +142,35 @@ def prepared_from_proto(
         )
         for i, g in enumerate(geometries)
     ]
+
+
+def grid_to_proto(grid: VolumeGrid) -> tensor_pb2.VolumeGeometry:
+    return tensor_pb2.VolumeGeometry(
+        series_instance_uid=grid.series_instance_uid,
+        shape=list(grid.shape),
+        spacing=list(grid.spacing),
+        affine=[float(v) for v in np.asarray(grid.affine, dtype=np.float64).ravel()],
+    )
+
+
+def grid_from_proto(msg: tensor_pb2.VolumeGeometry) -> VolumeGrid:
+    if len(msg.shape) != 3 or len(msg.spacing) != 3 or len(msg.affine) != 16:
+        raise InvalidInput("a volume geometry needs 3 shape, 3 spacing and 16 affine values")
+    return VolumeGrid(
+        msg.series_instance_uid,
+        (int(msg.shape[0]), int(msg.shape[1]), int(msg.shape[2])),
+        (float(msg.spacing[0]), float(msg.spacing[1]), float(msg.spacing[2])),
+        np.asarray(msg.affine, dtype=np.float64).reshape(4, 4),
+    )
+
+
+def segmentation_to_proto(segmentation: Segmentation) -> tensor_pb2.Segmentation:
+    return tensor_pb2.Segmentation(
+        label=segmentation.label,
+        geometry=grid_to_proto(segmentation.grid),
+        mask=tensors.to_proto(segmentation.mask),
+    )
+
+
+def segmentation_from_proto(msg: tensor_pb2.Segmentation) -> Segmentation:
+    return Segmentation(msg.label, grid_from_proto(msg.geometry), tensors.from_proto(msg.mask))

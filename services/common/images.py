@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.common.errors import InvalidInput
+from services.common.grids import VolumeGrid
 
 
 @dataclass(frozen=True)
@@ -96,3 +97,12 @@ class ModelInput:
     tensor: np.ndarray  # (channels, height, width) float32
     geometry: Geometry
     display: np.ndarray | None = None  # (rows, cols) uint8, the windowed image
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """A model-ready batch: per-image context (image pipelines) or the grid (volumes)."""
+
+    batch: np.ndarray
+    images: list[ModelInput]
+    grid: VolumeGrid | None = None

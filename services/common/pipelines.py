@@ -91,17 +91,42 @@ class Normalize(_Spec):
     std: float = Field(1.0, gt=0)
 
 
+class ResampleVolume(_Spec):
+    """Trilinear resample of an assembled volume to a fixed grid (slices, rows, cols)."""
+
+    op: Literal["resample_volume"]
+    shape: tuple[int, int, int]
+
+
+class ScaleByMax(_Spec):
+    """Divide by the volume's maximum (inputs in [0, 1] for models trained that way)."""
+
+    op: Literal["scale_by_max"]
+
+
 Step = Annotated[
-    ModalityLut | VoiWindow | InvertMonochrome1 | CenterCropSquare | Resize | Normalize,
+    ModalityLut
+    | VoiWindow
+    | InvertMonochrome1
+    | CenterCropSquare
+    | Resize
+    | Normalize
+    | ResampleVolume
+    | ScaleByMax,
     Field(discriminator="op"),
 ]
+IMAGE_STEPS = (ModalityLut, VoiWindow, InvertMonochrome1, CenterCropSquare, Resize, Normalize)
+VOLUME_STEPS = (ModalityLut, ResampleVolume, ScaleByMax, Normalize)
 
 
 class ModelSpec(_Spec):
     name: str
     version: str = Field("", description="empty = the latest version Triton serves")
     input: str
-    channels: int = Field(1, gt=0, description="NCHW channel count the model expects")
+    channels: int = Field(1, gt=0, description="channel count the model expects")
+    layout: Literal["NCHW", "NDHWC"] = Field(
+        "NCHW", description="NCHW for 2-D images, NDHWC for volumes"
+    )
     outputs: list[str] = Field(min_length=1)
 
 
@@ -119,8 +144,21 @@ class FindingRule(_Spec):
     priority_if_positive: Literal["ROUTINE", "URGENT", "STAT"] = "URGENT"
 
 
+class MeasurementRule(_Spec):
+    """Volume of the voxels whose output is at or above the threshold, on the original grid."""
+
+    code: str
+    coding_scheme: str = "SCT"
+    display_name: str
+    output: str
+    threshold: float = Field(0.5, ge=0, le=1)
+    unit: Literal["mL"] = "mL"
+    segmentation_label: str = Field("", description="also return the mask under this label")
+
+
 class Postprocess(_Spec):
-    findings: list[FindingRule] = Field(min_length=1)
+    findings: list[FindingRule] = []
+    measurements: list[MeasurementRule] = []
     default_priority: Literal["ROUTINE", "URGENT", "STAT"] = "ROUTINE"
     heatmap_opacity: float = Field(0.45, ge=0, le=1, description="overlay alpha at full CAM")
 
@@ -128,6 +166,9 @@ class Postprocess(_Spec):
 class Pipeline(_Spec):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
     description: str = ""
+    kind: Literal["image", "volume"] = Field(
+        "image", description="image: each instance is a model input; volume: the series is"
+    )
     match: Match = Match()
     preprocess: list[Step] = Field(min_length=1)
     model: ModelSpec
@@ -135,6 +176,20 @@ class Pipeline(_Spec):
 
     @model_validator(mode="after")
     def _outputs_exist(self) -> Pipeline:
+        rules = self.postprocess
+        if not rules.findings and not rules.measurements:
+            raise ValueError("a pipeline needs at least one finding or measurement rule")
+        allowed = VOLUME_STEPS if self.kind == "volume" else IMAGE_STEPS
+        for step in self.preprocess:
+            if not isinstance(step, allowed):
+                raise ValueError(f"step {step.op!r} does not apply to {self.kind} pipelines")
+        for measure in rules.measurements:
+            if measure.output not in self.model.outputs:
+                raise ValueError(
+                    f"measurement {measure.code} reads unknown output {measure.output!r}"
+                )
+            if self.kind != "volume":
+                raise ValueError("measurements need a volume pipeline")
         for rule in self.postprocess.findings:
             for output in (rule.output, rule.heatmap_output):
                 if output is not None and output not in self.model.outputs:

@@ -29,14 +29,18 @@ from services.api.imaging.v1 import (
 from services.common import errors, tensors
 from services.common.convert import (
     geometry_to_proto,
+    grid_from_proto,
+    grid_to_proto,
     image_from_proto,
     image_to_proto,
     prepared_from_proto,
     priority_from_proto,
+    segmentation_from_proto,
 )
-from services.common.images import DecodedImage, ModelInput
+from services.common.images import DecodedImage, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
 from services.postprocessor.core import Assessment, Finding
+from services.postprocessor.measurements import Measurement
 
 T = TypeVar("T")
 
@@ -108,13 +112,17 @@ class PreprocessorClient(_ServiceClient):
 
     def preprocess(
         self, pipeline: str, images: Sequence[DecodedImage], request_id: str
-    ) -> tuple[np.ndarray, list[ModelInput]]:
+    ) -> Preprocessed:
         request = preprocessor_pb2.PreprocessRequest(
             pipeline=pipeline, images=[image_to_proto(i) for i in images]
         )
         reply = self.call(self._stub.Preprocess, request, request_id)
         batch = tensors.from_proto(reply.batch)
-        return batch, prepared_from_proto(reply.geometries, reply.displays, batch)
+        return Preprocessed(
+            batch,
+            prepared_from_proto(reply.geometries, reply.displays, batch),
+            grid_from_proto(reply.volume) if reply.HasField("volume") else None,
+        )
 
 
 class PostprocessorClient(_ServiceClient):
@@ -127,16 +135,20 @@ class PostprocessorClient(_ServiceClient):
         pipeline: str,
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
-        prepared: Sequence[ModelInput],
+        prepared: Preprocessed,
         request_id: str,
     ) -> Assessment:
         request = postprocessor_pb2.PostprocessRequest(
             pipeline=pipeline,
             outputs={name: tensors.to_proto(array) for name, array in outputs.items()},
             sop_instance_uids=list(sop_instance_uids),
-            geometries=[geometry_to_proto(p.geometry) for p in prepared],
-            displays=[tensors.to_proto(p.display) for p in prepared if p.display is not None],
+            geometries=[geometry_to_proto(p.geometry) for p in prepared.images],
+            displays=[
+                tensors.to_proto(p.display) for p in prepared.images if p.display is not None
+            ],
         )
+        if prepared.grid is not None:
+            request.volume.CopyFrom(grid_to_proto(prepared.grid))
         reply = self.call(self._stub.Postprocess, request, request_id)
         findings = [
             Finding(
@@ -151,7 +163,18 @@ class PostprocessorClient(_ServiceClient):
             )
             for f in reply.findings
         ]
-        return Assessment(findings, priority_from_proto(reply.triage_priority))
+        measurements = [
+            Measurement(
+                m.code, m.coding_scheme, m.display_name, m.value, m.unit, m.series_instance_uid
+            )
+            for m in reply.measurements
+        ]
+        return Assessment(
+            findings,
+            priority_from_proto(reply.triage_priority),
+            measurements,
+            [segmentation_from_proto(s) for s in reply.segmentations],
+        )
 
 
 @contextmanager

@@ -14,10 +14,12 @@ from typing import Literal, Protocol
 import numpy as np
 
 from services.common.errors import InvalidInput, TooLarge
-from services.common.images import DecodedImage, ModelInput
+from services.common.grids import Segmentation
+from services.common.images import DecodedImage, Preprocessed
 from services.common.metrics import stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.postprocessor.core import Assessment, Finding
+from services.postprocessor.measurements import Measurement
 
 RequestPriority = Literal["DEFAULT", "ROUTINE", "URGENT"]
 # Triton: 1 is the highest of the configured priority levels, 0 means the model's default.
@@ -35,7 +37,7 @@ class Decoder(Protocol):
 class Preprocessor(Protocol):
     def preprocess(
         self, pipeline: str, images: Sequence[DecodedImage], request_id: str
-    ) -> tuple[np.ndarray, list[ModelInput]]: ...
+    ) -> Preprocessed: ...
 
 
 class InferenceServer(Protocol):
@@ -57,7 +59,7 @@ class Postprocessor(Protocol):
         pipeline: str,
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
-        prepared: Sequence[ModelInput],
+        prepared: Preprocessed,
         request_id: str,
     ) -> Assessment: ...
 
@@ -79,6 +81,8 @@ class StudyResult:
     findings: list[Finding]
     triage_priority: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    measurements: list[Measurement] = field(default_factory=list)
+    segmentations: list[Segmentation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ class StudyAnalyzer:
             findings=assessment.findings,
             triage_priority=assessment.triage_priority,
             timings_ms={stage: s * 1e3 for stage, s in seconds.items()},
+            measurements=assessment.measurements,
+            segmentations=assessment.segmentations,
         )
 
     def _run(self, request: StudyRequest, seconds: dict[str, float]) -> tuple[Assessment, Pipeline]:
@@ -146,32 +152,40 @@ class StudyAnalyzer:
             images = list(self._pool.map(lambda d: self._decoder.decode(d, rid), request.instances))
         pipeline = named or self.registry.route([i.attributes for i in images])
         with stage_timer("gateway", "preprocess", seconds):
-            # One call per image keeps each message the size of one image and spreads the
-            # work over preprocessor replicas; the batch is assembled here.
-            parts = list(
-                self._pool.map(
-                    lambda i: self._preprocessor.preprocess(pipeline.name, [i], rid), images
-                )
-            )
-        batch = np.concatenate([batch for batch, _ in parts])
-        prepared = [p for _, per_image in parts for p in per_image]
+            prepared = self._preprocess(pipeline, images, rid)
         model = pipeline.model
         with stage_timer("gateway", "infer", seconds):
             outputs = self._inference.infer(
                 model.name,
                 model.version,
                 model.input,
-                batch,
+                prepared.batch,
                 model.outputs,
                 TRITON_PRIORITY[request.priority],
                 rid,
             )
-        uids = [i.attributes.sop_instance_uid for i in images]
+        uids = (
+            [prepared.grid.series_instance_uid]
+            if prepared.grid is not None
+            else [i.attributes.sop_instance_uid for i in images]
+        )
         with stage_timer("gateway", "postprocess", seconds):
             assessment = self._postprocessor.postprocess(
                 pipeline.name, outputs, uids, prepared, rid
             )
         return assessment, pipeline
+
+    def _preprocess(self, pipeline: Pipeline, images: list[DecodedImage], rid: str) -> Preprocessed:
+        if pipeline.kind == "volume":  # the series is one model input
+            return self._preprocessor.preprocess(pipeline.name, images, rid)
+        # One call per image keeps each message the size of one image and spreads the work
+        # over preprocessor replicas; the batch is assembled here.
+        parts = list(
+            self._pool.map(lambda i: self._preprocessor.preprocess(pipeline.name, [i], rid), images)
+        )
+        return Preprocessed(
+            np.concatenate([p.batch for p in parts]), [i for p in parts for i in p.images]
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -8,7 +8,7 @@ import grpc
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2, gateway_pb2_grpc
 from services.common import logs
-from services.common.convert import priority_to_proto
+from services.common.convert import priority_to_proto, segmentation_to_proto
 from services.common.errors import InvalidInput
 from services.gateway.core import (
     RequestPriority,
@@ -42,6 +42,8 @@ def _response(result: StudyResult) -> gateway_pb2.AnalyzeResponse:
             gateway_pb2.StageTiming(stage=stage, milliseconds=ms)
             for stage, ms in result.timings_ms.items()
         ],
+        measurements=[findings_pb2.Measurement(**vars(m)) for m in result.measurements],
+        segmentations=[segmentation_to_proto(s) for s in result.segmentations],
     )
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from services.common import pipelines as spec
 from services.common.errors import InvalidInput
+from services.common.grids import Segmentation, VolumeGrid
 from services.common.images import ModelInput
 from services.postprocessor import heatmaps
+from services.postprocessor.measurements import Measurement, measure
 
 PRIORITY_ORDER = ("ROUTINE", "URGENT", "STAT")
 
@@ -31,6 +33,8 @@ class Finding:
 class Assessment:
     findings: list[Finding]
     triage_priority: str
+    measurements: list[Measurement] = field(default_factory=list)
+    segmentations: list[Segmentation] = field(default_factory=list)
 
 
 def _activate(values: np.ndarray, activation: str) -> np.ndarray:
@@ -71,10 +75,12 @@ def assess(
     sop_instance_uids: Sequence[str],
     pipeline: spec.Pipeline,
     prepared: Sequence[ModelInput] = (),
+    grid: VolumeGrid | None = None,
 ) -> Assessment:
     """Apply each finding rule to each image row; the study's priority is the most urgent.
 
-    ``prepared`` (geometry and display image per row) is needed only for heatmaps.
+    ``prepared`` (geometry and display image per row) is needed only for heatmaps, ``grid``
+    (the series' voxel grid) only for the measurements of volume pipelines.
     """
     rows = len(sop_instance_uids)
     findings: list[Finding] = []
@@ -113,4 +119,10 @@ def assess(
                 priority
             ):
                 priority = rule.priority_if_positive
-    return Assessment(findings, priority)
+    measurements: list[Measurement] = []
+    segmentations: list[Segmentation] = []
+    if pipeline.postprocess.measurements:
+        if grid is None:
+            raise InvalidInput(f"pipeline {pipeline.name} measures volumes but got no grid")
+        measurements, segmentations = measure(outputs, grid, pipeline)
+    return Assessment(findings, priority, measurements, segmentations)

@@ -145,6 +145,8 @@ def test_urgent_priority_and_client_request_id_are_honoured(
 
 
 def test_list_pipelines(gateway: gateway_pb2_grpc.GatewayStub) -> None:
-    [info] = gateway.ListPipelines(gateway_pb2.ListPipelinesRequest()).pipelines
-    assert info.name == "cxr_pneumonia"
-    assert "Modality in ['CR', 'DX']" in info.accepts
+    listed = gateway.ListPipelines(gateway_pb2.ListPipelinesRequest()).pipelines
+    by_name = {info.name: info for info in listed}
+    assert {"cxr_pneumonia", "mri_brain_extraction"} <= set(by_name)
+    assert "Modality in ['CR', 'DX']" in by_name["cxr_pneumonia"].accepts
+    assert by_name["mri_brain_extraction"].model.name == "mri_brain_extraction"

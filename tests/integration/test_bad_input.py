@@ -81,10 +81,10 @@ CASES: dict[str, tuple[Callable[[], list[bytes]], str, grpc.StatusCode, str]] = 
         "the limit is 40,000,000",
     ),
     "too many instances": (
-        lambda: [chest_image(OK_IMAGE)] * 9,
+        lambda: [chest_image(OK_IMAGE)] * 101,
         "",
         grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "limit is 8",
+        "limit is 100",
     ),
     "unknown pipeline": (
         lambda: [chest_image(OK_IMAGE)],

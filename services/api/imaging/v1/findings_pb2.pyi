@@ -35,3 +35,19 @@ class Finding(_message.Message):
     sop_instance_uid: str
     heatmap_png: bytes
     def __init__(self, code: _Optional[str] = ..., coding_scheme: _Optional[str] = ..., display_name: _Optional[str] = ..., probability: _Optional[float] = ..., threshold: _Optional[float] = ..., positive: bool = ..., sop_instance_uid: _Optional[str] = ..., heatmap_png: _Optional[bytes] = ...) -> None: ...
+
+class Measurement(_message.Message):
+    __slots__ = ("code", "coding_scheme", "display_name", "value", "unit", "series_instance_uid")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    CODING_SCHEME_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    coding_scheme: str
+    display_name: str
+    value: float
+    unit: str
+    series_instance_uid: str
+    def __init__(self, code: _Optional[str] = ..., coding_scheme: _Optional[str] = ..., display_name: _Optional[str] = ..., value: _Optional[float] = ..., unit: _Optional[str] = ..., series_instance_uid: _Optional[str] = ...) -> None: ...

@@ -1,4 +1,5 @@
 from services.api.imaging.v1 import findings_pb2 as _findings_pb2
+from services.api.imaging.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -71,20 +72,24 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., milliseconds: _Optional[float] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
-    __slots__ = ("request_id", "pipeline", "model", "findings", "triage_priority", "timings")
+    __slots__ = ("request_id", "pipeline", "model", "findings", "triage_priority", "timings", "measurements", "segmentations")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
     TRIAGE_PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTATIONS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     pipeline: str
     model: ModelRef
     findings: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Finding]
     triage_priority: _findings_pb2.TriagePriority
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
-    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ...) -> None: ...
+    measurements: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Measurement]
+    segmentations: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Segmentation]
+    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., measurements: _Optional[_Iterable[_Union[_findings_pb2.Measurement, _Mapping]]] = ..., segmentations: _Optional[_Iterable[_Union[_tensor_pb2.Segmentation, _Mapping]]] = ...) -> None: ...
 
 class ListPipelinesRequest(_message.Message):
     __slots__ = ()

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PostprocessRequest(_message.Message):
-    __slots__ = ("pipeline", "outputs", "sop_instance_uids", "geometries", "displays")
+    __slots__ = ("pipeline", "outputs", "sop_instance_uids", "geometries", "displays", "volume")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,17 +21,23 @@ class PostprocessRequest(_message.Message):
     SOP_INSTANCE_UIDS_FIELD_NUMBER: _ClassVar[int]
     GEOMETRIES_FIELD_NUMBER: _ClassVar[int]
     DISPLAYS_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     outputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
     sop_instance_uids: _containers.RepeatedScalarFieldContainer[str]
     geometries: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.ImageGeometry]
     displays: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
-    def __init__(self, pipeline: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., displays: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ...) -> None: ...
+    volume: _tensor_pb2.VolumeGeometry
+    def __init__(self, pipeline: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., displays: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ...) -> None: ...
 
 class PostprocessResponse(_message.Message):
-    __slots__ = ("findings", "triage_priority")
+    __slots__ = ("findings", "triage_priority", "measurements", "segmentations")
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
     TRIAGE_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTATIONS_FIELD_NUMBER: _ClassVar[int]
     findings: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Finding]
     triage_priority: _findings_pb2.TriagePriority
-    def __init__(self, findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ...) -> None: ...
+    measurements: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Measurement]
+    segmentations: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Segmentation]
+    def __init__(self, findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., measurements: _Optional[_Iterable[_Union[_findings_pb2.Measurement, _Mapping]]] = ..., segmentations: _Optional[_Iterable[_Union[_tensor_pb2.Segmentation, _Mapping]]] = ...) -> None: ...

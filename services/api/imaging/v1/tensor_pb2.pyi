@@ -126,3 +126,25 @@ class ImageGeometry(_message.Message):
     region_rows: int
     region_cols: int
     def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., region_top: _Optional[int] = ..., region_left: _Optional[int] = ..., region_rows: _Optional[int] = ..., region_cols: _Optional[int] = ...) -> None: ...
+
+class VolumeGeometry(_message.Message):
+    __slots__ = ("series_instance_uid", "shape", "spacing", "affine")
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SPACING_FIELD_NUMBER: _ClassVar[int]
+    AFFINE_FIELD_NUMBER: _ClassVar[int]
+    series_instance_uid: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    spacing: _containers.RepeatedScalarFieldContainer[float]
+    affine: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, series_instance_uid: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., spacing: _Optional[_Iterable[float]] = ..., affine: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Segmentation(_message.Message):
+    __slots__ = ("label", "geometry", "mask")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    geometry: VolumeGeometry
+    mask: Tensor
+    def __init__(self, label: _Optional[str] = ..., geometry: _Optional[_Union[VolumeGeometry, _Mapping]] = ..., mask: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
