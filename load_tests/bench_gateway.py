@@ -76,7 +76,8 @@ def main() -> None:
                     lambda: pre.preprocess("cxr_pneumonia", [image], "b"), args.repeat
                 ),
                 "postprocess (RPC)": median_ms(
-                    lambda: post.postprocess("cxr_pneumonia", logits, uid, prepared, "b"), args.repeat
+                    lambda: post.postprocess("cxr_pneumonia", logits, uid, prepared, "b"),
+                    args.repeat,
                 ),
                 "gateway Analyze end-to-end": median_ms(
                     lambda: gateway.analyze([dicom]), args.repeat

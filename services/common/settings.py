@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -31,6 +32,30 @@ class DecoderSettings(ServiceSettings):
     max_encoded_bytes: int = Field(512 * 1024 * 1024, gt=0)
     max_pixels: int = Field(2**28, gt=0, description="rows x cols x frames x samples")
     max_decoded_bytes: int = Field(2 * 1024**3, gt=0)
+    max_compression_ratio: float | None = Field(
+        None, gt=0, description="decoded/encoded pixel bytes (bomb guard); None: the decoder's"
+    )
+    compression_check_min_bytes: int | None = Field(
+        None, ge=0, description="apply max_compression_ratio above this decoded size"
+    )
+    # Decoding runs in worker processes (services/decoder/pool.py): a codec that crashes,
+    # hangs or runs out of memory on one file costs that request and one worker, nothing else.
+    decode_workers: int = Field(
+        default_factory=lambda: min(4, len(os.sched_getaffinity(0))),
+        gt=0,
+        description="decoder worker processes; default: the CPUs this process may use, at most 4",
+    )
+    decode_timeout_seconds: float = Field(
+        30.0, gt=0, description="a decode running longer is stopped: RESOURCE_EXHAUSTED"
+    )
+    decode_memory_bytes: int = Field(
+        4 * 1024**3,
+        ge=0,
+        description="memory one decode may map on top of an idle worker (RLIMIT_AS); 0: no cap",
+    )
+    decode_max_tasks_per_child: int = Field(
+        200, ge=0, description="replace a worker after this many decodes; 0: never"
+    )
 
 
 class PipelineServiceSettings(ServiceSettings):

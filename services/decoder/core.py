@@ -4,11 +4,16 @@ Pure logic (no gRPC, no protobuf) so it can be tested on files alone. Every fail
 this module as a :class:`~services.common.errors.PlatformError` whose reason a person can act
 on; pydicom and codec exceptions are translated at this one seam and never escape raw.
 Patient identity (PatientName, PatientID, ...) is never read, copied or logged.
+
+Which codec decodes which transfer syntax, and in what order, is :mod:`.codecs`; colour
+conversion is :mod:`.colour`; the attributes are :mod:`.attributes`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -17,25 +22,39 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
-from pydicom.pixels.decoders.base import get_decoder  # re-exported as pydicom.pixels.get_decoder
-from pydicom.pixels.utils import as_pixel_options, get_expected_length
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    RLELossless,
 )
 
 from services.common.errors import InvalidInput, PlatformError, TooLarge, UnsupportedInput
-from services.common.images import DecodedImage, ImageAttributes
+from services.common.images import DecodedImage
+from services.decoder.attributes import image_attributes, int_or
+from services.decoder.codecs import (
+    CHAINS,
+    NATIVE_SYNTAXES,
+    Decoded,
+    PixelSpec,
+    decode_pixels,
+    ts_label,
+)
+from services.decoder.colour import YBR_FULL_LIKE, fit_bits_stored, palette_to_rgb, ybr_full_to_rgb
 
 log = logging.getLogger(__name__)
 
 _MiB = 2**20
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _MAX_REASON = 200
+_INFLATE_CHUNK = 16 * _MiB
+_SAMPLES_FOR = {
+    **dict.fromkeys(("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"), 1),
+    **dict.fromkeys(("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"), 3),
+    **dict.fromkeys(("YBR_PARTIAL_422", "YBR_PARTIAL_420", "HSV"), 3),
+}
 
 
 @dataclass(frozen=True)
@@ -45,24 +64,36 @@ class DecodeLimits:
     max_bytes: int = 512 * _MiB  # encoded instance size
     max_pixels: int = 2**28  # rows * cols * frames * samples
     max_decoded_bytes: int = 2048 * _MiB
+    # Decompression bombs: natively encoded size / compressed size of the pixel data (the
+    # ratio a codec must expand by), checked when the image decodes to more than
+    # compression_check_min_bytes (below that the allocation is harmless: a blank 512x1024
+    # J2K test image legitimately compresses 1971:1). Real images stay far below the ratio.
+    max_compression_ratio: float = 1000.0
+    compression_check_min_bytes: int = 16 * _MiB
 
 
 def decode_instance(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
     """Decode one DICOM instance to (frames, rows, cols, samples) stored values.
 
-    No rescale or windowing is applied (the preprocessor owns every transform); YBR colour is
-    converted to RGB by pydicom and reported as "RGB". Big-endian values come back in native
-    byte order with the same dtype kind and size.
+    No rescale or windowing is applied (the preprocessor owns every transform). Values are
+    masked to Bits Stored (sign-extended when signed), in native byte order. YBR colour and
+    PALETTE COLOR come back as RGB and are reported as "RGB"; MONOCHROME1 stays MONOCHROME1.
     """
-    _check_raw_bytes(data, limits)
-    ds = _read_dataset(data)
     try:
+        _check_raw_bytes(data, limits)
+        _check_deflated_dataset(data, limits)
+        ds = _read_dataset(data)
         return _decode_dataset(ds, data, limits)
-    except PlatformError:
+    except PlatformError as exc:
+        exc.reason = printable(exc.reason)
+        exc.args = (exc.reason,)
         raise
     except MemoryError as exc:
         raise TooLarge("not enough memory to decode this image") from exc
-    except Exception as exc:  # the one seam where pydicom/codec errors become ours
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the one seam where pydicom/codec errors (and pyo3
+        # panics, which are BaseExceptions) become ours
         raise InvalidInput(f"could not decode the DICOM file: {_trim(exc)}") from exc
 
 
@@ -76,6 +107,40 @@ def _check_raw_bytes(data: bytes, limits: DecodeLimits) -> None:
         )
     if data[:2] == b"\x1f\x8b":
         raise InvalidInput("input is gzip-compressed; decompress before sending")
+
+
+def _check_deflated_dataset(data: bytes, limits: DecodeLimits) -> None:
+    """A Deflated Explicit VR Little Endian data set is inflated whole by pydicom before any
+    header can be read: count what it inflates to first, in bounded chunks."""
+    if DeflatedExplicitVRLittleEndian.encode() not in data[:8192]:
+        return
+    stream = BytesIO(data)
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+    except Exception:  # not a well-formed file meta: the parser reports it below
+        return
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    compressed = data[stream.tell() :]
+    cap = min(
+        limits.max_bytes + limits.max_decoded_bytes,
+        int(max(1, len(compressed)) * limits.max_compression_ratio),
+    )
+    inflater, pending, total = zlib.decompressobj(-zlib.MAX_WBITS), compressed, 0
+    try:
+        while pending and total <= cap:
+            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise InvalidInput(f"the deflate-compressed data set is corrupt (zlib: {exc})") from exc
+    if total > cap:
+        raise TooLarge(
+            f"the deflate-compressed data set of {len(compressed):,} bytes inflates to more "
+            f"than {cap:,} bytes (limits: {limits.max_compression_ratio:,.0f}:1 and "
+            f"{limits.max_bytes + limits.max_decoded_bytes:,} bytes); refusing a possible "
+            "decompression bomb"
+        )
 
 
 def _read_dataset(data: bytes) -> Dataset:
@@ -100,49 +165,38 @@ def _read_dataset(data: bytes) -> Dataset:
 
 
 def _decode_dataset(ds: Dataset, raw: bytes, limits: DecodeLimits) -> DecodedImage:
-    """Check, decode and reshape; runs inside the exception-translating seam."""
-    ts = _transfer_syntax(ds)
-    if not any(k in ds for k in _PIXEL_KEYWORDS):
-        tag = b"\x7f\xe0\x00\x10" if ts == ExplicitVRBigEndian else b"\xe0\x7f\x10\x00"
-        if tag in raw:  # pydicom drops an element that runs past the end of the file
-            raise InvalidInput(
-                "the Pixel Data element could not be read completely; the file is probably "
-                "truncated"
-            )
-        sop_class = str(ds.get("SOPClassUID") or "")
-        label = UID(sop_class).name if sop_class else "not given"
-        raise InvalidInput(f"DICOM file contains no Pixel Data (SOP class {label})")
-    rows, cols, frames, samples = _check_limits(ds, limits)
-    _check_decodable(ds, ts)
+    """Check, decode and finish; runs inside the exception-translating seam."""
+    ts, ts_given = _transfer_syntax(ds)
+    keyword = _pixel_keyword(ds, ts, raw)
+    spec = _pixel_spec(ds, ts, keyword, ts_given)
+    out_samples, out_itemsize = _output_layout(ds, spec)
+    _check_limits(spec, out_samples, out_itemsize, limits)
+    if spec.ts in NATIVE_SYNTAXES:
+        _check_native_length(spec)
+    elif spec.ts not in CHAINS:
+        raise UnsupportedInput(f"transfer syntax {ts_label(ts)} is not supported")
 
-    try:
-        arr, meta = get_decoder(ts).as_array(ds, **as_pixel_options(ds))
-    except (PlatformError, MemoryError):
-        raise
-    except Exception as exc:  # codec message, e.g. a corrupt JPEG stream
-        raise InvalidInput(f"could not decode {_ts_label(ts)} pixel data: {_trim(exc)}") from exc
-
-    pixels = np.asarray(arr)
-    if not pixels.dtype.isnative:
-        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
-    out_samples = pixels.size // max(1, rows * cols * frames)
-    if out_samples * rows * cols * frames != pixels.size:
-        raise InvalidInput(
-            f"decoded pixel data has {pixels.size} values, which does not fit "
-            f"{frames} frame(s) of {rows}x{cols} (samples per pixel {samples})"
-        )
-    photometric = str(meta.get("photometric_interpretation", ds.PhotometricInterpretation))
-    return DecodedImage(
-        pixels=pixels.reshape(frames, rows, cols, out_samples),
-        attributes=_attributes(ds, ts, photometric, frames),
+    decoded = decode_pixels(spec)
+    pixels, photometric, bits_stored, representation = _finish(decoded, spec, ds)
+    little_endian = ts != ExplicitVRBigEndian
+    attributes = image_attributes(
+        ds,
+        ts=str(ts),
+        photometric=photometric,
+        frames=spec.frames,
+        bits_stored=bits_stored,
+        pixel_representation=representation,
+        little_endian=little_endian,
     )
+    return DecodedImage(pixels=pixels, attributes=attributes)
 
 
-def _transfer_syntax(ds: Dataset) -> UID:
-    """The file's transfer syntax, inferred from the encoding when there is no file meta."""
+def _transfer_syntax(ds: Dataset) -> tuple[UID, bool]:
+    """The file's transfer syntax and whether the file gave it (else inferred from the
+    encoding pydicom detected)."""
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if ts:
-        return UID(str(ts))
+        return UID(str(ts)), True
     implicit, little = ds.original_encoding
     inferred = {
         (True, True): ImplicitVRLittleEndian,
@@ -152,150 +206,193 @@ def _transfer_syntax(ds: Dataset) -> UID:
     if inferred is None:
         raise InvalidInput("DICOM file has no Transfer Syntax UID and its encoding is unknown")
     ds.file_meta.TransferSyntaxUID = inferred
-    return inferred
+    log.warning("DICOM file has no Transfer Syntax UID; read it as %s", inferred.name)
+    return inferred, False
 
 
-def _check_limits(ds: Dataset, limits: DecodeLimits) -> tuple[int, int, int, int]:
-    """Read the image geometry and refuse oversized images before decoding anything."""
-    for keyword in ("Rows", "Columns", "BitsAllocated"):
-        if ds.get(keyword) in (None, ""):
-            raise InvalidInput(f"DICOM file has pixel data but no {keyword} element")
-    rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-    frames = _number_of_frames(ds)
-    samples = int(ds.get("SamplesPerPixel") or 1)
+def _pixel_keyword(ds: Dataset, ts: UID, raw: bytes) -> str:
+    present = [k for k in _PIXEL_KEYWORDS if k in ds]
+    if not present:
+        tag = b"\x7f\xe0\x00\x10" if ts == ExplicitVRBigEndian else b"\xe0\x7f\x10\x00"
+        if tag in raw:  # pydicom drops an element that runs past the end of the file
+            raise InvalidInput(
+                "pixel data truncated: the Pixel Data element could not be read completely; "
+                "the file is probably cut short"
+            )
+        sop_class = str(ds.get("SOPClassUID") or "")
+        label = UID(sop_class).name if sop_class else "not given"
+        raise InvalidInput(f"DICOM file contains no Pixel Data (SOP class {label})")
+    if len(present) > 1:
+        raise InvalidInput(f"DICOM file has more than one pixel data element: {present}")
+    if not ds[present[0]].value:
+        raise InvalidInput("the Pixel Data element is empty")
+    return present[0]
+
+
+def _pixel_spec(ds: Dataset, ts: UID, keyword: str, ts_given: bool) -> PixelSpec:
+    """The Image Pixel module, validated with reasons a person can act on."""
+    missing_ts = "" if ts_given else " (and the file meta has no Transfer Syntax UID)"
+    required = (
+        ("Rows", "Columns") if keyword != "PixelData" else ("Rows", "Columns", "BitsAllocated")
+    )
+    for name in required:
+        if ds.get(name) in (None, ""):
+            raise InvalidInput(
+                f"DICOM file has pixel data but no {name} element{missing_ts}; "
+                "it lacks the Image Pixel module"
+            )
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    floating = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}.get(keyword)
+    bits_allocated = floating or int(ds.BitsAllocated)
+    bits_stored = int_or(ds.get("BitsStored"), bits_allocated) or bits_allocated
+    samples = int_or(ds.get("SamplesPerPixel"), 1)
+    representation = int_or(ds.get("PixelRepresentation"), 0)
     if min(rows, cols, samples) < 1:
         raise InvalidInput(
             f"image geometry is invalid: {rows} rows x {cols} columns x {samples} samples"
         )
-    pixels = rows * cols * frames * samples
-    shape = f"{frames} frame(s) of {rows}x{cols} with {samples} sample(s)"
+    if bits_allocated != 1 and (bits_allocated % 8 or not 8 <= bits_allocated <= 64):
+        raise InvalidInput(f"Bits Allocated {bits_allocated} is invalid (1 or 8, 16, ... 64)")
+    if not 1 <= bits_stored <= bits_allocated:
+        raise InvalidInput(
+            f"Bits Stored {bits_stored} does not fit Bits Allocated {bits_allocated}"
+        )
+    if representation not in (0, 1):
+        raise InvalidInput(f"Pixel Representation {representation} is invalid (0 or 1)")
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    if not photometric:
+        photometric = "MONOCHROME2" if samples == 1 else "RGB"
+        log.warning("no Photometric Interpretation; assuming %s", photometric)
+    needed = _SAMPLES_FOR.get(photometric)
+    if needed is not None and samples != needed:
+        raise InvalidInput(
+            f"Photometric Interpretation {photometric} needs {needed} sample(s) per pixel; "
+            f"the file has {samples}"
+        )
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    spec = PixelSpec(
+        ts=ts,
+        rows=rows,
+        cols=cols,
+        frames=1,
+        samples=samples,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        pixel_representation=representation,
+        photometric=photometric,
+        planar_configuration=int_or(ds.get("PlanarConfiguration"), 0),
+        keyword=keyword,
+        pixel_vr=str(ds[keyword].VR),
+        data=bytes(ds[keyword].value),
+        extended_offsets=extended,
+    )
+    return _with_frames(spec, ds.get("NumberOfFrames"))
+
+
+def _with_frames(spec: PixelSpec, value: Any) -> PixelSpec:
+    """Number of Frames, treating absent/empty/0 as one frame as pydicom does. An unreadable
+    value (e.g. '1A') is inferred from the length of native pixel data when it divides."""
+    if value in (None, ""):
+        return spec
+    frames = int_or(value, -1)
+    if frames >= 0:
+        return _replace_frames(spec, max(1, frames))
+    per_frame = _native_bytes(spec, 1)
+    if spec.ts in NATIVE_SYNTAXES and per_frame and len(spec.data) // per_frame >= 1:
+        inferred = len(spec.data) // per_frame
+        log.warning("Number of Frames is not a number; %d frames by the data length", inferred)
+        return _replace_frames(spec, inferred)
+    # The value is not quoted: a corrupt element may hold bytes of others (patient data).
+    raise InvalidInput(
+        f"Number of Frames is not a valid number of frames ({len(str(value))} characters that "
+        "are not a non-negative integer)"
+    )
+
+
+def _replace_frames(spec: PixelSpec, frames: int) -> PixelSpec:
+    return dataclasses.replace(spec, frames=frames)
+
+
+def _native_bytes(spec: PixelSpec, frames: int) -> int:
+    """Bytes of `frames` natively encoded frames (YBR_FULL_422 stores 2 values per pixel)."""
+    values = frames * spec.frame_values
+    if spec.photometric == "YBR_FULL_422" and spec.samples == 3:
+        values = values // 3 * 2
+    return (values * spec.bits_allocated + 7) // 8
+
+
+def _output_layout(ds: Dataset, spec: PixelSpec) -> tuple[int, int]:
+    """(samples, bytes per sample) of the returned array: a palette expands to RGB."""
+    if spec.photometric == "PALETTE COLOR":
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor") or [0, 0, 8]
+        bits = int(descriptor[2]) if len(descriptor) == 3 else 8
+        return 3, 2 if bits > 8 else 1
+    return spec.samples, spec.dtype.itemsize
+
+
+def _check_limits(spec: PixelSpec, samples: int, itemsize: int, limits: DecodeLimits) -> None:
+    """Refuse oversized images and decompression bombs before decoding anything."""
+    pixels = spec.rows * spec.cols * spec.frames * spec.samples
+    shape = f"{spec.frames} frame(s) of {spec.rows}x{spec.cols} with {spec.samples} sample(s)"
     if pixels > limits.max_pixels:
         raise TooLarge(
             f"image is {shape} = {pixels:,} pixel values; the limit is {limits.max_pixels:,}"
         )
-    decoded_bytes = pixels * max(1, bits // 8)
-    if decoded_bytes > limits.max_decoded_bytes:
+    decoded = spec.rows * spec.cols * spec.frames * samples * itemsize
+    if decoded > limits.max_decoded_bytes:
         raise TooLarge(
-            f"image is {shape} at {bits} bits = {decoded_bytes:,} bytes decoded; the limit is "
-            f"{limits.max_decoded_bytes:,} bytes"
+            f"image is {shape} at {spec.bits_allocated} bits = {decoded:,} bytes decoded; the "
+            f"limit is {limits.max_decoded_bytes:,} bytes"
         )
-    return rows, cols, frames, samples
-
-
-def _number_of_frames(ds: Dataset) -> int:
-    """NumberOfFrames, treating absent/empty/0 as one frame as pydicom does."""
-    value = ds.get("NumberOfFrames")
-    return max(1, int(value)) if value not in (None, "") else 1
-
-
-def _check_decodable(ds: Dataset, ts: UID) -> None:
-    """Fail early with a clear reason for unsupported syntaxes and short native pixel data."""
-    try:
-        decoder = get_decoder(ts)
-    except NotImplementedError as exc:
-        raise UnsupportedInput(f"transfer syntax {_ts_label(ts)} is not supported") from exc
-    if not decoder.is_available:
-        raise UnsupportedInput(
-            f"no decoder plugin is installed for transfer syntax {_ts_label(ts)}"
+    if spec.ts in NATIVE_SYNTAXES or decoded <= limits.compression_check_min_bytes:
+        return
+    encoded, expanded = len(spec.data), _native_bytes(spec, spec.frames)
+    if expanded > encoded * limits.max_compression_ratio:
+        raise TooLarge(
+            f"{encoded:,} bytes of compressed pixel data would expand to {expanded:,} bytes "
+            f"({expanded / max(1, encoded):,.0f}:1, the limit is "
+            f"{limits.max_compression_ratio:,.0f}:1); refusing a possible decompression bomb"
         )
-    if ts == RLELossless and int(ds.BitsAllocated) == 1:  # neither RLE plugin handles it
-        raise UnsupportedInput(f"1-bit pixel data in {_ts_label(ts)} is not supported")
-    if not ts.is_encapsulated:
-        actual = len(next(ds[k].value for k in _PIXEL_KEYWORDS if k in ds) or b"")
-        expected = get_expected_length(ds, unit="bytes")
-        if actual < expected:
-            raise InvalidInput(
-                f"pixel data is truncated: expected {expected:,} bytes for the declared image "
-                f"geometry, got {actual:,} bytes"
-            )
 
 
-def _attributes(ds: Dataset, ts: UID, photometric: str, frames: int) -> ImageAttributes:
-    """Copy the routing/preprocessing attributes; deliberately no patient identity."""
-    slope = _first_float(_functional("RescaleSlope", "PixelValueTransformationSequence", ds))
-    intercept = _first_float(
-        _functional("RescaleIntercept", "PixelValueTransformationSequence", ds)
+def _check_native_length(spec: PixelSpec) -> None:
+    expected = _native_bytes(spec, spec.frames)
+    if len(spec.data) < expected:
+        raise InvalidInput(
+            f"pixel data truncated: expected {expected:,} bytes for the declared image "
+            f"geometry, got {len(spec.data):,} bytes"
+        )
+
+
+def _finish(decoded: Decoded, spec: PixelSpec, ds: Dataset) -> tuple[np.ndarray, str, int, int]:
+    """Bits Stored masking, then colour: (pixels, photometric, bits stored, representation)."""
+    pixels = decoded.pixels
+    if pixels.dtype != spec.dtype:
+        pixels = pixels.astype(spec.dtype)
+    if spec.bits_allocated > 1:
+        pixels = fit_bits_stored(pixels, spec.bits_stored)
+    photometric, bits, representation = (
+        decoded.photometric,
+        spec.bits_stored,
+        spec.pixel_representation,
     )
-    spacing = _functional("PixelSpacing", "PixelMeasuresSequence", ds)
-    if spacing in (None, ""):
-        spacing = ds.get("ImagerPixelSpacing")
-    return ImageAttributes(
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        modality=_text(ds, "Modality"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        view_position=_text(ds, "ViewPosition"),
-        transfer_syntax_uid=str(ts),
-        photometric_interpretation=photometric,
-        bits_stored=int(ds.get("BitsStored") or ds.BitsAllocated),
-        pixel_representation=int(ds.get("PixelRepresentation") or 0),
-        rescale_slope=1.0 if slope is None else slope,
-        rescale_intercept=0.0 if intercept is None else intercept,
-        window_center=_first_float(_functional("WindowCenter", "FrameVOILUTSequence", ds)),
-        window_width=_first_float(_functional("WindowWidth", "FrameVOILUTSequence", ds)),
-        pixel_spacing=_pair(spacing),
-        number_of_frames=frames,
-    )
-
-
-def _functional(keyword: str, group: str, ds: Dataset) -> Any:
-    """A value from the top level, else the shared functional groups of an enhanced image,
-    else the per-frame groups when every frame agrees (a single value would be wrong otherwise).
-    """
-    if ds.get(keyword) not in (None, ""):
-        return ds.get(keyword)
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared and (value := _group_value(shared[0], group, keyword)) not in (None, ""):
-        return value
-    per_frame = [
-        _group_value(item, group, keyword)
-        for item in ds.get("PerFrameFunctionalGroupsSequence") or []
-    ]
-    distinct = {str(v) for v in per_frame}
-    return per_frame[0] if per_frame and len(distinct) == 1 else None
-
-
-def _group_value(item: Dataset, group: str, keyword: str) -> Any:
-    """keyword inside the first item of functional group sequence `group`, if present."""
-    sequence = item.get(group)
-    return sequence[0].get(keyword) if sequence else None
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
-
-
-def _first_float(value: Any) -> float | None:
-    """First value of a possibly multi-valued numeric element; None when absent or empty."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (MultiValue, list, tuple)):
-        value = value[0] if len(value) else None
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _pair(value: Any) -> tuple[float, float] | None:
-    """Row/column spacing in mm, or None when absent, malformed or not positive."""
-    if value is None or isinstance(value, (str, bytes)):
-        return None
-    try:
-        first, second = (float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return (first, second) if first > 0 and second > 0 else None
-
-
-def _ts_label(ts: UID) -> str:
-    return f"{ts} ({ts.name})" if ts.name != str(ts) else f"{ts} (unknown)"
+    if photometric in YBR_FULL_LIKE and spec.samples == 3:
+        pixels = ybr_full_to_rgb(pixels, bits)
+        photometric = "RGB"
+    elif photometric == "PALETTE COLOR":
+        pixels, bits = palette_to_rgb(pixels, ds, spec.ts != ExplicitVRBigEndian)
+        photometric, representation = "RGB", 0
+    return pixels, photometric, bits, representation
 
 
 def _trim(exc: BaseException) -> str:
     """The exception's message on one line, short enough for a client-facing reason."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = printable(" ".join(str(exc).split())) or type(exc).__name__
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """One printable line: control characters (from corrupt values) become '?'."""
+    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))

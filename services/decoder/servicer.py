@@ -1,4 +1,4 @@
-"""DicomDecoder RPCs: protobuf in and out, decoding in core."""
+"""DicomDecoder RPCs: protobuf in and out, decoding in the worker pool (pool.py, core.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,19 @@ import grpc
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common.convert import image_to_proto
 from services.common.metrics import stage_timer
-from services.decoder.core import DecodeLimits, decode_instance
+from services.decoder.core import DecodeLimits
+from services.decoder.pool import DecoderPool
 
 
 class DecoderServicer(decoder_pb2_grpc.DicomDecoderServicer):
-    def __init__(self, limits: DecodeLimits) -> None:
+    def __init__(self, pool: DecoderPool, limits: DecodeLimits) -> None:
+        self._pool = pool
         self._limits = limits
 
     def Decode(  # noqa: N802 (gRPC naming)
         self, request: decoder_pb2.DecodeRequest, context: grpc.ServicerContext
     ) -> decoder_pb2.DecodeResponse:
         with stage_timer("decoder", "decode"):
-            image = decode_instance(request.dicom, self._limits)
+            # A caller that gives up (cancel, deadline) frees its worker.
+            image = self._pool.decode(request.dicom, self._limits, on_abandon=context.add_callback)
         return decoder_pb2.DecodeResponse(image=image_to_proto(image))

@@ -16,6 +16,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
+from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from services.api.imaging.v1 import (
@@ -205,19 +206,26 @@ class TritonClient:
         self._client = triton.InferenceServerClient(
             address, channel_args=channel_options(2**31 - 1)
         )
-        self._max_batch: dict[tuple[str, str], int] = {}
+        self._configs: dict[tuple[str, str], model_config_pb2.ModelConfig] = {}
         self._lock = threading.Lock()
 
-    def max_batch_size(self, model: str, version: str) -> int:
+    def _config(self, model: str, version: str) -> model_config_pb2.ModelConfig:
+        """The served model's config, fetched once per model and version."""
         key = (model, version)
         with self._lock:
-            if key not in self._max_batch:
+            if key not in self._configs:
                 with _triton_errors(self._address, model):
-                    config = self._client.get_model_config(
+                    self._configs[key] = self._client.get_model_config(
                         model, version, client_timeout=self._timeout
                     ).config
-                self._max_batch[key] = max(1, int(config.max_batch_size))
-            return self._max_batch[key]
+            return self._configs[key]
+
+    def max_batch_size(self, model: str, version: str) -> int:
+        return max(1, int(self._config(model, version).max_batch_size))
+
+    def model_parameters(self, model: str, version: str) -> dict[str, str]:
+        parameters = self._config(model, version).parameters
+        return {key: value.string_value for key, value in parameters.items()}
 
     def infer(
         self,

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from services.common.errors import InvalidInput, TooLarge
+from services.common.cards import ModelCard, card_from_parameters
+from services.common.errors import DependencyUnavailable, InvalidInput, TooLarge
 from services.common.grids import Segmentation
 from services.common.images import DecodedImage, Preprocessed
 from services.common.metrics import stage_timer
@@ -51,6 +52,11 @@ class InferenceServer(Protocol):
         priority: int,
         request_id: str,
     ) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class ModelMetadata(Protocol):
+    def model_parameters(self, model: str, version: str) -> dict[str, str]: ...
 
 
 class Postprocessor(Protocol):
@@ -186,6 +192,18 @@ class StudyAnalyzer:
         return Preprocessed(
             np.concatenate([p.batch for p in parts]), [i for p in parts for i in p.images]
         )
+
+    def card(self, pipeline: Pipeline) -> ModelCard | None:
+        """The model's card from its served config; None while the server cannot say."""
+        if not isinstance(self._inference, ModelMetadata):
+            return None
+        try:
+            parameters = self._inference.model_parameters(
+                pipeline.model.name, pipeline.model.version
+            )
+        except DependencyUnavailable:
+            return None
+        return card_from_parameters(pipeline.model.name, pipeline.model.version, parameters)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

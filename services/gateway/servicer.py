@@ -8,6 +8,7 @@ import grpc
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2, gateway_pb2_grpc
 from services.common import logs
+from services.common.cards import ModelCard
 from services.common.convert import priority_to_proto, segmentation_to_proto
 from services.common.errors import InvalidInput
 from services.gateway.core import (
@@ -45,6 +46,10 @@ def _response(result: StudyResult) -> gateway_pb2.AnalyzeResponse:
         measurements=[findings_pb2.Measurement(**vars(m)) for m in result.measurements],
         segmentations=[segmentation_to_proto(s) for s in result.segmentations],
     )
+
+
+def _card(card: ModelCard | None) -> gateway_pb2.ModelCard | None:
+    return gateway_pb2.ModelCard(**vars(card)) if card is not None else None
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -96,6 +101,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     description=p.description,
                     model=gateway_pb2.ModelRef(name=p.model.name, version=p.model.version),
                     accepts=p.match.describe(),
+                    card=_card(self._analyzer.card(p)),
                 )
                 for p in self._analyzer.registry.all()
             ]

@@ -236,7 +236,8 @@ def test_inline_pipelines_extend_the_configmap() -> None:
     )
     objs = _parse(render({"pipelines": {"inline": {"cxr_copy.yaml": text}}}))
     cm = by_name(objs, "ConfigMap", component_name("pipelines"))
-    assert set(cm["data"]) == {"cxr_pneumonia.yaml", "cxr_copy.yaml"}
+    shipped = {p.name for p in (REPO_ROOT / "pipelines").glob("*.yaml")}
+    assert set(cm["data"]) == shipped | {"cxr_copy.yaml"}
     assert yaml.safe_load(cm["data"]["cxr_copy.yaml"])["name"] == "cxr_copy"
 
 

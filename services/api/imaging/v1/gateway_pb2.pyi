@@ -96,16 +96,41 @@ class ListPipelinesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PipelineInfo(_message.Message):
-    __slots__ = ("name", "description", "model", "accepts")
+    __slots__ = ("name", "description", "model", "accepts", "card")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_FIELD_NUMBER: _ClassVar[int]
+    CARD_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     model: ModelRef
     accepts: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., accepts: _Optional[str] = ...) -> None: ...
+    card: ModelCard
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., accepts: _Optional[str] = ..., card: _Optional[_Union[ModelCard, _Mapping]] = ...) -> None: ...
+
+class ModelCard(_message.Message):
+    __slots__ = ("name", "version", "intended_use", "not_for_use", "metrics", "card_reference")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INTENDED_USE_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOR_USE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    CARD_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    intended_use: str
+    not_for_use: str
+    metrics: _containers.ScalarMap[str, float]
+    card_reference: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., intended_use: _Optional[str] = ..., not_for_use: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., card_reference: _Optional[str] = ...) -> None: ...
 
 class ListPipelinesResponse(_message.Message):
     __slots__ = ("pipelines",)

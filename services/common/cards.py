@@ -1,0 +1,45 @@
+"""Model-card facts carried as `card.*` parameters of a model's Triton config.
+
+Keeping them in the config means they travel with the model to every Triton replica and the
+gateway can show them without access to the model repository.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from services.common.errors import InternalError
+
+PREFIX = "card."
+METRIC_PREFIX = "card.metric."
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: str
+    intended_use: str = ""
+    not_for_use: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    card_reference: str = ""
+
+
+def card_from_parameters(name: str, version: str, parameters: Mapping[str, str]) -> ModelCard:
+    metrics = {}
+    for key, value in parameters.items():
+        if key.startswith(METRIC_PREFIX):
+            try:
+                metrics[key.removeprefix(METRIC_PREFIX)] = float(value)
+            except ValueError:
+                raise InternalError(
+                    f"model {name} config parameter {key} is not a number: {value!r}"
+                ) from None
+    return ModelCard(
+        name=name,
+        version=version,
+        intended_use=parameters.get(f"{PREFIX}intended_use", ""),
+        not_for_use=parameters.get(f"{PREFIX}not_for_use", ""),
+        metrics=metrics,
+        card_reference=parameters.get(f"{PREFIX}reference", ""),
+    )
