@@ -50,6 +50,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def gateway(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayStub]:
-    options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
+    options = [
+        ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ]
     with grpc.insecure_channel(stack.gateway_address, options=options) as channel:
         yield gateway_pb2_grpc.GatewayStub(channel)

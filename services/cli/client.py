@@ -28,7 +28,10 @@ def stream_messages(
 
 class GatewayClient:
     def __init__(self, address: str, timeout: float = 120.0) -> None:
-        self.channel = grpc.insecure_channel(address)
+        # Responses carry heatmaps and masks: allow more than gRPC's 4 MB default.
+        self.channel = grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+        )
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
         self._timeout = timeout
 

@@ -126,20 +126,12 @@ def geometry_from_proto(msg: tensor_pb2.ImageGeometry) -> Geometry:
 
 
 def prepared_from_proto(
-    geometries: Sequence[tensor_pb2.ImageGeometry],
-    displays: Sequence[tensor_pb2.Tensor],
-    batch: np.ndarray | None = None,
+    geometries: Sequence[tensor_pb2.ImageGeometry], batch: np.ndarray | None = None
 ) -> list[ModelInput]:
-    """Per-image geometry and display (when sent) of a preprocessed batch."""
-    if displays and len(displays) != len(geometries):
-        raise InvalidInput(f"{len(displays)} display images for {len(geometries)} geometries")
+    """Per-image geometry of a preprocessed batch (rows of ``batch`` when given)."""
     empty = np.zeros((0, 0, 0), np.float32)
     return [
-        ModelInput(
-            batch[i] if batch is not None else empty,
-            geometry_from_proto(g),
-            tensors.from_proto(displays[i]) if displays else None,
-        )
+        ModelInput(batch[i] if batch is not None else empty, geometry_from_proto(g))
         for i, g in enumerate(geometries)
     ]
 

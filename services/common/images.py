@@ -92,11 +92,10 @@ class Geometry:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """One image prepared for the model, plus what a heatmap needs to be drawn over it."""
+    """One image prepared for the model, and where in the image it came from."""
 
     tensor: np.ndarray  # (channels, height, width) float32
     geometry: Geometry
-    display: np.ndarray | None = None  # (rows, cols) uint8, the windowed image
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ class PreprocessorClient(_ServiceClient):
         batch = tensors.from_proto(reply.batch)
         return Preprocessed(
             batch,
-            prepared_from_proto(reply.geometries, reply.displays, batch),
+            prepared_from_proto(reply.geometries, batch),
             grid_from_proto(reply.volume) if reply.HasField("volume") else None,
         )
 
@@ -144,9 +144,6 @@ class PostprocessorClient(_ServiceClient):
             outputs={name: tensors.to_proto(array) for name, array in outputs.items()},
             sop_instance_uids=list(sop_instance_uids),
             geometries=[geometry_to_proto(p.geometry) for p in prepared.images],
-            displays=[
-                tensors.to_proto(p.display) for p in prepared.images if p.display is not None
-            ],
         )
         if prepared.grid is not None:
             request.volume.CopyFrom(grid_to_proto(prepared.grid))

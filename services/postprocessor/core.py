@@ -56,13 +56,12 @@ def _heatmaps(
     cams = outputs.get(rule.heatmap_output)
     if cams is None or len(cams) != rows:
         raise InvalidInput(f"model output {rule.heatmap_output!r} must have one map per image")
-    if len(prepared) != rows or any(p.display is None for p in prepared):
-        raise InvalidInput("heatmaps need each image's geometry and display image")
+    if len(prepared) != rows:
+        raise InvalidInput("heatmaps need each image's geometry")
     # A map per class: take this rule's channel when the CAM has several.
     return [
         heatmaps.render(
             cam[rule.index] if cam.ndim == 3 and cam.shape[0] > rule.index else cam,
-            p.display,  # type: ignore[arg-type]
             p.geometry,
             opacity,
         )
@@ -79,7 +78,7 @@ def assess(
 ) -> Assessment:
     """Apply each finding rule to each image row; the study's priority is the most urgent.
 
-    ``prepared`` (geometry and display image per row) is needed only for heatmaps, ``grid``
+    ``prepared`` (the geometry of each row) is needed only for heatmaps, ``grid``
     (the series' voxel grid) only for the measurements of volume pipelines.
     """
     rows = len(sop_instance_uids)

@@ -26,7 +26,7 @@ class PostprocessorServicer(postprocessor_pb2_grpc.PostprocessorServicer):
     ) -> postprocessor_pb2.PostprocessResponse:
         pipeline = self._registry.get(request.pipeline)
         outputs = {name: tensors.from_proto(t) for name, t in request.outputs.items()}
-        prepared = prepared_from_proto(request.geometries, request.displays)
+        prepared = prepared_from_proto(request.geometries)
         grid = grid_from_proto(request.volume) if request.HasField("volume") else None
         with stage_timer("postprocessor", "postprocess"):
             result = assess(outputs, list(request.sop_instance_uids), pipeline, prepared, grid)

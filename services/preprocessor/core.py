@@ -125,15 +125,8 @@ _STEPS: dict[type, Callable[[Frame, ImageAttributes, object], Frame]] = {
 }
 
 
-_GEOMETRIC = (spec.CenterCropSquare, spec.Resize, spec.Normalize)
-
-
 def prepare(image: DecodedImage, pipeline: spec.Pipeline) -> ModelInput:
-    """One single-frame image -> model input (C, H, W), its geometry and display image.
-
-    The display image (for heatmaps) is the windowed image in [0, 1] as it stands before the
-    first geometric or normalising step, at the original size.
-    """
+    """One single-frame image -> model input (C, H, W) and the region of the image it shows."""
     frames, rows, cols, samples = image.pixels.shape
     if frames != 1:
         raise InvalidInput(
@@ -147,10 +140,7 @@ def prepare(image: DecodedImage, pipeline: spec.Pipeline) -> ModelInput:
         )
     x: Frame = image.pixels[0].astype(np.float32)  # a copy: steps work in place
     region = Geometry(rows, cols, 0, 0, rows, cols)
-    display: np.ndarray | None = None
     for step in pipeline.preprocess:
-        if pipeline.draws_heatmaps and display is None and isinstance(step, _GEOMETRIC):
-            display = np.rint(np.clip(x.mean(axis=2), 0.0, 1.0) * 255).astype(np.uint8)
         if isinstance(step, spec.CenterCropSquare):
             side = min(region.region_rows, region.region_cols)
             region = Geometry(
@@ -163,7 +153,7 @@ def prepare(image: DecodedImage, pipeline: spec.Pipeline) -> ModelInput:
             )
         x = _STEPS[type(step)](x, image.attributes, step)
     tensor = np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
-    return ModelInput(tensor, region, display)
+    return ModelInput(tensor, region)
 
 
 def preprocess_image(image: DecodedImage, pipeline: spec.Pipeline) -> np.ndarray:
@@ -185,7 +175,7 @@ def _stack(arrays: Sequence[np.ndarray], pipeline: spec.Pipeline) -> np.ndarray:
 def prepare_batch(
     images: Sequence[DecodedImage], pipeline: spec.Pipeline
 ) -> tuple[np.ndarray, list[ModelInput]]:
-    """Images -> float32 (N, C, H, W) and the per-image geometry/display."""
+    """Images -> float32 (N, C, H, W) and the per-image geometry."""
     if not images:
         raise InvalidInput("no images to preprocess")
     prepared = [prepare(image, pipeline) for image in images]

@@ -35,5 +35,4 @@ class PreprocessorServicer(preprocessor_pb2_grpc.PreprocessorServicer):
             batch=tensors.to_proto(batch),
             input_name=pipeline.model.input,
             geometries=[geometry_to_proto(p.geometry) for p in prepared],
-            displays=[tensors.to_proto(p.display) for p in prepared if p.display is not None],
         )

@@ -153,3 +153,23 @@ def test_list_pipelines(gateway: gateway_pb2_grpc.GatewayStub) -> None:
     for info in by_name.values():  # each model's card, as its served Triton config carries it
         assert info.card.name == info.model.name and len(info.card.intended_use) > 20
         assert info.card.card_reference.endswith("MODEL_CARD.md") and info.card.metrics
+
+
+def test_findings_carry_a_heatmap_png_of_the_image_size(
+    dicom_dir: Path, gateway: gateway_pb2_grpc.GatewayStub
+) -> None:
+    import io
+
+    import pydicom
+    from PIL import Image
+
+    path = dicom_dir / CHEST_FILES[2]
+    response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[path.read_bytes()]))
+    [finding] = response.findings
+    image = Image.open(io.BytesIO(finding.heatmap_png))
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    assert image.format == "PNG" and image.mode == "RGBA"
+    assert image.size == (header.Columns, header.Rows)
+    alpha = np.asarray(image)[..., 3]
+    # The overlay covers where the model looked and leaves the rest (the cropped margins) clear.
+    assert alpha.max() > 50 and (alpha == 0).any()

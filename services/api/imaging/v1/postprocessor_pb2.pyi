@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PostprocessRequest(_message.Message):
-    __slots__ = ("pipeline", "outputs", "sop_instance_uids", "geometries", "displays", "volume")
+    __slots__ = ("pipeline", "outputs", "sop_instance_uids", "geometries", "volume")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -20,15 +20,13 @@ class PostprocessRequest(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SOP_INSTANCE_UIDS_FIELD_NUMBER: _ClassVar[int]
     GEOMETRIES_FIELD_NUMBER: _ClassVar[int]
-    DISPLAYS_FIELD_NUMBER: _ClassVar[int]
     VOLUME_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     outputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
     sop_instance_uids: _containers.RepeatedScalarFieldContainer[str]
     geometries: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.ImageGeometry]
-    displays: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     volume: _tensor_pb2.VolumeGeometry
-    def __init__(self, pipeline: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., displays: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ...) -> None: ...
+    def __init__(self, pipeline: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ...) -> None: ...
 
 class PostprocessResponse(_message.Message):
     __slots__ = ("findings", "triage_priority", "measurements", "segmentations")

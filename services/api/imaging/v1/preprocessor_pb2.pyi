@@ -15,15 +15,13 @@ class PreprocessRequest(_message.Message):
     def __init__(self, pipeline: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_tensor_pb2.DecodedImage, _Mapping]]] = ...) -> None: ...
 
 class PreprocessResponse(_message.Message):
-    __slots__ = ("batch", "input_name", "geometries", "displays", "volume")
+    __slots__ = ("batch", "input_name", "geometries", "volume")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     GEOMETRIES_FIELD_NUMBER: _ClassVar[int]
-    DISPLAYS_FIELD_NUMBER: _ClassVar[int]
     VOLUME_FIELD_NUMBER: _ClassVar[int]
     batch: _tensor_pb2.Tensor
     input_name: str
     geometries: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.ImageGeometry]
-    displays: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]
     volume: _tensor_pb2.VolumeGeometry
-    def __init__(self, batch: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., input_name: _Optional[str] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., displays: _Optional[_Iterable[_Union[_tensor_pb2.Tensor, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ...) -> None: ...
+    def __init__(self, batch: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., input_name: _Optional[str] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ...) -> None: ...
