@@ -12,7 +12,11 @@ PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 
 @pytest.fixture
 def cxr() -> Pipeline:
-    return PipelineRegistry.load(PIPELINES).get("cxr_pneumonia")
+    """The served rules without the heatmap (tests/unit/test_heatmaps.py covers those)."""
+    spec = PipelineRegistry.load(PIPELINES).get("cxr_pneumonia").model_dump()
+    for rule in spec["postprocess"]["findings"]:
+        rule["heatmap_output"] = None
+    return Pipeline.model_validate(spec)
 
 
 def test_logits_become_probabilities_findings_and_priority(cxr: Pipeline) -> None:
