@@ -40,6 +40,8 @@ down: setup
 train: setup
 	$(BIN)/pip install -c constraints.txt -e '.[train]'
 	$(BIN)/python scripts/train_cxr_pneumonia.py
+	$(BIN)/python scripts/train_us_breast.py
+	$(BIN)/python scripts/train_cxr_ensemble.py
 
 clean:
 	rm -rf $(VENV) .run demo-output

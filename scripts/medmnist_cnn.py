@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import random
+import re
 import textwrap
 import time
 import warnings
@@ -819,3 +821,43 @@ def common_metrics(
         "opset": OPSET,
         "recipe": recipe_dict(recipe),
     }
+
+
+CARD_METRIC = re.compile(
+    r'^(parameters \{ key: "card\.metric\.(\w+)" value \{ string_value: ")[^"]*(" \} \})$',
+    re.MULTILINE,
+)
+
+
+def card_parameters(
+    intended_use: str, not_for_use: str, reference: str, metrics: dict[str, float]
+) -> str:
+    """``card.*`` parameter lines of a Triton config (the gateway serves them as the card)."""
+    lines = [
+        ("card.intended_use", intended_use),
+        ("card.not_for_use", not_for_use),
+        ("card.reference", reference),
+        *((f"card.metric.{k}", json.dumps(v)) for k, v in metrics.items()),
+    ]
+    for key, value in lines:
+        if '"' in value or "\\" in value:
+            raise ValueError(f"{key}: no quotes or backslashes in card text")
+    return "\n".join(
+        f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}' for key, value in lines
+    )
+
+
+def sync_card_metrics(config_path: Path, metrics: dict[str, Any]) -> None:
+    """Rewrite the ``card.metric.*`` parameters of an existing config from ``metrics``.
+
+    The config's other lines are left as they are; a config without such parameters, or a
+    folder without a config (e.g. ``--out`` somewhere else), is left alone.
+    """
+    if not config_path.exists():
+        return
+    text = config_path.read_text()
+
+    def value(match: re.Match[str]) -> str:
+        return f"{match.group(1)}{json.dumps(metrics[match.group(2)])}{match.group(3)}"
+
+    config_path.write_text(CARD_METRIC.sub(value, text))

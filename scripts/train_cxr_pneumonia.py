@@ -152,6 +152,7 @@ def main() -> None:
     mc.export_onnx(trained.model, onnx_path, data.x["test"], cam=True)
     metrics = mc.common_metrics(NAME, trained, recipe, args.seed, data, onnx_path, args.data)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    mc.sync_card_metrics(args.out / "config.pbtxt", metrics)
     mc.write_card(args.out / "MODEL_CARD.md", card_text(metrics), metrics, recipe, data.counts())
     summary = {k: metrics[k] for k in ("test_auc", "test_auc_ci95", "operating_threshold")}
     print(json.dumps(summary | {"test_ece": metrics["test_ece"]}))
