@@ -196,10 +196,6 @@ class Pipeline(_Spec):
                     raise ValueError(f"finding {rule.code} reads unknown output {output!r}")
         return self
 
-    @property
-    def draws_heatmaps(self) -> bool:
-        return any(rule.heatmap_output for rule in self.postprocess.findings)
-
 
 class PipelineRegistry:
     """All pipelines of a deployment, loaded once at start-up from a folder of YAML files."""

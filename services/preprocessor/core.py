@@ -182,15 +182,10 @@ def prepare_batch(
     return _stack([p.tensor for p in prepared], pipeline), prepared
 
 
-def preprocess_batch(images: Sequence[DecodedImage], pipeline: spec.Pipeline) -> np.ndarray:
-    """Images -> float32 (N, C, H, W)."""
-    return prepare_batch(images, pipeline)[0]
-
-
 def training_batch(images: np.ndarray, pipeline: spec.Pipeline) -> np.ndarray:
     """8-bit MONOCHROME2 training images (N, H, W) -> the model input the service computes."""
     if images.dtype != np.uint8 or images.ndim != 3:
         raise InvalidInput(f"training images must be uint8 (N, H, W), got {images.dtype}")
     attrs = ImageAttributes(photometric_interpretation="MONOCHROME2", bits_stored=8)
     decoded = [DecodedImage(image[None, :, :, None], attrs) for image in images]
-    return preprocess_batch(decoded, pipeline)
+    return prepare_batch(decoded, pipeline)[0]
