@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup protos check-protos lint typecheck up down clean train
+.PHONY: demo test setup protos check-protos lint typecheck up down clean train train-deps reproduce
 
 demo: setup
 	$(BIN)/imaging-platform demo
@@ -37,11 +37,18 @@ up: setup
 down: setup
 	$(BIN)/imaging-platform down
 
-train: setup
+train-deps: setup
 	$(BIN)/pip install -c constraints.txt -e '.[train]'
+
+train: train-deps
 	$(BIN)/python scripts/train_cxr_pneumonia.py
 	$(BIN)/python scripts/train_us_breast.py
 	$(BIN)/python scripts/train_cxr_ensemble.py
+
+# Re-run every model script (three trainings, the TensorFlow conversion) and compare the outputs
+# with the committed model files: about 10 minutes of CPU, so not part of `make test`.
+reproduce: train-deps
+	$(BIN)/pytest -m reproduce tests/reproduce
 
 clean:
 	rm -rf $(VENV) .run demo-output

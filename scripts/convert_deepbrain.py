@@ -27,9 +27,11 @@ TensorFlow 1.x dependencies, only to get ``graph.pb``; its Python code is never 
     VENV=$(mktemp -d)/tfvenv
     python3.11 -m venv $VENV
     $VENV/bin/pip install deepbrain==0.1 --no-deps
-    $VENV/bin/pip install tensorflow-cpu==2.19.1 tf2onnx==1.17.0 onnx==1.22.0 \\
-        onnxruntime==1.32.0 numpy==1.26.4
+    $VENV/bin/pip install -r scripts/convert_deepbrain.requirements.txt
     $VENV/bin/python scripts/convert_deepbrain.py
+
+(``make reproduce`` does the same in a cached venv under ``.run/`` and compares the result with
+the committed file.)
 
 It prints the graph's placeholders, the check results, and the sha256 and size of the written
 file. Two runs with the same package versions write a byte-identical ``model.onnx``.

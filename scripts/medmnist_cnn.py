@@ -715,8 +715,9 @@ def write_card(
     reproduce = (
         f"(`make train` installs the `train` extra, torch and scikit-learn, first.) CPU only "
         f"({THREADS}), {text.minutes}. Two runs with the same seed, torch version "
-        f"(`{m['torch_version']}`) and thread count produce a byte-identical `model.onnx`; other "
-        "torch versions or CPUs may give slightly different weights."
+        f"(`{m['torch_version']}`), CPU kernel set (`{m['torch_cpu_capability']}`) and thread "
+        "count produce a byte-identical `model.onnx`; other torch versions or CPUs may give "
+        "slightly different weights (`make reproduce` checks both cases)."
     )
     card = f"""# {m["model"]}: {text.title}
 
@@ -818,6 +819,8 @@ def common_metrics(
         "parameters": sum(p.numel() for p in model.parameters()),
         "data_sha256": sha256(data_path),
         "torch_version": torch.__version__,
+        # The kernels torch dispatched to; byte-identical rebuilds need the same (see the card).
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "opset": OPSET,
         "recipe": recipe_dict(recipe),
     }

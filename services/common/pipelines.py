@@ -170,6 +170,9 @@ class Pipeline(_Spec):
         "image", description="image: each instance is a model input; volume: the series is"
     )
     match: Match = Match()
+    auto_route: bool = Field(
+        True, description="False: runs only when a request names it (e.g. a slower ensemble)"
+    )
     preprocess: list[Step] = Field(min_length=1)
     model: ModelSpec
     postprocess: Postprocess
@@ -228,11 +231,25 @@ class PipelineRegistry:
             raise NotFound(f"unknown pipeline {name!r}; this deployment serves: {known}") from None
 
     def route(self, images: list[ImageAttributes]) -> Pipeline:
-        """The first pipeline (by name) that accepts every image, else say why none did."""
+        """The first auto-routed pipeline (by name) accepting every image, else why none did."""
         reasons = []
-        for pipeline in sorted(self._by_name.values(), key=lambda p: p.name):
-            problems = sorted({m for a in images for m in pipeline.match.mismatches(a)})
+        routed = (p for p in self._by_name.values() if p.auto_route)
+        for pipeline in sorted(routed, key=lambda p: p.name):
+            problems = _problems(pipeline, images)
             if not problems:
                 return pipeline
             reasons.append(f"{pipeline.name}: {'; '.join(problems)}")
         raise NoMatchingPipeline("no pipeline accepts this study (" + " | ".join(reasons) + ")")
+
+    def check(self, pipeline: Pipeline, images: list[ImageAttributes]) -> Pipeline:
+        """A pipeline named by the caller still only runs on studies it accepts."""
+        problems = _problems(pipeline, images)
+        if problems:
+            raise NoMatchingPipeline(
+                f"pipeline {pipeline.name!r} does not accept this study: {'; '.join(problems)}"
+            )
+        return pipeline
+
+
+def _problems(pipeline: Pipeline, images: list[ImageAttributes]) -> list[str]:
+    return sorted({m for a in images for m in pipeline.match.mismatches(a)})

@@ -156,7 +156,10 @@ class StudyAnalyzer:
         named: Pipeline | None = self.registry.get(request.pipeline) if request.pipeline else None
         with stage_timer("gateway", "decode", seconds):
             images = list(self._pool.map(lambda d: self._decoder.decode(d, rid), request.instances))
-        pipeline = named or self.registry.route([i.attributes for i in images])
+        attributes = [i.attributes for i in images]
+        pipeline = (
+            self.registry.check(named, attributes) if named else self.registry.route(attributes)
+        )
         with stage_timer("gateway", "preprocess", seconds):
             prepared = self._preprocess(pipeline, images, rid)
         model = pipeline.model

@@ -102,6 +102,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     model=gateway_pb2.ModelRef(name=p.model.name, version=p.model.version),
                     accepts=p.match.describe(),
                     card=_card(self._analyzer.card(p)),
+                    auto_route=p.auto_route,
                 )
                 for p in self._analyzer.registry.all()
             ]

@@ -149,7 +149,9 @@ def test_model_control_mode() -> None:
     assert not [a for a in default if a.startswith("--load-model")]
     production = container(deployment(objects("gpu-production"), "triton"), "triton")["args"]
     assert "--model-control-mode=explicit" in production
-    assert "--load-model=cxr_pneumonia" in production
+    # Every pipeline the chart ships has its model loaded (a missing one would fail every call).
+    shipped = PipelineRegistry.load(REPO_ROOT / "pipelines").all()
+    assert {f"--load-model={p.model.name}" for p in shipped} <= set(production)
 
 
 # --- services ---------------------------------------------------------------------------------

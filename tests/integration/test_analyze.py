@@ -150,6 +150,7 @@ def test_list_pipelines(gateway: gateway_pb2_grpc.GatewayStub) -> None:
     assert {"cxr_pneumonia", "mri_brain_extraction"} <= set(by_name)
     assert "Modality in ['CR', 'DX']" in by_name["cxr_pneumonia"].accepts
     assert by_name["mri_brain_extraction"].model.name == "mri_brain_extraction"
+    assert {n for n, info in by_name.items() if not info.auto_route} == {"cxr_pneumonia_ensemble"}
     for info in by_name.values():  # each model's card, as its served Triton config carries it
         assert info.card.name == info.model.name and len(info.card.intended_use) > 20
         assert info.card.card_reference.endswith("MODEL_CARD.md") and info.card.metrics

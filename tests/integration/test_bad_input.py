@@ -98,6 +98,12 @@ CASES: dict[str, tuple[Callable[[], list[bytes]], str, grpc.StatusCode, str]] = 
         grpc.StatusCode.FAILED_PRECONDITION,
         "BodyPartExamined is 'KNEE'",
     ),
+    "named pipeline refuses the study": (
+        lambda: [chest_image(OK_IMAGE, modality="US", body_part="BREAST")],
+        "cxr_pneumonia",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "pipeline 'cxr_pneumonia' does not accept this study: Modality is 'US'",
+    ),
     "wrong channel count": (lambda: [_rgb()], "", grpc.StatusCode.INVALID_ARGUMENT, "1-channel"),
 }
 

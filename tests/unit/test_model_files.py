@@ -133,7 +133,7 @@ def test_test_auc_meets_its_goal(model: str, minimum: float) -> None:
     assert metrics(model)["test_auc"] >= minimum
 
 
-@pytest.mark.parametrize("model", CAM_MODELS)
+@pytest.mark.parametrize("model", [*CAM_MODELS, ENSEMBLE])
 def test_pipeline_uses_the_model_outputs_and_operating_point(model: str) -> None:
     pipeline = PipelineRegistry.load(PIPELINES).get(model)
     config = read_config(REPOSITORY / model / "config.pbtxt")
@@ -174,6 +174,15 @@ def test_ensemble_has_the_cxr_contract_and_wires_every_member() -> None:
     assert config.backend == "python"
     assert sorted(i.name for i in config.input) == sorted(combine.input_map)
     assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [1])]
+
+
+def test_ensemble_pipeline_feeds_the_members_what_they_were_trained_on() -> None:
+    registry = PipelineRegistry.load(PIPELINES)
+    ensemble, single = registry.get(ENSEMBLE), registry.get("cxr_pneumonia")
+    assert ensemble.preprocess == single.preprocess
+    assert ensemble.match == single.match
+    # Opt-in only: chest radiographs keep routing to the single model (with its heatmaps).
+    assert not ensemble.auto_route and single.auto_route
 
 
 def test_combiner_weighting() -> None:

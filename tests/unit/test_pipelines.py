@@ -31,6 +31,23 @@ def test_a_study_no_pipeline_accepts_says_why(registry: PipelineRegistry) -> Non
         registry.route([ImageAttributes(modality="CT", body_part_examined="CHEST")])
 
 
+def test_opt_in_pipelines_run_only_when_named_and_only_on_studies_they_accept(
+    registry: PipelineRegistry,
+) -> None:
+    chest = [ImageAttributes(modality="CR", body_part_examined="CHEST")]
+    ensemble = registry.get("cxr_pneumonia_ensemble")
+    assert not ensemble.auto_route
+    assert registry.route(chest).name == "cxr_pneumonia"
+    assert registry.check(ensemble, chest) is ensemble
+    breast = [ImageAttributes(modality="US", body_part_examined="BREAST")]
+    with pytest.raises(NoMatchingPipeline, match=r"'cxr_pneumonia_ensemble' does not accept.*'US'"):
+        registry.check(ensemble, breast)
+    tibia = [ImageAttributes(modality="CR", body_part_examined="EXTREMITY")]
+    with pytest.raises(NoMatchingPipeline) as refused:
+        registry.route(tibia)
+    assert "cxr_pneumonia_ensemble" not in str(refused.value)  # not a routing candidate
+
+
 def test_unknown_pipeline_names_the_known_ones(registry: PipelineRegistry) -> None:
     with pytest.raises(NotFound, match=r"unknown pipeline 'nope'.*cxr_pneumonia"):
         registry.get("nope")

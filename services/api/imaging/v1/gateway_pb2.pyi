@@ -96,18 +96,20 @@ class ListPipelinesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PipelineInfo(_message.Message):
-    __slots__ = ("name", "description", "model", "accepts", "card")
+    __slots__ = ("name", "description", "model", "accepts", "card", "auto_route")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_FIELD_NUMBER: _ClassVar[int]
     CARD_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ROUTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     model: ModelRef
     accepts: str
     card: ModelCard
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., accepts: _Optional[str] = ..., card: _Optional[_Union[ModelCard, _Mapping]] = ...) -> None: ...
+    auto_route: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., accepts: _Optional[str] = ..., card: _Optional[_Union[ModelCard, _Mapping]] = ..., auto_route: bool = ...) -> None: ...
 
 class ModelCard(_message.Message):
     __slots__ = ("name", "version", "intended_use", "not_for_use", "metrics", "card_reference")

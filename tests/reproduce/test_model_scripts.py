@@ -1,0 +1,180 @@
+"""Every committed model file is what its script makes: the scripts are re-run and compared.
+
+Slow (about 10 minutes of CPU: three trainings and a TensorFlow conversion), so it is marked
+``reproduce``, left out of the default run and run by ``make reproduce`` (which CI also runs).
+
+Training is deterministic for one torch version, CPU kernel set and thread count; that is what
+``metrics.json`` records. When the rebuild ran with the same ones, every file the script writes
+must be byte-identical to the committed one. On another CPU (different kernels, different
+float rounding) a retrain legitimately differs in the last bits, so the check becomes a
+tolerance: same graph, same weight shapes, test-split probabilities within 0.05 and test AUC
+within 0.01 of the committed model. The brain model is converted, not trained: its graph must be
+identical and its weights equal to within float32 rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import MEDMNIST_DIR, REPO_ROOT
+from onnx import numpy_helper
+from sklearn.metrics import roc_auc_score
+
+from services.common.pipelines import PipelineRegistry
+from services.preprocessor.core import training_batch
+
+pytestmark = pytest.mark.reproduce
+
+REPOSITORY = REPO_ROOT / "model_repository"
+SCRIPTS = REPO_ROOT / "scripts"
+# script -> (arguments after the script, given the output root; model folders it writes)
+TRAINED = {
+    "train_cxr_pneumonia.py": (
+        lambda out: ["--out", str(out / "cxr_pneumonia")],
+        ["cxr_pneumonia"],
+    ),
+    "train_us_breast.py": (lambda out: ["--out", str(out / "us_breast")], ["us_breast"]),
+    "train_cxr_ensemble.py": (
+        lambda out: ["--repository", str(out)],
+        [
+            "cxr_pneumonia_m1",
+            "cxr_pneumonia_m2",
+            "cxr_pneumonia_m3",
+            "cxr_ensemble_combiner",
+            "cxr_pneumonia_ensemble",
+        ],
+    ),
+}
+# model -> (data file, pipeline it was trained through, labels inverted?)
+TEST_SPLITS = {
+    "cxr_pneumonia": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
+    "us_breast": ("breastmnist_28.npz", "us_breast", True),
+    "cxr_pneumonia_m1": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
+    "cxr_pneumonia_m2": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
+    "cxr_pneumonia_m3": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
+}
+KERNEL_KEYS = ("torch_version", "torch_cpu_capability")
+PROBABILITY_TOLERANCE = 0.05
+AUC_TOLERANCE = 0.01
+CONVERTER_REQUIREMENTS = SCRIPTS / "convert_deepbrain.requirements.txt"
+
+
+def run(command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    """Run a script to completion; on failure show the end of its output."""
+    with log.open("w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text().splitlines()[-30:])
+        pytest.fail(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
+
+
+def written_files(folder: Path) -> list[Path]:
+    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_test_split(model: str) -> tuple[np.ndarray, np.ndarray]:
+    filename, pipeline, inverted = TEST_SPLITS[model]
+    data = np.load(MEDMNIST_DIR / filename)
+    spec = PipelineRegistry.load(REPO_ROOT / "pipelines").get(pipeline)
+    y = data["test_labels"].reshape(-1).astype(np.int64)
+    return training_batch(data["test_images"], spec), (1 - y if inverted else y)
+
+
+def probabilities(model_path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"image": x})[0][:, 0].astype(np.float64)
+    return np.asarray(1 / (1 + np.exp(-logits)))
+
+
+def graph_signature(model: onnx.ModelProto) -> list[tuple[str, ...]]:
+    """Nodes (op and wiring) and weight names/shapes: what must not change with float rounding."""
+    nodes = [(n.op_type, *n.input, "->", *n.output) for n in model.graph.node]
+    weights = [(w.name, *map(str, w.dims)) for w in model.graph.initializer]
+    return nodes + weights
+
+
+def assert_close_retrain(model: str, rebuilt: Path, committed: Path) -> None:
+    """Tolerance check for a retrain on other CPU kernels."""
+    new, old = onnx.load(rebuilt / "1" / "model.onnx"), onnx.load(committed / "1" / "model.onnx")
+    assert graph_signature(new) == graph_signature(old)
+    x, y = load_test_split(model)
+    p_new = probabilities(rebuilt / "1" / "model.onnx", x)
+    p_old = probabilities(committed / "1" / "model.onnx", x)
+    assert float(np.max(np.abs(p_new - p_old))) <= PROBABILITY_TOLERANCE
+    card = json.loads((committed / "metrics.json").read_text())
+    assert roc_auc_score(y, p_new) == pytest.approx(card["test_auc"], abs=AUC_TOLERANCE)
+    assert set(json.loads((rebuilt / "metrics.json").read_text())) == set(card)
+
+
+@pytest.mark.parametrize("script", TRAINED)
+def test_training_script_reproduces_the_committed_models(script: str, tmp_path: Path) -> None:
+    arguments, models = TRAINED[script]
+    run([sys.executable, str(SCRIPTS / script), *arguments(tmp_path)], tmp_path / "train.log")
+
+    metrics: dict[str, Any] = json.loads((tmp_path / models[0] / "metrics.json").read_text())
+    committed = json.loads((REPOSITORY / models[0] / "metrics.json").read_text())
+    same_kernels = all(metrics[k] == committed[k] for k in KERNEL_KEYS)
+    for model in models:
+        rebuilt = tmp_path / model
+        files = written_files(rebuilt)
+        assert files, f"{script} wrote nothing for {model}"
+        if model in TEST_SPLITS:
+            assert {"1/model.onnx", "metrics.json", "MODEL_CARD.md"} <= {str(f) for f in files}
+        if same_kernels:
+            differ = [
+                str(f) for f in files if sha256(rebuilt / f) != sha256(REPOSITORY / model / f)
+            ]
+            assert not differ, f"{model}: rebuilt files differ from the committed ones: {differ}"
+        elif model in TEST_SPLITS:
+            assert_close_retrain(model, rebuilt, REPOSITORY / model)
+
+
+def converter_python(cache: Path) -> Path:
+    """A throwaway venv with TensorFlow and tf2onnx (never a platform dependency), kept by hash."""
+    requirements = CONVERTER_REQUIREMENTS.read_text()
+    folder = cache / f"convert-venv-{hashlib.sha256(requirements.encode()).hexdigest()[:12]}"
+    python = folder / "bin" / "python"
+    if not (folder / ".installed").exists():
+        venv.create(folder, with_pip=True, clear=True)
+        pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        run([*pip, "deepbrain==0.1", "--no-deps"], cache / "pip-deepbrain.log")
+        run([*pip, "-r", str(CONVERTER_REQUIREMENTS)], cache / "pip-converter.log")
+        (folder / ".installed").write_text(requirements)
+    return python
+
+
+def test_brain_conversion_reproduces_the_committed_model(tmp_path: Path) -> None:
+    cache = REPO_ROOT / ".run"
+    cache.mkdir(exist_ok=True)
+    python = converter_python(cache)
+    out = tmp_path / "model.onnx"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run(
+        [str(python), str(SCRIPTS / "convert_deepbrain.py"), "--out", str(out)],
+        tmp_path / "log",
+        env,
+    )
+
+    committed_path = REPOSITORY / "mri_brain_extraction" / "1" / "model.onnx"
+    new, old = onnx.load(out), onnx.load(committed_path)
+    assert graph_signature(new) == graph_signature(old)
+    for a, b in zip(new.graph.initializer, old.graph.initializer, strict=True):
+        np.testing.assert_allclose(
+            numpy_helper.to_array(a), numpy_helper.to_array(b), rtol=1e-6, atol=1e-7
+        )
+    print(f"byte-identical: {sha256(out) == sha256(committed_path)}")
