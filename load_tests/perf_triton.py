@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     binary = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(run_dir=Path(tmp), ports=Ports.free(), log_level="WARNING")
+        stack = Stack(run_dir=Path(tmp), ports=Ports.free(), log_level="WARNING", services=())
         stack.start()
         report = Path(tmp) / "perf.csv"
         try:

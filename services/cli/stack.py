@@ -93,6 +93,8 @@ class Stack:
     pipelines_dir: Path = REPO_ROOT / "pipelines"
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Which platform services to run beside tritonserver (benchmarks of Triton alone use none).
+    services: tuple[str, ...] = SERVICES
     pids: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -174,7 +176,7 @@ class Stack:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
             self._prepare_triton()
-            for service in SERVICES:
+            for service in self.services:
                 argv = [sys.executable, "-m", f"services.{service}.server"]
                 self._spawn(service, argv, self._service_env(service))
             self.wait_ready(timeout)
@@ -197,12 +199,12 @@ class Stack:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        pending = {"tritonserver", *SERVICES}
+        pending = {"tritonserver", *self.services}
         while pending:
             self._check_alive()
             if "tritonserver" in pending and self._triton_ready():
                 pending.discard("tritonserver")
-            for service in [s for s in SERVICES if s in pending]:
+            for service in [s for s in self.services if s in pending]:
                 if self._grpc_serving(self.ports.grpc(service)):
                     pending.discard(service)
             if pending and time.monotonic() > deadline:

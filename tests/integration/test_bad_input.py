@@ -102,7 +102,7 @@ CASES: dict[str, tuple[Callable[[], list[bytes]], str, grpc.StatusCode, str]] = 
         lambda: [chest_image(OK_IMAGE, modality="US", body_part="BREAST")],
         "cxr_pneumonia",
         grpc.StatusCode.FAILED_PRECONDITION,
-        "pipeline 'cxr_pneumonia' does not accept this study: Modality is 'US'",
+        "pipeline 'cxr_pneumonia' does not accept this study",
     ),
     "wrong channel count": (lambda: [_rgb()], "", grpc.StatusCode.INVALID_ARGUMENT, "1-channel"),
 }
