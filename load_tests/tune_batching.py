@@ -45,8 +45,8 @@ VARIANTS = (
     Variant("no batching", None),
     Variant("delay 0", 0),
     Variant("delay 500us", 500),
+    Variant("delay 500us, pref 16/32/64", 500, (16, 32, 64)),
     Variant("delay 2000us, pref 16/32/64", 2000, (16, 32, 64)),
-    Variant("delay 2000us", 2000),
     Variant("delay 5000us", 5000),
 )
 
@@ -56,9 +56,11 @@ def write_variant(model: str, variant: Variant, target: Path) -> None:
     source = REPO_ROOT / "model_repository" / model
     shutil.copytree(source, target / model)
     config = read_config(source / "config.pbtxt")
-    config.ClearField("dynamic_batching")
-    if variant.delay_us is not None:
+    if variant.delay_us is None:
+        config.ClearField("dynamic_batching")
+    else:  # priority levels and queue policies stay as committed
         config.dynamic_batching.max_queue_delay_microseconds = variant.delay_us
+        del config.dynamic_batching.preferred_batch_size[:]
         config.dynamic_batching.preferred_batch_size.extend(variant.preferred)
     (target / model / "config.pbtxt").write_text(text_format.MessageToString(config))
 

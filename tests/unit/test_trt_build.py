@@ -45,8 +45,11 @@ CXR = REPOSITORY / "cxr_pneumonia"
 ITEM = (1, 28, 28)
 
 
-def cxr_config() -> model_config_pb2.ModelConfig:
-    return text_format.Parse((CXR / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+def cxr_config(preferred: tuple[int, ...] = ()) -> model_config_pb2.ModelConfig:
+    """The committed config (no preferred batch sizes), optionally with some added."""
+    config = text_format.Parse((CXR / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    return config
 
 
 def cxr_onnx() -> onnx.ModelProto:
@@ -57,8 +60,12 @@ def cxr_onnx() -> onnx.ModelProto:
 
 
 def test_profile_shapes_for_cxr_pneumonia_defaults() -> None:
-    # min 1, opt = largest preferred batch size (64), max = max_batch_size (64).
+    # min 1, opt = half of max_batch_size (no preferred sizes), max = max_batch_size (64).
     assert profile_shapes(cxr_config(), cxr_onnx()) == {
+        "image": Profile((1, *ITEM), (32, *ITEM), (64, *ITEM))
+    }
+    # With preferred sizes, opt = the largest one.
+    assert profile_shapes(cxr_config(preferred=(16, 64)), cxr_onnx()) == {
         "image": Profile((1, *ITEM), (64, *ITEM), (64, *ITEM))
     }
 
@@ -69,7 +76,7 @@ def test_profile_shapes_with_explicit_batches() -> None:
 
 
 def test_default_opt_is_largest_preferred_batch_within_max_else_half_max() -> None:
-    config = cxr_config()  # preferred 16, 32, 64
+    config = cxr_config(preferred=(16, 32, 64))
     assert batch_range(config, max_batch=40) == BatchRange(1, 32, 40)
     assert batch_range(config, max_batch=12) == BatchRange(1, 6, 12)
     config.dynamic_batching.ClearField("preferred_batch_size")
@@ -223,7 +230,7 @@ def test_plan_config_keeps_other_optimizations_and_makes_instances_gpu() -> None
 
 
 def test_plan_config_follows_a_smaller_engine_max_batch() -> None:
-    plan = plan_config(cxr_config(), "x", max_batch=32)
+    plan = plan_config(cxr_config(preferred=(16, 32, 64)), "x", max_batch=32)
     assert plan.max_batch_size == 32
     assert list(plan.dynamic_batching.preferred_batch_size) == [16, 32]
     config = cxr_config()
@@ -329,7 +336,8 @@ def test_dry_run_prints_the_profile_and_config_and_writes_nothing(
 ) -> None:
     assert main([str(CXR), "--out", str(tmp_path), "--fp16", "--max-batch", "32", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "profile image: min (1, 1, 28, 28) opt (32, 1, 28, 28) max (32, 1, 28, 28)" in out
+    # No preferred sizes in the config: opt is half the max.
+    assert "profile image: min (1, 1, 28, 28) opt (16, 1, 28, 28) max (32, 1, 28, 28)" in out
     config_text = out.split(":\n\n", 1)[1]
     parsed = text_format.Parse(config_text, model_config_pb2.ModelConfig())
     assert parsed.name == "cxr_pneumonia_trt" and parsed.max_batch_size == 32
