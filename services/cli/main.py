@@ -29,6 +29,8 @@ DEMO_CHEST = (
     "pylibjpeg-data/JPEG2000Lossless/966_fixed.dcm",
 )
 DEMO_REJECTED = "pydicom-data/RG3_UNCR.dcm"
+# A pipeline that routing never picks: the demo names it in the request.
+DEMO_NAMED = "cxr_pneumonia_ensemble"
 
 
 def _table(path: str, response: gateway_pb2.AnalyzeResponse) -> str:
@@ -45,6 +47,11 @@ def _table(path: str, response: gateway_pb2.AnalyzeResponse) -> str:
         f"{response.model.version or 'latest'} {timings}"
     )
     return "\n".join(lines)
+
+
+def _routing(info: gateway_pb2.PipelineInfo) -> str:
+    how = "" if info.auto_route else "; only when a request names it"
+    return f"accepts {info.accepts}{how}"
 
 
 def _analyze_files(
@@ -135,10 +142,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for info in client.pipelines().pipelines:
             print(
                 f"pipeline {info.name}: model {info.model.name}/{info.model.version}; "
-                f"accepts {info.accepts}"
+                f"{_routing(info)}"
             )
         print()
         _analyze_files(client, files, "", args.out)
+        # An opt-in pipeline runs only when the request names it.
+        print(f"\n{files[0].name} again, naming the opt-in pipeline {DEMO_NAMED}:")
+        named = client.analyze([files[0].read_bytes()], pipeline=DEMO_NAMED)
+        print(_table(files[0].name, named))
+        write_outputs(args.out, f"{files[0].stem}.{DEMO_NAMED}", named)
         sample = files[0].read_bytes()
         latencies = []
         for _ in range(args.repeat):
@@ -164,7 +176,7 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
         for info in client.pipelines().pipelines:
             print(
                 f"{info.name}: {info.description} [model {info.model.name}/"
-                f"{info.model.version}; accepts {info.accepts}]"
+                f"{info.model.version}; {_routing(info)}]"
             )
     finally:
         client.close()

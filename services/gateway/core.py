@@ -23,7 +23,8 @@ from services.postprocessor.core import Assessment, Finding
 from services.postprocessor.measurements import Measurement
 
 RequestPriority = Literal["DEFAULT", "ROUTINE", "URGENT"]
-# Triton: 1 is the highest of the configured priority levels, 0 means the model's default.
+# Triton: 1 is the highest of the configured priority levels, 0 means the model's default;
+# models configured without priority levels (the shipped default) ignore it.
 TRITON_PRIORITY: dict[str, int] = {"DEFAULT": 0, "URGENT": 1, "ROUTINE": 2}
 
 

@@ -130,7 +130,7 @@ def test_study_above_the_message_limit_streams(
     assert len({round(f.probability, 6) for f in response.findings}) == 1
 
 
-def test_urgent_priority_and_client_request_id_are_honoured(
+def test_urgent_priority_is_accepted_and_client_request_id_echoed(
     dicom_dir: Path, gateway: gateway_pb2_grpc.GatewayStub
 ) -> None:
     request = gateway_pb2.AnalyzeRequest(

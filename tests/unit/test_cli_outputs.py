@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
+from services.cli import main as main_module
 from services.cli.main import write_outputs
 
 
@@ -21,3 +22,12 @@ def test_heatmaps_become_png_files_referenced_from_the_json(tmp_path: Path) -> N
     assert "heatmapPng" not in document["findings"][0]
     assert "heatmapFile" not in document["findings"][1]
     assert response.findings[0].heatmap_png  # the caller's message is left untouched
+
+
+def test_pipeline_listing_says_which_pipelines_run_only_by_name() -> None:
+    routed = gateway_pb2.PipelineInfo(name="a", accepts="Modality in ['CR']", auto_route=True)
+    named = gateway_pb2.PipelineInfo(name="b", accepts="Modality in ['CR']", auto_route=False)
+    assert main_module._routing(routed) == "accepts Modality in ['CR']"
+    assert main_module._routing(named) == (
+        "accepts Modality in ['CR']; only when a request names it"
+    )

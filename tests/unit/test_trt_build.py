@@ -189,6 +189,7 @@ def test_outputs_must_exist_with_matching_type_and_dims() -> None:
 def test_plan_config_keeps_the_contract_and_drops_the_onnxruntime_accelerator() -> None:
     config = cxr_config()
     config.model_warmup.add(name="zeros", batch_size=4)
+    config.dynamic_batching.priority_levels = 2  # an operator's opt-in: kept in the plan config
     plan = plan_config(config, "cxr_pneumonia_trt")
     assert plan.name == "cxr_pneumonia_trt"
     assert plan.platform == "tensorrt_plan" and plan.backend == ""
