@@ -107,6 +107,19 @@ def _dtype_problem(
     )
 
 
+def _rank_problem(
+    kind: str, tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput, rank: int
+) -> str | None:
+    """The ONNX rank must be the config's dims plus the batch dimension."""
+    dims = model_dims(tensor)
+    if rank == len(dims) + 1:
+        return None
+    return (
+        f"{kind} {tensor.name!r}: ONNX rank {rank} but the config's dims "
+        f"{list(dims)} plus the batch dimension make rank {len(dims) + 1}"
+    )
+
+
 def default_opt_batch(config: model_config_pb2.ModelConfig, min_batch: int, max_batch: int) -> int:
     """The largest preferred batch size within [min, max], else half of max (at least min)."""
     preferred = [
@@ -186,11 +199,9 @@ def profile_shapes(
         dtype = _dtype_problem("input", tensor, value.type.tensor_type.elem_type)
         if dtype:
             problems.append(dtype)
-        if len(found) != len(dims) + 1:
-            problems.append(
-                f"input {tensor.name!r}: ONNX rank {len(found)} but the config's dims "
-                f"{list(dims)} plus the batch dimension make rank {len(dims) + 1}"
-            )
+        rank = _rank_problem("input", tensor, len(found))
+        if rank:
+            problems.append(rank)
             continue
         if found[0] is not None:
             problems.append(
@@ -231,11 +242,9 @@ def check_outputs(config: model_config_pb2.ModelConfig, onnx_model: onnx.ModelPr
         dtype = _dtype_problem("output", tensor, value.type.tensor_type.elem_type)
         if dtype:
             problems.append(dtype)
-        if len(found) != len(dims) + 1:
-            problems.append(
-                f"output {tensor.name!r}: ONNX rank {len(found)} but the config's dims "
-                f"{list(dims)} plus the batch dimension make rank {len(dims) + 1}"
-            )
+        rank = _rank_problem("output", tensor, len(found))
+        if rank:
+            problems.append(rank)
             continue
         for axis, (want, got) in enumerate(zip(dims, found[1:], strict=True), start=1):
             if want >= 0 and got is not None and want != got:
