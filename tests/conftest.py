@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from services.api.imaging.v1 import gateway_pb2_grpc
 from services.cli.stack import Ports, Stack
+from services.common.pipelines import PipelineRegistry
+from services.preprocessor.core import training_batch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DICOM_DIR = REPO_ROOT.parent / "shared" / "data" / "dicom"
@@ -19,6 +23,31 @@ CHEST_FILES = (
     "pydicom-data/RG1_J2KI.dcm",
     "pylibjpeg-data/JPEG2000Lossless/966_fixed.dcm",
 )
+# The 2-D models and the MedMNIST test split each is scored on: model -> (file, pipeline it is
+# served through, labels inverted?). BreastMNIST's label 0 is malignant, the positive class.
+MEDMNIST_TEST_SPLITS = {
+    "cxr_pneumonia": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
+    "us_breast": ("breastmnist_28.npz", "us_breast", True),
+    **{
+        f"cxr_pneumonia_m{i}": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False)
+        for i in (1, 2, 3)
+    },
+}
+
+
+@cache
+def medmnist_test_split(model: str) -> tuple[np.ndarray, np.ndarray]:
+    """The model's test split as its training script saw it: (x [N,1,28,28], y 1 = positive)."""
+    filename, pipeline, inverted = MEDMNIST_TEST_SPLITS[model]
+    path = MEDMNIST_DIR / filename
+    if not path.exists():
+        pytest.fail(f"MedMNIST file {path} not found; shared data must sit beside the repo")
+    data = np.load(path)
+    spec = PipelineRegistry.load(REPO_ROOT / "pipelines").get(pipeline)
+    y = data["test_labels"].reshape(-1).astype(np.int64)
+    return training_batch(data["test_images"], spec), (1 - y if inverted else y)
+
+
 # Gateway and inner services accept at most this per message in the test stack, so that a
 # > 20 MB study must use AnalyzeStream.
 TEST_MESSAGE_LIMIT = 16 * 1024 * 1024

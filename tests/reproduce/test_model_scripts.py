@@ -27,12 +27,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import MEDMNIST_DIR, REPO_ROOT
+from conftest import MEDMNIST_TEST_SPLITS, REPO_ROOT, medmnist_test_split
 from onnx import numpy_helper
 from sklearn.metrics import roc_auc_score
-
-from services.common.pipelines import PipelineRegistry
-from services.preprocessor.core import training_batch
 
 pytestmark = pytest.mark.reproduce
 
@@ -55,14 +52,6 @@ TRAINED = {
             "cxr_pneumonia_ensemble",
         ],
     ),
-}
-# model -> (data file, pipeline it was trained through, labels inverted?)
-TEST_SPLITS = {
-    "cxr_pneumonia": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
-    "us_breast": ("breastmnist_28.npz", "us_breast", True),
-    "cxr_pneumonia_m1": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
-    "cxr_pneumonia_m2": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
-    "cxr_pneumonia_m3": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
 }
 KERNEL_KEYS = ("torch_version", "torch_cpu_capability")
 PROBABILITY_TOLERANCE = 0.05
@@ -87,14 +76,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_test_split(model: str) -> tuple[np.ndarray, np.ndarray]:
-    filename, pipeline, inverted = TEST_SPLITS[model]
-    data = np.load(MEDMNIST_DIR / filename)
-    spec = PipelineRegistry.load(REPO_ROOT / "pipelines").get(pipeline)
-    y = data["test_labels"].reshape(-1).astype(np.int64)
-    return training_batch(data["test_images"], spec), (1 - y if inverted else y)
-
-
 def probabilities(model_path: Path, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"image": x})[0][:, 0].astype(np.float64)
@@ -112,7 +93,7 @@ def assert_close_retrain(model: str, rebuilt: Path, committed: Path) -> None:
     """Tolerance check for a retrain on other CPU kernels."""
     new, old = onnx.load(rebuilt / "1" / "model.onnx"), onnx.load(committed / "1" / "model.onnx")
     assert graph_signature(new) == graph_signature(old)
-    x, y = load_test_split(model)
+    x, y = medmnist_test_split(model)
     p_new = probabilities(rebuilt / "1" / "model.onnx", x)
     p_old = probabilities(committed / "1" / "model.onnx", x)
     assert float(np.max(np.abs(p_new - p_old))) <= PROBABILITY_TOLERANCE
@@ -133,14 +114,14 @@ def test_training_script_reproduces_the_committed_models(script: str, tmp_path: 
         rebuilt = tmp_path / model
         files = written_files(rebuilt)
         assert files, f"{script} wrote nothing for {model}"
-        if model in TEST_SPLITS:
+        if model in MEDMNIST_TEST_SPLITS:
             assert {"1/model.onnx", "metrics.json", "MODEL_CARD.md"} <= {str(f) for f in files}
         if same_kernels:
             differ = [
                 str(f) for f in files if sha256(rebuilt / f) != sha256(REPOSITORY / model / f)
             ]
             assert not differ, f"{model}: rebuilt files differ from the committed ones: {differ}"
-        elif model in TEST_SPLITS:
+        elif model in MEDMNIST_TEST_SPLITS:
             assert_close_retrain(model, rebuilt, REPOSITORY / model)
 
 

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import MEDMNIST_DIR
+from conftest import medmnist_test_split
 from tritonclient.grpc import model_config_pb2
 
 from services.common.pipelines import PipelineRegistry
-from services.preprocessor.core import training_batch
 from services.triton_local.repository import read_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,26 +32,7 @@ PIPELINES = ROOT / "pipelines"
 ENSEMBLE = "cxr_pneumonia_ensemble"
 COMBINER = "cxr_ensemble_combiner"
 MEMBERS = ("cxr_pneumonia_m1", "cxr_pneumonia_m2", "cxr_pneumonia_m3")
-# model -> (data file, pipeline whose preprocessing it was trained with, label 1 = positive?)
-DATA = {
-    "cxr_pneumonia": ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False),
-    "us_breast": ("breastmnist_28.npz", "us_breast", True),
-    **{m: ("pneumoniamnist_28_reconstructed.npz", "cxr_pneumonia", False) for m in MEMBERS},
-}
 CAM_MODELS = ("cxr_pneumonia", "us_breast")
-
-
-@cache
-def load_test_split(model: str) -> tuple[np.ndarray, np.ndarray]:
-    """The model's test split as its training script saw it: (x [N,1,28,28], y 1 = positive)."""
-    filename, pipeline, inverted = DATA[model]
-    path = MEDMNIST_DIR / filename
-    if not path.exists():
-        pytest.fail(f"MedMNIST file {path} not found; shared data must sit beside the repo")
-    data = np.load(path)
-    spec = PipelineRegistry.load(PIPELINES).get(pipeline)
-    y = data["test_labels"].reshape(-1).astype(np.int64)
-    return training_batch(data["test_images"], spec), (1 - y if inverted else y)
 
 
 @cache
@@ -104,7 +84,7 @@ def test_onnx_outputs_match_the_triton_config(model: str) -> None:
 
 @pytest.mark.parametrize("model", CAM_MODELS)
 def test_cam_mean_plus_bias_is_the_logit(model: str) -> None:
-    x, _ = load_test_split(model)
+    x, _ = medmnist_test_split(model)
     logits, cam = session(model).run(["logits", "cam"], {"image": x[:8]})
     assert logits.shape == (8, 1) and logits.dtype == np.float32
     assert cam.shape == (8, 1, 7, 7) and cam.dtype == np.float32
@@ -119,7 +99,7 @@ def test_metrics_describe_the_committed_file(model: str) -> None:
     path = REPOSITORY / model / "1" / "model.onnx"
     assert m["model"] == model
     assert m["onnx_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    x, y = load_test_split(model)
+    x, y = medmnist_test_split(model)
     logits = session(model).run(["logits"], {"image": x})[0][:, 0]
     assert auc(y, logits) == pytest.approx(m["test_auc"], abs=2e-6)
     lo, hi = m["test_auc_ci95"]
@@ -148,7 +128,7 @@ def test_breast_finding_is_malignancy() -> None:
     assert (rule.code, rule.coding_scheme) == ("254837009", "SCT")
     assert rule.heatmap_output == "cam"
     # Positive class = malignant: malignant test images score higher than the others.
-    x, y = load_test_split("us_breast")
+    x, y = medmnist_test_split("us_breast")
     logits = session("us_breast").run(["logits"], {"image": x})[0][:, 0]
     assert logits[y == 1].mean() > logits[y == 0].mean()
 
@@ -216,7 +196,7 @@ def test_ensemble_metrics_follow_from_members_and_weights() -> None:
     m = metrics(ENSEMBLE)
     assert list(m["members"]) == list(MEMBERS)
     np.testing.assert_allclose([m["weights"][name] for name in MEMBERS], weights)
-    x, y = load_test_split(MEMBERS[0])
+    x, y = medmnist_test_split(MEMBERS[0])
     member_logits = [session(name).run(["logits"], {"image": x})[0] for name in MEMBERS]
     combined = module.weighted_average(member_logits, weights)[:, 0]
     assert auc(y, combined) == pytest.approx(m["test_auc"], abs=2e-6)
