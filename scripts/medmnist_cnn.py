@@ -25,7 +25,9 @@ card says about intended use and limits.
 # (torch is an optional extra, `.[train]`; where it is not installed nn.Module is Any.)
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -864,3 +866,42 @@ def sync_card_metrics(config_path: Path, metrics: dict[str, Any]) -> None:
         return f"{match.group(1)}{json.dumps(metrics[match.group(2)])}{match.group(3)}"
 
     config_path.write_text(CARD_METRIC.sub(value, text))
+
+
+@dataclass(frozen=True)
+class SingleModel:
+    """What a one-model training script (CNN + CAM) decides; ``run`` does the rest."""
+
+    name: str
+    recipe: Recipe
+    default_data: Path
+    default_out: Path
+    data_help: str
+    load: Callable[[Path], Splits]
+    card_text: Callable[[dict[str, Any]], CardText]
+
+
+def run(spec: SingleModel, description: str) -> None:
+    """CLI of a one-model script: train, evaluate on test, export and verify ONNX (logits + CAM),
+    write metrics, card and the config's card metrics. The defaults reproduce the shipped model."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--epochs", type=int, default=spec.recipe.epochs)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", type=Path, default=spec.default_data, help=spec.data_help)
+    p.add_argument(
+        "--out", type=Path, default=spec.default_out, help="model folder in the repository"
+    )
+    args = p.parse_args()
+    started = time.perf_counter()
+    recipe = dataclasses.replace(spec.recipe, epochs=args.epochs)
+    data = spec.load(args.data)
+    trained = train(recipe, data, args.seed, log=lambda line: print(line, flush=True))
+    onnx_path = args.out / "1" / "model.onnx"
+    export_onnx(trained.model, onnx_path, data.x["test"], cam=True)
+    metrics = common_metrics(spec.name, trained, recipe, args.seed, data, onnx_path, args.data)
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    sync_card_metrics(args.out / "config.pbtxt", metrics)
+    write_card(args.out / "MODEL_CARD.md", spec.card_text(metrics), metrics, recipe, data.counts())
+    summary = {k: metrics[k] for k in ("test_auc", "test_auc_ci95", "operating_threshold")}
+    print(json.dumps(summary | {"test_ece": metrics["test_ece"]}))
+    print(f"training {trained.seconds:.1f}s, total {time.perf_counter() - started:.1f}s")

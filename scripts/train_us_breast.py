@@ -15,10 +15,6 @@ Reproduce with ``python scripts/train_us_breast.py``.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import time
 from pathlib import Path
 
 import medmnist_cnn as mc
@@ -145,33 +141,10 @@ def card_text(m: dict[str, object]) -> mc.CardText:
     )
 
 
-def parse_args() -> argparse.Namespace:
-    """CLI; the defaults reproduce the shipped model."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=RECIPE.epochs)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BreastMNIST 28px .npz")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model folder in the repository")
-    return p.parse_args()
-
-
-def main() -> None:
-    """Train, evaluate on test, export and verify ONNX (logits + CAM), write metrics and card."""
-    args = parse_args()
-    started = time.perf_counter()
-    recipe = dataclasses.replace(RECIPE, epochs=args.epochs)
-    data = load(args.data)
-    trained = mc.train(recipe, data, args.seed, log=lambda line: print(line, flush=True))
-    onnx_path = args.out / "1" / "model.onnx"
-    mc.export_onnx(trained.model, onnx_path, data.x["test"], cam=True)
-    metrics = mc.common_metrics(NAME, trained, recipe, args.seed, data, onnx_path, args.data)
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    mc.sync_card_metrics(args.out / "config.pbtxt", metrics)
-    mc.write_card(args.out / "MODEL_CARD.md", card_text(metrics), metrics, recipe, data.counts())
-    summary = {k: metrics[k] for k in ("test_auc", "test_auc_ci95", "operating_threshold")}
-    print(json.dumps(summary | {"test_ece": metrics["test_ece"]}))
-    print(f"training {trained.seconds:.1f}s, total {time.perf_counter() - started:.1f}s")
-
-
 if __name__ == "__main__":
-    main()
+    mc.run(
+        mc.SingleModel(
+            NAME, RECIPE, DEFAULT_DATA, DEFAULT_OUT, "BreastMNIST 28px .npz", load, card_text
+        ),
+        __doc__.splitlines()[0],
+    )
