@@ -32,47 +32,49 @@ def perf_analyzer_env() -> dict[str, str]:
     return env
 
 
+def perf_analyzer_rows(
+    model: str,
+    address: str,
+    shape: str,
+    concurrency_range: str,
+    stability_percentage: int = 50,
+    measurement_ms: int = 2000,
+) -> list[dict[str, str]]:
+    """Run perf_analyzer over gRPC; one CSV row (dict) per concurrency level."""
+    binary = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "perf.csv"
+        subprocess.run(
+            [
+                binary,
+                *("-m", model, "-u", address, "-i", "grpc", "--shape", shape),
+                *("--concurrency-range", concurrency_range),
+                *("--measurement-interval", str(measurement_ms)),
+                *("--stability-percentage", str(stability_percentage), "--max-trials", "20"),
+                *("-f", str(report)),
+            ],
+            check=True,
+            env=perf_analyzer_env(),
+            stdout=subprocess.DEVNULL,
+        )
+        return list(csv.DictReader(report.open()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="cxr_pneumonia")
     parser.add_argument("--shape", default="image:1,28,28")
     parser.add_argument("--max-concurrency", type=int, default=8)
     args = parser.parse_args()
-    binary = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(run_dir=Path(tmp), ports=Ports.free(), log_level="WARNING", services=())
         stack.start()
-        report = Path(tmp) / "perf.csv"
         try:
-            subprocess.run(
-                [
-                    binary,
-                    "-m",
-                    args.model,
-                    "-u",
-                    stack.triton_grpc_address,
-                    "-i",
-                    "grpc",
-                    "--shape",
-                    args.shape,
-                    "--concurrency-range",
-                    f"1:{args.max_concurrency}:1",
-                    "--measurement-interval",
-                    "2000",
-                    "--stability-percentage",
-                    "50",
-                    "--max-trials",
-                    "20",
-                    "-f",
-                    str(report),
-                ],
-                check=True,
-                env=perf_analyzer_env(),
-                stdout=subprocess.DEVNULL,
+            rows = perf_analyzer_rows(
+                args.model, stack.triton_grpc_address, args.shape, f"1:{args.max_concurrency}:1"
             )
         finally:
             stack.stop()
-        rows = list(csv.DictReader(report.open()))
     base = rows[0]
     base_rate, base_p50 = float(base["Inferences/Second"]), float(base["p50 latency"])
     print(f"model {args.model} on the local CPU tritonserver (python backend + onnxruntime)")

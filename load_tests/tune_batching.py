@@ -16,17 +16,15 @@ against the production configs before changing them for GPUs.
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
-from perf_triton import perf_analyzer_env
+from perf_triton import perf_analyzer_rows
 
 from services.cli.stack import Ports, Stack
 from services.triton_local.repository import read_config
@@ -65,24 +63,8 @@ def write_variant(model: str, variant: Variant, target: Path) -> None:
     (target / model / "config.pbtxt").write_text(text_format.MessageToString(config))
 
 
-def measure(
-    binary: str, model: str, address: str, shape: str, concurrency: int
-) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "perf.csv"
-        subprocess.run(
-            [
-                binary,
-                *("-m", model, "-u", address, "-i", "grpc", "--shape", shape),
-                *("--concurrency-range", str(concurrency)),
-                *("--measurement-interval", "3000", "--stability-percentage", "50"),
-                *("--max-trials", "20", "-f", str(report)),
-            ],
-            check=True,
-            env=perf_analyzer_env(),
-            stdout=subprocess.DEVNULL,
-        )
-        [row] = list(csv.DictReader(report.open()))
+def measure(model: str, address: str, shape: str, concurrency: int) -> dict[str, float]:
+    [row] = perf_analyzer_rows(model, address, shape, str(concurrency), measurement_ms=3000)
     return {
         "rate": float(row["Inferences/Second"]),
         "p50": float(row["p50 latency"]) / 1000,
@@ -97,7 +79,6 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; medians printed")
     args = parser.parse_args()
-    binary = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
     results: dict[tuple[str, int], dict[str, float]] = {}
     for variant in VARIANTS:
         with tempfile.TemporaryDirectory() as tmp:
@@ -110,7 +91,7 @@ def main() -> None:
             try:
                 for c in args.concurrency:
                     runs = [
-                        measure(binary, args.model, stack.triton_grpc_address, args.shape, c)
+                        measure(args.model, stack.triton_grpc_address, args.shape, c)
                         for _ in range(args.repeats)
                     ]
                     results[variant.name, c] = {
