@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -15,7 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from synthetic import PATIENT_ID, PATIENT_NAME, chest_image, dataset, to_bytes
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
-from services.cli.stack import SERVICES, Stack
+from services.cli.stack import SERVICES, Ports, Stack
 
 pytestmark = pytest.mark.integration
 FULL_NAMES = {
@@ -93,3 +95,19 @@ def test_patient_identity_never_reaches_the_logs(
     assert "Analyze OK" in logs  # the logs are being written...
     assert PATIENT_NAME not in logs and "SECRET" not in logs  # ...without identity
     assert PATIENT_ID not in logs
+
+
+def test_stack_can_run_tritonserver_alone(tmp_path: Path) -> None:
+    """Benchmarks of Triton itself start no platform services (Stack(services=()))."""
+    alone = Stack(run_dir=tmp_path, ports=Ports.free(), services=())
+    alone.start()
+    try:
+        assert set(alone.pids) == {"tritonserver"}
+        client = tritonclient.grpc.InferenceServerClient(alone.triton_grpc_address)
+        assert client.is_model_ready("cxr_pneumonia")
+        # Nothing listens where the gateway would.
+        with grpc.insecure_channel(alone.gateway_address) as channel, pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+    finally:
+        alone.stop()
+    assert alone.pids == {}
