@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -23,7 +21,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.triton_local.repository import derive_cpu_repository
+from services.triton_local.launch import TritonLaunchError, start_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("decoder", "preprocessor", "postprocessor", "gateway")
@@ -72,15 +70,6 @@ class Ports:
         return int(getattr(self, service))
 
 
-def triton_paths() -> tuple[Path, Path, Path]:
-    """tritonserver binary, its python backend folder, and the libraries it links against."""
-    import pytriton
-
-    package = Path(pytriton.__file__).parent
-    server = package / "tritonserver"
-    return server / "bin" / "tritonserver", server, package.parent / "nvidia_pytriton.libs"
-
-
 class StackError(RuntimeError):
     pass
 
@@ -120,41 +109,20 @@ class Stack:
         )
         self.pids[name] = process.pid
 
-    def _prepare_triton(self) -> list[str]:
-        binary, server, libs = triton_paths()
-        backend = self.run_dir / "triton" / "backends" / "python"
-        backend.mkdir(parents=True, exist_ok=True)
-        stub = (
-            server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
-        )
-        for source in (
-            server / "backends" / "python" / "libtriton_python.so",
-            server / "backends" / "python" / "triton_python_backend_utils.py",
-            stub / "triton_python_backend_stub",
-        ):
-            shutil.copy2(source, backend / source.name)
-        repository = self.run_dir / "triton" / "models"
-        if not derive_cpu_repository(self.model_repository, repository):
-            raise StackError(f"no ONNX models in {self.model_repository}")
-        env = dict(os.environ)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p
-            for p in (str(libs), sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH"))
-            if p
-        )
-        argv = [
-            str(binary),
-            f"--model-repository={repository}",
-            f"--backend-directory={backend.parent}",
+    def _start_triton(self) -> None:
+        flags = [
             f"--http-port={self.ports.triton_http}",
             f"--grpc-port={self.ports.triton_grpc}",
             f"--metrics-port={self.ports.triton_metrics}",
-            "--strict-readiness=true",
             "--exit-on-error=true",
         ]
-        self._spawn("tritonserver", argv, env)
-        return argv
+        try:
+            process, _ = start_tritonserver(
+                self.run_dir / "triton", self.model_repository, flags, self._log("tritonserver")
+            )
+        except TritonLaunchError as err:
+            raise StackError(str(err)) from err
+        self.pids["tritonserver"] = process.pid
 
     def _service_env(self, service: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -175,7 +143,7 @@ class Stack:
     def start(self, timeout: float = 180.0) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
-            self._prepare_triton()
+            self._start_triton()
             for service in self.services:
                 argv = [sys.executable, "-m", f"services.{service}.server"]
                 self._spawn(service, argv, self._service_env(service))

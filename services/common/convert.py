@@ -1,16 +1,38 @@
-"""Domain objects <-> protobuf messages, for the servicers and clients (the only users)."""
+"""Every domain object <-> protobuf message mapping, for the servicers and clients (the only users).
+
+Protobuf stops here: the services' core modules see only the dataclasses of services/common.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 
-from services.api.imaging.v1 import findings_pb2, tensor_pb2
+from services.api.imaging.v1 import (
+    findings_pb2,
+    gateway_pb2,
+    postprocessor_pb2,
+    preprocessor_pb2,
+    tensor_pb2,
+)
 from services.common import tensors
+from services.common.cards import ModelCard
 from services.common.errors import InvalidInput
 from services.common.grids import Segmentation, VolumeGrid
-from services.common.images import DecodedImage, Geometry, ImageAttributes, Lut, ModelInput
+from services.common.images import DecodedImage, Geometry, ImageAttributes, Lut, Preprocessed
+from services.common.pipelines import Pipeline
+from services.common.results import (
+    Assessment,
+    CodedConcept,
+    Finding,
+    Measurement,
+    RequestPriority,
+    StudyRequest,
+    StudyResult,
+    TriagePriority,
+)
 
 
 def _lut_to_proto(lut: Lut) -> tensor_pb2.Lut:
@@ -49,6 +71,7 @@ def attributes_to_proto(attrs: ImageAttributes) -> tensor_pb2.ImageAttributes:
         voi_lut_function=attrs.voi_lut_function,
         instance_number=attrs.instance_number,
         series_number=attrs.series_number,
+        invalid_attributes=list(attrs.invalid),
     )
     if attrs.modality_lut is not None:
         msg.modality_lut.CopyFrom(_lut_to_proto(attrs.modality_lut))
@@ -92,6 +115,7 @@ def attributes_from_proto(msg: tensor_pb2.ImageAttributes) -> ImageAttributes:
         voi_lut_function=msg.voi_lut_function or "LINEAR",
         instance_number=msg.instance_number,
         series_number=msg.series_number,
+        invalid=tuple(msg.invalid_attributes),
     )
 
 
@@ -105,16 +129,6 @@ def image_from_proto(msg: tensor_pb2.DecodedImage) -> DecodedImage:
     return DecodedImage(tensors.from_proto(msg.pixels), attributes_from_proto(msg.attributes))
 
 
-def priority_to_proto(name: str) -> str:
-    """Enum value name; protobuf accepts names wherever it accepts enum numbers."""
-    findings_pb2.TriagePriority.Value(f"TRIAGE_PRIORITY_{name}")  # raises on unknown names
-    return f"TRIAGE_PRIORITY_{name}"
-
-
-def priority_from_proto(value: findings_pb2.TriagePriority) -> str:
-    return findings_pb2.TriagePriority.Name(value).removeprefix("TRIAGE_PRIORITY_")
-
-
 def geometry_to_proto(geometry: Geometry) -> tensor_pb2.ImageGeometry:
     return tensor_pb2.ImageGeometry(**vars(geometry))
 
@@ -123,17 +137,6 @@ def geometry_from_proto(msg: tensor_pb2.ImageGeometry) -> Geometry:
     return Geometry(
         msg.rows, msg.cols, msg.region_top, msg.region_left, msg.region_rows, msg.region_cols
     )
-
-
-def prepared_from_proto(
-    geometries: Sequence[tensor_pb2.ImageGeometry], batch: np.ndarray | None = None
-) -> list[ModelInput]:
-    """Per-image geometry of a preprocessed batch (rows of ``batch`` when given)."""
-    empty = np.zeros((0, 0, 0), np.float32)
-    return [
-        ModelInput(batch[i] if batch is not None else empty, geometry_from_proto(g))
-        for i, g in enumerate(geometries)
-    ]
 
 
 def grid_to_proto(grid: VolumeGrid) -> tensor_pb2.VolumeGeometry:
@@ -166,3 +169,201 @@ def segmentation_to_proto(segmentation: Segmentation) -> tensor_pb2.Segmentation
 
 def segmentation_from_proto(msg: tensor_pb2.Segmentation) -> Segmentation:
     return Segmentation(msg.label, grid_from_proto(msg.geometry), tensors.from_proto(msg.mask))
+
+
+# --- preprocessing ---------------------------------------------------------------------------
+
+
+def preprocess_request(
+    pipeline: str, images: Sequence[DecodedImage]
+) -> preprocessor_pb2.PreprocessRequest:
+    return preprocessor_pb2.PreprocessRequest(
+        pipeline=pipeline, images=[image_to_proto(i) for i in images]
+    )
+
+
+def preprocessed_to_proto(prepared: Preprocessed) -> preprocessor_pb2.PreprocessResponse:
+    msg = preprocessor_pb2.PreprocessResponse(
+        batch=tensors.to_proto(prepared.batch),
+        geometries=[geometry_to_proto(g) for g in prepared.geometries],
+        warnings=prepared.warnings,
+    )
+    if prepared.grid is not None:
+        msg.volume.CopyFrom(grid_to_proto(prepared.grid))
+    return msg
+
+
+def preprocessed_from_proto(msg: preprocessor_pb2.PreprocessResponse) -> Preprocessed:
+    return Preprocessed(
+        tensors.from_proto(msg.batch),
+        [geometry_from_proto(g) for g in msg.geometries],
+        grid_from_proto(msg.volume) if msg.HasField("volume") else None,
+        list(msg.warnings),
+    )
+
+
+# --- findings ----------------------------------------------------------------------------------
+
+
+def triage_to_proto(priority: TriagePriority) -> findings_pb2.TriagePriority:
+    number = findings_pb2.TriagePriority.Value(f"TRIAGE_PRIORITY_{priority.value}")
+    return cast(findings_pb2.TriagePriority, number)
+
+
+def triage_from_proto(value: findings_pb2.TriagePriority) -> TriagePriority:
+    if value == findings_pb2.TRIAGE_PRIORITY_UNSPECIFIED:
+        raise InvalidInput("the triage priority is unspecified")
+    return TriagePriority(findings_pb2.TriagePriority.Name(value).removeprefix("TRIAGE_PRIORITY_"))
+
+
+def finding_to_proto(finding: Finding) -> findings_pb2.Finding:
+    return findings_pb2.Finding(
+        code=finding.concept.code,
+        coding_scheme=finding.concept.coding_scheme,
+        display_name=finding.concept.display_name,
+        probability=finding.probability,
+        threshold=finding.threshold,
+        positive=finding.positive,
+        sop_instance_uid=finding.sop_instance_uid,
+        heatmap_png=finding.heatmap_png,
+    )
+
+
+def _concept(msg: findings_pb2.Finding | findings_pb2.Measurement) -> CodedConcept:
+    return CodedConcept(
+        code=msg.code, coding_scheme=msg.coding_scheme, display_name=msg.display_name
+    )
+
+
+def finding_from_proto(msg: findings_pb2.Finding) -> Finding:
+    return Finding(
+        _concept(msg),
+        msg.probability,
+        msg.threshold,
+        msg.positive,
+        msg.sop_instance_uid,
+        msg.heatmap_png,
+    )
+
+
+def measurement_to_proto(measurement: Measurement) -> findings_pb2.Measurement:
+    return findings_pb2.Measurement(
+        code=measurement.concept.code,
+        coding_scheme=measurement.concept.coding_scheme,
+        display_name=measurement.concept.display_name,
+        value=measurement.value,
+        unit=measurement.unit,
+        series_instance_uid=measurement.series_instance_uid,
+    )
+
+
+def measurement_from_proto(msg: findings_pb2.Measurement) -> Measurement:
+    return Measurement(_concept(msg), msg.value, msg.unit, msg.series_instance_uid)
+
+
+# --- postprocessing ----------------------------------------------------------------------------
+
+
+def postprocess_request(
+    pipeline: str,
+    outputs: Mapping[str, np.ndarray],
+    sop_instance_uids: Sequence[str],
+    prepared: Preprocessed,
+) -> postprocessor_pb2.PostprocessRequest:
+    """The model outputs plus the geometry postprocessing maps them back onto (no pixels)."""
+    msg = postprocessor_pb2.PostprocessRequest(
+        pipeline=pipeline,
+        outputs={name: tensors.to_proto(array) for name, array in outputs.items()},
+        sop_instance_uids=list(sop_instance_uids),
+        geometries=[geometry_to_proto(g) for g in prepared.geometries],
+    )
+    if prepared.grid is not None:
+        msg.volume.CopyFrom(grid_to_proto(prepared.grid))
+    return msg
+
+
+def assessment_to_proto(assessment: Assessment) -> postprocessor_pb2.PostprocessResponse:
+    return postprocessor_pb2.PostprocessResponse(
+        findings=[finding_to_proto(f) for f in assessment.findings],
+        triage_priority=triage_to_proto(assessment.triage_priority),
+        measurements=[measurement_to_proto(m) for m in assessment.measurements],
+        segmentations=[segmentation_to_proto(s) for s in assessment.segmentations],
+    )
+
+
+def assessment_from_proto(msg: postprocessor_pb2.PostprocessResponse) -> Assessment:
+    return Assessment(
+        [finding_from_proto(f) for f in msg.findings],
+        triage_from_proto(msg.triage_priority),
+        [measurement_from_proto(m) for m in msg.measurements],
+        [segmentation_from_proto(s) for s in msg.segmentations],
+    )
+
+
+# --- the public API ----------------------------------------------------------------------------
+
+_REQUEST_PRIORITY: dict[int, RequestPriority] = {
+    gateway_pb2.REQUEST_PRIORITY_UNSPECIFIED: RequestPriority.DEFAULT,
+    gateway_pb2.REQUEST_PRIORITY_ROUTINE: RequestPriority.ROUTINE,
+    gateway_pb2.REQUEST_PRIORITY_URGENT: RequestPriority.URGENT,
+}
+
+
+def request_priority_from_proto(value: int) -> RequestPriority:
+    if value not in _REQUEST_PRIORITY:
+        raise InvalidInput(f"unknown request priority {value}")
+    return _REQUEST_PRIORITY[value]
+
+
+def study_request(
+    header: gateway_pb2.AnalyzeRequest | gateway_pb2.AnalyzeHeader,
+    instances: list[bytes],
+    request_id: str,
+) -> StudyRequest:
+    """The study of an AnalyzeRequest, or of an AnalyzeStream's header and joined chunks."""
+    return StudyRequest(
+        instances=instances,
+        pipeline=header.pipeline,
+        priority=request_priority_from_proto(header.priority),
+        request_id=header.client_request_id or request_id,
+    )
+
+
+def analyze_response(result: StudyResult) -> gateway_pb2.AnalyzeResponse:
+    assessment = result.assessment
+    return gateway_pb2.AnalyzeResponse(
+        request_id=result.request_id,
+        pipeline=result.pipeline,
+        model=gateway_pb2.ModelRef(name=result.model.name, version=result.model.version),
+        findings=[finding_to_proto(f) for f in assessment.findings],
+        triage_priority=triage_to_proto(assessment.triage_priority),
+        timings=[
+            gateway_pb2.StageTiming(stage=stage, milliseconds=ms)
+            for stage, ms in result.timings_ms.items()
+        ],
+        measurements=[measurement_to_proto(m) for m in assessment.measurements],
+        segmentations=[segmentation_to_proto(s) for s in assessment.segmentations],
+        warnings=result.warnings,
+    )
+
+
+def card_to_proto(card: ModelCard) -> gateway_pb2.ModelCard:
+    return gateway_pb2.ModelCard(
+        name=card.name,
+        version=card.version,
+        intended_use=card.intended_use,
+        not_for_use=card.not_for_use,
+        metrics=card.metrics,
+        card_reference=card.card_reference,
+    )
+
+
+def pipeline_info(pipeline: Pipeline, card: ModelCard | None) -> gateway_pb2.PipelineInfo:
+    return gateway_pb2.PipelineInfo(
+        name=pipeline.name,
+        description=pipeline.description,
+        model=gateway_pb2.ModelRef(name=pipeline.model.name, version=pipeline.model.version),
+        accepts=pipeline.match.describe(),
+        card=card_to_proto(card) if card is not None else None,
+        auto_route=pipeline.auto_route,
+    )

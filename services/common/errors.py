@@ -1,66 +1,146 @@
 """One exception tree for the whole platform.
 
 Domain code raises these; the error interceptor is the only place that turns them into gRPC
-status codes, so servicers never call ``context.abort`` themselves. Messages are shown to
-clients: they must explain the problem to a person and must never contain patient data.
+statuses, so servicers never call ``context.abort`` themselves.
+
+Two families:
+
+- **Caller faults** (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND, RESOURCE_EXHAUSTED) and
+  **unavailable dependencies** (UNAVAILABLE, DEADLINE_EXCEEDED): the reason is shown to the
+  caller, so it must explain the problem to a person and must never contain patient data.
+- **Platform faults** (:class:`InternalError` and its subclasses, INTERNAL): a model output
+  that breaks its pipeline's contract, a pipeline or deployment misconfiguration, a bug. The
+  caller gets the request id; the reason goes to the log only.
+
+Every class has a stable ``kind``, sent between the services as the ``reason`` of a
+``google.rpc.ErrorInfo`` detail, so that the gateway re-raises the inner service's class by
+code and kind (:func:`from_kind`), never by matching message text.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import grpc
+
+DOMAIN = "imaging.v1"
 
 
 class PlatformError(Exception):
     """Base of every error the platform reports to a caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    kind: ClassVar[str] = "PLATFORM_ERROR"
+    # False: the reason is for the operator's log; the caller gets a request id.
+    public: ClassVar[bool] = True
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
+# --- caller faults -------------------------------------------------------------------------
+
+
 class InvalidInput(PlatformError):
     """The request itself is wrong: not DICOM, no pixels, bad shape, empty."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = "INVALID_INPUT"
 
 
 class UnsupportedInput(InvalidInput):
     """Well-formed input the platform cannot handle (e.g. an unknown transfer syntax)."""
+
+    kind = "UNSUPPORTED_INPUT"
 
 
 class TooLarge(PlatformError):
     """Input exceeds a configured limit (image size, study size, message size)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = "TOO_LARGE"
 
 
 class NotFound(PlatformError):
-    """A named pipeline or model does not exist."""
+    """A named pipeline does not exist."""
 
     code = grpc.StatusCode.NOT_FOUND
+    kind = "NOT_FOUND"
 
 
-class NoMatchingPipeline(PlatformError):
-    """No pipeline accepts the study; the reason lists what each pipeline wanted."""
+class StudyRefused(PlatformError):
+    """A valid study the chosen pipeline will not analyse (the reason says why)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+    kind = "STUDY_REFUSED"
+
+
+class NoMatchingPipeline(StudyRefused):
+    """No pipeline accepts the study; the reason lists what each pipeline wanted."""
+
+    kind = "NO_MATCHING_PIPELINE"
+
+
+# --- dependencies --------------------------------------------------------------------------
 
 
 class DependencyUnavailable(PlatformError):
     """A downstream service (Triton, another platform service) cannot be reached."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    kind = "DEPENDENCY_UNAVAILABLE"
 
 
 class DeadlineExceeded(PlatformError):
     """A downstream call ran out of time."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+    kind = "DEADLINE_EXCEEDED"
+
+
+# --- platform faults: reason logged, never returned -----------------------------------------
 
 
 class InternalError(PlatformError):
-    """A bug or an unexpected downstream answer; details go to the log, not the client."""
+    """A bug or an unexpected downstream answer."""
 
     code = grpc.StatusCode.INTERNAL
+    kind = "INTERNAL"
+    public = False
+
+
+class ContractViolation(InternalError):
+    """A model's outputs do not have what its pipeline's rules read (names, shapes, columns)."""
+
+    kind = "CONTRACT_VIOLATION"
+
+
+class Misconfiguration(InternalError):
+    """The deployment is inconsistent: e.g. a pipeline names an input the model lacks."""
+
+    kind = "MISCONFIGURATION"
+
+
+def _classes(root: type[PlatformError]) -> list[type[PlatformError]]:
+    return [root, *(c for sub in root.__subclasses__() for c in _classes(sub))]
+
+
+def all_classes() -> list[type[PlatformError]]:
+    """Every error class, the root first."""
+    return _classes(PlatformError)
+
+
+def from_kind(kind: str, code: grpc.StatusCode) -> type[PlatformError] | None:
+    """The class an inner service raised, if ``kind`` names one with this status code."""
+    for cls in all_classes():
+        if cls.kind == kind and cls.code == code:
+            return cls
+    return None
+
+
+def public_reason(err: PlatformError, request_id: str) -> str:
+    """What the caller may read: the reason, or for platform faults only where to look."""
+    if err.public:
+        return err.reason
+    return f"internal error ({err.kind}); quote request id {request_id} to the operator"

@@ -1,11 +1,28 @@
-"""Voxel grids shared by the volume preprocessing and postprocessing."""
+"""Voxel grids shared by the volume preprocessing and postprocessing (numpy only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
-from scipy import ndimage
+
+
+class VolumeIssue(StrEnum):
+    """What a warning is about, so a pipeline can refuse volumes with such a problem."""
+
+    REPEATED_INSTANCES = "repeated_instances"  # the same SOP instance given twice
+    NO_SERIES_UID = "no_series_uid"
+    SPLIT = "split"  # the series mixes geometries
+    REPETITIONS = "repetitions"  # a 4-D stack returned as several volumes
+    DUPLICATES = "duplicates"  # slices at a position already taken, dropped
+    GAPS = "gaps"  # missing slices
+    UNEVEN_SPACING = "uneven_spacing"
+    TILT = "tilt"  # gantry tilt or shear
+    OFF_LINE = "off_line"  # slice positions not on one line
+    NO_POSITIONS = "no_positions"  # slices could not be placed in the patient
+    ASSUMED_SPACING = "assumed_spacing"  # a spacing was taken from a fallback
+    MIXED_RESCALE = "mixed_rescale"
 
 
 @dataclass(frozen=True)
@@ -29,12 +46,3 @@ class Segmentation:
     label: str
     grid: VolumeGrid
     mask: np.ndarray  # uint8 (slices, rows, cols), 1 = inside
-
-
-def resample(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Trilinear resample of (slices, rows, cols) onto ``shape``, corner voxels aligned."""
-    if volume.shape == shape:
-        return volume.astype(np.float32, copy=False)
-    zoom = [target / source for target, source in zip(shape, volume.shape, strict=True)]
-    out = ndimage.zoom(volume.astype(np.float32, copy=False), zoom, order=1, grid_mode=False)
-    return np.asarray(out, dtype=np.float32)

@@ -55,6 +55,8 @@ class ImageAttributes:
     voi_lut_function: str = "LINEAR"
     instance_number: int = 0
     series_number: int = 0
+    # Keywords of header values that failed their VR check: treated as absent, never quoted.
+    invalid: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,17 +93,12 @@ class Geometry:
 
 
 @dataclass(frozen=True)
-class ModelInput:
-    """One image prepared for the model, and where in the image it came from."""
-
-    tensor: np.ndarray  # (channels, height, width) float32
-    geometry: Geometry
-
-
-@dataclass(frozen=True)
 class Preprocessed:
-    """A model-ready batch: per-image context (image pipelines) or the grid (volumes)."""
+    """A model-ready batch with what postprocessing needs to map outputs back: the geometry
+    of each row (image pipelines) or the series' grid (volume pipelines)."""
 
     batch: np.ndarray
-    images: list[ModelInput]
+    geometries: list[Geometry]
     grid: VolumeGrid | None = None
+    # Caveats about the input the caller should see (e.g. missing slices of a volume).
+    warnings: list[str] = field(default_factory=list)

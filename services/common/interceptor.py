@@ -1,8 +1,10 @@
 """The one seam where domain errors become gRPC statuses, plus per-RPC logs and metrics.
 
 Like pynetdicom's handlers, servicers never leak exceptions to the wire: a PlatformError
-becomes its status code with its human-readable reason; anything else is logged with a
-traceback and returned as INTERNAL with the request id, so the service keeps serving.
+becomes its status code with its human-readable reason (platform faults: only the request id)
+and a ``google.rpc.ErrorInfo`` naming its kind, so a calling service can re-raise the same
+class; anything else is logged with a traceback and returned as INTERNAL with the request id,
+so the service keeps serving.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from services.common import logs
-from services.common.errors import PlatformError
+from services.common.errors import DOMAIN, InternalError, PlatformError, public_reason
 from services.common.metrics import RPC_LATENCY, RPC_TOTAL
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -60,20 +65,23 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             reason = ""
+            failure: PlatformError | None = None
             try:
                 context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
                 return behavior(request, context)
             except PlatformError as err:
-                code, reason = err.code, err.reason
+                failure = err
             except Exception:
                 _log.exception("unhandled error in %s", method)
-                code = grpc.StatusCode.INTERNAL
-                reason = f"internal error; quote request id {rid} to the operator"
+                failure = InternalError("unhandled exception (traceback above)")
             finally:
+                if failure is not None:
+                    code, reason = failure.code, f"{failure.kind}: {failure.reason}"
                 elapsed = time.perf_counter() - start
                 RPC_LATENCY.labels(self._service, method).observe(elapsed)
                 RPC_TOTAL.labels(self._service, method, code.name).inc()
-                _log.info(
+                _log.log(
+                    logging.INFO if failure is None or failure.public else logging.ERROR,
                     "%s %s %.1f ms%s",
                     method,
                     code.name,
@@ -81,6 +89,32 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     f" {reason}" if reason else "",
                 )
                 logs.request_id.reset(token)
-            context.abort(code, reason)
+            assert failure is not None
+            context.abort_with_status(status(failure, rid))
 
         return wrapped
+
+
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def status(err: PlatformError, request_id: str) -> _Status:
+    """The wire form of ``err``: its code, what the caller may read, its kind and the request
+    id (trailing metadata, as on successful calls)."""
+    info = error_details_pb2.ErrorInfo(
+        reason=err.kind, domain=DOMAIN, metadata={"request_id": request_id}
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    message = status_pb2.Status(
+        code=getattr(code_pb2, err.code.name),
+        message=public_reason(err, request_id),
+        details=[detail],
+    )
+    wire = rpc_status.to_status(message)
+    return _Status(
+        wire.code, wire.details, (*wire.trailing_metadata, (REQUEST_ID_HEADER, request_id))
+    )

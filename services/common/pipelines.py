@@ -9,7 +9,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.common.errors import NoMatchingPipeline, NotFound
+from services.common.grids import VolumeIssue
 from services.common.images import ImageAttributes
+from services.common.results import CodedConcept, TriagePriority
 
 
 class _Spec(BaseModel):
@@ -25,7 +27,10 @@ class Match(_Spec):
     view_position: list[str] = []
 
     def mismatches(self, attrs: ImageAttributes) -> list[str]:
-        """Reasons ``attrs`` is rejected, empty when accepted."""
+        """Reasons ``attrs`` is rejected, empty when accepted.
+
+        Values reach here checked against their VR by the decoder; one that failed is absent
+        and named "invalid", never quoted (it may hold bytes of other elements)."""
         wanted = {
             "Modality": (self.modality, attrs.modality),
             "BodyPartExamined": (self.body_part_examined, attrs.body_part_examined),
@@ -33,7 +38,7 @@ class Match(_Spec):
             "ViewPosition": (self.view_position, attrs.view_position),
         }
         return [
-            f"{tag} is {value or 'empty'!r}, wants one of {allowed}"
+            f"{tag} is {_shown(tag, value, attrs)}, wants one of {allowed}"
             for tag, (allowed, value) in wanted.items()
             if allowed and value.upper() not in {a.upper() for a in allowed}
         ]
@@ -50,6 +55,12 @@ class Match(_Spec):
             if values
         ]
         return "; ".join(parts) or "any image"
+
+
+def _shown(keyword: str, value: str, attrs: ImageAttributes) -> str:
+    if keyword in attrs.invalid:
+        return f"invalid (its {keyword} value fails the DICOM rules for its type)"
+    return repr(value) if value else "empty"
 
 
 class ModalityLut(_Spec):
@@ -124,16 +135,11 @@ class ModelSpec(_Spec):
     version: str = Field("", description="empty = the latest version Triton serves")
     input: str
     channels: int = Field(1, gt=0, description="channel count the model expects")
-    layout: Literal["NCHW", "NDHWC"] = Field(
-        "NCHW", description="NCHW for 2-D images, NDHWC for volumes"
-    )
     outputs: list[str] = Field(min_length=1)
 
 
 class FindingRule(_Spec):
-    code: str
-    coding_scheme: str = "SCT"
-    display_name: str
+    concept: CodedConcept
     output: str
     index: int = Field(0, ge=0, description="column of the output row holding the logit")
     activation: Literal["sigmoid", "none"] = "sigmoid"
@@ -141,15 +147,13 @@ class FindingRule(_Spec):
     heatmap_output: str | None = Field(
         None, description="model output holding this finding's class activation map"
     )
-    priority_if_positive: Literal["ROUTINE", "URGENT", "STAT"] = "URGENT"
+    priority_if_positive: TriagePriority = TriagePriority.URGENT
 
 
 class MeasurementRule(_Spec):
     """Volume of the voxels whose output is at or above the threshold, on the original grid."""
 
-    code: str
-    coding_scheme: str = "SCT"
-    display_name: str
+    concept: CodedConcept
     output: str
     threshold: float = Field(0.5, ge=0, le=1)
     unit: Literal["mL"] = "mL"
@@ -159,7 +163,7 @@ class MeasurementRule(_Spec):
 class Postprocess(_Spec):
     findings: list[FindingRule] = []
     measurements: list[MeasurementRule] = []
-    default_priority: Literal["ROUTINE", "URGENT", "STAT"] = "ROUTINE"
+    default_priority: TriagePriority = TriagePriority.ROUTINE
     heatmap_opacity: float = Field(0.45, ge=0, le=1, description="overlay alpha at full CAM")
 
 
@@ -174,6 +178,11 @@ class Pipeline(_Spec):
         True, description="False: runs only when a request names it (e.g. a slower ensemble)"
     )
     preprocess: list[Step] = Field(min_length=1)
+    refuse_volume_issues: list[VolumeIssue] = Field(
+        [],
+        description="volume pipelines: refuse a series whose assembly reports one of these "
+        "(e.g. gaps: missing slices would make a volume in mL wrong); others become warnings",
+    )
     model: ModelSpec
     postprocess: Postprocess
 
@@ -182,6 +191,8 @@ class Pipeline(_Spec):
         rules = self.postprocess
         if not rules.findings and not rules.measurements:
             raise ValueError("a pipeline needs at least one finding or measurement rule")
+        if self.refuse_volume_issues and self.kind != "volume":
+            raise ValueError("refuse_volume_issues applies to volume pipelines only")
         allowed = VOLUME_STEPS if self.kind == "volume" else IMAGE_STEPS
         for step in self.preprocess:
             if not isinstance(step, allowed):
@@ -189,14 +200,14 @@ class Pipeline(_Spec):
         for measure in rules.measurements:
             if measure.output not in self.model.outputs:
                 raise ValueError(
-                    f"measurement {measure.code} reads unknown output {measure.output!r}"
+                    f"measurement {measure.concept.code} reads unknown output {measure.output!r}"
                 )
             if self.kind != "volume":
                 raise ValueError("measurements need a volume pipeline")
         for rule in self.postprocess.findings:
             for output in (rule.output, rule.heatmap_output):
                 if output is not None and output not in self.model.outputs:
-                    raise ValueError(f"finding {rule.code} reads unknown output {output!r}")
+                    raise ValueError(f"finding {rule.concept.code} reads unknown output {output!r}")
         return self
 
 

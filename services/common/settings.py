@@ -5,10 +5,33 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
+_MiB = 2**20
+
+
+class DecodeLimits(BaseModel):
+    """Caps the decoder checks before any pixel is decoded, so one request cannot exhaust
+    memory. Defined once: DecoderSettings inherits these fields (IMAGING_MAX_PIXELS, ...) and
+    hands the decoder this sub-model (:meth:`DecoderSettings.limits`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_encoded_bytes: int = Field(512 * _MiB, gt=0, description="encoded instance size")
+    max_pixels: int = Field(2**28, gt=0, description="rows x cols x frames x samples")
+    max_decoded_bytes: int = Field(2048 * _MiB, gt=0, description="decoded image size")
+    # Decompression bombs: natively encoded size / compressed size of the pixel data (the
+    # ratio a codec must expand by), checked when the image decodes to more than
+    # compression_check_min_bytes (below that the allocation is harmless: a blank 512x1024
+    # J2K test image legitimately compresses 1971:1). Real images stay far below the ratio.
+    max_compression_ratio: float = Field(
+        1000.0, gt=0, description="decoded/encoded pixel bytes (decompression-bomb guard)"
+    )
+    compression_check_min_bytes: int = Field(
+        16 * _MiB, ge=0, description="apply max_compression_ratio above this decoded size"
+    )
 
 
 class ServiceSettings(BaseSettings):
@@ -28,16 +51,7 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", description="root log level")
 
 
-class DecoderSettings(ServiceSettings):
-    max_encoded_bytes: int = Field(512 * 1024 * 1024, gt=0)
-    max_pixels: int = Field(2**28, gt=0, description="rows x cols x frames x samples")
-    max_decoded_bytes: int = Field(2 * 1024**3, gt=0)
-    max_compression_ratio: float | None = Field(
-        None, gt=0, description="decoded/encoded pixel bytes (bomb guard); None: the decoder's"
-    )
-    compression_check_min_bytes: int | None = Field(
-        None, ge=0, description="apply max_compression_ratio above this decoded size"
-    )
+class DecoderSettings(ServiceSettings, DecodeLimits):  # type: ignore[misc]
     # Decoding runs in worker processes (services/decoder/pool.py): a codec that crashes,
     # hangs or runs out of memory on one file costs that request and one worker, nothing else.
     decode_workers: int = Field(
@@ -56,6 +70,10 @@ class DecoderSettings(ServiceSettings):
     decode_max_tasks_per_child: int = Field(
         200, ge=0, description="replace a worker after this many decodes; 0: never"
     )
+
+    def limits(self) -> DecodeLimits:
+        """The decode limits alone (what travels to the worker processes with each file)."""
+        return DecodeLimits(**{name: getattr(self, name) for name in DecodeLimits.model_fields})
 
 
 class PipelineServiceSettings(ServiceSettings):

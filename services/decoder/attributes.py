@@ -2,7 +2,9 @@
 
 Enhanced (multi-frame) objects keep most of these in functional groups: a value is taken
 from the top level, else the shared functional groups, else the per-frame groups when every
-frame agrees (a single value would be wrong otherwise).
+frame agrees (a single value would be wrong otherwise). Every value is read through
+:class:`~services.decoder.header.CheckedHeader`: one that breaks its VR's rules is absent and
+named in ``ImageAttributes.invalid``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from services.common.images import ImageAttributes, Lut
+from services.decoder.header import CheckedHeader
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +26,7 @@ VOI_LUT_FUNCTIONS = frozenset({"LINEAR", "LINEAR_EXACT", "SIGMOID"})
 
 
 def image_attributes(
-    ds: Dataset,
+    h: CheckedHeader,
     *,
     ts: str,
     photometric: str,
@@ -33,76 +36,80 @@ def image_attributes(
     little_endian: bool,
 ) -> ImageAttributes:
     """Attributes of the decoded image (photometric and bits describe the returned values)."""
-    slope = first_float(functional(ds, "RescaleSlope", "PixelValueTransformationSequence"))
-    intercept = first_float(functional(ds, "RescaleIntercept", "PixelValueTransformationSequence"))
-    spacing = functional(ds, "PixelSpacing", "PixelMeasuresSequence")
+    slope = first_float(functional(h, "RescaleSlope", "PixelValueTransformationSequence"))
+    intercept = first_float(functional(h, "RescaleIntercept", "PixelValueTransformationSequence"))
+    spacing = functional(h, "PixelSpacing", "PixelMeasuresSequence")
     if spacing in (None, ""):
-        spacing = ds.get("ImagerPixelSpacing")
-    stored_representation = int_or(ds.get("PixelRepresentation"), 0)
-    thickness = first_float(functional(ds, "SliceThickness", "PixelMeasuresSequence"))
-    return ImageAttributes(
-        sop_instance_uid=text(ds, "SOPInstanceUID"),
-        sop_class_uid=text(ds, "SOPClassUID"),
-        study_instance_uid=text(ds, "StudyInstanceUID"),
-        series_instance_uid=text(ds, "SeriesInstanceUID"),
-        modality=text(ds, "Modality"),
-        body_part_examined=text(ds, "BodyPartExamined"),
-        view_position=text(ds, "ViewPosition"),
+        spacing = h.get("ImagerPixelSpacing")
+    stored_representation = int_or(h.get("PixelRepresentation"), 0)
+    thickness = first_float(functional(h, "SliceThickness", "PixelMeasuresSequence"))
+    attributes = dict(
+        sop_instance_uid=h.text("SOPInstanceUID"),
+        sop_class_uid=h.text("SOPClassUID"),
+        study_instance_uid=h.text("StudyInstanceUID"),
+        series_instance_uid=h.text("SeriesInstanceUID"),
+        modality=h.text("Modality"),
+        body_part_examined=h.text("BodyPartExamined"),
+        view_position=h.text("ViewPosition"),
         transfer_syntax_uid=ts,
         photometric_interpretation=photometric,
         bits_stored=bits_stored,
         pixel_representation=pixel_representation,
         rescale_slope=1.0 if slope is None else slope,
         rescale_intercept=0.0 if intercept is None else intercept,
-        window_center=first_float(functional(ds, "WindowCenter", "FrameVOILUTSequence")),
-        window_width=first_float(functional(ds, "WindowWidth", "FrameVOILUTSequence")),
+        window_center=first_float(functional(h, "WindowCenter", "FrameVOILUTSequence")),
+        window_width=first_float(functional(h, "WindowWidth", "FrameVOILUTSequence")),
         pixel_spacing=positive_pair(spacing),
         number_of_frames=frames,
-        frame_positions=frame_positions(ds, frames),
+        frame_positions=frame_positions(h, frames),
         image_orientation_patient=floats(
-            functional(ds, "ImageOrientationPatient", "PlaneOrientationSequence"), 6
+            functional(h, "ImageOrientationPatient", "PlaneOrientationSequence"), 6
         ),
         slice_thickness=thickness if thickness is not None and thickness > 0 else None,
-        modality_lut=modality_lut(ds, stored_representation, little_endian),
-        voi_luts=voi_luts(ds, stored_representation, little_endian),
-        voi_lut_function=voi_lut_function(ds),
-        instance_number=int_or(ds.get("InstanceNumber"), 0),
-        series_number=int_or(ds.get("SeriesNumber"), 0),
+        modality_lut=modality_lut(h, stored_representation, little_endian),
+        voi_luts=voi_luts(h, stored_representation, little_endian),
+        voi_lut_function=voi_lut_function(h),
+        instance_number=int_or(h.get("InstanceNumber"), 0),
+        series_number=int_or(h.get("SeriesNumber"), 0),
     )
+    # Read last: every check above has recorded its failures by now.
+    return ImageAttributes(**attributes, invalid=tuple(h.invalid))  # type: ignore[arg-type]
 
 
 # --- LUTs (PS3.3 C.11) -----------------------------------------------------------------
 
 
-def modality_lut(ds: Dataset, pixel_representation: int, little_endian: bool) -> Lut | None:
+def modality_lut(h: CheckedHeader, pixel_representation: int, little_endian: bool) -> Lut | None:
     """The Modality LUT Sequence's one item; its input is the stored value, so the first
     mapped value is signed exactly when Pixel Representation is 1."""
-    sequence = ds.get("ModalityLUTSequence")
+    sequence = h.get("ModalityLUTSequence")
     if not sequence:
         return None
-    return read_lut(sequence[0], pixel_representation == 1, little_endian, "Modality LUT")
+    return read_lut(h, sequence[0], pixel_representation == 1, little_endian, "Modality LUT")
 
 
-def voi_luts(ds: Dataset, pixel_representation: int, little_endian: bool) -> tuple[Lut, ...]:
+def voi_luts(h: CheckedHeader, pixel_representation: int, little_endian: bool) -> tuple[Lut, ...]:
     """Every usable VOI LUT Sequence item, in file order (the first is the default view).
     The first mapped value is signed when Pixel Representation is 1 or its VR says SS."""
     luts = []
-    for item in ds.get("VOILUTSequence") or []:
+    for item in h.get("VOILUTSequence") or []:
         vr_signed = "LUTDescriptor" in item and item["LUTDescriptor"].VR == "SS"
-        lut = read_lut(item, pixel_representation == 1 or vr_signed, little_endian, "VOI LUT")
+        lut = read_lut(h, item, pixel_representation == 1 or vr_signed, little_endian, "VOI LUT")
         if lut is not None:
             luts.append(lut)
     return tuple(luts)
 
 
-def read_lut(item: Dataset, signed_first: bool, little_endian: bool, what: str) -> Lut | None:
+def read_lut(
+    h: CheckedHeader, item: Dataset, signed_first: bool, little_endian: bool, what: str
+) -> Lut | None:
     """One LUT item; None (logged) when its descriptor or data is missing or malformed.
 
     LUT Descriptor: number of entries (0 means 65536; always unsigned, even when the VR is
     SS), first stored value mapped (signedness as given), bits per entry.
     """
-    descriptor = item.get("LUTDescriptor")
-    data = item["LUTData"].value if "LUTData" in item else None
+    descriptor = h.get("LUTDescriptor", item, max_values=3)
+    data = h.get("LUTData", item)
     if descriptor is None or data is None or isinstance(descriptor, (str, bytes)):
         if descriptor is not None or data is not None:
             log.warning("ignoring a %s item without a usable descriptor and data", what)
@@ -123,7 +130,7 @@ def read_lut(item: Dataset, signed_first: bool, little_endian: bool, what: str) 
     if table.size != entries:
         log.warning("%s has %d entries; its descriptor says %d", what, table.size, entries)
         table = table[:entries]
-    explanation = str(item.get("LUTExplanation") or "").strip()
+    explanation = h.text("LUTExplanation", item)
     return Lut(first_mapped=first, bits_per_entry=bits, data=table, explanation=explanation)
 
 
@@ -142,49 +149,49 @@ def _lut_values(vr: str, data: Any, entries: int, bits: int, little: bool) -> np
     return (np.asarray(data, dtype=np.int64) & 0xFFFF).astype(np.uint16)
 
 
-def voi_lut_function(ds: Dataset) -> str:
-    value = functional(ds, "VOILUTFunction", "FrameVOILUTSequence")
+def voi_lut_function(h: CheckedHeader) -> str:
+    value = functional(h, "VOILUTFunction", "FrameVOILUTSequence")
     name = str(value or "").strip().upper()
     if name and name not in VOI_LUT_FUNCTIONS:
-        log.warning("unknown VOI LUT Function %r; using LINEAR", name[:32])
+        log.warning("unknown VOI LUT Function (%d characters); using LINEAR", len(name))
     return name if name in VOI_LUT_FUNCTIONS else "LINEAR"
 
 
 # --- geometry --------------------------------------------------------------------------
 
 
-def frame_positions(ds: Dataset, frames: int) -> tuple[tuple[float, float, float], ...]:
+def frame_positions(h: CheckedHeader, frames: int) -> tuple[tuple[float, float, float], ...]:
     """ImagePositionPatient of every frame, or () when not known for every frame."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    per_frame = h.get("PerFrameFunctionalGroupsSequence") or []
     if len(per_frame) >= frames:
         found = [
-            floats(group_value(item, "PlanePositionSequence", "ImagePositionPatient"), 3)
+            floats(group_value(h, item, "PlanePositionSequence", "ImagePositionPatient"), 3)
             for item in per_frame[:frames]
         ]
         if all(p is not None for p in found):
             return tuple(_triple(p) for p in found if p is not None)
-    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared = h.get("SharedFunctionalGroupsSequence")
     if shared:
         position = floats(
-            group_value(shared[0], "PlanePositionSequence", "ImagePositionPatient"), 3
+            group_value(h, shared[0], "PlanePositionSequence", "ImagePositionPatient"), 3
         )
         if position is not None:
             return (_triple(position),) * frames
-    position = floats(ds.get("ImagePositionPatient"), 3)
+    position = floats(h.get("ImagePositionPatient"), 3)
     if position is None:
         return ()
     if frames == 1:
         return (_triple(position),)
-    return _grid_positions(ds, position, frames)
+    return _grid_positions(h, position, frames)
 
 
 def _grid_positions(
-    ds: Dataset, origin: tuple[float, ...], frames: int
+    h: CheckedHeader, origin: tuple[float, ...], frames: int
 ) -> tuple[tuple[float, float, float], ...]:
     """Frames of an RT Dose grid: Grid Frame Offset Vector along the slice normal
     (PS3.3 C.8.8.3.2), relative when its first value is 0, else absolute z (axial only)."""
-    offsets = floats(ds.get("GridFrameOffsetVector"), frames)
-    orientation = floats(ds.get("ImageOrientationPatient"), 6)
+    offsets = floats(h.get("GridFrameOffsetVector"), frames)
+    orientation = floats(h.get("ImageOrientationPatient"), 6)
     if offsets is None or orientation is None:
         return ()
     normal = np.cross(orientation[:3], orientation[3:])
@@ -203,31 +210,26 @@ def _triple(values: tuple[float, ...]) -> tuple[float, float, float]:
 # --- element access --------------------------------------------------------------------
 
 
-def functional(ds: Dataset, keyword: str, group: str) -> Any:
+def functional(h: CheckedHeader, keyword: str, group: str) -> Any:
     """A value from the top level, else the shared functional groups, else the per-frame
     groups when every frame agrees."""
-    if ds.get(keyword) not in (None, ""):
-        return ds.get(keyword)
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared and (value := group_value(shared[0], group, keyword)) not in (None, ""):
+    if (top := h.get(keyword)) not in (None, ""):
+        return top
+    shared = h.get("SharedFunctionalGroupsSequence")
+    if shared and (value := group_value(h, shared[0], group, keyword)) not in (None, ""):
         return value
     per_frame = [
-        group_value(item, group, keyword)
-        for item in ds.get("PerFrameFunctionalGroupsSequence") or []
+        group_value(h, item, group, keyword)
+        for item in h.get("PerFrameFunctionalGroupsSequence") or []
     ]
     distinct = {str(v) for v in per_frame}
     return per_frame[0] if per_frame and len(distinct) == 1 else None
 
 
-def group_value(item: Dataset, group: str, keyword: str) -> Any:
+def group_value(h: CheckedHeader, item: Dataset, group: str, keyword: str) -> Any:
     """keyword inside the first item of functional group sequence `group`, if present."""
-    sequence = item.get(group)
-    return sequence[0].get(keyword) if sequence else None
-
-
-def text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
+    sequence = h.get(group, item)
+    return h.get(keyword, sequence[0]) if sequence else None
 
 
 def first_float(value: Any) -> float | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import zlib
-from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
@@ -33,6 +32,7 @@ from pydicom.uid import (
 
 from services.common.errors import InvalidInput, PlatformError, TooLarge, UnsupportedInput
 from services.common.images import DecodedImage
+from services.common.settings import DecodeLimits
 from services.decoder.attributes import image_attributes, int_or
 from services.decoder.codecs import (
     CHAINS,
@@ -43,6 +43,7 @@ from services.decoder.codecs import (
     ts_label,
 )
 from services.decoder.colour import YBR_FULL_LIKE, fit_bits_stored, palette_to_rgb, ybr_full_to_rgb
+from services.decoder.header import CheckedHeader
 
 log = logging.getLogger(__name__)
 
@@ -56,23 +57,10 @@ _SAMPLES_FOR = {
     **dict.fromkeys(("YBR_PARTIAL_422", "YBR_PARTIAL_420", "HSV"), 3),
 }
 
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """Caps checked before any pixel is decoded, so one request cannot exhaust memory."""
-
-    max_bytes: int = 512 * _MiB  # encoded instance size
-    max_pixels: int = 2**28  # rows * cols * frames * samples
-    max_decoded_bytes: int = 2048 * _MiB
-    # Decompression bombs: natively encoded size / compressed size of the pixel data (the
-    # ratio a codec must expand by), checked when the image decodes to more than
-    # compression_check_min_bytes (below that the allocation is harmless: a blank 512x1024
-    # J2K test image legitimately compresses 1971:1). Real images stay far below the ratio.
-    max_compression_ratio: float = 1000.0
-    compression_check_min_bytes: int = 16 * _MiB
+DEFAULT_LIMITS = DecodeLimits()
 
 
-def decode_instance(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
+def decode_instance(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Decode one DICOM instance to (frames, rows, cols, samples) stored values.
 
     No rescale or windowing is applied (the preprocessor owns every transform). Values are
@@ -101,9 +89,9 @@ def _check_raw_bytes(data: bytes, limits: DecodeLimits) -> None:
     """Reject what is obviously not a decodable instance before pydicom sees it."""
     if not data:
         raise InvalidInput("empty input: no bytes to decode")
-    if len(data) > limits.max_bytes:
+    if len(data) > limits.max_encoded_bytes:
         raise TooLarge(
-            f"DICOM file is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes"
+            f"DICOM file is {len(data):,} bytes; the limit is {limits.max_encoded_bytes:,} bytes"
         )
     if data[:2] == b"\x1f\x8b":
         raise InvalidInput("input is gzip-compressed; decompress before sending")
@@ -124,7 +112,7 @@ def _check_deflated_dataset(data: bytes, limits: DecodeLimits) -> None:
         return
     compressed = data[stream.tell() :]
     cap = min(
-        limits.max_bytes + limits.max_decoded_bytes,
+        limits.max_encoded_bytes + limits.max_decoded_bytes,
         int(max(1, len(compressed)) * limits.max_compression_ratio),
     )
     inflater, pending, total = zlib.decompressobj(-zlib.MAX_WBITS), compressed, 0
@@ -138,7 +126,7 @@ def _check_deflated_dataset(data: bytes, limits: DecodeLimits) -> None:
         raise TooLarge(
             f"the deflate-compressed data set of {len(compressed):,} bytes inflates to more "
             f"than {cap:,} bytes (limits: {limits.max_compression_ratio:,.0f}:1 and "
-            f"{limits.max_bytes + limits.max_decoded_bytes:,} bytes); refusing a possible "
+            f"{limits.max_encoded_bytes + limits.max_decoded_bytes:,} bytes); refusing a possible "
             "decompression bomb"
         )
 
@@ -166,10 +154,11 @@ def _read_dataset(data: bytes) -> Dataset:
 
 def _decode_dataset(ds: Dataset, raw: bytes, limits: DecodeLimits) -> DecodedImage:
     """Check, decode and finish; runs inside the exception-translating seam."""
+    header = CheckedHeader(ds)
     ts, ts_given = _transfer_syntax(ds)
-    keyword = _pixel_keyword(ds, ts, raw)
-    spec = _pixel_spec(ds, ts, keyword, ts_given)
-    out_samples, out_itemsize = _output_layout(ds, spec)
+    keyword = _pixel_keyword(header, ts, raw)
+    spec = _pixel_spec(header, ts, keyword, ts_given)
+    out_samples, out_itemsize = _output_layout(header, spec)
     _check_limits(spec, out_samples, out_itemsize, limits)
     if spec.ts in NATIVE_SYNTAXES:
         _check_native_length(spec)
@@ -180,7 +169,7 @@ def _decode_dataset(ds: Dataset, raw: bytes, limits: DecodeLimits) -> DecodedIma
     pixels, photometric, bits_stored, representation = _finish(decoded, spec, ds)
     little_endian = ts != ExplicitVRBigEndian
     attributes = image_attributes(
-        ds,
+        header,
         ts=str(ts),
         photometric=photometric,
         frames=spec.frames,
@@ -210,7 +199,8 @@ def _transfer_syntax(ds: Dataset) -> tuple[UID, bool]:
     return inferred, False
 
 
-def _pixel_keyword(ds: Dataset, ts: UID, raw: bytes) -> str:
+def _pixel_keyword(header: CheckedHeader, ts: UID, raw: bytes) -> str:
+    ds = header.ds
     present = [k for k in _PIXEL_KEYWORDS if k in ds]
     if not present:
         tag = b"\x7f\xe0\x00\x10" if ts == ExplicitVRBigEndian else b"\xe0\x7f\x10\x00"
@@ -219,8 +209,11 @@ def _pixel_keyword(ds: Dataset, ts: UID, raw: bytes) -> str:
                 "pixel data truncated: the Pixel Data element could not be read completely; "
                 "the file is probably cut short"
             )
-        sop_class = str(ds.get("SOPClassUID") or "")
-        label = UID(sop_class).name if sop_class else "not given"
+        sop_class = header.text("SOPClassUID")
+        if sop_class:
+            label = UID(sop_class).name
+        else:
+            label = "invalid" if "SOPClassUID" in header.invalid else "not given"
         raise InvalidInput(f"DICOM file contains no Pixel Data (SOP class {label})")
     if len(present) > 1:
         raise InvalidInput(f"DICOM file has more than one pixel data element: {present}")
@@ -229,24 +222,26 @@ def _pixel_keyword(ds: Dataset, ts: UID, raw: bytes) -> str:
     return present[0]
 
 
-def _pixel_spec(ds: Dataset, ts: UID, keyword: str, ts_given: bool) -> PixelSpec:
+def _pixel_spec(header: CheckedHeader, ts: UID, keyword: str, ts_given: bool) -> PixelSpec:
     """The Image Pixel module, validated with reasons a person can act on."""
+    ds, get = header.ds, header.get
     missing_ts = "" if ts_given else " (and the file meta has no Transfer Syntax UID)"
     required = (
         ("Rows", "Columns") if keyword != "PixelData" else ("Rows", "Columns", "BitsAllocated")
     )
     for name in required:
-        if ds.get(name) in (None, ""):
+        if get(name, max_values=1) in (None, ""):
+            what = "an invalid" if name in header.invalid else "no"
             raise InvalidInput(
-                f"DICOM file has pixel data but no {name} element{missing_ts}; "
+                f"DICOM file has pixel data but {what} {name} element{missing_ts}; "
                 "it lacks the Image Pixel module"
             )
-    rows, cols = int(ds.Rows), int(ds.Columns)
+    rows, cols = int(get("Rows")), int(get("Columns"))
     floating = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}.get(keyword)
-    bits_allocated = floating or int(ds.BitsAllocated)
-    bits_stored = int_or(ds.get("BitsStored"), bits_allocated) or bits_allocated
-    samples = int_or(ds.get("SamplesPerPixel"), 1)
-    representation = int_or(ds.get("PixelRepresentation"), 0)
+    bits_allocated = floating or int(get("BitsAllocated"))
+    bits_stored = int_or(get("BitsStored", max_values=1), bits_allocated) or bits_allocated
+    samples = int_or(get("SamplesPerPixel", max_values=1), 1)
+    representation = int_or(get("PixelRepresentation", max_values=1), 0)
     if min(rows, cols, samples) < 1:
         raise InvalidInput(
             f"image geometry is invalid: {rows} rows x {cols} columns x {samples} samples"
@@ -259,7 +254,9 @@ def _pixel_spec(ds: Dataset, ts: UID, keyword: str, ts_given: bool) -> PixelSpec
         )
     if representation not in (0, 1):
         raise InvalidInput(f"Pixel Representation {representation} is invalid (0 or 1)")
-    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    photometric = header.text("PhotometricInterpretation").upper()
+    if not photometric and "PhotometricInterpretation" in header.invalid:
+        raise InvalidInput("the Photometric Interpretation value is invalid for its VR (CS)")
     if not photometric:
         photometric = "MONOCHROME2" if samples == 1 else "RGB"
         log.warning("no Photometric Interpretation; assuming %s", photometric)
@@ -282,12 +279,13 @@ def _pixel_spec(ds: Dataset, ts: UID, keyword: str, ts_given: bool) -> PixelSpec
         bits_stored=bits_stored,
         pixel_representation=representation,
         photometric=photometric,
-        planar_configuration=int_or(ds.get("PlanarConfiguration"), 0),
+        planar_configuration=int_or(get("PlanarConfiguration", max_values=1), 0),
         keyword=keyword,
         pixel_vr=str(ds[keyword].VR),
         data=bytes(ds[keyword].value),
         extended_offsets=extended,
     )
+    get("NumberOfFrames")  # recorded as invalid when so; its reader below never quotes it
     return _with_frames(spec, ds.get("NumberOfFrames"))
 
 
@@ -323,10 +321,10 @@ def _native_bytes(spec: PixelSpec, frames: int) -> int:
     return (values * spec.bits_allocated + 7) // 8
 
 
-def _output_layout(ds: Dataset, spec: PixelSpec) -> tuple[int, int]:
+def _output_layout(header: CheckedHeader, spec: PixelSpec) -> tuple[int, int]:
     """(samples, bytes per sample) of the returned array: a palette expands to RGB."""
     if spec.photometric == "PALETTE COLOR":
-        descriptor = ds.get("RedPaletteColorLookupTableDescriptor") or [0, 0, 8]
+        descriptor = header.get("RedPaletteColorLookupTableDescriptor", max_values=3) or [0, 0, 8]
         bits = int(descriptor[2]) if len(descriptor) == 3 else 8
         return 3, 2 if bits > 8 else 1
     return spec.samples, spec.dtype.itemsize

@@ -57,8 +57,9 @@ from services.common.errors import (
     TooLarge,
 )
 from services.common.images import DecodedImage
-from services.common.settings import DecoderSettings
-from services.decoder.core import DecodeLimits, decode_instance
+from services.common.settings import DecodeLimits, DecoderSettings
+from services.decoder.core import decode_instance
+from services.decoder.header import quiet_pydicom
 
 T = TypeVar("T")
 DecodeFn = Callable[[bytes, DecodeLimits], DecodedImage]
@@ -353,6 +354,7 @@ def _init_worker(memory_bytes: int, log_level: str) -> None:
     """Runs once in each new worker: the service's logging; no core dumps; a memory cap."""
     logs.configure(log_level)
     warnings.simplefilter("ignore")  # pydicom warns with tag values, which may identify a patient
+    quiet_pydicom()  # nor may it log them: values are checked by services/decoder/header.py
     resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     if memory_bytes > 0:
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]

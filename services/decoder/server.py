@@ -10,13 +10,10 @@ import grpc
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common import logs, server
 from services.common.settings import DecoderSettings
-from services.decoder.core import DecodeLimits
 from services.decoder.pool import DecoderPool
 from services.decoder.servicer import DecoderServicer
 
 SERVICE_NAME = decoder_pb2.DESCRIPTOR.services_by_name["DicomDecoder"].full_name
-# DecodeLimits fields are read from the DecoderSettings field of the same name, except these.
-_SETTING_FOR_LIMIT = {"max_bytes": "max_encoded_bytes"}
 
 
 @dataclass
@@ -31,20 +28,10 @@ class RunningDecoder(server.RunningServer):
             self.pool.close()  # in-flight RPCs had their grace; cancel what is left
 
 
-def decode_limits(settings: DecoderSettings) -> DecodeLimits:
-    """Each DecodeLimits field from the setting of the same name, where one is set: a new limit
-    needs one settings field and no code here."""
-    values = {
-        f.name: getattr(settings, _SETTING_FOR_LIMIT.get(f.name, f.name), None)
-        for f in dataclasses.fields(DecodeLimits)
-    }
-    return DecodeLimits(**{name: value for name, value in values.items() if value is not None})
-
-
 def start(settings: DecoderSettings, pool: DecoderPool | None = None) -> RunningDecoder:
     """Start the worker pool and serve (tests call this in-process, optionally with a pool)."""
     pool = pool or DecoderPool.from_settings(settings)
-    limits = decode_limits(settings)
+    limits = settings.limits()
 
     def register(srv: grpc.Server) -> None:
         decoder_pb2_grpc.add_DicomDecoderServicer_to_server(DecoderServicer(pool, limits), srv)

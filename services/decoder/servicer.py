@@ -7,7 +7,7 @@ import grpc
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common.convert import image_to_proto
 from services.common.metrics import stage_timer
-from services.decoder.core import DecodeLimits
+from services.common.settings import DecodeLimits
 from services.decoder.pool import DecoderPool
 
 

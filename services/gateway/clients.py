@@ -1,8 +1,8 @@
 """Calls from the gateway to the inner services and Triton.
 
-This is the one seam where foreign errors (grpc.RpcError, tritonclient's
-InferenceServerException) become PlatformErrors: an inner service's INVALID_ARGUMENT keeps its
-code and reason; a peer that cannot be reached becomes UNAVAILABLE naming which one.
+Foreign errors (grpc.RpcError, tritonclient's InferenceServerException) become PlatformErrors
+through services/common/remote_errors.py: an inner service's error is re-raised as the class it
+raised; a peer that cannot be reached becomes UNAVAILABLE naming which one.
 """
 
 from __future__ import annotations
@@ -22,37 +22,16 @@ from tritonclient.utils import InferenceServerException
 from services.api.imaging.v1 import (
     decoder_pb2,
     decoder_pb2_grpc,
-    postprocessor_pb2,
     postprocessor_pb2_grpc,
-    preprocessor_pb2,
     preprocessor_pb2_grpc,
 )
-from services.common import errors, tensors
-from services.common.convert import (
-    geometry_to_proto,
-    grid_from_proto,
-    grid_to_proto,
-    image_from_proto,
-    image_to_proto,
-    prepared_from_proto,
-    priority_from_proto,
-    segmentation_from_proto,
-)
+from services.common import convert, errors
 from services.common.images import DecodedImage, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
-from services.postprocessor.core import Assessment, Finding
-from services.postprocessor.measurements import Measurement
+from services.common.remote_errors import from_rpc_error, from_triton_error
+from services.common.results import Assessment
 
 T = TypeVar("T")
-
-_PASS_THROUGH: dict[grpc.StatusCode, type[errors.PlatformError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidInput,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.TooLarge,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.NoMatchingPipeline,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
-}
-
 
 # Spread calls over every address the target resolves to (a headless Service's pods, or an
 # `ipv4:a,b` list) instead of pinning one connection; see the chart's peer Services.
@@ -65,15 +44,6 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.service_config", _ROUND_ROBIN),
     ]
-
-
-def _translate_rpc(peer: str, err: grpc.RpcError) -> errors.PlatformError:
-    code, details = err.code(), err.details() or ""
-    if code in _PASS_THROUGH:
-        return _PASS_THROUGH[code](details)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return errors.DependencyUnavailable(f"{peer} is unavailable: {details}")
-    return errors.InternalError(f"{peer} failed ({code.name}): {details}")
 
 
 class _ServiceClient:
@@ -90,7 +60,7 @@ class _ServiceClient:
                 request, timeout=self._timeout, metadata=((REQUEST_ID_HEADER, request_id),)
             )
         except grpc.RpcError as err:
-            raise _translate_rpc(self._peer, err) from None
+            raise from_rpc_error(self._peer, err) from None
 
     def close(self) -> None:
         self.channel.close()
@@ -103,7 +73,7 @@ class DecoderClient(_ServiceClient):
 
     def decode(self, dicom: bytes, request_id: str) -> DecodedImage:
         reply = self.call(self._stub.Decode, decoder_pb2.DecodeRequest(dicom=dicom), request_id)
-        return image_from_proto(reply.image)
+        return convert.image_from_proto(reply.image)
 
 
 class PreprocessorClient(_ServiceClient):
@@ -114,15 +84,9 @@ class PreprocessorClient(_ServiceClient):
     def preprocess(
         self, pipeline: str, images: Sequence[DecodedImage], request_id: str
     ) -> Preprocessed:
-        request = preprocessor_pb2.PreprocessRequest(
-            pipeline=pipeline, images=[image_to_proto(i) for i in images]
-        )
-        reply = self.call(self._stub.Preprocess, request, request_id)
-        batch = tensors.from_proto(reply.batch)
-        return Preprocessed(
-            batch,
-            prepared_from_proto(reply.geometries, batch),
-            grid_from_proto(reply.volume) if reply.HasField("volume") else None,
+        request = convert.preprocess_request(pipeline, images)
+        return convert.preprocessed_from_proto(
+            self.call(self._stub.Preprocess, request, request_id)
         )
 
 
@@ -139,40 +103,8 @@ class PostprocessorClient(_ServiceClient):
         prepared: Preprocessed,
         request_id: str,
     ) -> Assessment:
-        request = postprocessor_pb2.PostprocessRequest(
-            pipeline=pipeline,
-            outputs={name: tensors.to_proto(array) for name, array in outputs.items()},
-            sop_instance_uids=list(sop_instance_uids),
-            geometries=[geometry_to_proto(p.geometry) for p in prepared.images],
-        )
-        if prepared.grid is not None:
-            request.volume.CopyFrom(grid_to_proto(prepared.grid))
-        reply = self.call(self._stub.Postprocess, request, request_id)
-        findings = [
-            Finding(
-                f.code,
-                f.coding_scheme,
-                f.display_name,
-                f.probability,
-                f.threshold,
-                f.positive,
-                f.sop_instance_uid,
-                f.heatmap_png,
-            )
-            for f in reply.findings
-        ]
-        measurements = [
-            Measurement(
-                m.code, m.coding_scheme, m.display_name, m.value, m.unit, m.series_instance_uid
-            )
-            for m in reply.measurements
-        ]
-        return Assessment(
-            findings,
-            priority_from_proto(reply.triage_priority),
-            measurements,
-            [segmentation_from_proto(s) for s in reply.segmentations],
-        )
+        request = convert.postprocess_request(pipeline, outputs, sop_instance_uids, prepared)
+        return convert.assessment_from_proto(self.call(self._stub.Postprocess, request, request_id))
 
 
 @contextmanager
@@ -180,18 +112,7 @@ def _triton_errors(address: str, model: str) -> Iterator[None]:
     try:
         yield
     except InferenceServerException as err:
-        status, message = str(err.status() or ""), err.message() or str(err)
-        if "UNAVAILABLE" in status:
-            raise errors.DependencyUnavailable(
-                f"inference server at {address} is unavailable: {message}"
-            ) from None
-        if "DEADLINE_EXCEEDED" in status:
-            raise errors.DeadlineExceeded(f"model {model} did not answer in time") from None
-        if "NOT_FOUND" in status or "not found" in message or "unknown model" in message:
-            raise errors.DependencyUnavailable(
-                f"model {model} is not loaded on the inference server: {message}"
-            ) from None
-        raise errors.InternalError(f"model {model} rejected the request: {message}") from None
+        raise from_triton_error(address, model, err) from None
 
 
 class TritonClient:
@@ -253,7 +174,7 @@ class TritonClient:
             for name in output_names:
                 array = result.as_numpy(name)
                 if array is None:
-                    raise errors.InternalError(f"model {model} returned no output {name!r}")
+                    raise errors.ContractViolation(f"model {model} returned no output {name!r}")
                 parts[name].append(array)
         return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 

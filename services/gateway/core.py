@@ -6,27 +6,22 @@ without gRPC; the servicer only converts messages.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from services.common.cards import ModelCard, card_from_parameters
 from services.common.errors import DependencyUnavailable, InvalidInput, TooLarge
-from services.common.grids import Segmentation
 from services.common.images import DecodedImage, Preprocessed
 from services.common.metrics import stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
-from services.postprocessor.core import Assessment, Finding
-from services.postprocessor.measurements import Measurement
+from services.common.results import Assessment, ModelRef, StudyRequest, StudyResult
 
-RequestPriority = Literal["DEFAULT", "ROUTINE", "URGENT"]
-# Triton: 1 is the highest of the configured priority levels, 0 means the model's default;
-# models configured without priority levels (the shipped default) ignore it.
-TRITON_PRIORITY: dict[str, int] = {"DEFAULT": 0, "URGENT": 1, "ROUTINE": 2}
-
+log = logging.getLogger(__name__)
 
 # Stages the gateway times for every study (metrics and AnalyzeResponse.timings).
 STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
@@ -69,27 +64,6 @@ class Postprocessor(Protocol):
         prepared: Preprocessed,
         request_id: str,
     ) -> Assessment: ...
-
-
-@dataclass(frozen=True)
-class StudyRequest:
-    instances: list[bytes]
-    pipeline: str = ""
-    priority: RequestPriority = "DEFAULT"
-    request_id: str = ""
-
-
-@dataclass(frozen=True)
-class StudyResult:
-    request_id: str
-    pipeline: str
-    model_name: str
-    model_version: str
-    findings: list[Finding]
-    triage_priority: str
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    measurements: list[Measurement] = field(default_factory=list)
-    segmentations: list[Segmentation] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -137,21 +111,21 @@ class StudyAnalyzer:
         self.check_limits(request.instances)
         seconds: dict[str, float] = {}
         with stage_timer("gateway", "total", seconds):
-            assessment, pipeline = self._run(request, seconds)
-        model = pipeline.model
+            assessment, pipeline, prepared = self._run(request, seconds)
+        for warning in prepared.warnings:
+            log.warning("pipeline %s: %s", pipeline.name, warning)
         return StudyResult(
             request_id=request.request_id,
             pipeline=pipeline.name,
-            model_name=model.name,
-            model_version=model.version,
-            findings=assessment.findings,
-            triage_priority=assessment.triage_priority,
+            model=ModelRef(pipeline.model.name, pipeline.model.version),
+            assessment=assessment,
             timings_ms={stage: s * 1e3 for stage, s in seconds.items()},
-            measurements=assessment.measurements,
-            segmentations=assessment.segmentations,
+            warnings=prepared.warnings,
         )
 
-    def _run(self, request: StudyRequest, seconds: dict[str, float]) -> tuple[Assessment, Pipeline]:
+    def _run(
+        self, request: StudyRequest, seconds: dict[str, float]
+    ) -> tuple[Assessment, Pipeline, Preprocessed]:
         rid = request.request_id
         # Name the pipeline first so an unknown name fails before any decoding work.
         named: Pipeline | None = self.registry.get(request.pipeline) if request.pipeline else None
@@ -171,7 +145,7 @@ class StudyAnalyzer:
                 model.input,
                 prepared.batch,
                 model.outputs,
-                TRITON_PRIORITY[request.priority],
+                request.priority.triton_priority,
                 rid,
             )
         uids = (
@@ -183,7 +157,7 @@ class StudyAnalyzer:
             assessment = self._postprocessor.postprocess(
                 pipeline.name, outputs, uids, prepared, rid
             )
-        return assessment, pipeline
+        return assessment, pipeline, prepared
 
     def _preprocess(self, pipeline: Pipeline, images: list[DecodedImage], rid: str) -> Preprocessed:
         if pipeline.kind == "volume":  # the series is one model input
@@ -194,7 +168,9 @@ class StudyAnalyzer:
             self._pool.map(lambda i: self._preprocessor.preprocess(pipeline.name, [i], rid), images)
         )
         return Preprocessed(
-            np.concatenate([p.batch for p in parts]), [i for p in parts for i in p.images]
+            np.concatenate([p.batch for p in parts]),
+            [g for p in parts for g in p.geometries],
+            warnings=[w for p in parts for w in p.warnings],
         )
 
     def card(self, pipeline: Pipeline) -> ModelCard | None:

@@ -1,40 +1,22 @@
-"""Model outputs -> findings and a triage priority, as the pipeline's rules say."""
+"""Model outputs -> findings and a triage priority, as the pipeline's rules say.
+
+Model outputs that do not have what the rules read are the platform's fault (the pipeline
+and the served model disagree), not the caller's: ContractViolation, INTERNAL.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from services.common import pipelines as spec
-from services.common.errors import InvalidInput
+from services.common.errors import ContractViolation
 from services.common.grids import Segmentation, VolumeGrid
-from services.common.images import ModelInput
+from services.common.images import Geometry
+from services.common.results import Assessment, Finding, Measurement
 from services.postprocessor import heatmaps
-from services.postprocessor.measurements import Measurement, measure
-
-PRIORITY_ORDER = ("ROUTINE", "URGENT", "STAT")
-
-
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    coding_scheme: str
-    display_name: str
-    probability: float
-    threshold: float
-    positive: bool
-    sop_instance_uid: str
-    heatmap_png: bytes = b""
-
-
-@dataclass(frozen=True)
-class Assessment:
-    findings: list[Finding]
-    triage_priority: str
-    measurements: list[Measurement] = field(default_factory=list)
-    segmentations: list[Segmentation] = field(default_factory=list)
+from services.postprocessor.measurements import measure
 
 
 def _activate(values: np.ndarray, activation: str) -> np.ndarray:
@@ -48,24 +30,24 @@ def _heatmaps(
     rule: spec.FindingRule,
     outputs: Mapping[str, np.ndarray],
     rows: int,
-    prepared: Sequence[ModelInput],
+    geometries: Sequence[Geometry],
     opacity: float,
 ) -> list[bytes]:
     if rule.heatmap_output is None:
         return [b""] * rows
     cams = outputs.get(rule.heatmap_output)
     if cams is None or len(cams) != rows:
-        raise InvalidInput(f"model output {rule.heatmap_output!r} must have one map per image")
-    if len(prepared) != rows:
-        raise InvalidInput("heatmaps need each image's geometry")
+        raise ContractViolation(f"model output {rule.heatmap_output!r} must have one map per image")
+    if len(geometries) != rows:
+        raise ContractViolation("heatmaps need each image's geometry")
     # A map per class: take this rule's channel when the CAM has several.
     return [
         heatmaps.render(
             cam[rule.index] if cam.ndim == 3 and cam.shape[0] > rule.index else cam,
-            p.geometry,
+            geometry,
             opacity,
         )
-        for cam, p in zip(cams, prepared, strict=True)
+        for cam, geometry in zip(cams, geometries, strict=True)
     ]
 
 
@@ -73,12 +55,12 @@ def assess(
     outputs: Mapping[str, np.ndarray],
     sop_instance_uids: Sequence[str],
     pipeline: spec.Pipeline,
-    prepared: Sequence[ModelInput] = (),
+    geometries: Sequence[Geometry] = (),
     grid: VolumeGrid | None = None,
 ) -> Assessment:
     """Apply each finding rule to each image row; the study's priority is the most urgent.
 
-    ``prepared`` (the geometry of each row) is needed only for heatmaps, ``grid``
+    ``geometries`` (where each row came from in its image) is needed only for heatmaps, ``grid``
     (the series' voxel grid) only for the measurements of volume pipelines.
     """
     rows = len(sop_instance_uids)
@@ -86,42 +68,31 @@ def assess(
     priority = pipeline.postprocess.default_priority
     for rule in pipeline.postprocess.findings:
         if rule.output not in outputs:
-            raise InvalidInput(f"model output {rule.output!r} is missing")
+            raise ContractViolation(f"model output {rule.output!r} is missing")
         values = np.asarray(outputs[rule.output], dtype=np.float64)
         if values.ndim == 0 or values.shape[0] != rows:
-            raise InvalidInput(
+            raise ContractViolation(
                 f"model output {rule.output!r} has shape {values.shape}; expected {rows} rows"
             )
         values = values.reshape(rows, -1)
         if rule.index >= values.shape[1]:
-            raise InvalidInput(
+            raise ContractViolation(
                 f"model output {rule.output!r} has {values.shape[1]} columns; rule "
-                f"{rule.code} reads column {rule.index}"
+                f"{rule.concept.code} reads column {rule.index}"
             )
         probabilities = _activate(values[:, rule.index], rule.activation)
-        maps = _heatmaps(rule, outputs, rows, prepared, pipeline.postprocess.heatmap_opacity)
+        maps = _heatmaps(rule, outputs, rows, geometries, pipeline.postprocess.heatmap_opacity)
         for uid, probability, png in zip(sop_instance_uids, probabilities, maps, strict=True):
             positive = bool(probability >= rule.threshold)
             findings.append(
-                Finding(
-                    rule.code,
-                    rule.coding_scheme,
-                    rule.display_name,
-                    float(probability),
-                    rule.threshold,
-                    positive,
-                    uid,
-                    png,
-                )
+                Finding(rule.concept, float(probability), rule.threshold, positive, uid, png)
             )
-            if positive and PRIORITY_ORDER.index(rule.priority_if_positive) > PRIORITY_ORDER.index(
-                priority
-            ):
-                priority = rule.priority_if_positive
+            if positive:
+                priority = priority.at_least(rule.priority_if_positive)
     measurements: list[Measurement] = []
     segmentations: list[Segmentation] = []
     if pipeline.postprocess.measurements:
         if grid is None:
-            raise InvalidInput(f"pipeline {pipeline.name} measures volumes but got no grid")
+            raise ContractViolation(f"pipeline {pipeline.name} measures volumes but got no grid")
         measurements, segmentations = measure(outputs, grid, pipeline)
     return Assessment(findings, priority, measurements, segmentations)

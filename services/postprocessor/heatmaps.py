@@ -14,7 +14,7 @@ from io import BytesIO
 import numpy as np
 from PIL import Image
 
-from services.common.errors import InvalidInput
+from services.common.errors import ContractViolation
 from services.common.images import Geometry
 
 _SMOOTH_PX = 256
@@ -29,7 +29,7 @@ def render(cam: np.ndarray, geometry: Geometry, opacity: float) -> bytes:
     """RGBA PNG, rows x cols of the original image; transparent where the map is zero."""
     cam = np.asarray(cam, dtype=np.float32).squeeze()
     if cam.ndim != 2:
-        raise InvalidInput(f"a class activation map must be 2-D, got shape {cam.shape}")
+        raise ContractViolation(f"a class activation map must be 2-D, got shape {cam.shape}")
     cam = np.maximum(cam, 0.0)
     peak = float(cam.max())
     cam = cam / peak if peak > 0 else cam

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from services.common import pipelines as spec
-from services.common.errors import InvalidInput
-from services.common.grids import Segmentation, VolumeGrid, resample
-
-
-@dataclass(frozen=True)
-class Measurement:
-    code: str
-    coding_scheme: str
-    display_name: str
-    value: float
-    unit: str
-    series_instance_uid: str
+from services.common.errors import ContractViolation
+from services.common.grids import Segmentation, VolumeGrid
+from services.common.resampling import resample
+from services.common.results import Measurement
 
 
 def measure(
@@ -29,20 +20,17 @@ def measure(
     measurements, segmentations = [], []
     for rule in pipeline.postprocess.measurements:
         if rule.output not in outputs:
-            raise InvalidInput(f"model output {rule.output!r} is missing")
+            raise ContractViolation(f"model output {rule.output!r} is missing")
         prob = np.squeeze(np.asarray(outputs[rule.output], dtype=np.float32))
         if prob.ndim != 3:
             shape = outputs[rule.output].shape
-            raise InvalidInput(f"model output {rule.output!r} must be one 3-D map, got {shape}")
+            raise ContractViolation(
+                f"model output {rule.output!r} must be one 3-D map, got {shape}"
+            )
         mask = (resample(prob, grid.shape) >= rule.threshold).astype(np.uint8)
         measurements.append(
             Measurement(
-                rule.code,
-                rule.coding_scheme,
-                rule.display_name,
-                float(mask.sum()) * grid.voxel_ml,
-                rule.unit,
-                grid.series_instance_uid,
+                rule.concept, float(mask.sum()) * grid.voxel_ml, rule.unit, grid.series_instance_uid
             )
         )
         if rule.segmentation_label:

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from services.api.imaging.v1 import findings_pb2, postprocessor_pb2, postprocessor_pb2_grpc
-from services.common import tensors
-from services.common.convert import (
-    grid_from_proto,
-    prepared_from_proto,
-    priority_to_proto,
-    segmentation_to_proto,
-)
+from services.api.imaging.v1 import postprocessor_pb2, postprocessor_pb2_grpc
+from services.common import convert, tensors
 from services.common.metrics import stage_timer
 from services.common.pipelines import PipelineRegistry
 from services.postprocessor.core import assess
@@ -26,13 +20,8 @@ class PostprocessorServicer(postprocessor_pb2_grpc.PostprocessorServicer):
     ) -> postprocessor_pb2.PostprocessResponse:
         pipeline = self._registry.get(request.pipeline)
         outputs = {name: tensors.from_proto(t) for name, t in request.outputs.items()}
-        prepared = prepared_from_proto(request.geometries)
-        grid = grid_from_proto(request.volume) if request.HasField("volume") else None
+        geometries = [convert.geometry_from_proto(g) for g in request.geometries]
+        grid = convert.grid_from_proto(request.volume) if request.HasField("volume") else None
         with stage_timer("postprocessor", "postprocess"):
-            result = assess(outputs, list(request.sop_instance_uids), pipeline, prepared, grid)
-        return postprocessor_pb2.PostprocessResponse(
-            findings=[findings_pb2.Finding(**vars(f)) for f in result.findings],
-            triage_priority=priority_to_proto(result.triage_priority),
-            measurements=[findings_pb2.Measurement(**vars(m)) for m in result.measurements],
-            segmentations=[segmentation_to_proto(s) for s in result.segmentations],
-        )
+            result = assess(outputs, list(request.sop_instance_uids), pipeline, geometries, grid)
+        return convert.assessment_to_proto(result)

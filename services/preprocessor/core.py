@@ -7,15 +7,24 @@ uses, so the model sees bit-for-bit the arithmetic it was trained with.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from services.common import pipelines as spec
 from services.common.errors import InvalidInput
-from services.common.images import DecodedImage, Geometry, ImageAttributes, ModelInput
+from services.common.images import DecodedImage, Geometry, ImageAttributes, Preprocessed
 
 Frame = np.ndarray  # (rows, cols, samples) float32, owned by the pipeline run (steps may modify it)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One image prepared for the model, and where in the image it came from."""
+
+    tensor: np.ndarray  # (channels, height, width) float32
+    geometry: Geometry
 
 
 def _stored_range(attrs: ImageAttributes) -> tuple[float, float]:
@@ -172,14 +181,14 @@ def _stack(arrays: Sequence[np.ndarray], pipeline: spec.Pipeline) -> np.ndarray:
     return np.stack(arrays)
 
 
-def prepare_batch(
-    images: Sequence[DecodedImage], pipeline: spec.Pipeline
-) -> tuple[np.ndarray, list[ModelInput]]:
+def prepare_batch(images: Sequence[DecodedImage], pipeline: spec.Pipeline) -> Preprocessed:
     """Images -> float32 (N, C, H, W) and the per-image geometry."""
     if not images:
         raise InvalidInput("no images to preprocess")
     prepared = [prepare(image, pipeline) for image in images]
-    return _stack([p.tensor for p in prepared], pipeline), prepared
+    return Preprocessed(
+        _stack([p.tensor for p in prepared], pipeline), [p.geometry for p in prepared]
+    )
 
 
 def training_batch(images: np.ndarray, pipeline: spec.Pipeline) -> np.ndarray:
@@ -188,4 +197,4 @@ def training_batch(images: np.ndarray, pipeline: spec.Pipeline) -> np.ndarray:
         raise InvalidInput(f"training images must be uint8 (N, H, W), got {images.dtype}")
     attrs = ImageAttributes(photometric_interpretation="MONOCHROME2", bits_stored=8)
     decoded = [DecodedImage(image[None, :, :, None], attrs) for image in images]
-    return prepare_batch(decoded, pipeline)[0]
+    return prepare_batch(decoded, pipeline).batch

@@ -1,21 +1,25 @@
 """Volume pipelines: a series of instances -> one model input volume, plus its grid.
 
-The series is assembled along the slice normal (services.decoder.volumes), rescaled to
+The series is assembled along the slice normal (services.preprocessor.assembly), rescaled to
 modality values slice by slice, resampled trilinearly to the model's grid and laid out as
 NDHWC. The original grid goes along so outputs can be mapped back onto it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from services.common import pipelines as spec
-from services.common.errors import InvalidInput
-from services.common.grids import VolumeGrid, resample
-from services.common.images import DecodedImage
-from services.decoder.volumes import Volume, assemble_volumes
+from services.common.errors import InvalidInput, StudyRefused
+from services.common.grids import VolumeGrid
+from services.common.images import DecodedImage, Preprocessed
+from services.common.resampling import resample
+from services.preprocessor.assembly import Volume, assemble_volumes
+
+log = logging.getLogger(__name__)
 
 
 def _modality_values(volume: Volume, voxels: np.ndarray) -> np.ndarray:
@@ -26,10 +30,9 @@ def _modality_values(volume: Volume, voxels: np.ndarray) -> np.ndarray:
     return voxels
 
 
-def prepare_volume(
-    images: Sequence[DecodedImage], pipeline: spec.Pipeline
-) -> tuple[np.ndarray, VolumeGrid]:
-    """Images of one series -> (1, D, H, W, 1) float32 and the series' grid."""
+def prepare_volume(images: Sequence[DecodedImage], pipeline: spec.Pipeline) -> Preprocessed:
+    """Images of one series -> (1, D, H, W, 1) float32, the series' grid and the assembly's
+    warnings (a series with an issue the pipeline refuses is refused)."""
     if not images:
         raise InvalidInput("no images to assemble into a volume")
     volumes = assemble_volumes(images)
@@ -46,6 +49,11 @@ def prepare_volume(
             "the series lacks ImagePositionPatient/ImageOrientationPatient, so its geometry "
             "(and any volume in mL) would be a guess"
         )
+    refused = [n.text for n in volume.notes if n.issue in pipeline.refuse_volume_issues]
+    if refused:
+        raise StudyRefused(f"pipeline {pipeline.name} refuses this series: " + "; ".join(refused))
+    for note in volume.notes:  # the kind only: the texts go back to the caller
+        log.warning("volume warning: %s", note.issue.value)
     x = volume.voxels.astype(np.float32)
     if x.ndim != 3:
         raise InvalidInput("volume pipelines take single-channel series")
@@ -67,4 +75,5 @@ def prepare_volume(
         volume.spacing,
         volume.affine,
     )
-    return np.ascontiguousarray(x[None, :, :, :, None], dtype=np.float32), grid
+    batch = np.ascontiguousarray(x[None, :, :, :, None], dtype=np.float32)
+    return Preprocessed(batch, [], grid, list(volume.warnings))

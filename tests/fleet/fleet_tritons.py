@@ -8,10 +8,7 @@ version 2 can be broken without touching the other's.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +19,8 @@ import tritonclient.grpc as triton_grpc
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
-from services.cli.stack import free_port, triton_paths
-from services.triton_local.repository import derive_cpu_repository
+from services.cli.stack import free_port
+from services.triton_local import launch
 
 MODEL = "fleet_tiny"
 VERSIONS = (1, 2)
@@ -54,27 +51,6 @@ def write_source_repository(root: Path) -> Path:
         onnx.save(model, model_dir / str(version) / "model.onnx")
     (model_dir / "config.pbtxt").write_text(CONFIG)
     return root
-
-
-def _backend_directory(run_dir: Path) -> tuple[Path, dict[str, str]]:
-    """The python backend laid out as services/cli/stack.py does, and the server's env."""
-    _, server, libs = triton_paths()
-    backend = run_dir / "backends" / "python"
-    backend.mkdir(parents=True, exist_ok=True)
-    stub = server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
-    for source in (
-        server / "backends" / "python" / "libtriton_python.so",
-        server / "backends" / "python" / "triton_python_backend_utils.py",
-        stub / "triton_python_backend_stub",
-    ):
-        shutil.copy2(source, backend / source.name)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        p for p in (str(libs), sysconfig.get_config_var("LIBDIR"), env.get("LD_LIBRARY_PATH")) if p
-    )
-    env["IMAGING_ORT_THREADS"] = "1"
-    return backend.parent, env
 
 
 @dataclass
@@ -146,31 +122,18 @@ class LocalTriton:
 
 def start_tritonserver(name: str, run_dir: Path, source: Path) -> LocalTriton:
     """Spawn (without waiting) a tritonserver with v1 of the model loaded, as a pod starts."""
-    binary, _, _ = triton_paths()
-    backends, env = _backend_directory(run_dir)
-    repository = run_dir / "models"
-    derive_cpu_repository(source, repository)
     port = free_port()
     log = run_dir / "tritonserver.log"
-    argv = [
-        str(binary),
-        f"--model-repository={repository}",
-        f"--backend-directory={backends}",
+    flags = [
         "--model-control-mode=explicit",
         f"--load-model={MODEL}",
         f"--grpc-port={port}",
         "--allow-http=false",
         "--allow-metrics=false",
-        "--strict-readiness=true",
         "--exit-on-error=false",
     ]
-    process = subprocess.Popen(
-        argv,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=run_dir,
-        start_new_session=True,
+    process, repository = launch.start_tritonserver(
+        run_dir, source, flags, log, env={"IMAGING_ORT_THREADS": "1"}
     )
     return LocalTriton(name, repository, source, port, process, log)
 

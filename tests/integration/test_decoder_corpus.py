@@ -28,9 +28,9 @@ from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common.convert import image_from_proto
 from services.common.errors import PlatformError
 from services.common.images import DecodedImage
-from services.common.settings import DecoderSettings
+from services.common.settings import DecodeLimits, DecoderSettings
 from services.decoder import server as decoder_server
-from services.decoder.core import DecodeLimits, decode_instance
+from services.decoder.core import decode_instance
 from services.decoder.pool import DecoderPool
 
 pytestmark = pytest.mark.integration

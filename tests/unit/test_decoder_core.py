@@ -40,7 +40,8 @@ from pydicom.uid import (
 )
 
 from services.common.errors import InvalidInput, PlatformError, TooLarge, UnsupportedInput
-from services.decoder.core import DecodeLimits, decode_instance
+from services.common.settings import DecodeLimits
+from services.decoder.core import decode_instance
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
 MANIFEST = CORPUS / "MANIFEST.csv"
@@ -507,7 +508,7 @@ def test_too_many_decoded_bytes_counts_the_rgb_a_palette_expands_to() -> None:
 
 
 def test_too_many_encoded_bytes() -> None:
-    reason = _reason(_to_bytes(_synthetic()), TooLarge, DecodeLimits(max_bytes=100))
+    reason = _reason(_to_bytes(_synthetic()), TooLarge, DecodeLimits(max_encoded_bytes=100))
     assert "limit is 100 bytes" in reason
 
 

@@ -8,7 +8,6 @@ Failures are provoked deterministically with module-level functions run in the w
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import gzip
 import os
 import pickle
@@ -40,11 +39,10 @@ from services.common.errors import (
     UnsupportedInput,
 )
 from services.common.images import DecodedImage
-from services.common.settings import DecoderSettings
+from services.common.settings import DecodeLimits, DecoderSettings
 from services.decoder import server as decoder_server
-from services.decoder.core import DecodeLimits, decode_instance
+from services.decoder.core import decode_instance
 from services.decoder.pool import DecoderPool, describe_instance, sop_instance_uid
-from services.decoder.server import decode_limits
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
 TIMEOUT = 2.0
@@ -434,10 +432,11 @@ def test_limits_come_from_the_settings_of_the_same_name(monkeypatch: pytest.Monk
     monkeypatch.setenv("IMAGING_MAX_PIXELS", "2000")
     monkeypatch.setenv("IMAGING_MAX_COMPRESSION_RATIO", "50")
 
-    limits = decode_limits(DecoderSettings())
+    limits = DecoderSettings().limits()
 
-    expected = {"max_bytes": 1000, "max_pixels": 2000, "max_compression_ratio": 50.0}
-    assert limits == dataclasses.replace(DecodeLimits(), **expected)  # the rest: defaults
+    expected = {"max_encoded_bytes": 1000, "max_pixels": 2000, "max_compression_ratio": 50.0}
+    assert limits == DecodeLimits().model_copy(update=expected)  # the rest: defaults
+    assert type(limits) is DecodeLimits  # not the whole settings object
 
 
 # --- naming the instance in reasons -------------------------------------------------------

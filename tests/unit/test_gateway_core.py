@@ -1,7 +1,40 @@
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
 
-from services.common.errors import InvalidInput, TooLarge
-from services.gateway.core import assemble_instances
+from services.common.cards import ModelCard
+from services.common.errors import (
+    ContractViolation,
+    DeadlineExceeded,
+    DependencyUnavailable,
+    InvalidInput,
+    Misconfiguration,
+    NoMatchingPipeline,
+    NotFound,
+    PlatformError,
+    StudyRefused,
+    TooLarge,
+)
+from services.common.grids import VolumeGrid
+from services.common.images import DecodedImage, Geometry, ImageAttributes, Preprocessed
+from services.common.pipelines import PipelineRegistry
+from services.common.results import (
+    Assessment,
+    CodedConcept,
+    Finding,
+    ModelRef,
+    RequestPriority,
+    StudyRequest,
+    StudyResult,
+    TriagePriority,
+)
+from services.gateway.core import STAGES, Limits, StudyAnalyzer, assemble_instances
 
 
 def test_chunks_are_joined_per_instance_in_order() -> None:
@@ -27,3 +60,552 @@ def test_limits_are_enforced_while_receiving() -> None:
         assemble_instances(endless(), 3, 10**6)
     with pytest.raises(TooLarge, match="exceeds the limit of 25 bytes"):
         assemble_instances(((0, b"x" * 10) for _ in range(100)), 3, 25)
+
+
+# --- StudyAnalyzer with fake backends ---------------------------------------------------------
+
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+SERIES_UID = "1.2.826.0.1.3680043.10.1.77"
+AUTO_ROUTED = ("cxr_pneumonia", "mri_brain_extraction", "us_breast")
+
+
+@pytest.fixture(scope="module")
+def registry() -> PipelineRegistry:
+    return PipelineRegistry.load(PIPELINES)
+
+
+def study(
+    n: int, modality: str = "CR", body_part: str = "CHEST"
+) -> tuple[list[bytes], dict[bytes, ImageAttributes]]:
+    """n distinct instances and the attributes the fake decoder returns for each."""
+    instances = [f"dicom-{index}".encode() for index in range(n)]
+    attributes = {
+        data: ImageAttributes(
+            sop_instance_uid=f"1.2.3.{index}",
+            series_instance_uid=SERIES_UID,
+            modality=modality,
+            body_part_examined=body_part,
+            instance_number=index,
+        )
+        for index, data in enumerate(instances)
+    }
+    return instances, attributes
+
+
+class FakeDecoder:
+    """Pixels hold the instance's index; optionally waits at a barrier, then finishes in
+    reverse instance order so that results arriving out of order would be noticed."""
+
+    def __init__(
+        self,
+        attributes: Mapping[bytes, ImageAttributes],
+        barrier: threading.Barrier | None = None,
+        error: PlatformError | None = None,
+    ) -> None:
+        self.attributes = dict(attributes)
+        self.barrier = barrier
+        self.error = error
+        self.calls: list[tuple[bytes, str]] = []
+        self.threads: set[int] = set()
+        self._lock = threading.Lock()
+
+    def decode(self, dicom: bytes, request_id: str) -> DecodedImage:
+        with self._lock:
+            self.calls.append((dicom, request_id))
+            self.threads.add(threading.get_ident())
+        if self.error is not None:
+            raise self.error
+        attrs = self.attributes[dicom]
+        if self.barrier is not None:
+            self.barrier.wait()
+            time.sleep(0.01 * (len(self.attributes) - attrs.instance_number))
+        return DecodedImage(np.full((1, 4, 4, 1), attrs.instance_number, np.uint16), attrs)
+
+
+class FakePreprocessor:
+    """Image pipelines: a 1-row batch filled with the image's index; volume pipelines: one
+    row for the series with its grid."""
+
+    def __init__(
+        self,
+        barrier: threading.Barrier | None = None,
+        error: PlatformError | None = None,
+        volume_warnings: Sequence[str] = (),
+    ) -> None:
+        self.barrier = barrier
+        self.error = error
+        self.volume_warnings = list(volume_warnings)
+        self.calls: list[tuple[str, list[DecodedImage], str]] = []
+        self.threads: set[int] = set()
+        self._lock = threading.Lock()
+
+    def preprocess(
+        self, pipeline: str, images: Sequence[DecodedImage], request_id: str
+    ) -> Preprocessed:
+        with self._lock:
+            self.calls.append((pipeline, list(images), request_id))
+            self.threads.add(threading.get_ident())
+        if self.error is not None:
+            raise self.error
+        if pipeline == "mri_brain_extraction":
+            grid = VolumeGrid(SERIES_UID, (len(images), 4, 4), (1.0, 1.0, 1.0), np.eye(4))
+            return Preprocessed(
+                np.zeros((1, 2, 2, 2, 1), np.float32), [], grid, list(self.volume_warnings)
+            )
+        (image,) = images
+        index = int(image.pixels[0, 0, 0, 0])
+        if self.barrier is not None:
+            self.barrier.wait()
+            time.sleep(0.01 * max(0, 10 - index))
+        return Preprocessed(
+            np.full((1, 1, 2, 2), index, np.float32),
+            [Geometry(4 + index, 4, 0, 0, 4, 4)],
+            warnings=[f"image {index} was cropped"],
+        )
+
+
+class FakeInference:
+    def __init__(self, error: PlatformError | None = None, delay: float = 0.0) -> None:
+        self.error = error
+        self.delay = delay
+        self.calls: list[dict[str, Any]] = []
+        self.outputs: dict[str, np.ndarray] = {}
+
+    def infer(
+        self,
+        model: str,
+        version: str,
+        input_name: str,
+        batch: np.ndarray,
+        output_names: Sequence[str],
+        priority: int,
+        request_id: str,
+    ) -> dict[str, np.ndarray]:
+        self.calls.append(
+            {
+                "model": model,
+                "version": version,
+                "input_name": input_name,
+                "batch": batch.copy(),
+                "output_names": list(output_names),
+                "priority": priority,
+                "request_id": request_id,
+            }
+        )
+        if self.error is not None:
+            raise self.error
+        time.sleep(self.delay)
+        self.outputs = {name: np.zeros((len(batch), 1), np.float32) for name in output_names}
+        return self.outputs
+
+
+class FakeInferenceWithMetadata(FakeInference):
+    def __init__(self, parameters: dict[str, str] | PlatformError) -> None:
+        super().__init__()
+        self.parameters = parameters
+        self.metadata_calls: list[tuple[str, str]] = []
+
+    def model_parameters(self, model: str, version: str) -> dict[str, str]:
+        self.metadata_calls.append((model, version))
+        if isinstance(self.parameters, PlatformError):
+            raise self.parameters
+        return self.parameters
+
+
+PNEUMONIA = CodedConcept(code="233604007", display_name="Pneumonia")
+
+
+class FakePostprocessor:
+    def __init__(self, error: PlatformError | None = None) -> None:
+        self.error = error
+        self.calls: list[dict[str, Any]] = []
+
+    def postprocess(
+        self,
+        pipeline: str,
+        outputs: Mapping[str, np.ndarray],
+        sop_instance_uids: Sequence[str],
+        prepared: Preprocessed,
+        request_id: str,
+    ) -> Assessment:
+        self.calls.append(
+            {
+                "pipeline": pipeline,
+                "outputs": outputs,
+                "uids": list(sop_instance_uids),
+                "prepared": prepared,
+                "request_id": request_id,
+            }
+        )
+        if self.error is not None:
+            raise self.error
+        findings = [
+            Finding(PNEUMONIA, 0.9, 0.68, positive=True, sop_instance_uid=uid)
+            for uid in sop_instance_uids
+        ]
+        return Assessment(findings, TriagePriority.URGENT)
+
+
+@dataclass
+class Backends:
+    decoder: FakeDecoder
+    preprocessor: FakePreprocessor = field(default_factory=FakePreprocessor)
+    inference: FakeInference = field(default_factory=FakeInference)
+    postprocessor: FakePostprocessor = field(default_factory=FakePostprocessor)
+
+
+LIMITS = Limits(max_instances=8, max_study_bytes=1000)
+
+
+@pytest.fixture
+def make_analyzer(registry: PipelineRegistry) -> Iterator[Callable[..., StudyAnalyzer]]:
+    made: list[StudyAnalyzer] = []
+
+    def make(backends: Backends, limits: Limits = LIMITS, workers: int = 8) -> StudyAnalyzer:
+        analyzer = StudyAnalyzer(
+            registry,
+            backends.decoder,
+            backends.preprocessor,
+            backends.inference,
+            backends.postprocessor,
+            limits,
+            workers=workers,
+        )
+        made.append(analyzer)
+        return analyzer
+
+    yield make
+    for analyzer in made:
+        analyzer.close()
+
+
+# 1. routing
+
+
+@pytest.mark.parametrize(
+    ("modality", "body_part", "expected"),
+    [
+        ("CR", "CHEST", "cxr_pneumonia"),
+        ("DX", "chest", "cxr_pneumonia"),
+        ("US", "BREAST", "us_breast"),
+    ],
+)
+def test_studies_are_routed_by_their_tags(
+    make_analyzer: Callable[..., StudyAnalyzer], modality: str, body_part: str, expected: str
+) -> None:
+    instances, attributes = study(2, modality, body_part)
+    backends = Backends(FakeDecoder(attributes))
+    result = make_analyzer(backends).analyze(StudyRequest(instances, request_id="r1"))
+    assert result.pipeline == expected
+    assert result.model == ModelRef(expected, "1")
+    assert {call[0] for call in backends.preprocessor.calls} == {expected}
+    assert backends.inference.calls[0]["model"] == expected
+    assert backends.postprocessor.calls[0]["pipeline"] == expected
+
+
+def test_a_study_no_pipeline_accepts_is_refused_with_each_pipelines_reason(
+    make_analyzer: Callable[..., StudyAnalyzer],
+) -> None:
+    instances, attributes = study(1, "CR", "KNEE")
+    backends = Backends(FakeDecoder(attributes))
+    with pytest.raises(NoMatchingPipeline) as excinfo:
+        make_analyzer(backends).analyze(StudyRequest(instances))
+    reason = excinfo.value.reason
+    for name in AUTO_ROUTED:
+        assert f"{name}:" in reason
+    assert "cxr_pneumonia_ensemble" not in reason  # not auto-routed
+    assert "'KNEE'" in reason
+    assert len(backends.decoder.calls) == 1
+    assert backends.preprocessor.calls == []
+    assert backends.inference.calls == []
+
+
+def test_a_named_pipeline_runs_even_when_not_auto_routed(
+    make_analyzer: Callable[..., StudyAnalyzer],
+) -> None:
+    instances, attributes = study(2)
+    backends = Backends(FakeDecoder(attributes))
+    result = make_analyzer(backends).analyze(
+        StudyRequest(instances, pipeline="cxr_pneumonia_ensemble")
+    )
+    assert result.pipeline == "cxr_pneumonia_ensemble"
+    assert result.model == ModelRef("cxr_pneumonia_ensemble", "1")
+    (call,) = backends.inference.calls
+    assert call["model"] == "cxr_pneumonia_ensemble"
+    assert call["output_names"] == ["logits"]
+
+
+def test_a_named_pipeline_still_refuses_a_study_it_does_not_accept(
+    make_analyzer: Callable[..., StudyAnalyzer],
+) -> None:
+    instances, attributes = study(1, "CR", "CHEST")
+    backends = Backends(FakeDecoder(attributes))
+    with pytest.raises(NoMatchingPipeline, match="'us_breast' does not accept") as excinfo:
+        make_analyzer(backends).analyze(StudyRequest(instances, pipeline="us_breast"))
+    assert "Modality is 'CR'" in excinfo.value.reason
+    assert backends.preprocessor.calls == []
+    assert backends.inference.calls == []
+
+
+def test_an_unknown_pipeline_name_fails_before_any_decoding(
+    make_analyzer: Callable[..., StudyAnalyzer],
+) -> None:
+    instances, attributes = study(2)
+    backends = Backends(FakeDecoder(attributes))
+    with pytest.raises(NotFound, match="unknown pipeline 'no_such_pipeline'") as excinfo:
+        make_analyzer(backends).analyze(StudyRequest(instances, pipeline="no_such_pipeline"))
+    assert "cxr_pneumonia" in excinfo.value.reason  # lists what the deployment serves
+    assert backends.decoder.calls == []
+    assert backends.preprocessor.calls == []
+
+
+# 2. limits
+
+
+@pytest.mark.parametrize(
+    ("instances", "error", "pattern"),
+    [
+        ([], InvalidInput, "no DICOM instances"),
+        ([b"abc", b"", b"def"], InvalidInput, "instance 1 is empty"),
+        ([b"x"] * 4, TooLarge, "4 instances; the limit is 3"),
+        ([b"x" * 60, b"y" * 41], TooLarge, "101 bytes; the limit is 100"),
+    ],
+    ids=["no-instances", "empty-instance", "too-many-instances", "too-many-bytes"],
+)
+def test_limits_are_checked_before_decoding(
+    make_analyzer: Callable[..., StudyAnalyzer],
+    instances: list[bytes],
+    error: type[PlatformError],
+    pattern: str,
+) -> None:
+    backends = Backends(FakeDecoder({}))
+    analyzer = make_analyzer(backends, Limits(max_instances=3, max_study_bytes=100))
+    with pytest.raises(error, match=pattern) as excinfo:
+        analyzer.analyze(StudyRequest(instances))
+    assert type(excinfo.value) is error
+    assert backends.decoder.calls == []
+
+
+def test_a_study_at_the_limits_is_accepted(make_analyzer: Callable[..., StudyAnalyzer]) -> None:
+    instances, attributes = study(3)
+    size = sum(len(i) for i in instances)
+    backends = Backends(FakeDecoder(attributes))
+    analyzer = make_analyzer(backends, Limits(max_instances=3, max_study_bytes=size))
+    assert analyzer.analyze(StudyRequest(instances)).pipeline == "cxr_pneumonia"
+    assert len(backends.decoder.calls) == 3
+
+
+# 3. parallel decode and preprocess
+
+
+def test_instances_are_decoded_and_preprocessed_in_parallel_and_kept_in_order(
+    make_analyzer: Callable[..., StudyAnalyzer],
+) -> None:
+    n = 5
+    instances, attributes = study(n)
+    backends = Backends(
+        FakeDecoder(attributes, barrier=threading.Barrier(n, timeout=5)),
+        FakePreprocessor(barrier=threading.Barrier(n, timeout=5)),
+    )
+    result = make_analyzer(backends, workers=n).analyze(StudyRequest(instances, request_id="r7"))
+
+    assert sorted(d for d, _ in backends.decoder.calls) == sorted(instances)
+    assert {rid for _, rid in backends.decoder.calls} == {"r7"}
+    assert len(backends.decoder.threads) == n
+
+    assert len(backends.preprocessor.calls) == n
+    assert len(backends.preprocessor.threads) == n
+    for pipeline, images, rid in backends.preprocessor.calls:
+        assert (pipeline, len(images), rid) == ("cxr_pneumonia", 1, "r7")
+    preprocessed = sorted(
+        images[0].attributes.instance_number for _, images, _ in backends.preprocessor.calls
+    )
+    assert preprocessed == list(range(n))
+
+    (call,) = backends.inference.calls
+    expected = np.concatenate([np.full((1, 1, 2, 2), i, np.float32) for i in range(n)])
+    np.testing.assert_array_equal(call["batch"], expected)
+    assert call["batch"].shape == (n, 1, 2, 2)
+
+    (post,) = backends.postprocessor.calls
+    assert post["uids"] == [f"1.2.3.{i}" for i in range(n)]
+    assert post["outputs"] is backends.inference.outputs
+    assert post["request_id"] == "r7"
+    prepared = post["prepared"]
+    np.testing.assert_array_equal(prepared.batch, expected)
+    assert [g.rows for g in prepared.geometries] == [4 + i for i in range(n)]
+    assert prepared.grid is None
+    assert result.warnings == [f"image {i} was cropped" for i in range(n)]
+
+
+def test_a_volume_pipeline_preprocesses_the_series_in_one_call(
+    make_analyzer: Callable[..., StudyAnalyzer],
+) -> None:
+    n = 4
+    instances, attributes = study(n, "MR", "HEAD")
+    backends = Backends(
+        FakeDecoder(attributes, barrier=threading.Barrier(n, timeout=5)),
+        FakePreprocessor(volume_warnings=["duplicates: 1 slice dropped"]),
+    )
+    result = make_analyzer(backends, workers=n).analyze(StudyRequest(instances, request_id="v1"))
+
+    assert result.pipeline == "mri_brain_extraction"
+    assert len(backends.decoder.threads) == n
+    (call,) = backends.preprocessor.calls
+    pipeline, images, rid = call
+    assert (pipeline, rid) == ("mri_brain_extraction", "v1")
+    assert [i.attributes.sop_instance_uid for i in images] == [f"1.2.3.{i}" for i in range(n)]
+    (infer,) = backends.inference.calls
+    assert (infer["model"], infer["input_name"], infer["output_names"]) == (
+        "mri_brain_extraction",
+        "volume",
+        ["prob"],
+    )
+    assert infer["batch"].shape == (1, 2, 2, 2, 1)
+    (post,) = backends.postprocessor.calls
+    assert post["uids"] == [SERIES_UID]
+    assert post["prepared"].grid.series_instance_uid == SERIES_UID
+    assert result.warnings == ["duplicates: 1 slice dropped"]
+
+
+# 4. the inference call
+
+
+@pytest.mark.parametrize(
+    ("priority", "triton"),
+    [(RequestPriority.URGENT, 1), (RequestPriority.DEFAULT, 0), (RequestPriority.ROUTINE, 2)],
+)
+def test_inference_gets_the_pipelines_model_and_the_request_priority(
+    registry: PipelineRegistry,
+    make_analyzer: Callable[..., StudyAnalyzer],
+    priority: RequestPriority,
+    triton: int,
+) -> None:
+    instances, attributes = study(2)
+    backends = Backends(FakeDecoder(attributes))
+    make_analyzer(backends).analyze(StudyRequest(instances, priority=priority, request_id="p"))
+    spec = registry.get("cxr_pneumonia").model
+    (call,) = backends.inference.calls
+    assert call["model"] == "cxr_pneumonia" == spec.name
+    assert call["version"] == spec.version
+    assert call["input_name"] == "image" == spec.input
+    assert call["output_names"] == ["logits", "cam"] == list(spec.outputs)
+    assert call["priority"] == triton
+    assert call["request_id"] == "p"
+
+
+# 5. the result
+
+
+def test_the_result_carries_pipeline_model_assessment_timings_and_warnings(
+    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+) -> None:
+    instances, attributes = study(2, "US", "BREAST")
+    backends = Backends(FakeDecoder(attributes), inference=FakeInference(delay=0.02))
+    result = make_analyzer(backends).analyze(StudyRequest(instances, request_id="res-1"))
+
+    assert isinstance(result, StudyResult)
+    assert result.request_id == "res-1"
+    assert result.pipeline == "us_breast"
+    assert result.model == ModelRef("us_breast", registry.get("us_breast").model.version)
+    assert result.assessment.triage_priority is TriagePriority.URGENT
+    assert [f.sop_instance_uid for f in result.assessment.findings] == ["1.2.3.0", "1.2.3.1"]
+    assert result.assessment.findings[0].concept == PNEUMONIA
+
+    timings = result.timings_ms
+    assert set(timings) == set(STAGES) == {"decode", "preprocess", "infer", "postprocess", "total"}
+    assert all(value >= 0 for value in timings.values())
+    assert timings["infer"] >= 20  # milliseconds, not seconds
+    stages = sum(timings[s] for s in ("decode", "preprocess", "infer", "postprocess"))
+    assert timings["total"] >= stages - 1e-6
+    assert result.warnings == ["image 0 was cropped", "image 1 was cropped"]
+
+
+# 6. errors from each backend propagate unchanged
+
+
+ERRORS = [
+    ("decoder", InvalidInput("instance is not DICOM")),
+    ("decoder", TooLarge("image is 70000 x 70000 pixels")),
+    ("decoder", DependencyUnavailable("decoder unreachable")),
+    ("preprocessor", InvalidInput("RGB images are not accepted")),
+    ("preprocessor", StudyRefused("the series has gaps")),
+    ("inference", DependencyUnavailable("triton unreachable")),
+    ("inference", DeadlineExceeded("triton took longer than 5 s")),
+    ("inference", Misconfiguration("model has no input 'image'")),
+    ("inference", ContractViolation("output 'cam' has shape (2,)")),
+    ("postprocessor", ContractViolation("output 'logits' has 0 columns")),
+]
+
+
+@pytest.mark.parametrize(
+    ("stage", "error"), ERRORS, ids=[f"{s}-{type(e).__name__}" for s, e in ERRORS]
+)
+def test_backend_errors_propagate_unchanged(
+    make_analyzer: Callable[..., StudyAnalyzer], stage: str, error: PlatformError
+) -> None:
+    # StudyRefused from the preprocessor is what a volume pipeline refusing a series raises.
+    volume = isinstance(error, StudyRefused)
+    instances, attributes = study(3, "MR", "BRAIN") if volume else study(3)
+    backends = Backends(FakeDecoder(attributes))
+    if stage == "decoder":
+        backends.decoder.error = error
+    elif stage == "preprocessor":
+        backends.preprocessor.error = error
+    elif stage == "inference":
+        backends.inference.error = error
+    else:
+        backends.postprocessor.error = error
+    with pytest.raises(PlatformError) as excinfo:
+        make_analyzer(backends).analyze(StudyRequest(instances))
+    assert type(excinfo.value) is type(error)
+    assert excinfo.value.reason == error.reason
+    later = ["decoder", "preprocessor", "inference", "postprocessor"]
+    for after in later[later.index(stage) + 1 :]:
+        assert getattr(backends, after).calls == [], f"{after} ran after the {stage} failed"
+
+
+# 7. model cards
+
+
+def test_card_is_none_when_the_server_offers_no_metadata(
+    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+) -> None:
+    analyzer = make_analyzer(Backends(FakeDecoder({})))
+    assert analyzer.card(registry.get("cxr_pneumonia")) is None
+
+
+def test_card_is_none_while_the_server_is_unavailable(
+    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+) -> None:
+    inference = FakeInferenceWithMetadata(DependencyUnavailable("triton unreachable"))
+    analyzer = make_analyzer(Backends(FakeDecoder({}), inference=inference))
+    assert analyzer.card(registry.get("us_breast")) is None
+    assert inference.metadata_calls == [("us_breast", registry.get("us_breast").model.version)]
+
+
+def test_card_is_built_from_the_served_card_parameters(
+    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+) -> None:
+    inference = FakeInferenceWithMetadata(
+        {
+            "card.intended_use": "Triage of frontal chest radiographs",
+            "card.not_for_use": "Paediatric patients",
+            "card.metric.auc": "0.934",
+            "card.metric.sensitivity": "0.9",
+            "card.reference": "model_repository/cxr_pneumonia/MODEL_CARD.md",
+            "execution_accelerator": "tensorrt",
+        }
+    )
+    analyzer = make_analyzer(Backends(FakeDecoder({}), inference=inference))
+    pipeline = registry.get("cxr_pneumonia")
+    card = analyzer.card(pipeline)
+    assert card == ModelCard(
+        name="cxr_pneumonia",
+        version=pipeline.model.version,
+        intended_use="Triage of frontal chest radiographs",
+        not_for_use="Paediatric patients",
+        metrics={"auc": 0.934, "sensitivity": 0.9},
+        card_reference="model_repository/cxr_pneumonia/MODEL_CARD.md",
+    )
+    assert inference.metadata_calls == [("cxr_pneumonia", pipeline.model.version)]

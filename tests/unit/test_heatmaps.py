@@ -6,7 +6,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from services.common.errors import InvalidInput
+from services.common.errors import ContractViolation
 from services.common.images import DecodedImage, Geometry, ImageAttributes
 from services.common.pipelines import Pipeline
 from services.postprocessor.heatmaps import render
@@ -48,7 +48,7 @@ def test_large_images_give_small_overlays() -> None:
 
 
 def test_bad_shapes_are_reported() -> None:
-    with pytest.raises(InvalidInput, match="2-D"):
+    with pytest.raises(ContractViolation, match="2-D"):
         render(np.zeros((2, 2, 2)), Geometry(4, 4, 0, 0, 4, 4), 0.5)
 
 

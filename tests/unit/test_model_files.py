@@ -125,7 +125,7 @@ def test_pipeline_uses_the_model_outputs_and_operating_point(model: str) -> None
 
 def test_breast_finding_is_malignancy() -> None:
     [rule] = PipelineRegistry.load(PIPELINES).get("us_breast").postprocess.findings
-    assert (rule.code, rule.coding_scheme) == ("254837009", "SCT")
+    assert (rule.concept.code, rule.concept.coding_scheme) == ("254837009", "SCT")
     assert rule.heatmap_output == "cam"
     # Positive class = malignant: malignant test images score higher than the others.
     x, y = medmnist_test_split("us_breast")

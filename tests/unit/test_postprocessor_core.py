@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidInput
+from services.common.errors import ContractViolation
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.postprocessor.core import assess
 
@@ -27,7 +27,7 @@ def test_logits_become_probabilities_findings_and_priority(cxr: Pipeline) -> Non
     assert [f.positive for f in result.findings] == [False, True]
     assert [f.sop_instance_uid for f in result.findings] == ["1.2.3", "1.2.4"]
     assert result.triage_priority == "URGENT"
-    assert result.findings[0].code == "233604007"
+    assert result.findings[0].concept.code == "233604007"
 
 
 def test_all_negative_study_is_routine(cxr: Pipeline) -> None:
@@ -41,7 +41,7 @@ def test_extreme_logits_do_not_overflow(cxr: Pipeline) -> None:
 
 
 def test_missing_or_misshapen_outputs_are_reported(cxr: Pipeline) -> None:
-    with pytest.raises(InvalidInput, match="missing"):
+    with pytest.raises(ContractViolation, match="missing"):
         assess({}, ["1"], cxr)
-    with pytest.raises(InvalidInput, match="expected 2 rows"):
+    with pytest.raises(ContractViolation, match="expected 2 rows"):
         assess({"logits": np.zeros((3, 1))}, ["1", "2"], cxr)

@@ -3,10 +3,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.common.errors import InvalidInput
-from services.common.grids import VolumeGrid, resample
+from services.common.errors import ContractViolation, InvalidInput, StudyRefused
+from services.common.grids import VolumeGrid
 from services.common.images import DecodedImage, ImageAttributes
 from services.common.pipelines import Pipeline, PipelineRegistry
+from services.common.resampling import resample
 from services.postprocessor.measurements import measure
 from services.preprocessor.volume import prepare_volume
 
@@ -40,7 +41,9 @@ def _slices(volume: np.ndarray, spacing: float = 2.0, **attrs: object) -> list[D
 def test_series_becomes_one_ndhwc_volume_scaled_to_its_max(brain: Pipeline) -> None:
     volume = np.arange(4 * 6 * 8, dtype=np.uint16).reshape(4, 6, 8)
     images = _slices(volume)[::-1]  # any order: assembled along the slice normal
-    tensor, grid = prepare_volume(images, brain)
+    prepared = prepare_volume(images, brain)
+    tensor, grid = prepared.batch, prepared.grid
+    assert grid is not None and prepared.warnings == []
     assert tensor.shape == (1, 128, 128, 128, 1) and tensor.dtype == np.float32
     assert tensor.max() == pytest.approx(1.0) and tensor.min() == pytest.approx(0.0)
     assert grid.shape == (4, 6, 8) and grid.spacing == pytest.approx((2.0, 1.0, 1.0))
@@ -56,7 +59,7 @@ def test_rescale_is_applied_slice_by_slice(brain: Pipeline) -> None:
         images[1].pixels,
         ImageAttributes(**{**vars(images[1].attributes), "rescale_slope": 3.0}),
     )
-    tensor, _ = prepare_volume(images, brain)
+    tensor = prepare_volume(images, brain).batch
     assert tensor[0, 0, 0, 0, 0] == pytest.approx(1 / 3)
     assert tensor[0, -1, 0, 0, 0] == pytest.approx(1.0)
 
@@ -88,6 +91,33 @@ def test_volumes_without_geometry_or_with_two_stacks_are_refused(brain: Pipeline
         prepare_volume(_slices(np.ones((2, 4, 4), np.uint16)) + other_series, brain)
 
 
+def _without(images: list[DecodedImage], index: int) -> list[DecodedImage]:
+    return images[:index] + images[index + 1 :]
+
+
+def test_a_series_with_missing_slices_is_refused_when_the_pipeline_says_so(
+    brain: Pipeline,
+) -> None:
+    assert "gaps" in brain.refuse_volume_issues  # the shipped brain pipeline refuses gaps
+    images = _without(_slices(np.ones((6, 4, 4), np.uint16)), 3)
+    with pytest.raises(StudyRefused, match="refuses this series: 1 gap"):
+        prepare_volume(images, brain)
+
+
+def test_volume_warnings_reach_the_result_when_not_refused(brain: Pipeline) -> None:
+    lenient = Pipeline.model_validate({**brain.model_dump(), "refuse_volume_issues": []})
+    images = _without(_slices(np.ones((6, 4, 4), np.uint16)), 3)
+    prepared = prepare_volume(images, lenient)
+    assert len(prepared.warnings) == 1 and "gap(s) in the slice positions" in prepared.warnings[0]
+
+
+def test_refusing_volume_issues_needs_a_volume_pipeline() -> None:
+    spec = PipelineRegistry.load(PIPELINES).get("cxr_pneumonia").model_dump()
+    spec["refuse_volume_issues"] = ["gaps"]
+    with pytest.raises(ValueError, match="volume pipelines only"):
+        Pipeline.model_validate(spec)
+
+
 def test_measurement_is_the_mask_on_the_original_grid(brain: Pipeline) -> None:
     grid = VolumeGrid("1.2.3", (10, 20, 30), (2.0, 0.5, 0.5), np.eye(4))
     prob = np.zeros((128, 128, 128), np.float32)
@@ -98,7 +128,7 @@ def test_measurement_is_the_mask_on_the_original_grid(brain: Pipeline) -> None:
     np.testing.assert_array_equal(segmentation.mask, expected)
     assert measurements[0].value == pytest.approx(expected.sum() * 2.0 * 0.5 * 0.5 / 1000)
     assert measurements[0].unit == "mL" and measurements[0].series_instance_uid == "1.2.3"
-    with pytest.raises(InvalidInput, match="3-D map"):
+    with pytest.raises(ContractViolation, match="3-D map"):
         measure({"prob": np.zeros((2, 8, 8, 8, 1))}, grid, brain)
 
 

@@ -1,4 +1,4 @@
-"""Tests for services.decoder.volumes on real corpus series and synthetic stacks.
+"""Tests for services.preprocessor.assembly on real corpus series and synthetic stacks.
 
 Corpus images are built with pydicom in volume_corpus (not through the decoder) so that these
 tests check volume assembly against each file's own geometry attributes.
@@ -17,7 +17,7 @@ import volume_corpus as corpus
 
 from services.common.errors import InvalidInput
 from services.common.images import DecodedImage, ImageAttributes
-from services.decoder.volumes import (
+from services.preprocessor.assembly import (
     GAP_FACTOR,
     SHEAR_TOLERANCE,
     Volume,

@@ -72,7 +72,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., milliseconds: _Optional[float] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
-    __slots__ = ("request_id", "pipeline", "model", "findings", "triage_priority", "timings", "measurements", "segmentations")
+    __slots__ = ("request_id", "pipeline", "model", "findings", "triage_priority", "timings", "measurements", "segmentations", "warnings")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class AnalyzeResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATIONS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     pipeline: str
     model: ModelRef
@@ -89,7 +90,8 @@ class AnalyzeResponse(_message.Message):
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     measurements: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Measurement]
     segmentations: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Segmentation]
-    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., measurements: _Optional[_Iterable[_Union[_findings_pb2.Measurement, _Mapping]]] = ..., segmentations: _Optional[_Iterable[_Union[_tensor_pb2.Segmentation, _Mapping]]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., measurements: _Optional[_Iterable[_Union[_findings_pb2.Measurement, _Mapping]]] = ..., segmentations: _Optional[_Iterable[_Union[_tensor_pb2.Segmentation, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListPipelinesRequest(_message.Message):
     __slots__ = ()

@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 from services.api.imaging.v1 import tensor_pb2 as imaging_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dimaging/v1/preprocessor.proto\x12\nimaging.v1\x1a\x17imaging/v1/tensor.proto\"O\n\x11PreprocessRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.imaging.v1.DecodedImage\"\xac\x01\n\x12PreprocessResponse\x12!\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x12.imaging.v1.Tensor\x12\x12\n\ninput_name\x18\x02 \x01(\t\x12-\n\ngeometries\x18\x03 \x03(\x0b\x32\x19.imaging.v1.ImageGeometry\x12*\n\x06volume\x18\x05 \x01(\x0b\x32\x1a.imaging.v1.VolumeGeometryJ\x04\x08\x04\x10\x05\x32[\n\x0cPreprocessor\x12K\n\nPreprocess\x12\x1d.imaging.v1.PreprocessRequest\x1a\x1e.imaging.v1.PreprocessResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dimaging/v1/preprocessor.proto\x12\nimaging.v1\x1a\x17imaging/v1/tensor.proto\"O\n\x11PreprocessRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x03(\x0b\x32\x18.imaging.v1.DecodedImage\"\xb0\x01\n\x12PreprocessResponse\x12!\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x12.imaging.v1.Tensor\x12-\n\ngeometries\x18\x03 \x03(\x0b\x32\x19.imaging.v1.ImageGeometry\x12*\n\x06volume\x18\x05 \x01(\x0b\x32\x1a.imaging.v1.VolumeGeometry\x12\x10\n\x08warnings\x18\x06 \x03(\tJ\x04\x08\x02\x10\x03J\x04\x08\x04\x10\x05\x32[\n\x0cPreprocessor\x12K\n\nPreprocess\x12\x1d.imaging.v1.PreprocessRequest\x1a\x1e.imaging.v1.PreprocessResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -25,7 +25,7 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_PREPROCESSREQUEST']._serialized_start=70
   _globals['_PREPROCESSREQUEST']._serialized_end=149
   _globals['_PREPROCESSRESPONSE']._serialized_start=152
-  _globals['_PREPROCESSRESPONSE']._serialized_end=324
-  _globals['_PREPROCESSOR']._serialized_start=326
-  _globals['_PREPROCESSOR']._serialized_end=417
+  _globals['_PREPROCESSRESPONSE']._serialized_end=328
+  _globals['_PREPROCESSOR']._serialized_start=330
+  _globals['_PREPROCESSOR']._serialized_end=421
 # @@protoc_insertion_point(module_scope)

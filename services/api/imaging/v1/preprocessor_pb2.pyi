@@ -15,13 +15,13 @@ class PreprocessRequest(_message.Message):
     def __init__(self, pipeline: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_tensor_pb2.DecodedImage, _Mapping]]] = ...) -> None: ...
 
 class PreprocessResponse(_message.Message):
-    __slots__ = ("batch", "input_name", "geometries", "volume")
+    __slots__ = ("batch", "geometries", "volume", "warnings")
     BATCH_FIELD_NUMBER: _ClassVar[int]
-    INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     GEOMETRIES_FIELD_NUMBER: _ClassVar[int]
     VOLUME_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     batch: _tensor_pb2.Tensor
-    input_name: str
     geometries: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.ImageGeometry]
     volume: _tensor_pb2.VolumeGeometry
-    def __init__(self, batch: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., input_name: _Optional[str] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, batch: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...

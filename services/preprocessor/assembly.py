@@ -1,7 +1,7 @@
 """Assemble decoded instances into 3-D volumes with their patient geometry.
 
-Pure logic (no gRPC, no pydicom): the input is what :func:`services.decoder.core.decode_instance`
-returns, so it can be tested on files alone.
+Pure logic (no gRPC, no pydicom): the input is the decoder's output (DecodedImage), so it can
+be tested on files alone.
 
 How images become volumes (:func:`assemble_volumes`)
 ----------------------------------------------------
@@ -72,12 +72,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from services.common.errors import InvalidInput
+from services.common.grids import VolumeIssue
 from services.common.images import DecodedImage, ImageAttributes
 
 _Array = NDArray[Any]
@@ -101,6 +102,11 @@ SHEAR_TOLERANCE = 1e-3
 _LINE_TOLERANCE_MM = 0.05
 # Warnings name at most this many slices of one kind.
 _MAX_LISTED = 3
+
+
+class VolumeWarning(NamedTuple):
+    issue: VolumeIssue
+    text: str  # for people: names slices by InstanceNumber and position, never patient data
 
 
 @dataclass(frozen=True)
@@ -137,9 +143,17 @@ class Volume:
     series_instance_uid: str
     attributes: ImageAttributes
     slices: tuple[SliceSource, ...]
-    warnings: tuple[str, ...] = ()
+    notes: tuple[VolumeWarning, ...] = ()
     repetition: int = 0
     has_positions: bool = True
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(note.text for note in self.notes)
+
+    @property
+    def issues(self) -> frozenset[VolumeIssue]:
+        return frozenset(note.issue for note in self.notes)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -190,9 +204,16 @@ def assemble_volumes(images: Sequence[DecodedImage]) -> list[Volume]:
     volumes: list[Volume] = []
     for uid in sorted(series):
         frames = series[uid]
-        notes = [repeated[uid]] if uid in repeated else []
+        notes: list[VolumeWarning] = []
+        if uid in repeated:
+            notes.append(VolumeWarning(VolumeIssue.REPEATED_INSTANCES, repeated[uid]))
         if not uid:
-            notes.append("images have no SeriesInstanceUID; they were treated as one series")
+            notes.append(
+                VolumeWarning(
+                    VolumeIssue.NO_SERIES_UID,
+                    "images have no SeriesInstanceUID; they were treated as one series",
+                )
+            )
         stacks = _split_by_geometry(frames)
         for stack in stacks:
             stack_notes = list(notes)
@@ -302,7 +323,7 @@ def _split_by_geometry(frames: list[_Frame]) -> list[list[_Frame]]:
     return stacks
 
 
-def _split_note(stack: list[_Frame], count: int) -> str:
+def _split_note(stack: list[_Frame], count: int) -> VolumeWarning:
     first = stack[0]
     _, rows, cols, samples = first.image.pixels.shape
     size = f"{rows}x{cols}" + (f"x{samples}" if samples > 1 else "")
@@ -315,17 +336,18 @@ def _split_note(stack: list[_Frame], count: int) -> str:
     spacing_text = (
         "no PixelSpacing" if spacing is None else f"pixel spacing {spacing[0]:g}/{spacing[1]:g} mm"
     )
-    return (
+    return VolumeWarning(
+        VolumeIssue.SPLIT,
         f"the series mixes {count} geometries (orientation, image size or pixel spacing); it was "
         f"split into one volume per geometry; this one has {len(stack)} slice(s) of {size}, "
-        f"{orientation}, {spacing_text}"
+        f"{orientation}, {spacing_text}",
     )
 
 
 # --- one stack -> volumes -----------------------------------------------------------------
 
 
-def _stack_volumes(uid: str, stack: list[_Frame], notes: list[str]) -> list[Volume]:
+def _stack_volumes(uid: str, stack: list[_Frame], notes: list[VolumeWarning]) -> list[Volume]:
     """Sort one stack along its normal and build its volume(s)."""
     orientation = stack[0].orientation
     missing = sum(f.position is None for f in stack)
@@ -337,10 +359,11 @@ def _stack_volumes(uid: str, stack: list[_Frame], notes: list[str]) -> list[Volu
     planes = _planes(stack, normal)
     counts = {len(plane) for plane in planes}
     if len(counts) == 1 and (k := counts.pop()) > 1:
-        note = (
+        note = VolumeWarning(
+            VolumeIssue.REPETITIONS,
             f"the stack repeats each of its {len(planes)} slice position(s) {k} times (time "
             f"points, echoes or image types); it was returned as {k} volumes in acquisition "
-            "order (InstanceNumber, frame)"
+            "order (InstanceNumber, frame)",
         )
         return [
             _placed_volume(uid, [plane[j] for plane in planes], normal, [*notes, note], j)
@@ -372,7 +395,7 @@ def _along(frame: _Frame, normal: _Array) -> float:
     return float(frame.position @ normal)
 
 
-def _duplicate_note(duplicates: list[list[_Frame]], normal: _Array) -> str:
+def _duplicate_note(duplicates: list[list[_Frame]], normal: _Array) -> VolumeWarning:
     extra = sum(len(plane) - 1 for plane in duplicates)
     listed = "; ".join(
         f"{_along(plane[0], normal):.3f} mm: kept {plane[0].label()}, dropped "
@@ -380,15 +403,16 @@ def _duplicate_note(duplicates: list[list[_Frame]], normal: _Array) -> str:
         for plane in duplicates[:_MAX_LISTED]
     )
     more = f"; and {len(duplicates) - _MAX_LISTED} more" if len(duplicates) > _MAX_LISTED else ""
-    return (
+    return VolumeWarning(
+        VolumeIssue.DUPLICATES,
         f"{extra} duplicate slice(s) at a position already taken (along the normal at {listed}"
         f"{more}); the first in acquisition order was kept (a 4-D series with an incomplete "
-        "repetition also looks like this)"
+        "repetition also looks like this)",
     )
 
 
 def _placed_volume(
-    uid: str, frames: list[_Frame], normal: _Array, notes: list[str], repetition: int
+    uid: str, frames: list[_Frame], normal: _Array, notes: list[VolumeWarning], repetition: int
 ) -> Volume:
     """A volume whose slices are sorted along the normal and placed by their positions."""
     assert frames[0].orientation is not None
@@ -404,9 +428,8 @@ def _placed_volume(
         if not spacing_notes:  # regular: least-squares step, so every slice is reproduced
             index = np.arange(len(frames), dtype=np.float64)
             step = float(index @ (along - along[0])) / float(index @ index)
-        drift, line_note = _drift(positions, along, normal)
-        if line_note:
-            notes.append(line_note)
+        drift, line_notes = _drift(positions, along, normal)
+        notes.extend(line_notes)
         slice_axis = step * (normal + drift)
     else:
         step = _fallback_step(frames[0], notes, "the volume has one slice")
@@ -414,9 +437,9 @@ def _placed_volume(
     return _volume(uid, frames, row, col, normal, slice_axis, step, notes, repetition, True)
 
 
-def _spacing_notes(frames: list[_Frame], steps: _Array, step: float) -> list[str]:
+def _spacing_notes(frames: list[_Frame], steps: _Array, step: float) -> list[VolumeWarning]:
     """Warnings about gaps and uneven steps; empty when the stack is regular."""
-    notes: list[str] = []
+    notes: list[VolumeWarning] = []
     gaps = [int(i) for i in np.flatnonzero(steps > GAP_FACTOR * step)]
     if gaps:
         listed = "; ".join(
@@ -427,21 +450,27 @@ def _spacing_notes(frames: list[_Frame], steps: _Array, step: float) -> list[str
         )
         more = f"; and {len(gaps) - _MAX_LISTED} more" if len(gaps) > _MAX_LISTED else ""
         notes.append(
-            f"{len(gaps)} gap(s) in the slice positions where the median step is {step:.3f} mm: "
-            f"{listed}{more}; the affine uses the median step, so slices after a gap are not "
-            "where it places them"
+            VolumeWarning(
+                VolumeIssue.GAPS,
+                f"{len(gaps)} gap(s) in the slice positions where the median step is "
+                f"{step:.3f} mm: {listed}{more}; the affine uses the median step, so slices "
+                "after a gap are not where it places them",
+            )
         )
     regular = np.delete(steps, gaps)
     if np.any(np.abs(regular - step) > SPACING_TOLERANCE * step):
         notes.append(
-            f"slice spacing is not uniform: steps range from {float(regular.min()):.3f} to "
-            f"{float(regular.max()):.3f} mm (median {step:.3f} mm); the affine uses the median, "
-            "so it places some slices away from their positions"
+            VolumeWarning(
+                VolumeIssue.UNEVEN_SPACING,
+                f"slice spacing is not uniform: steps range from {float(regular.min()):.3f} to "
+                f"{float(regular.max()):.3f} mm (median {step:.3f} mm); the affine uses the "
+                "median, so it places some slices away from their positions",
+            )
         )
     return notes
 
 
-def _drift(positions: _Array, along: _Array, normal: _Array) -> tuple[_Array, str]:
+def _drift(positions: _Array, along: _Array, normal: _Array) -> tuple[_Array, list[VolumeWarning]]:
     """Least-squares in-plane drift per mm along the normal, and a warning when it matters.
 
     For an ordinary stack the drift is only the rounding of the positions (far below
@@ -452,32 +481,50 @@ def _drift(positions: _Array, along: _Array, normal: _Array) -> tuple[_Array, st
     drift: _Array = (depth @ in_plane) / float(depth @ depth)
     residual = float(np.max(np.linalg.norm(in_plane - np.outer(depth, drift), axis=1)))
     magnitude = float(np.linalg.norm(drift))
-    notes: list[str] = []
+    notes: list[VolumeWarning] = []
     if magnitude > SHEAR_TOLERANCE:
         notes.append(
-            f"the slices are not stacked along the slice normal but tilted by "
-            f"{math.degrees(math.atan(magnitude)):.2f} degrees (gantry tilt or shear); the "
-            "affine's slice axis follows the slice positions, direction's third column is the "
-            "normal and the slice spacing is the distance between slice planes"
+            VolumeWarning(
+                VolumeIssue.TILT,
+                f"the slices are not stacked along the slice normal but tilted by "
+                f"{math.degrees(math.atan(magnitude)):.2f} degrees (gantry tilt or shear); the "
+                "affine's slice axis follows the slice positions, direction's third column is "
+                "the normal and the slice spacing is the distance between slice planes",
+            )
         )
     if residual > _LINE_TOLERANCE_MM:
         notes.append(
-            f"the slice positions do not lie on one line: a slice is {residual:.3f} mm off the "
-            "line through the stack; the affine places slices only approximately"
+            VolumeWarning(
+                VolumeIssue.OFF_LINE,
+                f"the slice positions do not lie on one line: a slice is {residual:.3f} mm off "
+                "the line through the stack; the affine places slices only approximately",
+            )
         )
-    return drift, "; ".join(notes)
+    return drift, notes
 
 
-def _fallback_step(frame: _Frame, notes: list[str], why: str) -> float:
+def _fallback_step(frame: _Frame, notes: list[VolumeWarning], why: str) -> float:
     thickness = frame.attributes.slice_thickness
     if thickness is not None and math.isfinite(thickness) and thickness > 0:
-        notes.append(f"{why}: the slice spacing is taken from SliceThickness ({thickness:g} mm)")
+        notes.append(
+            VolumeWarning(
+                VolumeIssue.ASSUMED_SPACING,
+                f"{why}: the slice spacing is taken from SliceThickness ({thickness:g} mm)",
+            )
+        )
         return float(thickness)
-    notes.append(f"{why} and no SliceThickness: the slice spacing was set to 1 mm")
+    notes.append(
+        VolumeWarning(
+            VolumeIssue.ASSUMED_SPACING,
+            f"{why} and no SliceThickness: the slice spacing was set to 1 mm",
+        )
+    )
     return 1.0
 
 
-def _unplaced_volume(uid: str, stack: list[_Frame], notes: list[str], missing: int) -> Volume:
+def _unplaced_volume(
+    uid: str, stack: list[_Frame], notes: list[VolumeWarning], missing: int
+) -> Volume:
     """Fallback when slices cannot be placed: InstanceNumber order, SliceThickness spacing."""
     frames = sorted(stack, key=lambda f: f.order_key)
     first = frames[0]
@@ -490,8 +537,11 @@ def _unplaced_volume(uid: str, stack: list[_Frame], notes: list[str], missing: i
     normal = np.cross(row, col)
     notes = [
         *notes,
-        f"{what}, so they cannot be placed in the patient: they were ordered by InstanceNumber "
-        "(then frame) and the geometry is approximate",
+        VolumeWarning(
+            VolumeIssue.NO_POSITIONS,
+            f"{what}, so they cannot be placed in the patient: they were ordered by "
+            "InstanceNumber (then frame) and the geometry is approximate",
+        ),
     ]
     step = _fallback_step(first, notes, "slice positions are unknown")
     volume = _volume(uid, frames, row, col, normal, step * normal, step, notes, 0, False)
@@ -506,7 +556,7 @@ def _volume(
     normal: _Array,
     slice_axis: _Array,
     step: float,
-    notes: list[str],
+    notes: list[VolumeWarning],
     repetition: int,
     has_positions: bool,
 ) -> Volume:
@@ -514,7 +564,12 @@ def _volume(
     notes = list(notes)
     spacing = first.attributes.pixel_spacing
     if spacing is None:
-        notes.append("the images have no PixelSpacing: rows and columns were taken as 1 mm apart")
+        notes.append(
+            VolumeWarning(
+                VolumeIssue.ASSUMED_SPACING,
+                "the images have no PixelSpacing: rows and columns were taken as 1 mm apart",
+            )
+        )
         spacing = (1.0, 1.0)
     row_spacing, col_spacing = float(spacing[0]), float(spacing[1])
     origin = first.position if first.position is not None else np.zeros(3)
@@ -529,8 +584,11 @@ def _volume(
     sources = tuple(_source(f) for f in frames)
     if len({(s.rescale_slope, s.rescale_intercept) for s in sources}) > 1:
         notes.append(
-            "RescaleSlope/RescaleIntercept differ between slices: voxels are stored values, "
-            "apply each slice's rescale (Volume.slices) before comparing them"
+            VolumeWarning(
+                VolumeIssue.MIXED_RESCALE,
+                "RescaleSlope/RescaleIntercept differ between slices: voxels are stored values, "
+                "apply each slice's rescale (Volume.slices) before comparing them",
+            )
         )
     return Volume(
         voxels=voxels,
@@ -541,7 +599,7 @@ def _volume(
         series_instance_uid=uid,
         attributes=first.attributes,
         slices=sources,
-        warnings=tuple(notes),
+        notes=tuple(notes),
         repetition=repetition,
         has_positions=has_positions,
     )

@@ -1,0 +1,111 @@
+"""The contract between the services: what a study's analysis produces (no protobuf here).
+
+The postprocessor builds these, the gateway returns them and the CLI prints them; they live
+here so that no service has to import another to name its return types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.common.grids import Segmentation
+
+
+class TriagePriority(StrEnum):
+    """How soon a radiologist should read the study, least urgent first."""
+
+    ROUTINE = "ROUTINE"
+    URGENT = "URGENT"
+    STAT = "STAT"
+
+    @property
+    def rank(self) -> int:
+        return list(TriagePriority).index(self)
+
+    def at_least(self, other: TriagePriority) -> TriagePriority:
+        """The more urgent of the two."""
+        return other if other.rank > self.rank else self
+
+
+class RequestPriority(StrEnum):
+    """Where the caller wants the request in the inference server's queue."""
+
+    DEFAULT = "DEFAULT"
+    ROUTINE = "ROUTINE"
+    URGENT = "URGENT"
+
+    @property
+    def triton_priority(self) -> int:
+        """Triton: 1 is the highest configured level, 0 the model's default; models configured
+        without priority levels (the shipped default) ignore it."""
+        return {"DEFAULT": 0, "URGENT": 1, "ROUTINE": 2}[self.value]
+
+
+class CodedConcept(BaseModel):
+    """A coded term, e.g. SNOMED CT 233604007 "Pneumonia" (DICOM code sequence item)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(min_length=1, max_length=64)
+    coding_scheme: str = Field("SCT", min_length=1, max_length=16)
+    display_name: str = Field(min_length=1, max_length=64)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One rule's verdict on one image."""
+
+    concept: CodedConcept
+    probability: float
+    threshold: float
+    positive: bool
+    sop_instance_uid: str
+    heatmap_png: bytes = b""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A quantity derived from a model output (e.g. brain volume) for one series."""
+
+    concept: CodedConcept
+    value: float
+    unit: str
+    series_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the postprocessor makes of one model call."""
+
+    findings: list[Finding]
+    triage_priority: TriagePriority
+    measurements: list[Measurement] = field(default_factory=list)
+    segmentations: list[Segmentation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    instances: list[bytes]
+    pipeline: str = ""
+    priority: RequestPriority = RequestPriority.DEFAULT
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    request_id: str
+    pipeline: str
+    model: ModelRef
+    assessment: Assessment
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    # Caveats about the input the caller should see (e.g. missing slices of a volume).
+    warnings: list[str] = field(default_factory=list)

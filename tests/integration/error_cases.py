@@ -1,0 +1,213 @@
+"""Inputs and extra in-process services that provoke each class of services.common.errors.
+
+Used by test_error_table.py. The extra gateways run in the test process beside the session's
+real stack and reuse its decoder and Triton; the "broken" deployment also runs its own
+preprocessor and postprocessor, because a pipeline is run by the inner services that load it
+from *their* pipelines folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import yaml
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from synthetic import dataset, to_bytes
+
+from services.api.imaging.v1 import postprocessor_pb2_grpc, preprocessor_pb2_grpc
+from services.cli.stack import Stack, free_port
+from services.common import server
+from services.common.pipelines import PipelineRegistry
+from services.common.settings import GatewaySettings, PipelineServiceSettings
+from services.gateway import server as gateway_server
+from services.postprocessor import server as postprocessor_server
+from services.postprocessor.servicer import PostprocessorServicer
+from services.preprocessor import server as preprocessor_server
+from services.preprocessor.servicer import PreprocessorServicer
+
+SHIPPED_PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+
+# Pipelines of the "broken" deployment, each a copy of the shipped cxr_pneumonia with one
+# deliberate inconsistency with the served model (and never routed to automatically).
+BAD_COLUMN = "cxr_bad_column"  # its finding reads logit column 5; the model has 1
+BAD_INPUT = "cxr_bad_input"  # names a model input the model lacks
+BAD_INPUT_NAME = "no_such_input_tensor"
+MISSING_MODEL = "cxr_missing_model"  # names a model Triton does not serve
+MISSING_MODEL_NAME = "no_such_model_on_triton"
+
+
+# --- DICOM ---------------------------------------------------------------------------------
+
+
+def good_chest() -> bytes:
+    return to_bytes(dataset(np.full((32, 32), 100, np.uint8)))
+
+
+def mpeg2_instance() -> bytes:
+    """Well-formed DICOM in a transfer syntax (MPEG2 video) the platform does not decode."""
+    ds = dataset(np.full((32, 32), 100, np.uint8))
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(60)])
+    ds["PixelData"].VR = "OB"
+    return to_bytes(ds)
+
+
+def mr_head_series(slices: int = 16, size: int = 32, drop: int | None = None) -> list[bytes]:
+    """An axial MR head series with real geometry (2 mm steps along the normal), slice
+    ``drop`` left out so that the positions have a gap; mri_brain_extraction routes it."""
+    series, study = generate_uid(), generate_uid()
+    files = []
+    for k in range(slices):
+        if k == drop:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.Modality, ds.BodyPartExamined = "MR", "HEAD"
+        ds.PatientName, ds.PatientID = "PHANTOM^HEAD", "PHANTOM-1"
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-24.0, -24.0, -16.0 + 2.0 * k]
+        ds.PixelSpacing = [1.5, 1.5]
+        ds.SliceThickness = 2.0
+        ds.Rows, ds.Columns = size, size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.full((size, size), 500 + k, np.uint16).tobytes()
+        files.append(to_bytes(ds))
+    return files
+
+
+# --- pipelines -----------------------------------------------------------------------------
+
+
+def _variant(base: dict[str, Any], name: str, edit: Callable[[dict[str, Any]], None]) -> str:
+    spec = yaml.safe_load(yaml.safe_dump(base))  # a deep copy
+    spec["name"] = name
+    spec["auto_route"] = False
+    spec["description"] = f"deliberately broken copy of {base['name']} (error table test)"
+    edit(spec)
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def write_broken_pipelines(folder: Path) -> Path:
+    """The shipped pipelines plus the broken variants, as one deployment's pipelines folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in SHIPPED_PIPELINES.glob("*.yaml"):
+        shutil.copy(path, folder / path.name)
+    base = yaml.safe_load((SHIPPED_PIPELINES / "cxr_pneumonia.yaml").read_text())
+
+    def bad_column(spec: dict[str, Any]) -> None:
+        spec["postprocess"]["findings"][0]["index"] = 5
+
+    def bad_input(spec: dict[str, Any]) -> None:
+        spec["model"]["input"] = BAD_INPUT_NAME
+
+    def missing_model(spec: dict[str, Any]) -> None:
+        spec["model"]["name"] = MISSING_MODEL_NAME
+
+    for name, edit in ((BAD_COLUMN, bad_column), (BAD_INPUT, bad_input)):
+        (folder / f"{name}.yaml").write_text(_variant(base, name, edit))
+    (folder / f"{MISSING_MODEL}.yaml").write_text(_variant(base, MISSING_MODEL, missing_model))
+    PipelineRegistry.load(folder)  # fail here, clearly, if a variant no longer validates
+    return folder
+
+
+# --- extra in-process services -------------------------------------------------------------
+
+
+def _settings(pipelines_dir: Path) -> PipelineServiceSettings:
+    return PipelineServiceSettings(port=0, metrics_port=0, pipelines_dir=pipelines_dir)
+
+
+def _start_preprocessor(pipelines_dir: Path) -> server.RunningServer:
+    registry = PipelineRegistry.load(pipelines_dir)
+
+    def register(srv: grpc.Server) -> None:
+        preprocessor_pb2_grpc.add_PreprocessorServicer_to_server(
+            PreprocessorServicer(registry), srv
+        )
+
+    return server.start(
+        "preprocessor",
+        _settings(pipelines_dir),
+        register,
+        [preprocessor_server.SERVICE_NAME],
+        ("preprocess",),
+    )
+
+
+def _start_postprocessor(pipelines_dir: Path) -> server.RunningServer:
+    registry = PipelineRegistry.load(pipelines_dir)
+
+    def register(srv: grpc.Server) -> None:
+        postprocessor_pb2_grpc.add_PostprocessorServicer_to_server(
+            PostprocessorServicer(registry), srv
+        )
+
+    return server.start(
+        "postprocessor",
+        _settings(pipelines_dir),
+        register,
+        [postprocessor_server.SERVICE_NAME],
+        ("postprocess",),
+    )
+
+
+@contextmanager
+def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
+    """Gateway address of each deployment a case is sent to: the session stack's own and
+    four extra in-process gateways beside it:
+
+    - ``broken``: own preprocessor and postprocessor; pipelines folder = shipped + broken ones;
+    - ``dead_triton``: a Triton address with nothing listening;
+    - ``deadline``: every inner call has a 1 ms deadline;
+    - ``miswired``: its postprocessor address is the decoder's (a service that is not one).
+    """
+    local = "127.0.0.1"
+    decoder = f"{local}:{stack.ports.decoder}"
+    real = GatewaySettings(
+        port=0,
+        metrics_port=0,
+        decoder_address=decoder,
+        preprocessor_address=f"{local}:{stack.ports.preprocessor}",
+        postprocessor_address=f"{local}:{stack.ports.postprocessor}",
+        triton_address=stack.triton_grpc_address,
+        call_timeout_seconds=30.0,
+    )
+    with ExitStack() as cleanup:
+
+        def serve(**changes: object) -> str:
+            running, analyzer = gateway_server.start(real.model_copy(update=changes))
+            cleanup.callback(analyzer.close)
+            cleanup.callback(running.stop, 0)
+            return f"{local}:{running.port}"
+
+        broken_dir = write_broken_pipelines(workdir / "pipelines")
+        pre, post = _start_preprocessor(broken_dir), _start_postprocessor(broken_dir)
+        cleanup.callback(pre.stop, 0)
+        cleanup.callback(post.stop, 0)
+        yield {
+            "stack": stack.gateway_address,
+            "broken": serve(
+                pipelines_dir=broken_dir,
+                preprocessor_address=f"{local}:{pre.port}",
+                postprocessor_address=f"{local}:{post.port}",
+            ),
+            "dead_triton": serve(triton_address=f"{local}:{free_port()}"),
+            "deadline": serve(call_timeout_seconds=0.001),
+            "miswired": serve(postprocessor_address=decoder),
+        }
