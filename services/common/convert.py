@@ -325,7 +325,7 @@ def study_request(
         instances=instances,
         pipeline=header.pipeline,
         priority=request_priority_from_proto(header.priority),
-        request_id=header.client_request_id or request_id,
+        request_id=request_id,
     )
 
 

@@ -44,7 +44,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return handler  # reflection and health Watch: not ours to wrap
         method = details.method.rsplit("/", 1)[-1]
         metadata = dict(details.invocation_metadata or ())
-        rid = str(metadata.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)
+        given = str(metadata.get(REQUEST_ID_HEADER) or "")
+        rid = given if logs.is_safe_request_id(given) else uuid.uuid4().hex
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap(handler.unary_unary, method, rid),
@@ -67,14 +68,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             reason = ""
             failure: PlatformError | None = None
             try:
-                context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-                return behavior(request, context)
+                response = behavior(request, context)
+                context.set_trailing_metadata(((REQUEST_ID_HEADER, logs.request_id.get()),))
+                return response
             except PlatformError as err:
                 failure = err
             except Exception:
                 _log.exception("unhandled error in %s", method)
                 failure = InternalError("unhandled exception (traceback above)")
             finally:
+                current = logs.request_id.get()  # the servicer may adopt the caller's own id
                 if failure is not None:
                     code, reason = failure.code, f"{failure.kind}: {failure.reason}"
                 elapsed = time.perf_counter() - start
@@ -90,7 +93,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 )
                 logs.request_id.reset(token)
             assert failure is not None
-            context.abort_with_status(status(failure, rid))
+            context.abort_with_status(status(failure, current))
 
         return wrapped
 

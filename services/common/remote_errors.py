@@ -9,12 +9,16 @@ platform fault (the model refused what the pipeline sent: a deployment inconsist
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from tritonclient.utils import InferenceServerException
 
 from services.common import errors
+
+log = logging.getLogger(__name__)
 
 
 def error_kind(err: grpc.RpcError) -> str:
@@ -38,10 +42,12 @@ def from_rpc_error(peer: str, err: grpc.RpcError) -> errors.PlatformError:
         if not cls.public:  # the peer's reason is only a pointer to its own log
             return cls(f"{peer} failed: {details}")
         return cls(details)
+    # Transport failures: gRPC's text names addresses and sockets, for the operator's log only.
     if code == grpc.StatusCode.UNAVAILABLE:
-        return errors.DependencyUnavailable(f"{peer} is unavailable: {details}")
+        log.warning("%s is unavailable: %s", peer, details)
+        return errors.DependencyUnavailable(f"the {peer} service is unavailable; try again later")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return errors.DeadlineExceeded(f"{peer} did not answer in time")
+        return errors.DeadlineExceeded(f"the {peer} service did not answer in time")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # gRPC's own message-size limit
         return errors.TooLarge(f"{peer} refused the message: {details}")
     return errors.InternalError(f"{peer} failed ({code.name}) without platform details: {details}")
@@ -59,13 +65,13 @@ def from_triton_error(
     """Triton's failure for one model call."""
     code, message = triton_code(err), err.message() or str(err)
     if code == grpc.StatusCode.UNAVAILABLE:
+        log.warning("inference server at %s is unavailable: %s", address, message)
         return errors.DependencyUnavailable(
-            f"inference server at {address} is unavailable: {message}"
+            f"the inference server is unavailable for model {model}; try again later"
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.DeadlineExceeded(f"model {model} did not answer in time")
     if code == grpc.StatusCode.NOT_FOUND:
-        return errors.DependencyUnavailable(
-            f"model {model} is not loaded on the inference server at {address}"
-        )
+        log.warning("model %s is not loaded on %s: %s", model, address, message)
+        return errors.DependencyUnavailable(f"model {model} is not loaded on the inference server")
     return errors.Misconfiguration(f"model {model} refused the request ({code}): {message}")

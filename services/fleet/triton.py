@@ -11,9 +11,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
+from services.common.remote_errors import triton_code
 from services.fleet.core import ModelState, versions_label
 from services.fleet.errors import PodCallFailed
 
@@ -26,11 +28,11 @@ def _one_line(text: str) -> str:
 
 
 def _reason(err: InferenceServerException) -> str:
-    status = str(err.status() or "")
+    code = triton_code(err)
     message = _one_line(str(err.message() or err))
-    if status.endswith("UNAVAILABLE"):
+    if code == grpc.StatusCode.UNAVAILABLE:
         return f"unreachable ({message})"
-    if status.endswith("DEADLINE_EXCEEDED"):
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "no answer before the deadline"
     return message
 

@@ -21,7 +21,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def Analyze(  # noqa: N802 (gRPC naming)
         self, request: gateway_pb2.AnalyzeRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.AnalyzeResponse:
-        study = convert.study_request(request, list(request.instances), logs.request_id.get())
+        rid = logs.adopt_client_request_id(request.client_request_id)
+        study = convert.study_request(request, list(request.instances), rid)
         return convert.analyze_response(self._analyzer.analyze(study))
 
     def AnalyzeStream(  # noqa: N802 (gRPC naming)
@@ -37,8 +38,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     raise InvalidInput("only the first message of the stream may be a header")
                 yield message.chunk.instance_index, message.chunk.data
 
+        rid = logs.adopt_client_request_id(first.header.client_request_id)
         instances = assemble_instances(chunks(), self._max_instances, self._max_study_bytes)
-        study = convert.study_request(first.header, instances, logs.request_id.get())
+        study = convert.study_request(first.header, instances, rid)
         return convert.analyze_response(self._analyzer.analyze(study))
 
     def ListPipelines(  # noqa: N802 (gRPC naming)

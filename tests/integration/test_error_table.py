@@ -191,11 +191,6 @@ def test_error_reaches_the_caller_as_its_class(
         assert len(response.findings) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="source: the gateway's interceptor reports its own request id, while the study "
-    "(inner calls, their logs, AnalyzeResponse.request_id) uses AnalyzeRequest.client_request_id",
-)
 def test_platform_fault_quotes_the_clients_request_id(channels: dict[str, grpc.Channel]) -> None:
     """A caller who names its request is told to quote that id, the one under which the inner
     service logged the reason (and the one a successful response carries)."""

@@ -78,11 +78,13 @@ def _windowed(pixels: np.ndarray, **attrs: object) -> np.ndarray:
             "preprocess": [{"op": "modality_lut"}, {"op": "voi_window"}],
             "model": {"name": "m", "input": "x", "outputs": ["y"]},
             "postprocess": {
-                "findings": [{
+                "findings": [
+                    {
                         "concept": {"code": "1", "display_name": "x"},
                         "output": "y",
                         "threshold": 0.5,
-                    }]
+                    }
+                ]
             },
         }
     )
