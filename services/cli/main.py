@@ -46,6 +46,7 @@ def _table(path: str, response: gateway_pb2.AnalyzeResponse) -> str:
         f"{'':<48} pipeline={response.pipeline} model={response.model.name}/"
         f"{response.model.version or 'latest'} {timings}"
     )
+    lines.extend(f"{'':<48} warning: {w}" for w in response.warnings)
     return "\n".join(lines)
 
 

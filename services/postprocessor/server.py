@@ -13,9 +13,8 @@ from services.postprocessor.servicer import PostprocessorServicer
 SERVICE_NAME = postprocessor_pb2.DESCRIPTOR.services_by_name["Postprocessor"].full_name
 
 
-def main() -> None:
-    settings = PipelineServiceSettings()
-    logs.configure(settings.log_level)
+def start(settings: PipelineServiceSettings) -> server.RunningServer:
+    """Load the pipelines and serve (tests call this in-process)."""
     registry = PipelineRegistry.load(settings.pipelines_dir)
 
     def register(srv: grpc.Server) -> None:
@@ -23,8 +22,13 @@ def main() -> None:
             PostprocessorServicer(registry), srv
         )
 
-    running = server.start("postprocessor", settings, register, [SERVICE_NAME], ("postprocess",))
-    server.serve_forever(running, settings.grace_seconds)
+    return server.start("postprocessor", settings, register, [SERVICE_NAME], ("postprocess",))
+
+
+def main() -> None:
+    settings = PipelineServiceSettings()
+    logs.configure(settings.log_level)
+    server.serve_forever(start(settings), settings.grace_seconds)
 
 
 if __name__ == "__main__":

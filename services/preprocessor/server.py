@@ -13,9 +13,8 @@ from services.preprocessor.servicer import PreprocessorServicer
 SERVICE_NAME = preprocessor_pb2.DESCRIPTOR.services_by_name["Preprocessor"].full_name
 
 
-def main() -> None:
-    settings = PipelineServiceSettings()
-    logs.configure(settings.log_level)
+def start(settings: PipelineServiceSettings) -> server.RunningServer:
+    """Load the pipelines and serve (tests call this in-process)."""
     registry = PipelineRegistry.load(settings.pipelines_dir)
 
     def register(srv: grpc.Server) -> None:
@@ -23,8 +22,13 @@ def main() -> None:
             PreprocessorServicer(registry), srv
         )
 
-    running = server.start("preprocessor", settings, register, [SERVICE_NAME], ("preprocess",))
-    server.serve_forever(running, settings.grace_seconds)
+    return server.start("preprocessor", settings, register, [SERVICE_NAME], ("preprocess",))
+
+
+def main() -> None:
+    settings = PipelineServiceSettings()
+    logs.configure(settings.log_level)
+    server.serve_forever(start(settings), settings.grace_seconds)
 
 
 if __name__ == "__main__":

@@ -14,24 +14,19 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
+import synthetic
 import yaml
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID
 from synthetic import dataset, to_bytes
 
-from services.api.imaging.v1 import postprocessor_pb2_grpc, preprocessor_pb2_grpc
 from services.cli.stack import Stack, free_port
-from services.common import server
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import GatewaySettings, PipelineServiceSettings
 from services.gateway import server as gateway_server
 from services.postprocessor import server as postprocessor_server
-from services.postprocessor.servicer import PostprocessorServicer
 from services.preprocessor import server as preprocessor_server
-from services.preprocessor.servicer import PreprocessorServicer
 
 SHIPPED_PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 
@@ -60,35 +55,11 @@ def mpeg2_instance() -> bytes:
     return to_bytes(ds)
 
 
-def mr_head_series(slices: int = 16, size: int = 32, drop: int | None = None) -> list[bytes]:
-    """An axial MR head series with real geometry (2 mm steps along the normal), slice
-    ``drop`` left out so that the positions have a gap; mri_brain_extraction routes it."""
-    series, study = generate_uid(), generate_uid()
-    files = []
-    for k in range(slices):
-        if k == drop:
-            continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.Modality, ds.BodyPartExamined = "MR", "HEAD"
-        ds.PatientName, ds.PatientID = "PHANTOM^HEAD", "PHANTOM-1"
-        ds.InstanceNumber = k + 1
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-24.0, -24.0, -16.0 + 2.0 * k]
-        ds.PixelSpacing = [1.5, 1.5]
-        ds.SliceThickness = 2.0
-        ds.Rows, ds.Columns = size, size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = np.full((size, size), 500 + k, np.uint16).tobytes()
-        files.append(to_bytes(ds))
-    return files
+def gapped_mr_series(slices: int = 16, size: int = 32, drop: int = 8) -> list[bytes]:
+    """An axial MR head series (2 mm steps) with slice ``drop`` left out, so that the
+    positions have a gap; mri_brain_extraction routes it and refuses it."""
+    volume = np.stack([np.full((size, size), 500 + k, np.uint16) for k in range(slices)])
+    return synthetic.mr_head_series(volume, (2.0, 1.5, 1.5), drop=drop)
 
 
 # --- pipelines -----------------------------------------------------------------------------
@@ -133,40 +104,6 @@ def _settings(pipelines_dir: Path) -> PipelineServiceSettings:
     return PipelineServiceSettings(port=0, metrics_port=0, pipelines_dir=pipelines_dir)
 
 
-def _start_preprocessor(pipelines_dir: Path) -> server.RunningServer:
-    registry = PipelineRegistry.load(pipelines_dir)
-
-    def register(srv: grpc.Server) -> None:
-        preprocessor_pb2_grpc.add_PreprocessorServicer_to_server(
-            PreprocessorServicer(registry), srv
-        )
-
-    return server.start(
-        "preprocessor",
-        _settings(pipelines_dir),
-        register,
-        [preprocessor_server.SERVICE_NAME],
-        ("preprocess",),
-    )
-
-
-def _start_postprocessor(pipelines_dir: Path) -> server.RunningServer:
-    registry = PipelineRegistry.load(pipelines_dir)
-
-    def register(srv: grpc.Server) -> None:
-        postprocessor_pb2_grpc.add_PostprocessorServicer_to_server(
-            PostprocessorServicer(registry), srv
-        )
-
-    return server.start(
-        "postprocessor",
-        _settings(pipelines_dir),
-        register,
-        [postprocessor_server.SERVICE_NAME],
-        ("postprocess",),
-    )
-
-
 @contextmanager
 def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
     """Gateway address of each deployment a case is sent to: the session stack's own and
@@ -197,7 +134,8 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
             return f"{local}:{running.port}"
 
         broken_dir = write_broken_pipelines(workdir / "pipelines")
-        pre, post = _start_preprocessor(broken_dir), _start_postprocessor(broken_dir)
+        pre = preprocessor_server.start(_settings(broken_dir))
+        post = postprocessor_server.start(_settings(broken_dir))
         cleanup.callback(pre.stop, 0)
         cleanup.callback(post.stop, 0)
         yield {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from io import BytesIO
 
 import numpy as np
@@ -9,6 +10,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
     ExplicitVRLittleEndian,
+    MRImageStorage,
     generate_uid,
 )
 
@@ -58,3 +60,44 @@ def to_bytes(ds: Dataset) -> bytes:
 
 def chest_image(pixels: np.ndarray, **kwargs: object) -> bytes:
     return to_bytes(dataset(pixels, **kwargs))  # type: ignore[arg-type]
+
+
+def mr_head_series(
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    order: Sequence[int] | None = None,
+    drop: int | None = None,
+) -> list[bytes]:
+    """An axial MR head series of ``volume`` (slices, rows, cols; uint16) with real geometry,
+    centred on the origin; sent in ``order`` (default: slice order), slice ``drop`` left out."""
+    series, study = generate_uid(), generate_uid()
+    slices, rows, cols = volume.shape
+    files = []
+    for k in order if order is not None else range(slices):
+        if k == drop:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.Modality, ds.BodyPartExamined = "MR", "HEAD"
+        ds.PatientName, ds.PatientID = "PHANTOM^HEAD", "PHANTOM-1"
+        ds.InstanceNumber = int(k) + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [
+            -cols * spacing[2] / 2,
+            -rows * spacing[1] / 2,
+            -slices * spacing[0] / 2 + float(k) * spacing[0],
+        ]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.SliceThickness = spacing[0]
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = np.ascontiguousarray(volume[k], dtype=np.uint16).tobytes()
+        files.append(to_bytes(ds))
+    return files

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from synthetic import to_bytes
+from synthetic import mr_head_series
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import tensors
@@ -41,31 +39,9 @@ def _phantom() -> np.ndarray:
 
 
 def _series(volume: np.ndarray) -> list[bytes]:
-    """Axial slices with real geometry, shuffled, as a scanner would send them unordered."""
-    series, study = generate_uid(), generate_uid()
-    files = []
-    for k in np.random.default_rng(0).permutation(SLICES):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.Modality, ds.BodyPartExamined = "MR", "HEAD"
-        ds.PatientName, ds.PatientID = "PHANTOM^HEAD", "PHANTOM-1"
-        ds.InstanceNumber = int(k) + 1
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-72.0, -72.0, -64.0 + float(k) * SPACING[0]]
-        ds.PixelSpacing = [SPACING[1], SPACING[2]]
-        ds.SliceThickness = SPACING[0]
-        ds.Rows, ds.Columns = ROWS, COLS
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelData = volume[k].tobytes()
-        files.append(to_bytes(ds))
-    return files
+    """Shuffled, as a scanner would send them unordered."""
+    order = [int(k) for k in np.random.default_rng(0).permutation(SLICES)]
+    return mr_head_series(volume, SPACING, order)
 
 
 def test_brain_volume_in_ml_matches_the_returned_mask(

@@ -24,9 +24,9 @@ from error_cases import (
     MISSING_MODEL,
     MISSING_MODEL_NAME,
     deployments,
+    gapped_mr_series,
     good_chest,
     mpeg2_instance,
-    mr_head_series,
 )
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -73,7 +73,7 @@ CASES: dict[str, Case] = {
     "brain series with a missing slice": Case(
         errors.StudyRefused,
         "stack",
-        lambda: mr_head_series(drop=8),
+        gapped_mr_series,
         "refuses this series",
     ),
     "no pipeline accepts the study": Case(
