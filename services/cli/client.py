@@ -41,21 +41,27 @@ class GatewayClient:
         pipeline: str = "",
         priority: gateway_pb2.RequestPriority = gateway_pb2.REQUEST_PRIORITY_UNSPECIFIED,
         client_request_id: str = "",
+        heatmaps: bool = False,
     ) -> gateway_pb2.AnalyzeResponse:
         """One message for small studies, a client stream for large ones."""
+        options = gateway_pb2.OutputOptions(heatmaps=heatmaps)
         if sum(len(i) for i in instances) <= STREAM_ABOVE_BYTES:
             request = gateway_pb2.AnalyzeRequest(
                 instances=list(instances),
                 pipeline=pipeline,
                 priority=priority,
                 client_request_id=client_request_id,
+                options=options,
             )
             response: gateway_pb2.AnalyzeResponse = self.stub.Analyze(
                 request, timeout=self._timeout
             )
             return response
         header = gateway_pb2.AnalyzeHeader(
-            pipeline=pipeline, priority=priority, client_request_id=client_request_id
+            pipeline=pipeline,
+            priority=priority,
+            client_request_id=client_request_id,
+            options=options,
         )
         streamed: gateway_pb2.AnalyzeResponse = self.stub.AnalyzeStream(
             stream_messages(instances, header), timeout=self._timeout

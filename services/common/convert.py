@@ -28,6 +28,7 @@ from services.common.results import (
     CodedConcept,
     Finding,
     Measurement,
+    OutputOptions,
     RequestPriority,
     StudyRequest,
     StudyResult,
@@ -269,6 +270,7 @@ def postprocess_request(
     outputs: Mapping[str, np.ndarray],
     sop_instance_uids: Sequence[str],
     prepared: Preprocessed,
+    heatmaps: bool,
 ) -> postprocessor_pb2.PostprocessRequest:
     """The model outputs plus the geometry postprocessing maps them back onto (no pixels)."""
     msg = postprocessor_pb2.PostprocessRequest(
@@ -276,6 +278,7 @@ def postprocess_request(
         outputs={name: tensors.to_proto(array) for name, array in outputs.items()},
         sop_instance_uids=list(sop_instance_uids),
         geometries=[geometry_to_proto(g) for g in prepared.geometries],
+        heatmaps=heatmaps,
     )
     if prepared.grid is not None:
         msg.volume.CopyFrom(grid_to_proto(prepared.grid))
@@ -326,6 +329,7 @@ def study_request(
         pipeline=header.pipeline,
         priority=request_priority_from_proto(header.priority),
         request_id=request_id,
+        options=OutputOptions(heatmaps=header.options.heatmaps),
     )
 
 

@@ -87,11 +87,19 @@ class Assessment:
 
 
 @dataclass(frozen=True)
+class OutputOptions:
+    """Heavy outputs the caller asked for (off by default: they cost time on every study)."""
+
+    heatmaps: bool = False
+
+
+@dataclass(frozen=True)
 class StudyRequest:
     instances: list[bytes]
     pipeline: str = ""
     priority: RequestPriority = RequestPriority.DEFAULT
     request_id: str = ""
+    options: OutputOptions = field(default_factory=OutputOptions)
 
 
 @dataclass(frozen=True)

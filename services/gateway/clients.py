@@ -101,9 +101,12 @@ class PostprocessorClient(_ServiceClient):
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
         prepared: Preprocessed,
+        heatmaps: bool,
         request_id: str,
     ) -> Assessment:
-        request = convert.postprocess_request(pipeline, outputs, sop_instance_uids, prepared)
+        request = convert.postprocess_request(
+            pipeline, outputs, sop_instance_uids, prepared, heatmaps
+        )
         return convert.assessment_from_proto(self.call(self._stub.Postprocess, request, request_id))
 
 

@@ -62,6 +62,7 @@ class Postprocessor(Protocol):
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
         prepared: Preprocessed,
+        heatmaps: bool,
         request_id: str,
     ) -> Assessment: ...
 
@@ -144,7 +145,7 @@ class StudyAnalyzer:
                 model.version,
                 model.input,
                 prepared.batch,
-                model.outputs,
+                _outputs_needed(pipeline, request.options.heatmaps),
                 request.priority.triton_priority,
                 rid,
             )
@@ -155,7 +156,7 @@ class StudyAnalyzer:
         )
         with stage_timer("gateway", "postprocess", seconds):
             assessment = self._postprocessor.postprocess(
-                pipeline.name, outputs, uids, prepared, rid
+                pipeline.name, outputs, uids, prepared, request.options.heatmaps, rid
             )
         return assessment, pipeline, prepared
 
@@ -187,6 +188,12 @@ class StudyAnalyzer:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _outputs_needed(pipeline: Pipeline, heatmaps: bool) -> list[str]:
+    """The model outputs to ask Triton for: class activation maps only when heatmaps are."""
+    maps = {rule.heatmap_output for rule in pipeline.postprocess.findings}
+    return [name for name in pipeline.model.outputs if heatmaps or name not in maps]
 
 
 def assemble_instances(

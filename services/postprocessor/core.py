@@ -57,6 +57,8 @@ def assess(
     pipeline: spec.Pipeline,
     geometries: Sequence[Geometry] = (),
     grid: VolumeGrid | None = None,
+    *,
+    draw_heatmaps: bool = False,
 ) -> Assessment:
     """Apply each finding rule to each image row; the study's priority is the most urgent.
 
@@ -81,7 +83,11 @@ def assess(
                 f"{rule.concept.code} reads column {rule.index}"
             )
         probabilities = _activate(values[:, rule.index], rule.activation)
-        maps = _heatmaps(rule, outputs, rows, geometries, pipeline.postprocess.heatmap_opacity)
+        maps = (
+            _heatmaps(rule, outputs, rows, geometries, pipeline.postprocess.heatmap_opacity)
+            if draw_heatmaps
+            else [b""] * rows
+        )
         for uid, probability, png in zip(sop_instance_uids, probabilities, maps, strict=True):
             positive = bool(probability >= rule.threshold)
             findings.append(

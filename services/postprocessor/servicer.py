@@ -23,5 +23,12 @@ class PostprocessorServicer(postprocessor_pb2_grpc.PostprocessorServicer):
         geometries = [convert.geometry_from_proto(g) for g in request.geometries]
         grid = convert.grid_from_proto(request.volume) if request.HasField("volume") else None
         with stage_timer("postprocessor", "postprocess"):
-            result = assess(outputs, list(request.sop_instance_uids), pipeline, geometries, grid)
+            result = assess(
+                outputs,
+                list(request.sop_instance_uids),
+                pipeline,
+                geometries,
+                grid,
+                draw_heatmaps=request.heatmaps,
+            )
         return convert.assessment_to_proto(result)

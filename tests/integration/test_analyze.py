@@ -155,6 +155,19 @@ def test_list_pipelines(gateway: gateway_pb2_grpc.GatewayStub) -> None:
         assert info.card.card_reference.endswith("MODEL_CARD.md") and info.card.metrics
 
 
+def test_heatmaps_are_left_out_unless_asked_for(
+    dicom_dir: Path, gateway: gateway_pb2_grpc.GatewayStub
+) -> None:
+    dicom = (dicom_dir / CHEST_FILES[0]).read_bytes()
+    [plain] = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[dicom])).findings
+    options = gateway_pb2.OutputOptions(heatmaps=True)
+    [drawn] = gateway.Analyze(
+        gateway_pb2.AnalyzeRequest(instances=[dicom], options=options)
+    ).findings
+    assert plain.heatmap_png == b"" and drawn.heatmap_png.startswith(b"\x89PNG")
+    assert plain.probability == drawn.probability  # the same model call either way
+
+
 def test_findings_carry_a_heatmap_png_of_the_image_size(
     dicom_dir: Path, gateway: gateway_pb2_grpc.GatewayStub
 ) -> None:
@@ -164,12 +177,16 @@ def test_findings_carry_a_heatmap_png_of_the_image_size(
     from PIL import Image
 
     path = dicom_dir / CHEST_FILES[2]
-    response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[path.read_bytes()]))
+    options = gateway_pb2.OutputOptions(heatmaps=True)
+    response = gateway.Analyze(
+        gateway_pb2.AnalyzeRequest(instances=[path.read_bytes()], options=options)
+    )
     [finding] = response.findings
     image = Image.open(io.BytesIO(finding.heatmap_png))
     header = pydicom.dcmread(path, stop_before_pixels=True)
     assert image.format == "PNG" and image.mode == "RGBA"
-    assert image.size == (header.Columns, header.Rows)
+    scale = min(1.0, 256 / max(header.Columns, header.Rows))  # the image's shape, capped
+    assert image.size == (round(header.Columns * scale), round(header.Rows * scale))
     alpha = np.asarray(image)[..., 3]
     # The overlay covers where the model looked and leaves the rest (the cropped margins) clear.
     assert alpha.max() > 50 and (alpha == 0).any()

@@ -29,6 +29,7 @@ from services.common.results import (
     CodedConcept,
     Finding,
     ModelRef,
+    OutputOptions,
     RequestPriority,
     StudyRequest,
     StudyResult,
@@ -226,6 +227,7 @@ class FakePostprocessor:
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
         prepared: Preprocessed,
+        heatmaps: bool,
         request_id: str,
     ) -> Assessment:
         self.calls.append(
@@ -234,6 +236,7 @@ class FakePostprocessor:
                 "outputs": outputs,
                 "uids": list(sop_instance_uids),
                 "prepared": prepared,
+                "heatmaps": heatmaps,
                 "request_id": request_id,
             }
         )
@@ -489,9 +492,26 @@ def test_inference_gets_the_pipelines_model_and_the_request_priority(
     assert call["model"] == "cxr_pneumonia" == spec.name
     assert call["version"] == spec.version
     assert call["input_name"] == "image" == spec.input
-    assert call["output_names"] == ["logits", "cam"] == list(spec.outputs)
+    assert call["output_names"] == ["logits"]  # no heatmaps asked: the CAM is not fetched
     assert call["priority"] == triton
     assert call["request_id"] == "p"
+    assert backends.postprocessor.calls[0]["heatmaps"] is False
+
+
+def test_heatmaps_when_asked_fetch_the_class_activation_map(
+    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+) -> None:
+    instances, attributes = study(2)
+    backends = Backends(FakeDecoder(attributes))
+    request = StudyRequest(instances, options=OutputOptions(heatmaps=True))
+    make_analyzer(backends).analyze(request)
+    (call,) = backends.inference.calls
+    assert (
+        call["output_names"]
+        == ["logits", "cam"]
+        == list(registry.get("cxr_pneumonia").model.outputs)
+    )
+    assert backends.postprocessor.calls[0]["heatmaps"] is True
 
 
 # 5. the result

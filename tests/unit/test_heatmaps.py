@@ -9,7 +9,7 @@ from PIL import Image
 from services.common.errors import ContractViolation
 from services.common.images import DecodedImage, Geometry, ImageAttributes
 from services.common.pipelines import Pipeline
-from services.postprocessor.heatmaps import render
+from services.postprocessor.heatmaps import MAX_SIDE, render
 from services.preprocessor.core import prepare
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
@@ -40,11 +40,15 @@ def test_negative_or_flat_maps_are_fully_transparent() -> None:
     assert (flat[..., 3] == 0).all()
 
 
-def test_large_images_give_small_overlays() -> None:
+def test_large_images_give_small_overlays_of_the_same_shape() -> None:
     cam = np.random.default_rng(0).random((7, 7)).astype(np.float32)
     png = render(cam, Geometry(1955, 1841, 57, 0, 1841, 1841), 0.45)
-    assert _png(png).shape == (1955, 1841, 4)
-    assert len(png) < 400_000
+    pixels = _png(png)
+    assert pixels.shape == (MAX_SIDE, round(1841 * MAX_SIDE / 1955), 4)
+    assert len(png) < 100_000
+    # The region the model saw (rows 57..1897 of 1955) keeps its place in the smaller overlay.
+    top = round(57 * MAX_SIDE / 1955)
+    assert (pixels[: top - 1, :, 3] == 0).all() and pixels[top + 5, :, 3].any()
 
 
 def test_bad_shapes_are_reported() -> None:

@@ -17,27 +17,37 @@ REQUEST_PRIORITY_UNSPECIFIED: RequestPriority
 REQUEST_PRIORITY_ROUTINE: RequestPriority
 REQUEST_PRIORITY_URGENT: RequestPriority
 
+class OutputOptions(_message.Message):
+    __slots__ = ("heatmaps",)
+    HEATMAPS_FIELD_NUMBER: _ClassVar[int]
+    heatmaps: bool
+    def __init__(self, heatmaps: bool = ...) -> None: ...
+
 class AnalyzeRequest(_message.Message):
-    __slots__ = ("instances", "pipeline", "priority", "client_request_id")
+    __slots__ = ("instances", "pipeline", "priority", "client_request_id", "options")
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedScalarFieldContainer[bytes]
     pipeline: str
     priority: RequestPriority
     client_request_id: str
-    def __init__(self, instances: _Optional[_Iterable[bytes]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ...) -> None: ...
+    options: OutputOptions
+    def __init__(self, instances: _Optional[_Iterable[bytes]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
 
 class AnalyzeHeader(_message.Message):
-    __slots__ = ("pipeline", "priority", "client_request_id")
+    __slots__ = ("pipeline", "priority", "client_request_id", "options")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     priority: RequestPriority
     client_request_id: str
-    def __init__(self, pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ...) -> None: ...
+    options: OutputOptions
+    def __init__(self, pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
 
 class InstanceChunk(_message.Message):
     __slots__ = ("instance_index", "data")

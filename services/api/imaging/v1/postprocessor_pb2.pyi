@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PostprocessRequest(_message.Message):
-    __slots__ = ("pipeline", "outputs", "sop_instance_uids", "geometries", "volume")
+    __slots__ = ("pipeline", "outputs", "sop_instance_uids", "geometries", "volume", "heatmaps")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,12 +21,14 @@ class PostprocessRequest(_message.Message):
     SOP_INSTANCE_UIDS_FIELD_NUMBER: _ClassVar[int]
     GEOMETRIES_FIELD_NUMBER: _ClassVar[int]
     VOLUME_FIELD_NUMBER: _ClassVar[int]
+    HEATMAPS_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     outputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
     sop_instance_uids: _containers.RepeatedScalarFieldContainer[str]
     geometries: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.ImageGeometry]
     volume: _tensor_pb2.VolumeGeometry
-    def __init__(self, pipeline: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ...) -> None: ...
+    heatmaps: bool
+    def __init__(self, pipeline: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ..., heatmaps: bool = ...) -> None: ...
 
 class PostprocessResponse(_message.Message):
     __slots__ = ("findings", "triage_priority", "measurements", "segmentations")
