@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,6 +88,14 @@ class Stack:
     pids: dict[str, int] = field(default_factory=dict)
 
     @property
+    def pixel_exchange_dir(self) -> Path:
+        """Where the decoder leaves decoded pixels for the preprocessor: shared memory when the
+        machine has it (the services run side by side here)."""
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.run_dir
+        return base / f"imaging-exchange-{self.ports.decoder}"
+
+    @property
     def gateway_address(self) -> str:
         return f"127.0.0.1:{self.ports.gateway}"
 
@@ -136,12 +145,14 @@ class Stack:
             IMAGING_PREPROCESSOR_ADDRESS=f"127.0.0.1:{self.ports.preprocessor}",
             IMAGING_POSTPROCESSOR_ADDRESS=f"127.0.0.1:{self.ports.postprocessor}",
             IMAGING_TRITON_ADDRESS=self.triton_grpc_address,
+            IMAGING_PIXEL_EXCHANGE_DIR=str(self.pixel_exchange_dir),
         )
         env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 180.0) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.pixel_exchange_dir.mkdir(mode=0o700, exist_ok=True)
         try:
             self._start_triton()
             for service in self.services:
@@ -211,6 +222,7 @@ class Stack:
             _wait_exit(pid, 5)
         self.pids.clear()
         (self.run_dir / "stack.json").unlink(missing_ok=True)
+        shutil.rmtree(self.pixel_exchange_dir, ignore_errors=True)
 
     @classmethod
     def from_state(cls, run_dir: Path) -> Stack:

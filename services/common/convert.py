@@ -19,9 +19,19 @@ from services.api.imaging.v1 import (
 )
 from services.common import tensors
 from services.common.cards import ModelCard
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, Misconfiguration
+from services.common.exchange import PixelExchange
 from services.common.grids import Segmentation, VolumeGrid
-from services.common.images import DecodedImage, Geometry, ImageAttributes, Lut, Preprocessed
+from services.common.images import (
+    Decoded,
+    DecodedImage,
+    Geometry,
+    ImageAttributes,
+    Lut,
+    Preprocessed,
+    SharedImage,
+    SharedPixels,
+)
 from services.common.pipelines import Pipeline
 from services.common.results import (
     Assessment,
@@ -120,14 +130,43 @@ def attributes_from_proto(msg: tensor_pb2.ImageAttributes) -> ImageAttributes:
     )
 
 
-def image_to_proto(image: DecodedImage) -> tensor_pb2.DecodedImage:
-    return tensor_pb2.DecodedImage(
-        pixels=tensors.to_proto(image.pixels), attributes=attributes_to_proto(image.attributes)
-    )
+def image_to_proto(image: Decoded) -> tensor_pb2.DecodedImage:
+    attributes = attributes_to_proto(image.attributes)
+    if isinstance(image, SharedImage):
+        shared = tensor_pb2.SharedTensor(
+            name=image.pixels.name,
+            dtype=tensors.dtype_to_proto(image.pixels.dtype),
+            shape=list(image.pixels.shape),
+        )
+        return tensor_pb2.DecodedImage(shared_pixels=shared, attributes=attributes)
+    return tensor_pb2.DecodedImage(pixels=tensors.to_proto(image.pixels), attributes=attributes)
 
 
-def image_from_proto(msg: tensor_pb2.DecodedImage) -> DecodedImage:
-    return DecodedImage(tensors.from_proto(msg.pixels), attributes_from_proto(msg.attributes))
+def decoded_from_proto(msg: tensor_pb2.DecodedImage) -> Decoded:
+    """What the decoder returned, pixels left where they are (the gateway's view)."""
+    attributes = attributes_from_proto(msg.attributes)
+    if msg.HasField("shared_pixels"):
+        shared = msg.shared_pixels
+        pixels = SharedPixels(
+            shared.name, tensors.dtype_from_proto(shared.dtype), tuple(int(s) for s in shared.shape)
+        )
+        return SharedImage(pixels, attributes)
+    return DecodedImage(tensors.from_proto(msg.pixels), attributes)
+
+
+def image_from_proto(
+    msg: tensor_pb2.DecodedImage, exchange: PixelExchange | None = None
+) -> DecodedImage:
+    """The image with its pixels, read from the pixel exchange when they wait there."""
+    image = decoded_from_proto(msg)
+    if isinstance(image, DecodedImage):
+        return image
+    if exchange is None:
+        raise Misconfiguration(
+            "the decoder left pixels in a pixel exchange but this service has none "
+            "(set IMAGING_PIXEL_EXCHANGE_DIR on the decoder and the preprocessor alike)"
+        )
+    return DecodedImage(exchange.take(image.pixels), image.attributes)
 
 
 def geometry_to_proto(geometry: Geometry) -> tensor_pb2.ImageGeometry:
@@ -176,7 +215,7 @@ def segmentation_from_proto(msg: tensor_pb2.Segmentation) -> Segmentation:
 
 
 def preprocess_request(
-    pipeline: str, images: Sequence[DecodedImage]
+    pipeline: str, images: Sequence[Decoded]
 ) -> preprocessor_pb2.PreprocessRequest:
     return preprocessor_pb2.PreprocessRequest(
         pipeline=pipeline, images=[image_to_proto(i) for i in images]

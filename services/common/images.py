@@ -81,6 +81,28 @@ class DecodedImage:
 
 
 @dataclass(frozen=True)
+class SharedPixels:
+    """Where one decoded image's stored values wait in the pixel exchange
+    (services/common/exchange.py): name, dtype and shape (C order)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SharedImage:
+    """A decoded image whose pixels stayed in shared memory: what the gateway routes on and
+    forwards to the preprocessor without touching the pixels."""
+
+    pixels: SharedPixels
+    attributes: ImageAttributes
+
+
+Decoded = DecodedImage | SharedImage
+
+
+@dataclass(frozen=True)
 class Geometry:
     """The region of the original image (rows x cols) that became the model input."""
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.exchange import PixelExchange
+
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 _MiB = 2**20
 
@@ -49,6 +51,19 @@ class ServiceSettings(BaseSettings):
         60.0, gt=0, description="close client connections after this long so they re-resolve"
     )
     log_level: str = Field("INFO", description="root log level")
+    # Decoder and preprocessor: a directory both mount on a memory-backed filesystem, through
+    # which decoded pixels pass instead of gRPC (services/common/exchange.py); unset: inline.
+    pixel_exchange_dir: Path | None = Field(
+        None, description="shared-memory directory for decoded pixels (decoder, preprocessor)"
+    )
+    pixel_exchange_ttl_seconds: float = Field(
+        120.0, gt=0, description="pixels nobody took are deleted after this long"
+    )
+
+    def pixel_exchange(self) -> PixelExchange | None:
+        if self.pixel_exchange_dir is None:
+            return None
+        return PixelExchange(self.pixel_exchange_dir, self.pixel_exchange_ttl_seconds)
 
 
 class DecoderSettings(ServiceSettings, DecodeLimits):  # type: ignore[misc]

@@ -20,20 +20,30 @@ _TO_NUMPY: dict[tensor_pb2.DType, np.dtype] = {
 _FROM_NUMPY: dict[str, tensor_pb2.DType] = {dt.str[1:]: code for code, dt in _TO_NUMPY.items()}
 
 
+def dtype_to_proto(dtype: np.dtype) -> tensor_pb2.DType:
+    code = _FROM_NUMPY.get(dtype.str[1:])
+    if code is None:
+        raise InvalidInput(f"arrays of dtype {dtype} cannot be sent as tensors")
+    return code
+
+
+def dtype_from_proto(code: tensor_pb2.DType) -> np.dtype:
+    dtype = _TO_NUMPY.get(code)
+    if dtype is None:
+        raise InvalidInput(f"tensor dtype {code} is not supported")
+    return dtype
+
+
 def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
     """Serialise any supported array; big-endian input is byte-swapped to little-endian."""
-    code = _FROM_NUMPY.get(array.dtype.str[1:])
-    if code is None:
-        raise InvalidInput(f"arrays of dtype {array.dtype} cannot be sent as tensors")
+    code = dtype_to_proto(array.dtype)
     little = np.ascontiguousarray(array, dtype=_TO_NUMPY[code])
     return tensor_pb2.Tensor(dtype=code, shape=list(little.shape), data=little.tobytes())
 
 
 def from_proto(tensor: tensor_pb2.Tensor, max_elements: int | None = None) -> np.ndarray:
     """Deserialise without copying; validates that shape, dtype and byte count agree."""
-    dtype = _TO_NUMPY.get(tensor.dtype)
-    if dtype is None:
-        raise InvalidInput(f"tensor dtype {tensor.dtype} is not supported")
+    dtype = dtype_from_proto(tensor.dtype)
     shape = tuple(int(s) for s in tensor.shape)
     if any(s < 0 for s in shape):
         raise InvalidInput(f"tensor shape {shape} has a negative dimension")

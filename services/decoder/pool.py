@@ -56,7 +56,8 @@ from services.common.errors import (
     PlatformError,
     TooLarge,
 )
-from services.common.images import DecodedImage
+from services.common.exchange import PixelExchange
+from services.common.images import Decoded, DecodedImage, SharedImage, SharedPixels
 from services.common.settings import DecodeLimits, DecoderSettings
 from services.decoder.core import decode_instance
 from services.decoder.header import quiet_pydicom
@@ -131,17 +132,35 @@ class DecoderPool:
         self.run(os.getpid, describe=lambda: "the start-up check")
 
     def decode(
-        self, data: bytes, limits: DecodeLimits, *, on_abandon: OnAbandon | None = None
-    ) -> DecodedImage:
+        self,
+        data: bytes,
+        limits: DecodeLimits,
+        *,
+        on_abandon: OnAbandon | None = None,
+        exchange: PixelExchange | None = None,
+    ) -> Decoded:
         """Decode one instance in a worker; ``on_abandon`` (e.g. ``context.add_callback``)
-        lets a caller that gives up stop the decode."""
-        return self.run(
-            self._decode_fn,
-            data,
-            limits,
-            describe=lambda: describe_instance(data),
-            on_abandon=on_abandon,
-        )
+        lets a caller that gives up stop the decode.
+
+        With a pixel ``exchange`` the file goes to the worker, and the pixels come back, through
+        shared memory instead of pickles down a pipe (~35 ms for a 7 MB radiograph): the result
+        is then a SharedImage, unless the exchange was full."""
+        describe = lambda: describe_instance(data)  # noqa: E731
+        sent = exchange.put_bytes(data) if exchange is not None else None
+        if exchange is None or sent is None:
+            return self.run(self._decode_fn, data, limits, describe=describe, on_abandon=on_abandon)
+        try:
+            return self.run(
+                _decode_exchanged,
+                self._decode_fn,
+                sent,
+                exchange,
+                limits,
+                describe=describe,
+                on_abandon=on_abandon,
+            )
+        finally:
+            exchange.discard(sent)  # normally the worker took it already
 
     def run(
         self,
@@ -348,6 +367,15 @@ def _log_level() -> str:
     """This process's log level by name, for the workers."""
     name = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     return name if name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "WARNING"
+
+
+def _decode_exchanged(
+    decode_fn: DecodeFn, sent: SharedPixels, exchange: PixelExchange, limits: DecodeLimits
+) -> Decoded:
+    """In a worker: the file from the exchange, the pixels back into it."""
+    image = decode_fn(exchange.take_bytes(sent), limits)
+    handle = exchange.put(image.pixels)
+    return image if handle is None else SharedImage(handle, image.attributes)
 
 
 def _init_worker(memory_bytes: int, log_level: str) -> None:

@@ -3,17 +3,39 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from dataclasses import dataclass
 
 import grpc
 
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common import logs, server
+from services.common.exchange import PixelExchange
 from services.common.settings import DecoderSettings
 from services.decoder.pool import DecoderPool
 from services.decoder.servicer import DecoderServicer
 
 SERVICE_NAME = decoder_pb2.DESCRIPTOR.services_by_name["DicomDecoder"].full_name
+log = logging.getLogger(__name__)
+
+
+class _Sweeper(threading.Thread):
+    """Deletes pixels in the exchange that no preprocessor took (e.g. a refused study)."""
+
+    def __init__(self, exchange: PixelExchange) -> None:
+        super().__init__(name="pixel-exchange-sweeper", daemon=True)
+        self._exchange = exchange
+        self._stopped = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self._stopped.wait(min(10.0, self._exchange.ttl_seconds / 2)):
+            if removed := self._exchange.sweep():
+                log.info("pixel exchange: deleted %d handle(s) nobody took", removed)
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 @dataclass
@@ -21,9 +43,12 @@ class RunningDecoder(server.RunningServer):
     """The gRPC server plus the worker pool it decodes in; stop() drains, then stops both."""
 
     pool: DecoderPool | None = None
+    sweeper: _Sweeper | None = None
 
     def stop(self, grace: float) -> None:
         super().stop(grace)
+        if self.sweeper is not None:
+            self.sweeper.stop()
         if self.pool is not None:
             self.pool.close()  # in-flight RPCs had their grace; cancel what is left
 
@@ -32,9 +57,11 @@ def start(settings: DecoderSettings, pool: DecoderPool | None = None) -> Running
     """Start the worker pool and serve (tests call this in-process, optionally with a pool)."""
     pool = pool or DecoderPool.from_settings(settings)
     limits = settings.limits()
+    exchange = settings.pixel_exchange()
 
     def register(srv: grpc.Server) -> None:
-        decoder_pb2_grpc.add_DicomDecoderServicer_to_server(DecoderServicer(pool, limits), srv)
+        servicer = DecoderServicer(pool, limits, exchange)
+        decoder_pb2_grpc.add_DicomDecoderServicer_to_server(servicer, srv)
 
     try:
         pool.start()  # workers that cannot start fail the service now, not its first request
@@ -43,7 +70,8 @@ def start(settings: DecoderSettings, pool: DecoderPool | None = None) -> Running
         pool.close()
         raise
     fields = {f.name: getattr(running, f.name) for f in dataclasses.fields(running)}
-    return RunningDecoder(**fields, pool=pool)
+    sweeper = _Sweeper(exchange) if exchange is not None else None
+    return RunningDecoder(**fields, pool=pool, sweeper=sweeper)
 
 
 def main() -> None:

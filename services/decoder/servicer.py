@@ -6,20 +6,33 @@ import grpc
 
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common.convert import image_to_proto
+from services.common.exchange import PixelExchange
+from services.common.images import DecodedImage, SharedImage
 from services.common.metrics import stage_timer
 from services.common.settings import DecodeLimits
 from services.decoder.pool import DecoderPool
 
 
 class DecoderServicer(decoder_pb2_grpc.DicomDecoderServicer):
-    def __init__(self, pool: DecoderPool, limits: DecodeLimits) -> None:
+    def __init__(
+        self, pool: DecoderPool, limits: DecodeLimits, exchange: PixelExchange | None = None
+    ) -> None:
         self._pool = pool
         self._limits = limits
+        self._exchange = exchange
 
     def Decode(  # noqa: N802 (gRPC naming)
         self, request: decoder_pb2.DecodeRequest, context: grpc.ServicerContext
     ) -> decoder_pb2.DecodeResponse:
         with stage_timer("decoder", "decode"):
             # A caller that gives up (cancel, deadline) frees its worker.
-            image = self._pool.decode(request.dicom, self._limits, on_abandon=context.add_callback)
+            image = self._pool.decode(
+                request.dicom,
+                self._limits,
+                on_abandon=context.add_callback,
+                exchange=self._exchange,
+            )
+        if isinstance(image, SharedImage) and not request.shared_output:
+            assert self._exchange is not None  # only it makes shared images
+            image = DecodedImage(self._exchange.take(image.pixels), image.attributes)
         return decoder_pb2.DecodeResponse(image=image_to_proto(image))

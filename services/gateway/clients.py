@@ -26,7 +26,7 @@ from services.api.imaging.v1 import (
     preprocessor_pb2_grpc,
 )
 from services.common import convert, errors
-from services.common.images import DecodedImage, Preprocessed
+from services.common.images import Decoded, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
 from services.common.remote_errors import from_rpc_error, from_triton_error
 from services.common.results import Assessment
@@ -71,9 +71,9 @@ class DecoderClient(_ServiceClient):
         super().__init__("decoder", address, timeout, max_message_bytes)
         self._stub = decoder_pb2_grpc.DicomDecoderStub(self.channel)
 
-    def decode(self, dicom: bytes, request_id: str) -> DecodedImage:
-        reply = self.call(self._stub.Decode, decoder_pb2.DecodeRequest(dicom=dicom), request_id)
-        return convert.image_from_proto(reply.image)
+    def decode(self, dicom: bytes, request_id: str) -> Decoded:
+        request = decoder_pb2.DecodeRequest(dicom=dicom, shared_output=True)
+        return convert.decoded_from_proto(self.call(self._stub.Decode, request, request_id).image)
 
 
 class PreprocessorClient(_ServiceClient):
@@ -81,9 +81,7 @@ class PreprocessorClient(_ServiceClient):
         super().__init__("preprocessor", address, timeout, max_message_bytes)
         self._stub = preprocessor_pb2_grpc.PreprocessorStub(self.channel)
 
-    def preprocess(
-        self, pipeline: str, images: Sequence[DecodedImage], request_id: str
-    ) -> Preprocessed:
+    def preprocess(self, pipeline: str, images: Sequence[Decoded], request_id: str) -> Preprocessed:
         request = convert.preprocess_request(pipeline, images)
         return convert.preprocessed_from_proto(
             self.call(self._stub.Preprocess, request, request_id)

@@ -16,7 +16,7 @@ import numpy as np
 
 from services.common.cards import ModelCard, card_from_parameters
 from services.common.errors import DependencyUnavailable, InvalidInput, TooLarge
-from services.common.images import DecodedImage, Preprocessed
+from services.common.images import Decoded, Preprocessed
 from services.common.metrics import stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.results import Assessment, ModelRef, StudyRequest, StudyResult
@@ -28,12 +28,12 @@ STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
 
 
 class Decoder(Protocol):
-    def decode(self, dicom: bytes, request_id: str) -> DecodedImage: ...
+    def decode(self, dicom: bytes, request_id: str) -> Decoded: ...
 
 
 class Preprocessor(Protocol):
     def preprocess(
-        self, pipeline: str, images: Sequence[DecodedImage], request_id: str
+        self, pipeline: str, images: Sequence[Decoded], request_id: str
     ) -> Preprocessed: ...
 
 
@@ -160,7 +160,7 @@ class StudyAnalyzer:
             )
         return assessment, pipeline, prepared
 
-    def _preprocess(self, pipeline: Pipeline, images: list[DecodedImage], rid: str) -> Preprocessed:
+    def _preprocess(self, pipeline: Pipeline, images: list[Decoded], rid: str) -> Preprocessed:
         if pipeline.kind == "volume":  # the series is one model input
             return self._preprocessor.preprocess(pipeline.name, images, rid)
         # One call per image keeps each message the size of one image and spreads the work

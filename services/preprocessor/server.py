@@ -19,7 +19,7 @@ def start(settings: PipelineServiceSettings) -> server.RunningServer:
 
     def register(srv: grpc.Server) -> None:
         preprocessor_pb2_grpc.add_PreprocessorServicer_to_server(
-            PreprocessorServicer(registry), srv
+            PreprocessorServicer(registry, settings.pixel_exchange()), srv
         )
 
     return server.start("preprocessor", settings, register, [SERVICE_NAME], ("preprocess",))

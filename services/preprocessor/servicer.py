@@ -6,6 +6,7 @@ import grpc
 
 from services.api.imaging.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from services.common import convert
+from services.common.exchange import PixelExchange
 from services.common.metrics import stage_timer
 from services.common.pipelines import PipelineRegistry
 from services.preprocessor.core import prepare_batch
@@ -13,14 +14,15 @@ from services.preprocessor.volume import prepare_volume
 
 
 class PreprocessorServicer(preprocessor_pb2_grpc.PreprocessorServicer):
-    def __init__(self, registry: PipelineRegistry) -> None:
+    def __init__(self, registry: PipelineRegistry, exchange: PixelExchange | None = None) -> None:
         self._registry = registry
+        self._exchange = exchange
 
     def Preprocess(  # noqa: N802 (gRPC naming)
         self, request: preprocessor_pb2.PreprocessRequest, context: grpc.ServicerContext
     ) -> preprocessor_pb2.PreprocessResponse:
         pipeline = self._registry.get(request.pipeline)
-        images = [convert.image_from_proto(image) for image in request.images]
+        images = [convert.image_from_proto(image, self._exchange) for image in request.images]
         prepare = prepare_volume if pipeline.kind == "volume" else prepare_batch
         with stage_timer("preprocessor", "preprocess"):
             prepared = prepare(images, pipeline)

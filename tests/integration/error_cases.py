@@ -100,8 +100,14 @@ def write_broken_pipelines(folder: Path) -> Path:
 # --- extra in-process services -------------------------------------------------------------
 
 
-def _settings(pipelines_dir: Path) -> PipelineServiceSettings:
-    return PipelineServiceSettings(port=0, metrics_port=0, pipelines_dir=pipelines_dir)
+def _settings(pipelines_dir: Path, stack: Stack) -> PipelineServiceSettings:
+    """In-process services beside the stack: they share its decoder's pixel exchange."""
+    return PipelineServiceSettings(
+        port=0,
+        metrics_port=0,
+        pipelines_dir=pipelines_dir,
+        pixel_exchange_dir=stack.pixel_exchange_dir,
+    )
 
 
 @contextmanager
@@ -134,8 +140,8 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
             return f"{local}:{running.port}"
 
         broken_dir = write_broken_pipelines(workdir / "pipelines")
-        pre = preprocessor_server.start(_settings(broken_dir))
-        post = postprocessor_server.start(_settings(broken_dir))
+        pre = preprocessor_server.start(_settings(broken_dir, stack))
+        post = postprocessor_server.start(_settings(broken_dir, stack))
         cleanup.callback(pre.stop, 0)
         cleanup.callback(post.stop, 0)
         yield {

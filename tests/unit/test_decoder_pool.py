@@ -38,7 +38,8 @@ from services.common.errors import (
     TooLarge,
     UnsupportedInput,
 )
-from services.common.images import DecodedImage
+from services.common.exchange import PixelExchange
+from services.common.images import DecodedImage, SharedImage
 from services.common.settings import DecodeLimits, DecoderSettings
 from services.decoder import server as decoder_server
 from services.decoder.core import decode_instance
@@ -173,6 +174,39 @@ def test_decode_in_a_worker_equals_decode_in_process(pool: DecoderPool) -> None:
     assert image.attributes == reference.attributes
     assert image.pixels.dtype == reference.pixels.dtype
     np.testing.assert_array_equal(image.pixels, reference.pixels)
+
+
+def test_through_the_pixel_exchange_the_pixels_stay_in_shared_memory(
+    pool: DecoderPool, tmp_path: Path
+) -> None:
+    exchange = PixelExchange(tmp_path)
+    data = (CORPUS / "pydicom-testfiles" / "MR_small_RLE.dcm").read_bytes()
+
+    image = pool.decode(data, DecodeLimits(), exchange=exchange)
+
+    assert isinstance(image, SharedImage)
+    assert [p.name for p in tmp_path.iterdir()] == [image.pixels.name]  # the input was taken
+    reference = decode_instance(data, DecodeLimits())
+    assert image.attributes == reference.attributes
+    np.testing.assert_array_equal(exchange.take(image.pixels), reference.pixels)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_crash_through_the_exchange_leaves_no_file_behind(
+    pool: DecoderPool, tmp_path: Path
+) -> None:
+    exchange = PixelExchange(tmp_path)
+    data = _bytes(_ct(generate_uid(), ABORT_MARKER))
+    err = _error(lambda: pool.decode(data, DecodeLimits(), exchange=exchange))
+    assert type(err) is InvalidInput and "crashed" in err.reason
+    assert not list(tmp_path.iterdir())
+    _assert_serving(pool)
+
+
+def test_a_full_exchange_falls_back_to_the_pipe(pool: DecoderPool, tmp_path: Path) -> None:
+    missing = PixelExchange(tmp_path / "not-there")  # every write fails, like ENOSPC
+    image = pool.decode(_bytes(_ct()), DecodeLimits(), exchange=missing)
+    assert isinstance(image, DecodedImage) and image.pixels.shape == (1, 16, 16, 1)
 
 
 def _unsupported() -> bytes:

@@ -6,10 +6,12 @@ from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Opti
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("dicom",)
+    __slots__ = ("dicom", "shared_output")
     DICOM_FIELD_NUMBER: _ClassVar[int]
+    SHARED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     dicom: bytes
-    def __init__(self, dicom: _Optional[bytes] = ...) -> None: ...
+    shared_output: bool
+    def __init__(self, dicom: _Optional[bytes] = ..., shared_output: bool = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
     __slots__ = ("image",)

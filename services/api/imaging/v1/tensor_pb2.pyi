@@ -106,12 +106,24 @@ class Lut(_message.Message):
     def __init__(self, first_mapped: _Optional[int] = ..., bits_per_entry: _Optional[int] = ..., data: _Optional[_Union[Tensor, _Mapping]] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class DecodedImage(_message.Message):
-    __slots__ = ("pixels", "attributes")
+    __slots__ = ("pixels", "attributes", "shared_pixels")
     PIXELS_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_PIXELS_FIELD_NUMBER: _ClassVar[int]
     pixels: Tensor
     attributes: ImageAttributes
-    def __init__(self, pixels: _Optional[_Union[Tensor, _Mapping]] = ..., attributes: _Optional[_Union[ImageAttributes, _Mapping]] = ...) -> None: ...
+    shared_pixels: SharedTensor
+    def __init__(self, pixels: _Optional[_Union[Tensor, _Mapping]] = ..., attributes: _Optional[_Union[ImageAttributes, _Mapping]] = ..., shared_pixels: _Optional[_Union[SharedTensor, _Mapping]] = ...) -> None: ...
+
+class SharedTensor(_message.Message):
+    __slots__ = ("name", "dtype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ImageGeometry(_message.Message):
     __slots__ = ("rows", "cols", "region_top", "region_left", "region_rows", "region_cols")
