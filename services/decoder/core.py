@@ -38,6 +38,7 @@ from services.decoder.codecs import (
     CHAINS,
     NATIVE_SYNTAXES,
     Decoded,
+    DeflatedImageFrame,
     PixelSpec,
     decode_pixels,
     ts_label,
@@ -83,6 +84,23 @@ def decode_instance(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Decod
     except BaseException as exc:  # the one seam where pydicom/codec errors (and pyo3
         # panics, which are BaseExceptions) become ours
         raise InvalidInput(f"could not decode the DICOM file: {_trim(exc)}") from exc
+
+
+# Decoded by numpy and zlib alone, with every cap checked from the header first: nothing that
+# can crash, hang or balloon, so these are decoded in the service process, without the hop to
+# a worker (~20 ms for a 7 MB radiograph). Everything else goes to the worker pool.
+IN_PROCESS_SYNTAXES = NATIVE_SYNTAXES | {DeflatedImageFrame}
+
+
+def decodes_in_process(data: bytes) -> bool:
+    """Whether the file meta names a syntax of IN_PROCESS_SYNTAXES (a header-only read)."""
+    stream = BytesIO(data)
+    try:
+        read_preamble(stream, False)
+        ts = _read_file_meta_info(stream).get("TransferSyntaxUID")
+    except Exception:  # no or broken file meta: the worker will say what is wrong
+        return False
+    return ts in IN_PROCESS_SYNTAXES
 
 
 def _check_raw_bytes(data: bytes, limits: DecodeLimits) -> None:

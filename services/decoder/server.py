@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 
 import grpc
@@ -13,6 +14,7 @@ from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common import logs, server
 from services.common.exchange import PixelExchange
 from services.common.settings import DecoderSettings
+from services.decoder.header import quiet_pydicom
 from services.decoder.pool import DecoderPool
 from services.decoder.servicer import DecoderServicer
 
@@ -57,6 +59,10 @@ def start(settings: DecoderSettings, pool: DecoderPool | None = None) -> Running
     """Start the worker pool and serve (tests call this in-process, optionally with a pool)."""
     pool = pool or DecoderPool.from_settings(settings)
     limits = settings.limits()
+    # Native syntaxes are decoded in this process too: pydicom must not quote values here
+    # either (services/decoder/header.py checks them instead).
+    quiet_pydicom()
+    warnings.filterwarnings("ignore", module=r"pydicom\.")
     exchange = settings.pixel_exchange()
 
     def register(srv: grpc.Server) -> None:

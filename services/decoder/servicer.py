@@ -7,9 +7,10 @@ import grpc
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common.convert import image_to_proto
 from services.common.exchange import PixelExchange
-from services.common.images import DecodedImage, SharedImage
+from services.common.images import Decoded, DecodedImage, SharedImage
 from services.common.metrics import stage_timer
 from services.common.settings import DecodeLimits
+from services.decoder.core import decode_instance, decodes_in_process
 from services.decoder.pool import DecoderPool
 
 
@@ -25,13 +26,20 @@ class DecoderServicer(decoder_pb2_grpc.DicomDecoderServicer):
         self, request: decoder_pb2.DecodeRequest, context: grpc.ServicerContext
     ) -> decoder_pb2.DecodeResponse:
         with stage_timer("decoder", "decode"):
-            # A caller that gives up (cancel, deadline) frees its worker.
-            image = self._pool.decode(
-                request.dicom,
-                self._limits,
-                on_abandon=context.add_callback,
-                exchange=self._exchange,
-            )
+            image: Decoded
+            if decodes_in_process(request.dicom):
+                image = decode_instance(request.dicom, self._limits)
+            else:  # a caller that gives up (cancel, deadline) frees its worker
+                image = self._pool.decode(
+                    request.dicom,
+                    self._limits,
+                    on_abandon=context.add_callback,
+                    exchange=self._exchange,
+                )
+        if isinstance(image, DecodedImage) and request.shared_output and self._exchange:
+            handle = self._exchange.put(image.pixels)
+            if handle is not None:  # else (exchange full): inline
+                image = SharedImage(handle, image.attributes)
         if isinstance(image, SharedImage) and not request.shared_output:
             assert self._exchange is not None  # only it makes shared images
             image = DecodedImage(self._exchange.take(image.pixels), image.attributes)

@@ -41,7 +41,7 @@ from pydicom.uid import (
 
 from services.common.errors import InvalidInput, PlatformError, TooLarge, UnsupportedInput
 from services.common.settings import DecodeLimits
-from services.decoder.core import decode_instance
+from services.decoder.core import decode_instance, decodes_in_process
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dicom"
 MANIFEST = CORPUS / "MANIFEST.csv"
@@ -646,3 +646,19 @@ def test_logs_and_errors_never_contain_the_patient_name(caplog: pytest.LogCaptur
     assert "force=True" in caplog.text  # the warning path really ran
     for text in (caplog.text, *seen):
         assert "Quixotic" not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "in_process"),
+    [
+        ("pydicom-data/RG1_UNCR.dcm", True),  # explicit VR little endian
+        ("pydicom-testfiles/MR_small_implicit.dcm", True),
+        ("pydicom-testfiles/MR_small_bigendian.dcm", True),
+        ("pydicom-testfiles/MR_small_RLE.dcm", False),  # a native codec: the worker pool
+        ("pydicom-data/RG1_J2KI.dcm", False),
+        ("pydicom-testfiles/meta_missing_tsyntax.dcm", False),  # unknown: the pool says why
+    ],
+)
+def test_only_syntaxes_without_native_codecs_decode_in_process(name: str, in_process: bool) -> None:
+    assert decodes_in_process((CORPUS / name).read_bytes()) is in_process
+    assert decodes_in_process(b"GIF89a" + bytes(200)) is False
