@@ -130,14 +130,22 @@ def attributes_from_proto(msg: tensor_pb2.ImageAttributes) -> ImageAttributes:
     )
 
 
+def shared_to_proto(shared: SharedPixels) -> tensor_pb2.SharedTensor:
+    return tensor_pb2.SharedTensor(
+        name=shared.name, dtype=tensors.dtype_to_proto(shared.dtype), shape=list(shared.shape)
+    )
+
+
+def shared_from_proto(msg: tensor_pb2.SharedTensor) -> SharedPixels:
+    return SharedPixels(
+        msg.name, tensors.dtype_from_proto(msg.dtype), tuple(int(s) for s in msg.shape)
+    )
+
+
 def image_to_proto(image: Decoded) -> tensor_pb2.DecodedImage:
     attributes = attributes_to_proto(image.attributes)
     if isinstance(image, SharedImage):
-        shared = tensor_pb2.SharedTensor(
-            name=image.pixels.name,
-            dtype=tensors.dtype_to_proto(image.pixels.dtype),
-            shape=list(image.pixels.shape),
-        )
+        shared = shared_to_proto(image.pixels)
         return tensor_pb2.DecodedImage(shared_pixels=shared, attributes=attributes)
     return tensor_pb2.DecodedImage(pixels=tensors.to_proto(image.pixels), attributes=attributes)
 
@@ -146,11 +154,7 @@ def decoded_from_proto(msg: tensor_pb2.DecodedImage) -> Decoded:
     """What the decoder returned, pixels left where they are (the gateway's view)."""
     attributes = attributes_from_proto(msg.attributes)
     if msg.HasField("shared_pixels"):
-        shared = msg.shared_pixels
-        pixels = SharedPixels(
-            shared.name, tensors.dtype_from_proto(shared.dtype), tuple(int(s) for s in shared.shape)
-        )
-        return SharedImage(pixels, attributes)
+        return SharedImage(shared_from_proto(msg.shared_pixels), attributes)
     return DecodedImage(tensors.from_proto(msg.pixels), attributes)
 
 

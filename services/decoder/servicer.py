@@ -5,7 +5,9 @@ from __future__ import annotations
 import grpc
 
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
+from services.common import convert
 from services.common.convert import image_to_proto
+from services.common.errors import Misconfiguration
 from services.common.exchange import PixelExchange
 from services.common.images import Decoded, DecodedImage, SharedImage
 from services.common.metrics import stage_timer
@@ -25,13 +27,21 @@ class DecoderServicer(decoder_pb2_grpc.DicomDecoderServicer):
     def Decode(  # noqa: N802 (gRPC naming)
         self, request: decoder_pb2.DecodeRequest, context: grpc.ServicerContext
     ) -> decoder_pb2.DecodeResponse:
+        dicom = request.dicom
+        if request.HasField("shared_dicom"):
+            if self._exchange is None:
+                raise Misconfiguration(
+                    "the gateway sent the file through a pixel exchange but the decoder has none "
+                    "(set IMAGING_PIXEL_EXCHANGE_DIR on both, or on neither)"
+                )
+            dicom = self._exchange.take_bytes(convert.shared_from_proto(request.shared_dicom))
         with stage_timer("decoder", "decode"):
             image: Decoded
-            if decodes_in_process(request.dicom):
-                image = decode_instance(request.dicom, self._limits)
+            if decodes_in_process(dicom):
+                image = decode_instance(dicom, self._limits)
             else:  # a caller that gives up (cancel, deadline) frees its worker
                 image = self._pool.decode(
-                    request.dicom,
+                    dicom,
                     self._limits,
                     on_abandon=context.add_callback,
                     exchange=self._exchange,

@@ -26,6 +26,7 @@ from services.api.imaging.v1 import (
     preprocessor_pb2_grpc,
 )
 from services.common import convert, errors
+from services.common.exchange import PixelExchange
 from services.common.images import Decoded, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
 from services.common.remote_errors import from_rpc_error, from_triton_error
@@ -67,13 +68,35 @@ class _ServiceClient:
 
 
 class DecoderClient(_ServiceClient):
-    def __init__(self, address: str, timeout: float, max_message_bytes: int) -> None:
+    """Sends each file inline, or through the pixel exchange when the gateway shares one with
+    the decoder (then no full-size message follows the client's upload)."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout: float,
+        max_message_bytes: int,
+        exchange: PixelExchange | None = None,
+    ) -> None:
         super().__init__("decoder", address, timeout, max_message_bytes)
         self._stub = decoder_pb2_grpc.DicomDecoderStub(self.channel)
+        self._exchange = exchange
 
     def decode(self, dicom: bytes, request_id: str) -> Decoded:
-        request = decoder_pb2.DecodeRequest(dicom=dicom, shared_output=True)
-        return convert.decoded_from_proto(self.call(self._stub.Decode, request, request_id).image)
+        shared = self._exchange.put_bytes(dicom) if self._exchange is not None else None
+        request = decoder_pb2.DecodeRequest(shared_output=True)
+        if shared is None:
+            request.dicom = dicom
+        else:
+            request.shared_dicom.CopyFrom(convert.shared_to_proto(shared))
+        try:
+            return convert.decoded_from_proto(
+                self.call(self._stub.Decode, request, request_id).image
+            )
+        finally:
+            if shared is not None:
+                assert self._exchange is not None
+                self._exchange.discard(shared)  # taken by the decoder unless it failed early
 
 
 class PreprocessorClient(_ServiceClient):

@@ -25,7 +25,7 @@ def start(settings: GatewaySettings) -> tuple[server.RunningServer, StudyAnalyze
     timeout, cap = settings.call_timeout_seconds, settings.max_message_bytes
     analyzer = StudyAnalyzer(
         registry=PipelineRegistry.load(settings.pipelines_dir),
-        decoder=DecoderClient(settings.decoder_address, timeout, cap),
+        decoder=DecoderClient(settings.decoder_address, timeout, cap, settings.pixel_exchange()),
         preprocessor=PreprocessorClient(settings.preprocessor_address, timeout, cap),
         inference=TritonClient(settings.triton_address, timeout),
         postprocessor=PostprocessorClient(settings.postprocessor_address, timeout, cap),

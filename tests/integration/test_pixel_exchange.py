@@ -18,7 +18,8 @@ from services.api.imaging.v1 import (
     preprocessor_pb2_grpc,
 )
 from services.cli.stack import Stack
-from services.common import tensors
+from services.common import convert, tensors
+from services.common.exchange import PixelExchange
 
 pytestmark = pytest.mark.integration
 BIG = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
@@ -60,3 +61,22 @@ def test_an_analysed_study_leaves_nothing_in_the_exchange(
     for _ in range(3):
         assert gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[dicom])).findings
     assert set(stack.pixel_exchange_dir.iterdir()) <= before
+
+
+def test_a_file_shared_by_the_gateway_is_decoded_and_consumed(
+    stack: Stack, dicom_dir: Path
+) -> None:
+    dicom = (dicom_dir / CHEST_FILES[0]).read_bytes()
+    exchange = PixelExchange(stack.pixel_exchange_dir)
+    sent = exchange.put_bytes(dicom)
+    assert sent is not None
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.decoder}", options=BIG) as channel:
+        decode = decoder_pb2_grpc.DicomDecoderStub(channel).Decode
+        request = decoder_pb2.DecodeRequest(shared_dicom=convert.shared_to_proto(sent))
+        shared = decode(request)
+        inline = decode(decoder_pb2.DecodeRequest(dicom=dicom))
+        with pytest.raises(grpc.RpcError) as again:  # a handle is read once
+            decode(request)
+    assert not (stack.pixel_exchange_dir / sent.name).exists()
+    assert shared.image == inline.image  # pixels inline both times: shared_output not asked
+    assert again.value.code() == grpc.StatusCode.INTERNAL

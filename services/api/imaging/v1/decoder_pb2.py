@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 from services.api.imaging.v1 import tensor_pb2 as imaging_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18imaging/v1/decoder.proto\x12\nimaging.v1\x1a\x17imaging/v1/tensor.proto\"5\n\rDecodeRequest\x12\r\n\x05\x64icom\x18\x01 \x01(\x0c\x12\x15\n\rshared_output\x18\x02 \x01(\x08\"9\n\x0e\x44\x65\x63odeResponse\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.imaging.v1.DecodedImage2O\n\x0c\x44icomDecoder\x12?\n\x06\x44\x65\x63ode\x12\x19.imaging.v1.DecodeRequest\x1a\x1a.imaging.v1.DecodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18imaging/v1/decoder.proto\x12\nimaging.v1\x1a\x17imaging/v1/tensor.proto\"e\n\rDecodeRequest\x12\r\n\x05\x64icom\x18\x01 \x01(\x0c\x12\x15\n\rshared_output\x18\x02 \x01(\x08\x12.\n\x0cshared_dicom\x18\x03 \x01(\x0b\x32\x18.imaging.v1.SharedTensor\"9\n\x0e\x44\x65\x63odeResponse\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.imaging.v1.DecodedImage2O\n\x0c\x44icomDecoder\x12?\n\x06\x44\x65\x63ode\x12\x19.imaging.v1.DecodeRequest\x1a\x1a.imaging.v1.DecodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -23,9 +23,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imaging.v1.decoder_pb2', _g
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _globals['_DECODEREQUEST']._serialized_start=65
-  _globals['_DECODEREQUEST']._serialized_end=118
-  _globals['_DECODERESPONSE']._serialized_start=120
-  _globals['_DECODERESPONSE']._serialized_end=177
-  _globals['_DICOMDECODER']._serialized_start=179
-  _globals['_DICOMDECODER']._serialized_end=258
+  _globals['_DECODEREQUEST']._serialized_end=166
+  _globals['_DECODERESPONSE']._serialized_start=168
+  _globals['_DECODERESPONSE']._serialized_end=225
+  _globals['_DICOMDECODER']._serialized_start=227
+  _globals['_DICOMDECODER']._serialized_end=306
 # @@protoc_insertion_point(module_scope)

@@ -6,12 +6,14 @@ from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Opti
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DecodeRequest(_message.Message):
-    __slots__ = ("dicom", "shared_output")
+    __slots__ = ("dicom", "shared_output", "shared_dicom")
     DICOM_FIELD_NUMBER: _ClassVar[int]
     SHARED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    SHARED_DICOM_FIELD_NUMBER: _ClassVar[int]
     dicom: bytes
     shared_output: bool
-    def __init__(self, dicom: _Optional[bytes] = ..., shared_output: bool = ...) -> None: ...
+    shared_dicom: _tensor_pb2.SharedTensor
+    def __init__(self, dicom: _Optional[bytes] = ..., shared_output: bool = ..., shared_dicom: _Optional[_Union[_tensor_pb2.SharedTensor, _Mapping]] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
     __slots__ = ("image",)
