@@ -33,7 +33,8 @@ import pydicom
 from pydicom.uid import UID
 
 from services.common.errors import PlatformError
-from services.decoder.core import DecodeLimits, decode_instance
+from services.common.settings import DecodeLimits
+from services.decoder.core import decode_instance
 from services.decoder.pool import DecoderPool
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"

@@ -23,8 +23,7 @@ import grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from services.common.errors import PlatformError
-from services.common.settings import DecoderSettings
-from services.decoder.core import DecodeLimits
+from services.common.settings import DecodeLimits, DecoderSettings
 from services.decoder.pool import DecoderPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fuzz"))
