@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup protos check-protos lint typecheck up down clean train train-deps reproduce
+.PHONY: demo test setup protos check-protos lint typecheck up down clean train train-deps reproduce bench
 
 demo: setup
 	$(BIN)/imaging-platform demo
@@ -49,6 +49,11 @@ train: train-deps
 # with the committed model files: about 10 minutes of CPU, so not part of `make test`.
 reproduce: train-deps
 	$(BIN)/pytest -m reproduce tests/reproduce
+
+# The platform against the thin client a vendor would write (same tritonserver, same CR):
+# closed loops at c=1, 4, 16; a few minutes, so not part of `make test`.
+bench: setup
+	$(BIN)/python load_tests/bench_platform.py --json load_tests/results/bench_platform.json
 
 clean:
 	rm -rf $(VENV) .run demo-output

@@ -155,12 +155,17 @@ class TritonClient:
         """The served model's config, fetched once per model and version."""
         key = (model, version)
         with self._lock:
-            if key not in self._configs:
-                with _triton_errors(self._address, model):
-                    self._configs[key] = self._client.get_model_config(
-                        model, version, client_timeout=self._timeout
-                    ).config
-            return self._configs[key]
+            cached = self._configs.get(key)
+        if cached is not None:
+            return cached
+        # Fetched without the lock (no lock is held across a network call); two first callers
+        # may both fetch, and both get the same config.
+        with _triton_errors(self._address, model):
+            config = self._client.get_model_config(
+                model, version, client_timeout=self._timeout
+            ).config
+        with self._lock:
+            return self._configs.setdefault(key, config)
 
     def max_batch_size(self, model: str, version: str) -> int:
         return max(1, int(self._config(model, version).max_batch_size))
