@@ -262,9 +262,7 @@ def triage_from_proto(value: findings_pb2.TriagePriority) -> TriagePriority:
 
 def finding_to_proto(finding: Finding) -> findings_pb2.Finding:
     return findings_pb2.Finding(
-        code=finding.concept.code,
-        coding_scheme=finding.concept.coding_scheme,
-        display_name=finding.concept.display_name,
+        **finding.concept.model_dump(),  # code, coding_scheme, display_name: the proto's names
         probability=finding.probability,
         threshold=finding.threshold,
         positive=finding.positive,
@@ -292,9 +290,7 @@ def finding_from_proto(msg: findings_pb2.Finding) -> Finding:
 
 def measurement_to_proto(measurement: Measurement) -> findings_pb2.Measurement:
     return findings_pb2.Measurement(
-        code=measurement.concept.code,
-        coding_scheme=measurement.concept.coding_scheme,
-        display_name=measurement.concept.display_name,
+        **measurement.concept.model_dump(),
         value=measurement.value,
         unit=measurement.unit,
         series_instance_uid=measurement.series_instance_uid,
