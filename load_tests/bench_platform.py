@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import tempfile
 import threading
@@ -34,6 +36,25 @@ from services.cli.client import GatewayClient
 from services.cli.stack import REPO_ROOT, Ports, Stack
 
 DEFAULT_FILE = REPO_ROOT.parent / "shared/data/dicom/pydicom-data/RG1_UNCR.dcm"
+
+
+def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process group (a service and, for the
+    decoder, its workers) and by this process (the load generator and the thin client)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = dict.fromkeys(groups, 0.0)
+    by_group = {pgid: name for name, pgid in groups.items()}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        name = by_group.get(int(fields[2]))  # field 5 of stat: the process group
+        if name is not None:
+            used[name] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    used["bench process"] = own.ru_utime + own.ru_stime
+    return used
 
 
 def closed_loop(call: Callable[[], object], concurrency: int, seconds: float) -> dict[str, float]:
@@ -97,15 +118,21 @@ def main() -> None:
             for _ in range(20):
                 for timing in gateway.analyze([dicom]).timings:
                     stages.setdefault(timing.stage, []).append(timing.milliseconds)
-            cells = {
-                (kind, c): closed_loop(call, c, args.seconds)
-                for c in args.concurrency
+            cells: dict[tuple[str, int], dict[str, float]] = {}
+            cpu: dict[tuple[str, int], dict[str, float]] = {}
+            for c in args.concurrency:
                 for kind, call in (
                     ("thin", lambda: thin.probability(dicom)),
                     ("platform", lambda: gateway.analyze([dicom])),
                     ("heatmaps", lambda: gateway.analyze([dicom], heatmaps=True)),
-                )
-            }
+                ):
+                    before = cpu_seconds(stack.pids)
+                    cells[(kind, c)] = cell = closed_loop(call, c, args.seconds)
+                    after = cpu_seconds(stack.pids)
+                    studies = max(cell["completed"] + 1, 1.0)  # + the warm-up call
+                    cpu[(kind, c)] = {
+                        name: (after[name] - before[name]) * 1e3 / studies for name in after
+                    }
         finally:
             stack.stop()
     print(f"file {args.file.name} ({len(dicom) / 1e6:.1f} MB); closed loops of {args.seconds:g} s")
@@ -126,6 +153,15 @@ def main() -> None:
                 f"{cell['p95_ms']:>8.1f} {ratio:>12.2f} "
                 f"{cell['p50_ms'] - thin_cell['p50_ms']:>11.1f} {int(cell['errors']):>7}"
             )
+    print("CPU ms per study, by process:")
+    names = list(next(iter(cpu.values())))
+    print(f"{'client':<9} {'c':>3} " + " ".join(f"{n[:13]:>13}" for n in names) + f" {'total':>8}")
+    for (kind, c), used in cpu.items():
+        print(
+            f"{kind:<9} {c:>3} "
+            + " ".join(f"{used[n]:>13.1f}" for n in names)
+            + f" {sum(used.values()):>8.1f}"
+        )
     medians = {stage: statistics.median(values) for stage, values in stages.items()}
     shown = " ".join(f"{k}={v:.1f}" for k, v in medians.items())
     print(f"platform stages, 20 sequential calls (median ms): {shown}")
@@ -138,7 +174,12 @@ def main() -> None:
                     "probabilities": probabilities,
                     "stages_ms": medians,
                     "cells": [
-                        {"client": kind, "concurrency": c, **values}
+                        {
+                            "client": kind,
+                            "concurrency": c,
+                            **values,
+                            "cpu_ms_per_study": cpu[(kind, c)],
+                        }
                         for (kind, c), values in cells.items()
                     ],
                 },
