@@ -50,10 +50,11 @@ train: train-deps
 reproduce: train-deps
 	$(BIN)/pytest -m reproduce tests/reproduce
 
-# The platform against the thin client a vendor would write (same tritonserver, same CR):
-# closed loops at c=1, 4, 16; a few minutes, so not part of `make test`.
+# The platform against the thin client a vendor would write (same tritonserver, same files):
+# closed loops at c=1, 4, 16, 64 for three workloads; ~10 minutes, so not part of `make test`.
 bench: setup
-	$(BIN)/python load_tests/bench_platform.py --json load_tests/results/bench_platform.json
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
+	$(BIN)/python load_tests/bench_platform.py --out load_tests/results
 
 clean:
 	rm -rf $(VENV) .run demo-output

@@ -101,3 +101,34 @@ def mr_head_series(
         ds.PixelData = np.ascontiguousarray(volume[k], dtype=np.uint16).tobytes()
         files.append(to_bytes(ds))
     return files
+
+
+# A T1-like head phantom: nested ellipsoids (fractions of the field of view, intensity) for
+# scalp, skull, CSF, grey matter, white matter and ventricles, as the brain model's own phantom
+# test uses at 128^3; anisotropic spacing, not the model's grid.
+BRAIN_SHAPE = (64, 96, 96)
+BRAIN_SPACING = (2.0, 1.5, 1.5)  # slice, row, col (mm)
+BRAIN_LAYERS = (
+    ((0.44, 0.375, 0.344), 0.9),
+    ((0.406, 0.344, 0.3125), 0.15),
+    ((0.383, 0.32, 0.289), 0.25),
+    ((0.367, 0.305, 0.273), 0.55),
+    ((0.3125, 0.25, 0.219), 0.75),
+    ((0.0625, 0.094, 0.047), 0.2),
+)
+
+
+def inside(fractions: tuple[float, float, float]) -> np.ndarray:
+    axes = [np.linspace(-0.5, 0.5, n) for n in BRAIN_SHAPE]
+    z, y, x = np.meshgrid(*axes, indexing="ij")
+    a, b, c = fractions
+    return np.asarray((z / a) ** 2 + (y / b) ** 2 + (x / c) ** 2 <= 1)
+
+
+def brain_series() -> list[bytes]:
+    """The phantom as a 64-slice MR series, shuffled as a scanner would send it unordered."""
+    volume = np.zeros(BRAIN_SHAPE, np.float32)
+    for fractions, intensity in BRAIN_LAYERS:
+        volume[inside(fractions)] = intensity
+    order = [int(k) for k in np.random.default_rng(0).permutation(BRAIN_SHAPE[0])]
+    return mr_head_series(np.rint(volume * 1000).astype(np.uint16), BRAIN_SPACING, order)
