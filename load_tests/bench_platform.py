@@ -54,12 +54,12 @@ class Workload:
     concurrency: tuple[int, ...]
 
 
-def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each process group (a service and, for the
-    decoder, its workers) and by this process (the load generator and the thin client)."""
+def cpu_seconds(groups: dict[str, int]) -> dict[tuple[str, int], float]:
+    """CPU seconds (user + system) used so far by each process of each group (a service and,
+    for the decoder, its workers) and by this process (the load generator and thin client)."""
     tick = os.sysconf("SC_CLK_TCK")
-    used = dict.fromkeys(groups, 0.0)
     by_group = {pgid: name for name, pgid in groups.items()}
+    used: dict[tuple[str, int], float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -67,10 +67,23 @@ def cpu_seconds(groups: dict[str, int]) -> dict[str, float]:
             continue  # exited meanwhile
         name = by_group.get(int(fields[2]))  # field 5 of stat: the process group
         if name is not None:
-            used[name] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            pid = int(stat.parent.name)
+            used[(name, pid)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     own = resource.getrusage(resource.RUSAGE_SELF)
-    used["bench process"] = own.ru_utime + own.ru_stime
+    used[("bench process", os.getpid())] = own.ru_utime + own.ru_stime
     return used
+
+
+def cpu_per_study(
+    before: dict[tuple[str, int], float], after: dict[tuple[str, int], float], studies: int
+) -> dict[str, float]:
+    """Milliseconds per study by process name. A decoder worker replaced during the cell is
+    not counted after its last sample (a lower bound, never negative)."""
+    spent: dict[str, float] = {}
+    for (name, pid), seconds in after.items():
+        delta = seconds - before.get((name, pid), 0.0)
+        spent[name] = spent.get(name, 0.0) + max(delta, 0.0) * 1e3 / studies
+    return spent
 
 
 def closed_loop(
@@ -176,9 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                         cell = closed_loop(call, c, args.seconds)
                         after = cpu_seconds(stack.pids)
                         studies = max(int(cell["completed"]), 1)  # type: ignore[call-overload]
-                        cell["cpu_ms_per_study"] = {
-                            name: (after[name] - before[name]) * 1e3 / studies for name in after
-                        }
+                        cell["cpu_ms_per_study"] = cpu_per_study(before, after, studies)
                         cells.append(
                             {"workload": workload.name, "client": client, "concurrency": c, **cell}
                         )
