@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from services.common.errors import InternalError
+from services.common.errors import Misconfiguration
 
 PREFIX = "card."
 METRIC_PREFIX = "card.metric."
@@ -32,7 +32,7 @@ def card_from_parameters(name: str, version: str, parameters: Mapping[str, str])
             try:
                 metrics[key.removeprefix(METRIC_PREFIX)] = float(value)
             except ValueError:
-                raise InternalError(
+                raise Misconfiguration(
                     f"model {name} config parameter {key} is not a number: {value!r}"
                 ) from None
     return ModelCard(

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from services.common import pipelines as spec
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, Misconfiguration
 from services.common.images import DecodedImage, Geometry, ImageAttributes, Preprocessed
 
 Frame = np.ndarray  # (rows, cols, samples) float32, owned by the pipeline run (steps may modify it)
@@ -171,10 +171,11 @@ def preprocess_image(image: DecodedImage, pipeline: spec.Pipeline) -> np.ndarray
 
 
 def _stack(arrays: Sequence[np.ndarray], pipeline: spec.Pipeline) -> np.ndarray:
-    """All inputs must come out the same size to form a batch."""
+    """All inputs must come out the same size to form a batch; a pipeline that lets them differ
+    (no resize step) is misconfigured, whatever the caller sent."""
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
-        raise InvalidInput(
+        raise Misconfiguration(
             f"pipeline {pipeline.name} produced differently sized inputs {sorted(shapes)}; "
             "add a resize step"
         )

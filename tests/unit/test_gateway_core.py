@@ -629,3 +629,26 @@ def test_card_is_built_from_the_served_card_parameters(
         card_reference="model_repository/cxr_pneumonia/MODEL_CARD.md",
     )
     assert inference.metadata_calls == [("cxr_pneumonia", pipeline.model.version)]
+
+
+class UnevenPreprocessor(FakePreprocessor):
+    """A pipeline without a resize step: each image keeps its own size."""
+
+    def preprocess(
+        self, pipeline: str, images: Sequence[DecodedImage], request_id: str
+    ) -> Preprocessed:
+        (image,) = images
+        side = 2 + int(image.pixels[0, 0, 0, 0])
+        return Preprocessed(np.zeros((1, 1, side, side), np.float32), [Geometry(4, 4, 0, 0, 4, 4)])
+
+
+def test_differently_sized_model_inputs_are_a_misconfiguration(
+    make_analyzer: Callable[..., StudyAnalyzer],
+) -> None:
+    from services.common.errors import Misconfiguration
+
+    instances, attributes = study(2)
+    backends = Backends(FakeDecoder(attributes), preprocessor=UnevenPreprocessor())
+    with pytest.raises(Misconfiguration, match="differently sized inputs"):
+        make_analyzer(backends).analyze(StudyRequest(instances))
+    assert backends.inference.calls == []

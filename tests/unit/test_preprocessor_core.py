@@ -120,3 +120,18 @@ def test_voi_lut_functions() -> None:
     np.testing.assert_allclose(linear[0], np.clip((pixels[0] - 99.5) / 99 + 0.5, 0, 1), atol=1e-6)
     threshold = _windowed(pixels, bits_stored=8, window_center=100.0, window_width=1.0)
     np.testing.assert_array_equal(threshold[0], [0, 0, 1, 1, 1])
+
+
+def test_a_pipeline_without_a_resize_is_misconfigured_not_the_callers_fault() -> None:
+    from services.common.errors import Misconfiguration
+    from services.preprocessor.core import prepare_batch
+
+    spec = PipelineRegistry.load(PIPELINES).get("cxr_pneumonia").model_dump()
+    spec["preprocess"] = [s for s in spec["preprocess"] if s["op"] != "resize"]
+    pipeline = Pipeline.model_validate(spec)
+    images = [
+        DecodedImage(np.zeros((1, n, n, 1), np.uint8), ImageAttributes(bits_stored=8))
+        for n in (8, 9)
+    ]
+    with pytest.raises(Misconfiguration, match="differently sized inputs"):
+        prepare_batch(images, pipeline)
