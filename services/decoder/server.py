@@ -14,6 +14,7 @@ from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common import logs, server
 from services.common.exchange import PixelExchange
 from services.common.settings import DecoderSettings
+from services.decoder.dispatch import Decoding
 from services.decoder.header import quiet_pydicom
 from services.decoder.pool import DecoderPool
 from services.decoder.servicer import DecoderServicer
@@ -66,7 +67,7 @@ def start(settings: DecoderSettings, pool: DecoderPool | None = None) -> Running
     exchange = settings.pixel_exchange()
 
     def register(srv: grpc.Server) -> None:
-        servicer = DecoderServicer(pool, limits, exchange)
+        servicer = DecoderServicer(Decoding(pool, limits, exchange))
         decoder_pb2_grpc.add_DicomDecoderServicer_to_server(servicer, srv)
 
     try:
