@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common.errors import InvalidInput
+from services.common.errors import InvalidInput, Misconfiguration
 from services.common.grids import VolumeGrid
 
 
@@ -124,3 +125,14 @@ class Preprocessed:
     grid: VolumeGrid | None = None
     # Caveats about the input the caller should see (e.g. missing slices of a volume).
     warnings: list[str] = field(default_factory=list)
+
+
+def join_batches(batches: Sequence[np.ndarray], pipeline: str) -> np.ndarray:
+    """Batches (N_i, ...) of one pipeline -> one (sum N_i, ...) batch. Inputs that differ in
+    size mean the pipeline lacks a resize step: misconfigured, whatever the caller sent."""
+    shapes = sorted({b.shape[1:] for b in batches})
+    if len(shapes) != 1:
+        raise Misconfiguration(
+            f"pipeline {pipeline} produced differently sized inputs {shapes}; add a resize step"
+        )
+    return np.concatenate(batches)

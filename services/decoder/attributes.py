@@ -9,6 +9,7 @@ named in ``ImageAttributes.invalid``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any
@@ -43,7 +44,7 @@ def image_attributes(
         spacing = h.get("ImagerPixelSpacing")
     stored_representation = int_or(h.get("PixelRepresentation"), 0)
     thickness = first_float(functional(h, "SliceThickness", "PixelMeasuresSequence"))
-    attributes = dict(
+    attributes = ImageAttributes(
         sop_instance_uid=h.text("SOPInstanceUID"),
         sop_class_uid=h.text("SOPClassUID"),
         study_instance_uid=h.text("StudyInstanceUID"),
@@ -72,8 +73,8 @@ def image_attributes(
         instance_number=int_or(h.get("InstanceNumber"), 0),
         series_number=int_or(h.get("SeriesNumber"), 0),
     )
-    # Read last: every check above has recorded its failures by now.
-    return ImageAttributes(**attributes, invalid=tuple(h.invalid))  # type: ignore[arg-type]
+    # Named last: every check above has recorded its failures by now.
+    return dataclasses.replace(attributes, invalid=tuple(h.invalid))
 
 
 # --- LUTs (PS3.3 C.11) -----------------------------------------------------------------

@@ -18,10 +18,9 @@ from services.common.cards import ModelCard, card_from_parameters
 from services.common.errors import (
     DependencyUnavailable,
     InvalidInput,
-    Misconfiguration,
     TooLarge,
 )
-from services.common.images import Decoded, Preprocessed
+from services.common.images import Decoded, Preprocessed, join_batches
 from services.common.metrics import stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.results import Assessment, ModelRef, StudyRequest, StudyResult
@@ -173,13 +172,8 @@ class StudyAnalyzer:
         parts = list(
             self._pool.map(lambda i: self._preprocessor.preprocess(pipeline.name, [i], rid), images)
         )
-        shapes = sorted({p.batch.shape[1:] for p in parts})
-        if len(shapes) > 1:  # the pipeline lacks a resize step: no batch can be formed
-            raise Misconfiguration(
-                f"pipeline {pipeline.name} produced differently sized inputs {shapes}"
-            )
         return Preprocessed(
-            np.concatenate([p.batch for p in parts]),
+            join_batches([p.batch for p in parts], pipeline.name),
             [g for p in parts for g in p.geometries],
             warnings=[w for p in parts for w in p.warnings],
         )

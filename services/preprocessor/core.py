@@ -13,8 +13,14 @@ import numpy as np
 from PIL import Image
 
 from services.common import pipelines as spec
-from services.common.errors import InvalidInput, Misconfiguration
-from services.common.images import DecodedImage, Geometry, ImageAttributes, Preprocessed
+from services.common.errors import InvalidInput
+from services.common.images import (
+    DecodedImage,
+    Geometry,
+    ImageAttributes,
+    Preprocessed,
+    join_batches,
+)
 
 Frame = np.ndarray  # (rows, cols, samples) float32, owned by the pipeline run (steps may modify it)
 
@@ -170,25 +176,14 @@ def preprocess_image(image: DecodedImage, pipeline: spec.Pipeline) -> np.ndarray
     return prepare(image, pipeline).tensor
 
 
-def _stack(arrays: Sequence[np.ndarray], pipeline: spec.Pipeline) -> np.ndarray:
-    """All inputs must come out the same size to form a batch; a pipeline that lets them differ
-    (no resize step) is misconfigured, whatever the caller sent."""
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise Misconfiguration(
-            f"pipeline {pipeline.name} produced differently sized inputs {sorted(shapes)}; "
-            "add a resize step"
-        )
-    return np.stack(arrays)
-
-
 def prepare_batch(images: Sequence[DecodedImage], pipeline: spec.Pipeline) -> Preprocessed:
     """Images -> float32 (N, C, H, W) and the per-image geometry."""
     if not images:
         raise InvalidInput("no images to preprocess")
     prepared = [prepare(image, pipeline) for image in images]
     return Preprocessed(
-        _stack([p.tensor for p in prepared], pipeline), [p.geometry for p in prepared]
+        join_batches([p.tensor[None] for p in prepared], pipeline.name),
+        [p.geometry for p in prepared],
     )
 
 
