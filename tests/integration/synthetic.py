@@ -18,6 +18,18 @@ PATIENT_NAME = "SECRET^PATIENT"
 PATIENT_ID = "PID-PRIVATE-12345"
 
 
+def _instance(sop_class: str) -> Dataset:
+    """An empty instance of ``sop_class`` with its file meta (explicit VR little endian)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def dataset(
     pixels: np.ndarray | None,
     *,
@@ -26,14 +38,7 @@ def dataset(
     modality: str = "CR",
     photometric: str = "MONOCHROME2",
 ) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = _instance(ComputedRadiographyImageStorage)
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientName = PATIENT_NAME
@@ -76,13 +81,7 @@ def mr_head_series(
     for k in order if order is not None else range(slices):
         if k == drop:
             continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds = _instance(MRImageStorage)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.Modality, ds.BodyPartExamined = "MR", "HEAD"
         ds.PatientName, ds.PatientID = "PHANTOM^HEAD", "PHANTOM-1"
