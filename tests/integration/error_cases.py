@@ -117,7 +117,8 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
 
     - ``broken``: own preprocessor and postprocessor; pipelines folder = shipped + broken ones;
     - ``dead_triton``: a Triton address with nothing listening;
-    - ``deadline``: every inner call has a 1 ms deadline;
+    - ``deadline``: every inner call has a 1 µs deadline, expired before it is sent however
+      fast the peer (a 1 ms one was met by the in-process decoder on a quick machine);
     - ``miswired``: its postprocessor address is the decoder's (a service that is not one).
     """
     local = "127.0.0.1"
@@ -152,6 +153,6 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
                 postprocessor_address=f"{local}:{post.port}",
             ),
             "dead_triton": serve(triton_address=f"{local}:{free_port()}"),
-            "deadline": serve(call_timeout_seconds=0.001),
+            "deadline": serve(call_timeout_seconds=1e-6),
             "miswired": serve(postprocessor_address=decoder),
         }
