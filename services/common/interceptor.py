@@ -9,10 +9,11 @@ so the service keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -26,6 +27,65 @@ from services.common.metrics import RPC_LATENCY, RPC_TOTAL
 
 REQUEST_ID_HEADER = "x-request-id"
 _log = logging.getLogger("imaging.rpc")
+
+
+class _Rpc:
+    """Timing, metrics and the one log line of an RPC; shared by the two seams below."""
+
+    def __init__(self, service: str, method: str, rid: str) -> None:
+        self._service, self._method = service, method
+        self._token = logs.request_id.set(rid)
+        self._start = time.perf_counter()
+
+    def failure(self, err: Exception) -> PlatformError:
+        """``err`` as the platform error to answer with (call inside ``except``)."""
+        if isinstance(err, PlatformError):
+            return err
+        _log.exception("unhandled error in %s", self._method)
+        return InternalError("unhandled exception (traceback above)")
+
+    def finish(self, failure: PlatformError | None, cancelled: bool = False) -> str:
+        """Record the outcome; the request id in use (the servicer may adopt the caller's)."""
+        current = logs.request_id.get()
+        code, reason = grpc.StatusCode.OK, ""
+        if cancelled:
+            code = grpc.StatusCode.CANCELLED
+        elif failure is not None:
+            code, reason = failure.code, f"{failure.kind}: {failure.reason}"
+        elapsed = time.perf_counter() - self._start
+        RPC_LATENCY.labels(self._service, self._method).observe(elapsed)
+        RPC_TOTAL.labels(self._service, self._method, code.name).inc()
+        _log.log(
+            logging.INFO if failure is None or failure.public else logging.ERROR,
+            "%s %s %.1f ms%s",
+            self._method,
+            code.name,
+            elapsed * 1e3,
+            f" {reason}" if reason else "",
+        )
+        logs.request_id.reset(self._token)
+        return current
+
+
+def _request_id(details: grpc.HandlerCallDetails) -> str:
+    metadata = dict(details.invocation_metadata or ())
+    given = str(metadata.get(REQUEST_ID_HEADER) or "")
+    return given if logs.is_safe_request_id(given) else uuid.uuid4().hex
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
+    """The same unary-response handler with its behaviour wrapped."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_unary_rpc_method_handler(
+        wrap(handler.stream_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -42,60 +102,67 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None or handler.response_streaming:
             return handler  # reflection and health Watch: not ours to wrap
-        method = details.method.rsplit("/", 1)[-1]
-        metadata = dict(details.invocation_metadata or ())
-        given = str(metadata.get(REQUEST_ID_HEADER) or "")
-        rid = given if logs.is_safe_request_id(given) else uuid.uuid4().hex
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap(handler.unary_unary, method, rid),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_unary_rpc_method_handler(
-            self._wrap(handler.stream_unary, method, rid),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        method, rid = details.method.rsplit("/", 1)[-1], _request_id(details)
 
-    def _wrap(
-        self, behavior: Callable[[Any, grpc.ServicerContext], Any], method: str, rid: str
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            token = logs.request_id.set(rid)
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            reason = ""
-            failure: PlatformError | None = None
-            try:
-                response = behavior(request, context)
-                context.set_trailing_metadata(((REQUEST_ID_HEADER, logs.request_id.get()),))
-                return response
-            except PlatformError as err:
-                failure = err
-            except Exception:
-                _log.exception("unhandled error in %s", method)
-                failure = InternalError("unhandled exception (traceback above)")
-            finally:
-                current = logs.request_id.get()  # the servicer may adopt the caller's own id
-                if failure is not None:
-                    code, reason = failure.code, f"{failure.kind}: {failure.reason}"
-                elapsed = time.perf_counter() - start
-                RPC_LATENCY.labels(self._service, method).observe(elapsed)
-                RPC_TOTAL.labels(self._service, method, code.name).inc()
-                _log.log(
-                    logging.INFO if failure is None or failure.public else logging.ERROR,
-                    "%s %s %.1f ms%s",
-                    method,
-                    code.name,
-                    elapsed * 1e3,
-                    f" {reason}" if reason else "",
-                )
-                logs.request_id.reset(token)
-            assert failure is not None
-            context.abort_with_status(status(failure, current))
+        def wrap(
+            behavior: Callable[[Any, grpc.ServicerContext], Any],
+        ) -> Callable[[Any, grpc.ServicerContext], Any]:
+            def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+                rpc = _Rpc(self._service, method, rid)
+                try:
+                    response = behavior(request, context)
+                except Exception as err:
+                    failure = rpc.failure(err)
+                else:
+                    context.set_trailing_metadata(((REQUEST_ID_HEADER, logs.request_id.get()),))
+                    rpc.finish(None)
+                    return response
+                context.abort_with_status(status(failure, rpc.finish(failure)))
 
-        return wrapped
+            return wrapped
+
+        return _rewrap(handler, wrap)
+
+
+class AsyncServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The same seam for an asyncio server (the gateway). A call the client cancels or lets
+    expire cancels the handler's task, and with it every inner call it awaits."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.response_streaming:
+            return handler
+        method, rid = details.method.rsplit("/", 1)[-1], _request_id(details)
+
+        def wrap(
+            behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+        ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                rpc = _Rpc(self._service, method, rid)
+                try:
+                    response = await behavior(request, context)
+                except asyncio.CancelledError:
+                    rpc.finish(None, cancelled=True)
+                    raise
+                except Exception as err:
+                    failure = rpc.failure(err)
+                else:
+                    context.set_trailing_metadata(((REQUEST_ID_HEADER, logs.request_id.get()),))
+                    rpc.finish(None)
+                    return response
+                wire = status(failure, rpc.finish(failure))
+                await context.abort(wire.code, wire.details, wire.trailing_metadata)
+
+            return wrapped
+
+        return _rewrap(handler, wrap)
 
 
 class _Status(NamedTuple):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -16,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.common import metrics
-from services.common.interceptor import ServiceInterceptor
+from services.common.interceptor import AsyncServiceInterceptor, ServiceInterceptor
 from services.common.settings import ServiceSettings
 
 _log = logging.getLogger("imaging.server")
@@ -36,6 +38,116 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
+class Stoppable(Protocol):
+    port: int
+
+    def stop(self, grace: float) -> None: ...
+
+
+@dataclass
+class AsyncRunningServer:
+    """An asyncio server on its own event-loop thread, stopped from synchronous code (main()
+    and the tests) like a RunningServer."""
+
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    metrics_port: int
+    close: Callable[[], Awaitable[None]]
+
+    def stop(self, grace: float) -> None:
+        async def stop() -> None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+            await self.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(stop(), self.loop).result()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+            self.loop.close()
+
+
+def _options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Clients balancing over a headless Service only learn about new replicas when they
+        # re-resolve; ending connections after a while (in-flight calls finish) makes them.
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
+    ]
+
+
+def _bind(name: str, server: grpc.Server | grpc.aio.Server, settings: ServiceSettings) -> int:
+    port = int(server.add_insecure_port(f"{settings.host}:{settings.port}"))
+    if port == 0:
+        raise RuntimeError(f"{name}: cannot bind {settings.host}:{settings.port}")
+    return port
+
+
+def _metrics(
+    name: str, settings: ServiceSettings, names: Sequence[str], stages: Sequence[str]
+) -> int:
+    pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
+    methods = [m.name for s in names for m in pool.FindServiceByName(s).methods]
+    metrics.initialise(name, methods, stages)
+    metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
+    return int(metrics_server.server_port)
+
+
+def _reflection(server: grpc.Server | grpc.aio.Server, names: Sequence[str]) -> None:
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+
+
+def start_async(
+    name: str,
+    settings: ServiceSettings,
+    register: Callable[[grpc.aio.Server], Awaitable[Callable[[], Awaitable[None]]]],
+    service_names: Sequence[str],
+    stages: Sequence[str] = (),
+) -> AsyncRunningServer:
+    """Like :func:`start`, for asyncio servicers; ``register`` runs on the server's loop
+    (asyncio channels belong to the loop that made them) and returns what closes them."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name=f"{name}-loop", daemon=True)
+    thread.start()
+
+    async def build() -> AsyncRunningServer:
+        server = grpc.aio.server(
+            interceptors=[AsyncServiceInterceptor(name)], options=_options(settings)
+        )
+        close = await register(server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        _reflection(server, service_names)
+        port = _bind(name, server, settings)
+        metrics_port = _metrics(name, settings, service_names, stages)
+        await server.start()
+        for service in ["", *service_names]:
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        _log.info(
+            "%s serving gRPC (asyncio) on %s:%d, metrics on :%d",
+            name,
+            settings.host,
+            port,
+            metrics_port,
+        )
+        return AsyncRunningServer(loop, thread, server, health_servicer, port, metrics_port, close)
+
+    try:
+        return asyncio.run_coroutine_threadsafe(build(), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        raise
+
+
 def start(
     name: str,
     settings: ServiceSettings,
@@ -47,32 +159,17 @@ def start(
 
     ``stages`` are the pipeline stages this service times (see metrics.stage_timer).
     """
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        # Clients balancing over a headless Service only learn about new replicas when they
-        # re-resolve; ending connections after a while (in-flight calls finish) makes them.
-        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
-    ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix=name),
         interceptors=[ServiceInterceptor(name)],
-        options=options,
+        options=_options(settings),
     )
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise RuntimeError(f"{name}: cannot bind {settings.host}:{settings.port}")
-    pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
-    methods = [m.name for s in service_names for m in pool.FindServiceByName(s).methods]
-    metrics.initialise(name, methods, stages)
-    metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
+    _reflection(server, service_names)
+    port = _bind(name, server, settings)
+    metrics_port = _metrics(name, settings, service_names, stages)
     server.start()
     for service in ["", *service_names]:
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -81,12 +178,12 @@ def start(
         name,
         settings.host,
         port,
-        metrics_server.server_port,
+        metrics_port,
     )
-    return RunningServer(server, health_servicer, port, metrics_server.server_port, service_names)
+    return RunningServer(server, health_servicer, port, metrics_port, service_names)
 
 
-def serve_forever(running: RunningServer, grace: float) -> None:
+def serve_forever(running: Stoppable, grace: float) -> None:
     """Block until SIGTERM/SIGINT, then shut down gracefully."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

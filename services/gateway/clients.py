@@ -3,19 +3,22 @@
 Foreign errors (grpc.RpcError, tritonclient's InferenceServerException) become PlatformErrors
 through services/common/remote_errors.py: an inner service's error is re-raised as the class it
 raised; a peer that cannot be reached becomes UNAVAILABLE naming which one.
+
+Every call is asyncio (grpc.aio, tritonclient.grpc.aio): the gateway waits on I/O without a
+thread per call, and a cancelled study cancels the inner calls it is waiting on.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -53,18 +56,22 @@ class _ServiceClient:
     def __init__(self, peer: str, address: str, timeout: float, max_message_bytes: int) -> None:
         self._peer = peer
         self._timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=channel_options(max_message_bytes))
+        self.channel = grpc.aio.insecure_channel(
+            address, options=channel_options(max_message_bytes)
+        )
 
-    def call(self, method: Callable[..., T], request: object, request_id: str) -> T:
+    async def call(
+        self, method: Callable[..., Awaitable[T]], request: object, request_id: str
+    ) -> T:
         try:
-            return method(
+            return await method(
                 request, timeout=self._timeout, metadata=((REQUEST_ID_HEADER, request_id),)
             )
         except grpc.RpcError as err:
             raise from_rpc_error(self._peer, err) from None
 
-    def close(self) -> None:
-        self.channel.close()
+    async def close(self) -> None:
+        await self.channel.close()
 
 
 class DecoderClient(_ServiceClient):
@@ -82,7 +89,7 @@ class DecoderClient(_ServiceClient):
         self._stub = decoder_pb2_grpc.DicomDecoderStub(self.channel)
         self._exchange = exchange
 
-    def decode(self, dicom: bytes, request_id: str) -> Decoded:
+    async def decode(self, dicom: bytes, request_id: str) -> Decoded:
         shared = self._exchange.put_bytes(dicom) if self._exchange is not None else None
         request = decoder_pb2.DecodeRequest(shared_output=True)
         if shared is None:
@@ -91,7 +98,7 @@ class DecoderClient(_ServiceClient):
             request.shared_dicom.CopyFrom(convert.shared_to_proto(shared))
         try:
             return convert.decoded_from_proto(
-                self.call(self._stub.Decode, request, request_id).image
+                (await self.call(self._stub.Decode, request, request_id)).image
             )
         finally:
             if shared is not None:
@@ -104,10 +111,12 @@ class PreprocessorClient(_ServiceClient):
         super().__init__("preprocessor", address, timeout, max_message_bytes)
         self._stub = preprocessor_pb2_grpc.PreprocessorStub(self.channel)
 
-    def preprocess(self, pipeline: str, images: Sequence[Decoded], request_id: str) -> Preprocessed:
+    async def preprocess(
+        self, pipeline: str, images: Sequence[Decoded], request_id: str
+    ) -> Preprocessed:
         request = convert.preprocess_request(pipeline, images)
         return convert.preprocessed_from_proto(
-            self.call(self._stub.Preprocess, request, request_id)
+            await self.call(self._stub.Preprocess, request, request_id)
         )
 
 
@@ -116,7 +125,7 @@ class PostprocessorClient(_ServiceClient):
         super().__init__("postprocessor", address, timeout, max_message_bytes)
         self._stub = postprocessor_pb2_grpc.PostprocessorStub(self.channel)
 
-    def postprocess(
+    async def postprocess(
         self,
         pipeline: str,
         outputs: Mapping[str, np.ndarray],
@@ -128,7 +137,9 @@ class PostprocessorClient(_ServiceClient):
         request = convert.postprocess_request(
             pipeline, outputs, sop_instance_uids, prepared, heatmaps
         )
-        return convert.assessment_from_proto(self.call(self._stub.Postprocess, request, request_id))
+        return convert.assessment_from_proto(
+            await self.call(self._stub.Postprocess, request, request_id)
+        )
 
 
 @contextmanager
@@ -145,36 +156,33 @@ class TritonClient:
     def __init__(self, address: str, timeout: float) -> None:
         self._address = address
         self._timeout = timeout
-        self._client = triton.InferenceServerClient(
+        self._client = triton_aio.InferenceServerClient(
             address, channel_args=channel_options(2**31 - 1)
         )
+        # One event loop: no lock is needed, and none is held across a network call (two first
+        # callers may both fetch, and both get the same config).
         self._configs: dict[tuple[str, str], model_config_pb2.ModelConfig] = {}
-        self._lock = threading.Lock()
 
-    def _config(self, model: str, version: str) -> model_config_pb2.ModelConfig:
+    async def _config(self, model: str, version: str) -> model_config_pb2.ModelConfig:
         """The served model's config, fetched once per model and version."""
         key = (model, version)
-        with self._lock:
-            cached = self._configs.get(key)
+        cached = self._configs.get(key)
         if cached is not None:
             return cached
-        # Fetched without the lock (no lock is held across a network call); two first callers
-        # may both fetch, and both get the same config.
         with _triton_errors(self._address, model):
-            config = self._client.get_model_config(
+            response = await self._client.get_model_config(
                 model, version, client_timeout=self._timeout
-            ).config
-        with self._lock:
-            return self._configs.setdefault(key, config)
+            )
+        return self._configs.setdefault(key, response.config)
 
-    def max_batch_size(self, model: str, version: str) -> int:
-        return max(1, int(self._config(model, version).max_batch_size))
+    async def max_batch_size(self, model: str, version: str) -> int:
+        return max(1, int((await self._config(model, version)).max_batch_size))
 
-    def model_parameters(self, model: str, version: str) -> dict[str, str]:
-        parameters = self._config(model, version).parameters
+    async def model_parameters(self, model: str, version: str) -> dict[str, str]:
+        parameters = (await self._config(model, version)).parameters
         return {key: value.string_value for key, value in parameters.items()}
 
-    def infer(
+    async def infer(
         self,
         model: str,
         version: str,
@@ -184,14 +192,14 @@ class TritonClient:
         priority: int,
         request_id: str,
     ) -> dict[str, np.ndarray]:
-        step = self.max_batch_size(model, version)
+        step = await self.max_batch_size(model, version)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in output_names}
         for start in range(0, len(batch), step):
             chunk = np.ascontiguousarray(batch[start : start + step], dtype=np.float32)
             inputs = [triton.InferInput(input_name, list(chunk.shape), "FP32")]
             inputs[0].set_data_from_numpy(chunk)
             with _triton_errors(self._address, model):
-                result = self._client.infer(
+                result = await self._client.infer(
                     model,
                     inputs,
                     model_version=version,
@@ -207,5 +215,5 @@ class TritonClient:
                 parts[name].append(array)
         return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
-    def close(self) -> None:
-        self._client.close()
+    async def close(self) -> None:
+        await self._client.close()

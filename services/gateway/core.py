@@ -1,16 +1,19 @@
 """The gateway's data plane: a study in, an assessment out, one stage after another.
 
 Backends are injected (protocols below) so the orchestration, limits and routing are tested
-without gRPC; the servicer only converts messages.
+without gRPC; the servicer only converts messages. Everything is asyncio: a study waits on its
+inner calls without holding a thread, and when it fails or is cancelled the calls still in
+flight are cancelled with it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -26,23 +29,24 @@ from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.results import Assessment, ModelRef, StudyRequest, StudyResult
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Stages the gateway times for every study (metrics and AnalyzeResponse.timings).
 STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
 
 
 class Decoder(Protocol):
-    def decode(self, dicom: bytes, request_id: str) -> Decoded: ...
+    async def decode(self, dicom: bytes, request_id: str) -> Decoded: ...
 
 
 class Preprocessor(Protocol):
-    def preprocess(
+    async def preprocess(
         self, pipeline: str, images: Sequence[Decoded], request_id: str
     ) -> Preprocessed: ...
 
 
 class InferenceServer(Protocol):
-    def infer(
+    async def infer(
         self,
         model: str,
         version: str,
@@ -56,11 +60,11 @@ class InferenceServer(Protocol):
 
 @runtime_checkable
 class ModelMetadata(Protocol):
-    def model_parameters(self, model: str, version: str) -> dict[str, str]: ...
+    async def model_parameters(self, model: str, version: str) -> dict[str, str]: ...
 
 
 class Postprocessor(Protocol):
-    def postprocess(
+    async def postprocess(
         self,
         pipeline: str,
         outputs: Mapping[str, np.ndarray],
@@ -88,7 +92,7 @@ class StudyAnalyzer:
         inference: InferenceServer,
         postprocessor: Postprocessor,
         limits: Limits,
-        workers: int = 8,
+        fan_out: int = 8,
     ) -> None:
         self.registry = registry
         self._decoder = decoder
@@ -96,7 +100,7 @@ class StudyAnalyzer:
         self._inference = inference
         self._postprocessor = postprocessor
         self._limits = limits
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="study")
+        self._fan_out = fan_out  # inner calls in flight per study
 
     def check_limits(self, instances: Sequence[bytes]) -> None:
         if not instances:
@@ -112,11 +116,11 @@ class StudyAnalyzer:
             if not instance:
                 raise InvalidInput(f"instance {index} is empty")
 
-    def analyze(self, request: StudyRequest) -> StudyResult:
+    async def analyze(self, request: StudyRequest) -> StudyResult:
         self.check_limits(request.instances)
         seconds: dict[str, float] = {}
         with stage_timer("gateway", "total", seconds):
-            assessment, pipeline, prepared = self._run(request, seconds)
+            assessment, pipeline, prepared = await self._run(request, seconds)
         for warning in prepared.warnings:
             log.warning("pipeline %s: %s", pipeline.name, warning)
         return StudyResult(
@@ -128,23 +132,25 @@ class StudyAnalyzer:
             warnings=prepared.warnings,
         )
 
-    def _run(
+    async def _run(
         self, request: StudyRequest, seconds: dict[str, float]
     ) -> tuple[Assessment, Pipeline, Preprocessed]:
         rid = request.request_id
         # Name the pipeline first so an unknown name fails before any decoding work.
         named: Pipeline | None = self.registry.get(request.pipeline) if request.pipeline else None
         with stage_timer("gateway", "decode", seconds):
-            images = list(self._pool.map(lambda d: self._decoder.decode(d, rid), request.instances))
+            images = await _all(
+                [self._decoder.decode(d, rid) for d in request.instances], self._fan_out
+            )
         attributes = [i.attributes for i in images]
         pipeline = (
             self.registry.check(named, attributes) if named else self.registry.route(attributes)
         )
         with stage_timer("gateway", "preprocess", seconds):
-            prepared = self._preprocess(pipeline, images, rid)
+            prepared = await self._preprocess(pipeline, images, rid)
         model = pipeline.model
         with stage_timer("gateway", "infer", seconds):
-            outputs = self._inference.infer(
+            outputs = await self._inference.infer(
                 model.name,
                 model.version,
                 model.input,
@@ -159,18 +165,20 @@ class StudyAnalyzer:
             else [i.attributes.sop_instance_uid for i in images]
         )
         with stage_timer("gateway", "postprocess", seconds):
-            assessment = self._postprocessor.postprocess(
+            assessment = await self._postprocessor.postprocess(
                 pipeline.name, outputs, uids, prepared, request.options.heatmaps, rid
             )
         return assessment, pipeline, prepared
 
-    def _preprocess(self, pipeline: Pipeline, images: list[Decoded], rid: str) -> Preprocessed:
+    async def _preprocess(
+        self, pipeline: Pipeline, images: list[Decoded], rid: str
+    ) -> Preprocessed:
         if pipeline.kind == "volume":  # the series is one model input
-            return self._preprocessor.preprocess(pipeline.name, images, rid)
+            return await self._preprocessor.preprocess(pipeline.name, images, rid)
         # One call per image keeps each message the size of one image and spreads the work
         # over preprocessor replicas; the batch is assembled here.
-        parts = list(
-            self._pool.map(lambda i: self._preprocessor.preprocess(pipeline.name, [i], rid), images)
+        parts = await _all(
+            [self._preprocessor.preprocess(pipeline.name, [i], rid) for i in images], self._fan_out
         )
         return Preprocessed(
             join_batches([p.batch for p in parts], pipeline.name),
@@ -178,20 +186,41 @@ class StudyAnalyzer:
             warnings=[w for p in parts for w in p.warnings],
         )
 
-    def card(self, pipeline: Pipeline) -> ModelCard | None:
+    async def card(self, pipeline: Pipeline) -> ModelCard | None:
         """The model's card from its served config; None while the server cannot say."""
         if not isinstance(self._inference, ModelMetadata):
             return None
         try:
-            parameters = self._inference.model_parameters(
+            parameters = await self._inference.model_parameters(
                 pipeline.model.name, pipeline.model.version
             )
         except DependencyUnavailable:
             return None
         return card_from_parameters(pipeline.model.name, pipeline.model.version, parameters)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+
+async def _all(calls: Sequence[Awaitable[T]], limit: int) -> list[T]:
+    """Every call's result in order, at most ``limit`` in flight. The first failure (or a
+    cancellation) cancels the calls still running, which are awaited before it propagates, so
+    no inner work outlives the study."""
+    slots = asyncio.Semaphore(limit)
+
+    async def bounded(call: Awaitable[T]) -> T:
+        try:
+            async with slots:
+                return await call
+        finally:
+            if inspect.iscoroutine(call):
+                call.close()  # cancelled while queued: it never started
+
+    tasks = [asyncio.ensure_future(bounded(call)) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _outputs_needed(pipeline: Pipeline, heatmaps: bool) -> list[str]:
@@ -200,28 +229,31 @@ def _outputs_needed(pipeline: Pipeline, heatmaps: bool) -> list[str]:
     return [name for name in pipeline.model.outputs if heatmaps or name not in maps]
 
 
-def assemble_instances(
-    chunks: Iterable[tuple[int, bytes]], max_instances: int, max_study_bytes: int
-) -> list[bytes]:
-    """Join streamed chunks into instances, enforcing order and limits while receiving.
+class InstanceAssembler:
+    """Joins streamed chunks into instances, enforcing order and limits as bytes arrive, so an
+    oversized stream is refused without buffering all of it."""
 
-    Limits are checked as bytes arrive, so an oversized stream is refused without buffering
-    all of it.
-    """
-    parts: list[bytearray] = []
-    total = 0
-    for index, data in chunks:
+    def __init__(self, max_instances: int, max_study_bytes: int) -> None:
+        self._max_instances = max_instances
+        self._max_study_bytes = max_study_bytes
+        self._parts: list[bytearray] = []
+        self._total = 0
+
+    def add(self, index: int, data: bytes) -> None:
+        parts = self._parts
         if index == len(parts):
-            if index >= max_instances:
-                raise TooLarge(f"study has more than {max_instances} instances")
+            if index >= self._max_instances:
+                raise TooLarge(f"study has more than {self._max_instances} instances")
             parts.append(bytearray())
         elif index != len(parts) - 1:
             raise InvalidInput(
                 f"chunk for instance {index} arrived out of order (expected "
                 f"{len(parts) - 1} or {len(parts)})"
             )
-        total += len(data)
-        if total > max_study_bytes:
-            raise TooLarge(f"study exceeds the limit of {max_study_bytes} bytes")
+        self._total += len(data)
+        if self._total > self._max_study_bytes:
+            raise TooLarge(f"study exceeds the limit of {self._max_study_bytes} bytes")
         parts[index] += data
-    return [bytes(p) for p in parts]
+
+    def instances(self) -> list[bytes]:
+        return [bytes(p) for p in self._parts]

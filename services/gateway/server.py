@@ -1,6 +1,8 @@
-"""Entry point of the public gateway service."""
+"""Entry point of the public gateway service (asyncio: one event loop, no thread per call)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -20,36 +22,42 @@ from services.gateway.servicer import GatewayServicer
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
-def start(settings: GatewaySettings) -> tuple[server.RunningServer, StudyAnalyzer]:
+def start(settings: GatewaySettings) -> server.AsyncRunningServer:
     """Wire the analyzer to its peers and start serving (tests call this in-process)."""
     timeout, cap = settings.call_timeout_seconds, settings.max_message_bytes
-    analyzer = StudyAnalyzer(
-        registry=PipelineRegistry.load(settings.pipelines_dir),
-        decoder=DecoderClient(settings.decoder_address, timeout, cap, settings.pixel_exchange()),
-        preprocessor=PreprocessorClient(settings.preprocessor_address, timeout, cap),
-        inference=TritonClient(settings.triton_address, timeout),
-        postprocessor=PostprocessorClient(settings.postprocessor_address, timeout, cap),
-        limits=Limits(settings.max_instances, settings.max_study_bytes),
-        workers=settings.workers,
-    )
+    registry = PipelineRegistry.load(settings.pipelines_dir)
 
-    def register(srv: grpc.Server) -> None:
+    async def register(srv: grpc.aio.Server) -> Callable[[], Awaitable[None]]:
+        decoder = DecoderClient(settings.decoder_address, timeout, cap, settings.pixel_exchange())
+        preprocessor = PreprocessorClient(settings.preprocessor_address, timeout, cap)
+        inference = TritonClient(settings.triton_address, timeout)
+        postprocessor = PostprocessorClient(settings.postprocessor_address, timeout, cap)
+        analyzer = StudyAnalyzer(
+            registry=registry,
+            decoder=decoder,
+            preprocessor=preprocessor,
+            inference=inference,
+            postprocessor=postprocessor,
+            limits=Limits(settings.max_instances, settings.max_study_bytes),
+            fan_out=settings.workers,
+        )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
             GatewayServicer(analyzer, settings.max_instances, settings.max_study_bytes), srv
         )
 
-    running = server.start("gateway", settings, register, [SERVICE_NAME], STAGES)
-    return running, analyzer
+        async def close() -> None:
+            for client in (decoder, preprocessor, inference, postprocessor):
+                await client.close()
+
+        return close
+
+    return server.start_async("gateway", settings, register, [SERVICE_NAME], STAGES)
 
 
 def main() -> None:
     settings = GatewaySettings()
     logs.configure(settings.log_level)
-    running, analyzer = start(settings)
-    try:
-        server.serve_forever(running, settings.grace_seconds)
-    finally:
-        analyzer.close()
+    server.serve_forever(start(settings), settings.grace_seconds)
 
 
 if __name__ == "__main__":

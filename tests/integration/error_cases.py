@@ -135,8 +135,7 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
     with ExitStack() as cleanup:
 
         def serve(**changes: object) -> str:
-            running, analyzer = gateway_server.start(real.model_copy(update=changes))
-            cleanup.callback(analyzer.close)
+            running = gateway_server.start(real.model_copy(update=changes))
             cleanup.callback(running.stop, 0)
             return f"{local}:{running.port}"
 

@@ -150,7 +150,7 @@ def test_triton_down_is_unavailable(stack: Stack, dicom_dir: Path) -> None:
         triton_address=f"127.0.0.1:{Ports.free().triton_grpc}",
         call_timeout_seconds=5,
     )
-    running, analyzer = gateway_server.start(settings)
+    running = gateway_server.start(settings)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
@@ -162,4 +162,3 @@ def test_triton_down_is_unavailable(stack: Stack, dicom_dir: Path) -> None:
                 assert "inference server" in (caught.value.details() or "")
     finally:
         running.stop(0)
-        analyzer.close()

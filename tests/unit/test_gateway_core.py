@@ -1,6 +1,5 @@
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import asyncio
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,16 @@ from services.common.results import (
     StudyResult,
     TriagePriority,
 )
-from services.gateway.core import STAGES, Limits, StudyAnalyzer, assemble_instances
+from services.gateway.core import STAGES, InstanceAssembler, Limits, StudyAnalyzer
+
+
+def assemble_instances(
+    chunks: Iterable[tuple[int, bytes]], max_instances: int, max_study_bytes: int
+) -> list[bytes]:
+    assembler = InstanceAssembler(max_instances, max_study_bytes)
+    for index, data in chunks:
+        assembler.add(index, data)
+    return assembler.instances()
 
 
 def test_chunks_are_joined_per_instance_in_order() -> None:
@@ -93,6 +101,31 @@ def study(
     return instances, attributes
 
 
+class InFlight:
+    """Counts calls running at once (the peak proves they overlapped) and calls cancelled."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.cancelled = 0
+
+    async def run(self, work: Callable[[], Any]) -> Any:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            return await work()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.now -= 1
+
+
+async def meet(barrier: asyncio.Barrier | None) -> None:
+    if barrier is not None:
+        await asyncio.wait_for(barrier.wait(), 5)
+
+
 class FakeDecoder:
     """Pixels hold the instance's index; optionally waits at a barrier, then finishes in
     reverse instance order so that results arriving out of order would be noticed."""
@@ -100,27 +133,33 @@ class FakeDecoder:
     def __init__(
         self,
         attributes: Mapping[bytes, ImageAttributes],
-        barrier: threading.Barrier | None = None,
+        barrier: asyncio.Barrier | None = None,
         error: PlatformError | None = None,
+        slow: float = 0.0,
     ) -> None:
         self.attributes = dict(attributes)
         self.barrier = barrier
         self.error = error
+        self.slow = slow  # every instance but the first takes this long
         self.calls: list[tuple[bytes, str]] = []
-        self.threads: set[int] = set()
-        self._lock = threading.Lock()
+        self.in_flight = InFlight()
 
-    def decode(self, dicom: bytes, request_id: str) -> DecodedImage:
-        with self._lock:
-            self.calls.append((dicom, request_id))
-            self.threads.add(threading.get_ident())
-        if self.error is not None:
-            raise self.error
-        attrs = self.attributes[dicom]
-        if self.barrier is not None:
-            self.barrier.wait()
-            time.sleep(0.01 * (len(self.attributes) - attrs.instance_number))
-        return DecodedImage(np.full((1, 4, 4, 1), attrs.instance_number, np.uint16), attrs)
+    async def decode(self, dicom: bytes, request_id: str) -> DecodedImage:
+        self.calls.append((dicom, request_id))
+
+        async def work() -> DecodedImage:
+            attrs = self.attributes.get(dicom)
+            if self.slow and attrs is not None and attrs.instance_number > 0:
+                await asyncio.sleep(self.slow)
+            if self.error is not None:
+                raise self.error
+            assert attrs is not None
+            if self.barrier is not None:
+                await meet(self.barrier)
+                await asyncio.sleep(0.01 * (len(self.attributes) - attrs.instance_number))
+            return DecodedImage(np.full((1, 4, 4, 1), attrs.instance_number, np.uint16), attrs)
+
+        return await self.in_flight.run(work)  # type: ignore[no-any-return]
 
 
 class FakePreprocessor:
@@ -129,7 +168,7 @@ class FakePreprocessor:
 
     def __init__(
         self,
-        barrier: threading.Barrier | None = None,
+        barrier: asyncio.Barrier | None = None,
         error: PlatformError | None = None,
         volume_warnings: Sequence[str] = (),
     ) -> None:
@@ -137,15 +176,17 @@ class FakePreprocessor:
         self.error = error
         self.volume_warnings = list(volume_warnings)
         self.calls: list[tuple[str, list[DecodedImage], str]] = []
-        self.threads: set[int] = set()
-        self._lock = threading.Lock()
+        self.in_flight = InFlight()
 
-    def preprocess(
+    async def preprocess(
         self, pipeline: str, images: Sequence[DecodedImage], request_id: str
     ) -> Preprocessed:
-        with self._lock:
-            self.calls.append((pipeline, list(images), request_id))
-            self.threads.add(threading.get_ident())
+        self.calls.append((pipeline, list(images), request_id))
+        return await self.in_flight.run(  # type: ignore[no-any-return]
+            lambda: self._preprocess(pipeline, images)
+        )
+
+    async def _preprocess(self, pipeline: str, images: Sequence[DecodedImage]) -> Preprocessed:
         if self.error is not None:
             raise self.error
         if pipeline == "mri_brain_extraction":
@@ -156,8 +197,8 @@ class FakePreprocessor:
         (image,) = images
         index = int(image.pixels[0, 0, 0, 0])
         if self.barrier is not None:
-            self.barrier.wait()
-            time.sleep(0.01 * max(0, 10 - index))
+            await meet(self.barrier)
+            await asyncio.sleep(0.01 * max(0, 10 - index))
         return Preprocessed(
             np.full((1, 1, 2, 2), index, np.float32),
             [Geometry(4 + index, 4, 0, 0, 4, 4)],
@@ -172,7 +213,7 @@ class FakeInference:
         self.calls: list[dict[str, Any]] = []
         self.outputs: dict[str, np.ndarray] = {}
 
-    def infer(
+    async def infer(
         self,
         model: str,
         version: str,
@@ -195,7 +236,7 @@ class FakeInference:
         )
         if self.error is not None:
             raise self.error
-        time.sleep(self.delay)
+        await asyncio.sleep(self.delay)
         self.outputs = {name: np.zeros((len(batch), 1), np.float32) for name in output_names}
         return self.outputs
 
@@ -206,7 +247,7 @@ class FakeInferenceWithMetadata(FakeInference):
         self.parameters = parameters
         self.metadata_calls: list[tuple[str, str]] = []
 
-    def model_parameters(self, model: str, version: str) -> dict[str, str]:
+    async def model_parameters(self, model: str, version: str) -> dict[str, str]:
         self.metadata_calls.append((model, version))
         if isinstance(self.parameters, PlatformError):
             raise self.parameters
@@ -221,7 +262,7 @@ class FakePostprocessor:
         self.error = error
         self.calls: list[dict[str, Any]] = []
 
-    def postprocess(
+    async def postprocess(
         self,
         pipeline: str,
         outputs: Mapping[str, np.ndarray],
@@ -260,26 +301,38 @@ class Backends:
 LIMITS = Limits(max_instances=8, max_study_bytes=1000)
 
 
-@pytest.fixture
-def make_analyzer(registry: PipelineRegistry) -> Iterator[Callable[..., StudyAnalyzer]]:
-    made: list[StudyAnalyzer] = []
+class Analyzer:
+    """A StudyAnalyzer driven from a synchronous test: each call runs on a fresh event loop."""
 
-    def make(backends: Backends, limits: Limits = LIMITS, workers: int = 8) -> StudyAnalyzer:
-        analyzer = StudyAnalyzer(
-            registry,
-            backends.decoder,
-            backends.preprocessor,
-            backends.inference,
-            backends.postprocessor,
-            limits,
-            workers=workers,
+    def __init__(self, analyzer: StudyAnalyzer) -> None:
+        self._analyzer = analyzer
+
+    def analyze(self, request: StudyRequest) -> StudyResult:
+        return asyncio.run(self._analyzer.analyze(request))
+
+    def card(self, pipeline: Any) -> ModelCard | None:
+        return asyncio.run(self._analyzer.card(pipeline))
+
+    async def analyze_async(self, request: StudyRequest) -> StudyResult:
+        return await self._analyzer.analyze(request)
+
+
+@pytest.fixture
+def make_analyzer(registry: PipelineRegistry) -> Iterator[Callable[..., Analyzer]]:
+    def make(backends: Backends, limits: Limits = LIMITS, fan_out: int = 8) -> Analyzer:
+        return Analyzer(
+            StudyAnalyzer(
+                registry,
+                backends.decoder,
+                backends.preprocessor,
+                backends.inference,
+                backends.postprocessor,
+                limits,
+                fan_out=fan_out,
+            )
         )
-        made.append(analyzer)
-        return analyzer
 
     yield make
-    for analyzer in made:
-        analyzer.close()
 
 
 # 1. routing
@@ -294,7 +347,7 @@ def make_analyzer(registry: PipelineRegistry) -> Iterator[Callable[..., StudyAna
     ],
 )
 def test_studies_are_routed_by_their_tags(
-    make_analyzer: Callable[..., StudyAnalyzer], modality: str, body_part: str, expected: str
+    make_analyzer: Callable[..., Analyzer], modality: str, body_part: str, expected: str
 ) -> None:
     instances, attributes = study(2, modality, body_part)
     backends = Backends(FakeDecoder(attributes))
@@ -307,7 +360,7 @@ def test_studies_are_routed_by_their_tags(
 
 
 def test_a_study_no_pipeline_accepts_is_refused_with_each_pipelines_reason(
-    make_analyzer: Callable[..., StudyAnalyzer],
+    make_analyzer: Callable[..., Analyzer],
 ) -> None:
     instances, attributes = study(1, "CR", "KNEE")
     backends = Backends(FakeDecoder(attributes))
@@ -324,7 +377,7 @@ def test_a_study_no_pipeline_accepts_is_refused_with_each_pipelines_reason(
 
 
 def test_a_named_pipeline_runs_even_when_not_auto_routed(
-    make_analyzer: Callable[..., StudyAnalyzer],
+    make_analyzer: Callable[..., Analyzer],
 ) -> None:
     instances, attributes = study(2)
     backends = Backends(FakeDecoder(attributes))
@@ -339,7 +392,7 @@ def test_a_named_pipeline_runs_even_when_not_auto_routed(
 
 
 def test_a_named_pipeline_still_refuses_a_study_it_does_not_accept(
-    make_analyzer: Callable[..., StudyAnalyzer],
+    make_analyzer: Callable[..., Analyzer],
 ) -> None:
     instances, attributes = study(1, "CR", "CHEST")
     backends = Backends(FakeDecoder(attributes))
@@ -351,7 +404,7 @@ def test_a_named_pipeline_still_refuses_a_study_it_does_not_accept(
 
 
 def test_an_unknown_pipeline_name_fails_before_any_decoding(
-    make_analyzer: Callable[..., StudyAnalyzer],
+    make_analyzer: Callable[..., Analyzer],
 ) -> None:
     instances, attributes = study(2)
     backends = Backends(FakeDecoder(attributes))
@@ -376,7 +429,7 @@ def test_an_unknown_pipeline_name_fails_before_any_decoding(
     ids=["no-instances", "empty-instance", "too-many-instances", "too-many-bytes"],
 )
 def test_limits_are_checked_before_decoding(
-    make_analyzer: Callable[..., StudyAnalyzer],
+    make_analyzer: Callable[..., Analyzer],
     instances: list[bytes],
     error: type[PlatformError],
     pattern: str,
@@ -389,7 +442,7 @@ def test_limits_are_checked_before_decoding(
     assert backends.decoder.calls == []
 
 
-def test_a_study_at_the_limits_is_accepted(make_analyzer: Callable[..., StudyAnalyzer]) -> None:
+def test_a_study_at_the_limits_is_accepted(make_analyzer: Callable[..., Analyzer]) -> None:
     instances, attributes = study(3)
     size = sum(len(i) for i in instances)
     backends = Backends(FakeDecoder(attributes))
@@ -402,22 +455,22 @@ def test_a_study_at_the_limits_is_accepted(make_analyzer: Callable[..., StudyAna
 
 
 def test_instances_are_decoded_and_preprocessed_in_parallel_and_kept_in_order(
-    make_analyzer: Callable[..., StudyAnalyzer],
+    make_analyzer: Callable[..., Analyzer],
 ) -> None:
     n = 5
     instances, attributes = study(n)
     backends = Backends(
-        FakeDecoder(attributes, barrier=threading.Barrier(n, timeout=5)),
-        FakePreprocessor(barrier=threading.Barrier(n, timeout=5)),
+        FakeDecoder(attributes, barrier=asyncio.Barrier(n)),
+        FakePreprocessor(barrier=asyncio.Barrier(n)),
     )
-    result = make_analyzer(backends, workers=n).analyze(StudyRequest(instances, request_id="r7"))
+    result = make_analyzer(backends, fan_out=n).analyze(StudyRequest(instances, request_id="r7"))
 
     assert sorted(d for d, _ in backends.decoder.calls) == sorted(instances)
     assert {rid for _, rid in backends.decoder.calls} == {"r7"}
-    assert len(backends.decoder.threads) == n
+    assert backends.decoder.in_flight.peak == n
 
     assert len(backends.preprocessor.calls) == n
-    assert len(backends.preprocessor.threads) == n
+    assert backends.preprocessor.in_flight.peak == n
     for pipeline, images, rid in backends.preprocessor.calls:
         assert (pipeline, len(images), rid) == ("cxr_pneumonia", 1, "r7")
     preprocessed = sorted(
@@ -442,18 +495,18 @@ def test_instances_are_decoded_and_preprocessed_in_parallel_and_kept_in_order(
 
 
 def test_a_volume_pipeline_preprocesses_the_series_in_one_call(
-    make_analyzer: Callable[..., StudyAnalyzer],
+    make_analyzer: Callable[..., Analyzer],
 ) -> None:
     n = 4
     instances, attributes = study(n, "MR", "HEAD")
     backends = Backends(
-        FakeDecoder(attributes, barrier=threading.Barrier(n, timeout=5)),
+        FakeDecoder(attributes, barrier=asyncio.Barrier(n)),
         FakePreprocessor(volume_warnings=["duplicates: 1 slice dropped"]),
     )
-    result = make_analyzer(backends, workers=n).analyze(StudyRequest(instances, request_id="v1"))
+    result = make_analyzer(backends, fan_out=n).analyze(StudyRequest(instances, request_id="v1"))
 
     assert result.pipeline == "mri_brain_extraction"
-    assert len(backends.decoder.threads) == n
+    assert backends.decoder.in_flight.peak == n
     (call,) = backends.preprocessor.calls
     pipeline, images, rid = call
     assert (pipeline, rid) == ("mri_brain_extraction", "v1")
@@ -480,7 +533,7 @@ def test_a_volume_pipeline_preprocesses_the_series_in_one_call(
 )
 def test_inference_gets_the_pipelines_model_and_the_request_priority(
     registry: PipelineRegistry,
-    make_analyzer: Callable[..., StudyAnalyzer],
+    make_analyzer: Callable[..., Analyzer],
     priority: RequestPriority,
     triton: int,
 ) -> None:
@@ -499,7 +552,7 @@ def test_inference_gets_the_pipelines_model_and_the_request_priority(
 
 
 def test_heatmaps_when_asked_fetch_the_class_activation_map(
-    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+    registry: PipelineRegistry, make_analyzer: Callable[..., Analyzer]
 ) -> None:
     instances, attributes = study(2)
     backends = Backends(FakeDecoder(attributes))
@@ -518,7 +571,7 @@ def test_heatmaps_when_asked_fetch_the_class_activation_map(
 
 
 def test_the_result_carries_pipeline_model_assessment_timings_and_warnings(
-    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+    registry: PipelineRegistry, make_analyzer: Callable[..., Analyzer]
 ) -> None:
     instances, attributes = study(2, "US", "BREAST")
     backends = Backends(FakeDecoder(attributes), inference=FakeInference(delay=0.02))
@@ -562,7 +615,7 @@ ERRORS = [
     ("stage", "error"), ERRORS, ids=[f"{s}-{type(e).__name__}" for s, e in ERRORS]
 )
 def test_backend_errors_propagate_unchanged(
-    make_analyzer: Callable[..., StudyAnalyzer], stage: str, error: PlatformError
+    make_analyzer: Callable[..., Analyzer], stage: str, error: PlatformError
 ) -> None:
     # StudyRefused from the preprocessor is what a volume pipeline refusing a series raises.
     volume = isinstance(error, StudyRefused)
@@ -589,14 +642,14 @@ def test_backend_errors_propagate_unchanged(
 
 
 def test_card_is_none_when_the_server_offers_no_metadata(
-    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+    registry: PipelineRegistry, make_analyzer: Callable[..., Analyzer]
 ) -> None:
     analyzer = make_analyzer(Backends(FakeDecoder({})))
     assert analyzer.card(registry.get("cxr_pneumonia")) is None
 
 
 def test_card_is_none_while_the_server_is_unavailable(
-    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+    registry: PipelineRegistry, make_analyzer: Callable[..., Analyzer]
 ) -> None:
     inference = FakeInferenceWithMetadata(DependencyUnavailable("triton unreachable"))
     analyzer = make_analyzer(Backends(FakeDecoder({}), inference=inference))
@@ -605,7 +658,7 @@ def test_card_is_none_while_the_server_is_unavailable(
 
 
 def test_card_is_built_from_the_served_card_parameters(
-    registry: PipelineRegistry, make_analyzer: Callable[..., StudyAnalyzer]
+    registry: PipelineRegistry, make_analyzer: Callable[..., Analyzer]
 ) -> None:
     inference = FakeInferenceWithMetadata(
         {
@@ -634,7 +687,7 @@ def test_card_is_built_from_the_served_card_parameters(
 class UnevenPreprocessor(FakePreprocessor):
     """A pipeline without a resize step: each image keeps its own size."""
 
-    def preprocess(
+    async def preprocess(
         self, pipeline: str, images: Sequence[DecodedImage], request_id: str
     ) -> Preprocessed:
         (image,) = images
@@ -643,7 +696,7 @@ class UnevenPreprocessor(FakePreprocessor):
 
 
 def test_differently_sized_model_inputs_are_a_misconfiguration(
-    make_analyzer: Callable[..., StudyAnalyzer],
+    make_analyzer: Callable[..., Analyzer],
 ) -> None:
     from services.common.errors import Misconfiguration
 
@@ -652,3 +705,57 @@ def test_differently_sized_model_inputs_are_a_misconfiguration(
     with pytest.raises(Misconfiguration, match="differently sized inputs"):
         make_analyzer(backends).analyze(StudyRequest(instances))
     assert backends.inference.calls == []
+
+
+# 8. fan-out and cancellation
+
+
+def test_inner_calls_in_flight_per_study_are_bounded(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(8)
+    backends = Backends(FakeDecoder(attributes, slow=0.01))
+    make_analyzer(backends, Limits(max_instances=8, max_study_bytes=1000), fan_out=3).analyze(
+        StudyRequest(instances)
+    )
+    assert len(backends.decoder.calls) == 8
+    assert 1 < backends.decoder.in_flight.peak <= 3
+
+
+def test_a_failed_instance_cancels_the_decodes_still_in_flight(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(4)
+    # Instance 0 fails at once; the other three would take a minute.
+    decoder = FakeDecoder(attributes, slow=60.0, error=InvalidInput("instance 0 is not DICOM"))
+    backends = Backends(decoder)
+    loop = asyncio.new_event_loop()
+    try:
+        started = loop.time()
+        with pytest.raises(InvalidInput, match="instance 0 is not DICOM"):
+            loop.run_until_complete(make_analyzer(backends).analyze_async(StudyRequest(instances)))
+        assert loop.time() - started < 30
+        assert decoder.in_flight.cancelled == 3
+        assert decoder.in_flight.now == 0  # nothing of the study is still running
+        assert [t for t in asyncio.all_tasks(loop) if not t.done()] == []
+    finally:
+        loop.close()
+    assert backends.preprocessor.calls == []
+
+
+def test_a_cancelled_study_cancels_its_inner_calls(make_analyzer: Callable[..., Analyzer]) -> None:
+    instances, attributes = study(3)
+    decoder = FakeDecoder(attributes, slow=60.0)
+    analyzer = make_analyzer(Backends(decoder))
+
+    async def give_up() -> None:
+        task = asyncio.ensure_future(analyzer.analyze_async(StudyRequest(instances)))
+        while decoder.in_flight.now < 2:  # instance 0 finished; 1 and 2 are decoding
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(give_up())
+    assert decoder.in_flight.cancelled == 2
+    assert decoder.in_flight.now == 0
