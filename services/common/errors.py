@@ -62,6 +62,13 @@ class TooLarge(PlatformError):
     kind = "TOO_LARGE"
 
 
+class Overloaded(PlatformError):
+    """The service is at capacity: every slot busy and the queue full; retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = "OVERLOADED"
+
+
 class NotFound(PlatformError):
     """A named pipeline does not exist."""
 

@@ -103,3 +103,7 @@ class GatewaySettings(PipelineServiceSettings):
     call_timeout_seconds: float = Field(60.0, gt=0, description="deadline of each inner call")
     max_instances: int = Field(64, gt=0, description="instances per study")
     max_study_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="bytes per study")
+    max_concurrent_studies: int = Field(8, gt=0, description="studies analysed at once")
+    max_queued_studies: int = Field(
+        128, ge=0, description="studies waiting for a slot; beyond: RESOURCE_EXHAUSTED at once"
+    )

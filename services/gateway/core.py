@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -21,6 +22,7 @@ from services.common.cards import ModelCard, card_from_parameters
 from services.common.errors import (
     DependencyUnavailable,
     InvalidInput,
+    Overloaded,
     TooLarge,
 )
 from services.common.images import Decoded, Preprocessed, join_batches
@@ -79,6 +81,35 @@ class Postprocessor(Protocol):
 class Limits:
     max_instances: int
     max_study_bytes: int
+
+
+class Admission:
+    """At most ``running`` studies at once and ``queued`` waiting for a slot; beyond that a
+    study is refused at once (Overloaded) instead of waiting without bound, each waiter holding
+    its upload in memory. Under overload the inner services then see a steady load, not every
+    caller at once."""
+
+    def __init__(self, running: int, queued: int) -> None:
+        self._running, self._queued = running, queued
+        self._slots = asyncio.Semaphore(running)
+        self._waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self._waiting >= self._queued:
+            raise Overloaded(
+                f"the gateway is at capacity ({self._running} studies running, "
+                f"{self._waiting} waiting); retry later"
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 class StudyAnalyzer:

@@ -16,7 +16,7 @@ from services.gateway.clients import (
     PreprocessorClient,
     TritonClient,
 )
-from services.gateway.core import STAGES, Limits, StudyAnalyzer
+from services.gateway.core import STAGES, Admission, Limits, StudyAnalyzer
 from services.gateway.servicer import GatewayServicer
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
@@ -42,7 +42,13 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
             fan_out=settings.workers,
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
-            GatewayServicer(analyzer, settings.max_instances, settings.max_study_bytes), srv
+            GatewayServicer(
+                analyzer,
+                Admission(settings.max_concurrent_studies, settings.max_queued_studies),
+                settings.max_instances,
+                settings.max_study_bytes,
+            ),
+            srv,
         )
 
         async def close() -> None:

@@ -9,12 +9,19 @@ import grpc
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import convert, logs
 from services.common.errors import InvalidInput
-from services.gateway.core import InstanceAssembler, StudyAnalyzer
+from services.gateway.core import Admission, InstanceAssembler, StudyAnalyzer
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    def __init__(self, analyzer: StudyAnalyzer, max_instances: int, max_study_bytes: int) -> None:
+    def __init__(
+        self,
+        analyzer: StudyAnalyzer,
+        admission: Admission,
+        max_instances: int,
+        max_study_bytes: int,
+    ) -> None:
         self._analyzer = analyzer
+        self._admission = admission
         self._max_instances = max_instances
         self._max_study_bytes = max_study_bytes
 
@@ -23,12 +30,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.AnalyzeResponse:
         rid = logs.adopt_client_request_id(request.client_request_id)
         study = convert.study_request(request, list(request.instances), rid)
-        return convert.analyze_response(await self._analyzer.analyze(study))
+        async with self._admission.slot():
+            return convert.analyze_response(await self._analyzer.analyze(study))
 
     async def AnalyzeStream(  # noqa: N802 (gRPC naming)
         self,
         request_iterator: AsyncIterator[gateway_pb2.AnalyzeChunk],
         context: grpc.aio.ServicerContext,
+    ) -> gateway_pb2.AnalyzeResponse:
+        async with self._admission.slot():  # receiving a stream holds memory too
+            return await self._analyze_stream(request_iterator)
+
+    async def _analyze_stream(
+        self, request_iterator: AsyncIterator[gateway_pb2.AnalyzeChunk]
     ) -> gateway_pb2.AnalyzeResponse:
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":

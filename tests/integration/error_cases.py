@@ -9,11 +9,14 @@ from *their* pipelines folder.
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import synthetic
 import yaml
@@ -21,6 +24,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 from synthetic import dataset, to_bytes
 
+from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.cli.stack import Stack, free_port
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import GatewaySettings, PipelineServiceSettings
@@ -119,7 +123,8 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
     - ``dead_triton``: a Triton address with nothing listening;
     - ``deadline``: every inner call has a 1 µs deadline, expired before it is sent however
       fast the peer (a 1 ms one was met by the in-process decoder on a quick machine);
-    - ``miswired``: its postprocessor address is the decoder's (a service that is not one).
+    - ``miswired``: its postprocessor address is the decoder's (a service that is not one);
+    - ``full``: one study at a time and no queue, its slot held by a stream that never ends.
     """
     local = "127.0.0.1"
     decoder = f"{local}:{stack.ports.decoder}"
@@ -154,4 +159,33 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
             "dead_triton": serve(triton_address=f"{local}:{free_port()}"),
             "deadline": serve(call_timeout_seconds=1e-6),
             "miswired": serve(postprocessor_address=decoder),
+            "full": hold_the_only_slot(
+                serve(max_concurrent_studies=1, max_queued_studies=0), cleanup
+            ),
         }
+
+
+def hold_the_only_slot(address: str, cleanup: ExitStack) -> str:
+    """Open an AnalyzeStream that sends its header and then waits, so it holds the gateway's
+    one study slot; returns once the gateway refuses other studies as overloaded."""
+    release = threading.Event()
+
+    def stalled() -> Iterator[gateway_pb2.AnalyzeChunk]:
+        yield gateway_pb2.AnalyzeChunk(header=gateway_pb2.AnalyzeHeader())
+        release.wait(300)
+
+    channel = grpc.insecure_channel(address)
+    cleanup.callback(channel.close)
+    stub = gateway_pb2_grpc.GatewayStub(channel)
+    held = stub.AnalyzeStream.future(stalled())
+    cleanup.callback(held.cancel)
+    cleanup.callback(release.set)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:  # an empty request: INVALID_ARGUMENT while the slot is free
+            stub.Analyze(gateway_pb2.AnalyzeRequest(), timeout=5)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return address
+        time.sleep(0.05)
+    raise RuntimeError("the stalled stream never took the gateway's slot")

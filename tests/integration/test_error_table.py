@@ -67,6 +67,9 @@ CASES: dict[str, Case] = {
     "too many instances": Case(
         errors.TooLarge, "stack", lambda: [good_chest()] * 101, "the limit is 100"
     ),
+    "every study slot busy, no queue": Case(
+        errors.Overloaded, "full", _chest(), "the gateway is at capacity"
+    ),
     "unknown pipeline": Case(
         errors.NotFound, "stack", _chest(), "unknown pipeline 'mammo_v9'", pipeline="mammo_v9"
     ),

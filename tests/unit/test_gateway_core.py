@@ -16,6 +16,7 @@ from services.common.errors import (
     Misconfiguration,
     NoMatchingPipeline,
     NotFound,
+    Overloaded,
     PlatformError,
     StudyRefused,
     TooLarge,
@@ -34,7 +35,7 @@ from services.common.results import (
     StudyResult,
     TriagePriority,
 )
-from services.gateway.core import STAGES, InstanceAssembler, Limits, StudyAnalyzer
+from services.gateway.core import STAGES, Admission, InstanceAssembler, Limits, StudyAnalyzer
 
 
 def assemble_instances(
@@ -759,3 +760,55 @@ def test_a_cancelled_study_cancels_its_inner_calls(make_analyzer: Callable[..., 
     asyncio.run(give_up())
     assert decoder.in_flight.cancelled == 2
     assert decoder.in_flight.now == 0
+
+
+# 9. admission
+
+
+def test_admission_runs_a_bounded_number_and_queues_a_bounded_number() -> None:
+    async def scenario() -> tuple[int, int, list[str]]:
+        admission = Admission(running=2, queued=1)
+        release = asyncio.Event()
+        running = peak = 0
+        outcomes: list[str] = []
+
+        async def study(name: str) -> None:
+            nonlocal running, peak
+            try:
+                async with admission.slot():
+                    running += 1
+                    peak = max(peak, running)
+                    await release.wait()
+                    running -= 1
+                outcomes.append(f"{name} done")
+            except Overloaded as err:
+                outcomes.append(f"{name} refused: {err.reason}")
+
+        tasks = [asyncio.ensure_future(study(f"s{i}")) for i in range(4)]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        refused_before_release = len(outcomes)
+        release.set()
+        await asyncio.gather(*tasks)
+        return peak, refused_before_release, outcomes
+
+    peak, refused_early, outcomes = asyncio.run(scenario())
+    assert peak == 2
+    assert refused_early == 1  # s3 found 2 running and 1 waiting: refused at once
+    assert (
+        outcomes[0]
+        == "s3 refused: the gateway is at capacity (2 studies running, 1 waiting); retry later"
+    )
+    assert sorted(outcomes[1:]) == ["s0 done", "s1 done", "s2 done"]
+
+
+def test_a_slot_is_released_when_the_study_fails() -> None:
+    async def scenario() -> None:
+        admission = Admission(running=1, queued=0)
+        with pytest.raises(InvalidInput):
+            async with admission.slot():
+                raise InvalidInput("bad study")
+        async with admission.slot():  # not refused: the failed study gave its slot back
+            pass
+
+    asyncio.run(scenario())
