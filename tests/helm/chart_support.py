@@ -26,6 +26,8 @@ NAMESPACE = "imaging"
 FULLNAME = f"{RELEASE}-imaging-platform"
 SERVICES = ("gateway", "decoder", "preprocessor", "postprocessor")
 COMPONENTS = (*SERVICES, "triton")
+# Services that run in the gateway's pod when dataPlane.colocated is true (the default).
+SIDECARS = ("decoder", "preprocessor")
 # "default" renders values.yaml alone; the others are the chart's ci/<name>-values.yaml.
 SCENARIOS = ("default", *sorted(p.name.removesuffix("-values.yaml") for p in CI_DIR.glob("*.yaml")))
 
@@ -40,10 +42,16 @@ def scenario_values(scenario: str) -> dict[str, Any]:
     return loaded or {}
 
 
+@functools.cache
+def _merged_values(scenario: str) -> dict[str, Any]:
+    with helm.Chart.load(CHART_DIR) as chart:
+        merged: dict[str, Any] = chart.merge_values(scenario_values(scenario))
+        return merged
+
+
 def merged_values(scenario: str) -> dict[str, Any]:
     """The values a release of this scenario computes (defaults coalesced with overrides)."""
-    with helm.Chart.load(CHART_DIR) as chart:
-        return chart.merge_values(scenario_values(scenario))
+    return copy.deepcopy(_merged_values(scenario))
 
 
 def render(values: dict[str, Any] | None = None) -> dict[str, str]:
@@ -147,6 +155,46 @@ def pods_selected(objs: list[Obj], selector: Obj) -> set[str]:
         for d in of_kind(objs, "Deployment")
         if selector_matches(selector, d["spec"]["template"]["metadata"]["labels"])
     }
+
+
+def colocated(scenario: str) -> bool:
+    """Whether the scenario runs the decoder and the preprocessor in the gateway's pod."""
+    return bool(merged_values(scenario)["dataPlane"]["colocated"])
+
+
+def deployed_services(scenario: str) -> tuple[str, ...]:
+    """Services with a Deployment (and HPA, PDB, Service, NetworkPolicy) of their own."""
+    return tuple(s for s in SERVICES if not (colocated(scenario) and s in SIDECARS))
+
+
+def deployed_components(scenario: str) -> tuple[str, ...]:
+    return (*deployed_services(scenario), "triton")
+
+
+def pod_of(objs: list[Obj], service: str) -> Obj:
+    """The Deployment whose pods run ``service`` (the gateway's for a colocated sidecar)."""
+    matches = [
+        d
+        for d in of_kind(objs, "Deployment")
+        if any(c["name"] == service for c in pod_spec(d)["containers"])
+    ]
+    assert len(matches) == 1, f"{service} runs in {len(matches)} Deployments"
+    return matches[0]
+
+
+def service_container(objs: list[Obj], service: str) -> Obj:
+    """The container of ``service``, wherever it runs."""
+    return container(pod_of(objs, service), service)
+
+
+def expected_ports(values: dict[str, Any], service: str) -> tuple[int, int]:
+    """(gRPC, metrics) port the values give ``service``'s container."""
+    data_plane = values["dataPlane"]
+    if data_plane["colocated"] and service in SIDECARS:
+        ports = data_plane["ports"][service]
+    else:
+        ports = values["ports"]
+    return ports["grpc"], ports["metrics"]
 
 
 def adapter_rules_file() -> Obj:

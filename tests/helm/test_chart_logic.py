@@ -14,29 +14,35 @@ import pytest
 import yaml
 from chart_support import (
     CHART_DIR,
-    COMPONENTS,
     FULLNAME,
     NAMESPACE,
     RELEASE,
     REPO_ROOT,
     SCENARIOS,
     SERVICES,
+    SIDECARS,
     adapter_metric_names,
     adapter_rules_file,
     by_name,
+    colocated,
     component_name,
     container,
     containers,
+    deployed_components,
+    deployed_services,
     deployment,
     env_of,
+    expected_ports,
     lint,
     merged_values,
     objects,
     of_kind,
+    pod_of,
     pod_spec,
     pods_selected,
     render,
     scenario_values,
+    service_container,
 )
 
 from services.common.pipelines import PipelineRegistry
@@ -59,7 +65,7 @@ def test_gpu_scenario_requests_gpus_for_triton_only() -> None:
     assert spec["runtimeClassName"] == "nvidia"
     assert "--allow-gpu-metrics=true" in triton["args"]
     for svc in SERVICES:
-        (c,) = pod_spec(deployment(objs, svc))["containers"]
+        c = service_container(objs, svc)
         assert GPU not in c["resources"].get("requests", {})
         assert GPU not in c["resources"].get("limits", {})
 
@@ -162,24 +168,32 @@ def test_service_env_wiring(scenario: str) -> None:
     objs = objects(scenario)
     values = merged_values(scenario)
     for svc in SERVICES:
-        (c,) = pod_spec(deployment(objs, svc))["containers"]
+        c = service_container(objs, svc)
         env = env_of(c)
+        grpc, metrics = expected_ports(values, svc)
+        # 0.0.0.0 for sidecars too: kubelet gRPC probes and Prometheus reach the pod IP.
         assert env["IMAGING_HOST"] == "0.0.0.0"
-        assert env["IMAGING_PORT"] == str(values["ports"]["grpc"])
-        assert env["IMAGING_METRICS_PORT"] == str(values["ports"]["metrics"])
+        assert env["IMAGING_PORT"] == str(grpc)
+        assert env["IMAGING_METRICS_PORT"] == str(metrics)
+        suffix = f"-{svc[:3]}" if colocated(scenario) and svc in SIDECARS else ""
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert ports == {"grpc": values["ports"]["grpc"], "metrics": values["ports"]["metrics"]}
+        assert ports == {f"grpc{suffix}": grpc, f"metrics{suffix}": metrics}
+        # Each service keeps its own resources and extra env wherever it runs.
+        assert c["resources"] == values[svc]["resources"]
+        assert env.items() >= values[svc]["env"].items()
         if svc == "decoder":
             assert "IMAGING_PIPELINES_DIR" not in env
         else:
             assert env["IMAGING_PIPELINES_DIR"] == values["pipelines"]["mountPath"]
             mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
             assert mounts[values["pipelines"]["mountPath"]]["readOnly"] is True
-    gateway_env = env_of(pod_spec(deployment(objs, "gateway"))["containers"][0])
+    gateway_env = env_of(service_container(objs, "gateway"))
     for peer in INNER:
-        assert gateway_env[f"IMAGING_{peer.upper()}_ADDRESS"] == (
-            f"dns:///{component_name(peer)}-peers.{NAMESPACE}.svc.cluster.local:50051"
-        )
+        if colocated(scenario) and peer in SIDECARS:
+            expected = f"127.0.0.1:{expected_ports(values, peer)[0]}"
+        else:
+            expected = f"dns:///{component_name(peer)}-peers.{NAMESPACE}.svc.cluster.local:50051"
+        assert gateway_env[f"IMAGING_{peer.upper()}_ADDRESS"] == expected
     assert gateway_env["IMAGING_TRITON_ADDRESS"] == (
         f"dns:///{component_name('triton')}-peers.{NAMESPACE}.svc.cluster.local:8001"
     )
@@ -190,11 +204,16 @@ def test_every_service_address_resolves_to_a_service_port(scenario: str) -> None
     objs = objects(scenario)
     services = {s["metadata"]["name"]: s for s in of_kind(objs, "Service")}
     for deploy in of_kind(objs, "Deployment"):
+        pod_ports = {p["containerPort"] for c in containers(deploy) for p in c.get("ports", [])}
         for c in containers(deploy):
             for name, value in env_of(c).items():
                 if not name.endswith("_ADDRESS"):
                     continue
                 host, port = value.removeprefix("dns:///").rsplit(":", 1)
+                if host == "127.0.0.1":  # a sidecar: some container of this pod listens there
+                    assert colocated(scenario)
+                    assert int(port) in pod_ports and int(port) != int(env_of(c)["IMAGING_PORT"])
+                    continue
                 svc_name, ns = host.split(".")[:2]
                 assert ns == NAMESPACE
                 svc = services[svc_name]
@@ -251,8 +270,11 @@ def test_every_deployment_has_probes(scenario: str) -> None:
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert probe in c, f"{deploy['metadata']['name']}/{c['name']} lacks {probe}"
             if c["name"] in SERVICES:
+                # Each container of a pod probes its own gRPC port (sidecars included).
+                grpc = expected_ports(values, c["name"])[0]
+                assert int(env_of(c)["IMAGING_PORT"]) == grpc
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    assert c[probe]["grpc"] == {"port": values["ports"]["grpc"]}
+                    assert c[probe]["grpc"] == {"port": grpc}
             assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
             assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
             assert c["resources"]["limits"]["memory"]
@@ -263,19 +285,19 @@ def test_termination_grace_covers_prestop_and_drain(scenario: str) -> None:
     values = merged_values(scenario)
     for deploy in of_kind(objects(scenario), "Deployment"):
         spec = pod_spec(deploy)
-        (c,) = spec["containers"]
-        sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
-        if c["name"] == "triton":
-            drain = values["triton"]["exitTimeoutSeconds"]
-        else:
-            drain = float(env_of(c)["IMAGING_GRACE_SECONDS"])
-        assert spec["terminationGracePeriodSeconds"] >= sleep + drain
+        for c in spec["containers"]:
+            sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+            if c["name"] == "triton":
+                drain = values["triton"]["exitTimeoutSeconds"]
+            else:
+                drain = float(env_of(c)["IMAGING_GRACE_SECONDS"])
+            assert spec["terminationGracePeriodSeconds"] >= sleep + drain, c["name"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_topology_spread_targets_own_pods(scenario: str) -> None:
     objs = objects(scenario)
-    for svc in SERVICES:
+    for svc in deployed_services(scenario):
         spec = pod_spec(deployment(objs, svc))
         for tsc in spec.get("topologySpreadConstraints", []):
             assert pods_selected(objs, tsc["labelSelector"]) == {svc}
@@ -347,11 +369,16 @@ def test_rollout_rbac_only_when_asked_and_least_privilege() -> None:
     assert sa["metadata"]["name"] != FULLNAME  # not the services' account
 
 
-def test_mtls_secret_is_mounted_into_all_services() -> None:
-    objs = objects("mtls")
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"dataPlane": {"colocated": False}}],
+    ids=["colocated", "separate-pods"],
+)
+def test_mtls_secret_is_mounted_into_all_services(values: dict[str, Any]) -> None:
+    objs = _parse(render({**scenario_values("mtls"), **values}))
     for svc in SERVICES:
-        spec = pod_spec(deployment(objs, svc))
-        (c,) = spec["containers"]
+        spec = pod_spec(pod_of(objs, svc))
+        c = service_container(objs, svc)
         env = env_of(c)
         assert env["IMAGING_TLS_CERT"] == "/etc/imaging/tls/tls.crt"
         assert env["IMAGING_TLS_KEY"] == "/etc/imaging/tls/tls.key"
@@ -360,7 +387,7 @@ def test_mtls_secret_is_mounted_into_all_services() -> None:
         assert tls["secret"]["secretName"] == "imaging-platform-mtls"
         assert any(m["name"] == "tls" and m["readOnly"] for m in c["volumeMounts"])
     for svc in SERVICES:
-        (c,) = pod_spec(deployment(objects("default"), svc))["containers"]
+        c = service_container(objects("default"), svc)
         assert not [k for k in env_of(c) if k.startswith("IMAGING_TLS")]
 
 
@@ -400,16 +427,17 @@ def test_network_policies_select_the_pods_they_mean(scenario: str) -> None:
     objs = objects(scenario)
     policies = _policies(objs)
     rollout = merged_values(scenario)["rollout"]["rbac"]["create"]
-    expected = {"default-deny", "allow-dns", *COMPONENTS} | (
+    components = deployed_components(scenario)
+    expected = {"default-deny", "allow-dns", *components} | (
         {"model-rollout"} if rollout else set()
     )
     assert set(policies) == expected
     for name in ("default-deny", "allow-dns"):
-        assert pods_selected(objs, policies[name]["spec"]["podSelector"]) == set(COMPONENTS)
+        assert pods_selected(objs, policies[name]["spec"]["podSelector"]) == set(components)
     deny = policies["default-deny"]["spec"]
     assert deny["policyTypes"] == ["Ingress", "Egress"]
     assert "ingress" not in deny and "egress" not in deny
-    for component in COMPONENTS:
+    for component in components:
         assert pods_selected(objs, policies[component]["spec"]["podSelector"]) == {component}
     if rollout:
         # The rollout Job is not rendered here: its policy must select no platform pod, and
@@ -428,7 +456,9 @@ def test_internal_services_only_accept_the_gateway(scenario: str) -> None:
     values = merged_values(scenario)
     grpc, metrics = values["ports"]["grpc"], values["ports"]["metrics"]
     policies = _policies(objs)
-    for svc in INNER:
+    inner = [s for s in deployed_services(scenario) if s != "gateway"]
+    assert "postprocessor" in inner
+    for svc in inner:
         spec = policies[svc]["spec"]
         assert "Ingress" in spec["policyTypes"]
         for rule in spec["ingress"]:
@@ -467,20 +497,28 @@ def test_triton_accepts_gateway_and_configured_clients(scenario: str) -> None:
                 grpc_clients.add(component)
             if component != "model-rollout":
                 assert _rule_ports(rule) == {ports["grpc"]}
-    expected = {"gateway", *values["networkPolicy"]["tritonAllowFrom"]}
+    # A colocated sidecar calls Triton from the gateway's pod: no selector of its own.
+    allowed = set(values["networkPolicy"]["tritonAllowFrom"])
+    expected = {"gateway", *(allowed & set(deployed_services(scenario)))}
     if values["rollout"]["rbac"]["create"]:
         expected.add("model-rollout")
     assert grpc_clients == expected
 
 
-def test_mtls_scenario_lets_the_preprocessor_reach_triton() -> None:
-    objs = objects("mtls")
+@pytest.mark.parametrize("scenario", ["mtls", "separate-pods"])
+def test_tritonallowfrom_lets_the_preprocessor_reach_triton(scenario: str) -> None:
+    objs = objects(scenario)
+    assert "preprocessor" in merged_values(scenario)["networkPolicy"]["tritonAllowFrom"]
     policies = _policies(objs)
-    egress = policies["preprocessor"]["spec"]["egress"]
-    assert [_in_release_sources(objs, r) for r in egress] == [{"triton"}]
-    assert env_of(pod_spec(deployment(objs, "preprocessor"))["containers"][0])[
-        "IMAGING_TRITON_ADDRESS"
-    ]
+    assert env_of(service_container(objs, "preprocessor"))["IMAGING_TRITON_ADDRESS"]
+    if colocated(scenario):
+        # The sidecar shares the gateway's pod, whose egress already reaches Triton.
+        assert "preprocessor" not in policies
+        egress = policies["gateway"]["spec"]["egress"]
+        assert {"triton"} in [_in_release_sources(objs, r) for r in egress]
+    else:
+        egress = policies["preprocessor"]["spec"]["egress"]
+        assert [_in_release_sources(objs, r) for r in egress] == [{"triton"}]
     assert policies["postprocessor"]["spec"]["egress"] == []
 
 
@@ -494,9 +532,11 @@ def test_gateway_is_the_only_entry_point(scenario: str) -> None:
     configured = values["networkPolicy"]["gatewayIngressFrom"]
     assert rule.get("from", []) == configured
     egress_targets = [_in_release_sources(objs, r) for r in spec["egress"]]
-    assert sorted(min(t) for t in egress_targets) == sorted([*INNER, "triton"])
+    # Colocated: the sidecars are reached over loopback, so only the postprocessor and Triton.
+    peers = [c for c in deployed_components(scenario) if c != "gateway"]
+    assert sorted(min(t) for t in egress_targets) == sorted(peers)
     # Every other component's ingress names in-release peers or the monitoring namespace only.
-    for component in (*INNER, "triton"):
+    for component in peers:
         for r in _policies(objs)[component]["spec"]["ingress"]:
             assert r.get("from"), f"{component} has an ingress rule open to any source"
 
@@ -529,7 +569,13 @@ def test_pdbs_and_hpas_target_real_workloads(scenario: str) -> None:
         assert hpa["spec"]["behavior"]["scaleUp"]["stabilizationWindowSeconds"] >= 0
         assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    hpas = {h["metadata"]["name"] for h in of_kind(objs, "HorizontalPodAutoscaler")}
+    pdbs = {p["metadata"]["name"] for p in of_kind(objs, "PodDisruptionBudget")}
     for svc in SERVICES:
+        if svc not in deployed_services(scenario):
+            # A sidecar scales (and is disrupted) with the gateway's pod.
+            assert component_name(svc) not in hpas | pdbs
+            continue
         deploy = deployment(objs, svc)
         if values[svc]["autoscaling"]["enabled"]:
             hpa = by_name(objs, "HorizontalPodAutoscaler", component_name(svc))
@@ -633,6 +679,18 @@ BAD_VALUES = {
     },
     "resources without requests": {"decoder": {"resources": {"requests": None}}},
     "non-string env value": {"decoder": {"env": {"IMAGING_MAX_PIXELS": 5}}},
+    "colocated as a string": {"dataPlane": {"colocated": "yes"}},
+    "negative sidecar port": {"dataPlane": {"ports": {"decoder": {"grpc": -1}}}},
+    "sidecar port as a string": {"dataPlane": {"ports": {"preprocessor": {"metrics": "9102"}}}},
+    "sidecar port above 65535": {"dataPlane": {"ports": {"decoder": {"metrics": 70000}}}},
+    "ports of an unknown sidecar": {"dataPlane": {"ports": {"postprocessor": {"grpc": 50054}}}},
+    "relative exchange path": {"dataPlane": {"exchange": {"mountPath": "exchange"}}},
+    "exchange on /tmp": {"dataPlane": {"exchange": {"mountPath": "/tmp"}}},
+    "negative exchange size": {"dataPlane": {"exchange": {"sizeLimit": "-1Gi"}}},
+    "zero exchange size": {"dataPlane": {"exchange": {"sizeLimit": "0"}}},
+    # A bare number would render as 1.073741824e+09, which no API server accepts.
+    "exchange size as a number": {"dataPlane": {"exchange": {"sizeLimit": 1073741824}}},
+    "misspelt data-plane key": {"dataPlane": {"colocate": True}},
 }
 
 
@@ -672,6 +730,22 @@ TEMPLATE_CHECKS = {
         "minReplicas",
     ),
     "mTLS without a Secret": ({"tls": {"enabled": True}}, "tls.secretName"),
+    "sidecar port taken by the gateway": (
+        {"dataPlane": {"ports": {"decoder": {"grpc": 50051, "metrics": 9101}}}},
+        "must be distinct",
+    ),
+    "two sidecars on one metrics port": (
+        {"dataPlane": {"ports": {"preprocessor": {"grpc": 50053, "metrics": 9101}}}},
+        "must be distinct",
+    ),
+    "grace period too short for the sidecars to outlast the gateway": (
+        {"terminationGracePeriodSeconds": 20},
+        "2 x config.graceSeconds",
+    ),
+    "exchange over the pipelines mount": (
+        {"dataPlane": {"exchange": {"mountPath": "/etc/imaging/pipelines"}}},
+        "dataPlane.exchange.mountPath",
+    ),
 }
 
 
@@ -695,6 +769,19 @@ def test_templates_reject_inconsistent_values(
         schemaless_chart.render(values, name=RELEASE, namespace=NAMESPACE)
     with pytest.raises((helm.HelmRenderError, helm.HelmValuesError)):
         render(values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"dataPlane": {"colocated": False, "ports": {"decoder": {"grpc": 50051, "metrics": 9100}}}},
+        {"dataPlane": {"colocated": False}, "terminationGracePeriodSeconds": 20},
+    ],
+    ids=["sidecar ports unused", "single drain"],
+)
+def test_colocation_checks_apply_only_when_colocated(values: dict[str, Any]) -> None:
+    objs = _parse(render(values))
+    assert len(of_kind(objs, "Deployment")) == 5
 
 
 def test_good_overrides_render() -> None:
@@ -721,7 +808,7 @@ def test_every_value_is_commented() -> None:
         indent = len(match["indent"])
         while documented_scopes and documented_scopes[-1] >= indent:
             documented_scopes.pop()
-        comment = []
+        comment: list[str] = []
         above = index - 1
         while above >= 0 and lines[above].strip().startswith("#"):
             comment.insert(0, lines[above].strip())
@@ -746,10 +833,14 @@ def test_schema_describes_every_default_value() -> None:
 def test_gateway_balances_over_headless_peer_services(scenario: str) -> None:
     """Per-call balancing needs every pod's address: the gateway dials headless Services."""
     objs = objects(scenario)
-    gateway = deployment(objs, "gateway")
-    env = env_of(next(iter(containers(gateway, init=False))))
+    env = env_of(service_container(objs, "gateway"))
     for peer in ("decoder", "preprocessor", "postprocessor", "triton"):
         target = env[f"IMAGING_{peer.upper()}_ADDRESS"]
+        if colocated(scenario) and peer in SIDECARS:
+            # In the gateway's own pod: loopback, to that container's port.
+            sidecar = container(deployment(objs, "gateway"), peer)
+            assert target == f"127.0.0.1:{env_of(sidecar)['IMAGING_PORT']}"
+            continue
         match = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.[a-z.]+:(\d+)", target)
         assert match, target
         service = by_name(objs, "Service", match.group(1))

@@ -8,15 +8,17 @@ import helm_python as helm
 import pytest
 from chart_support import (
     CHART_DIR,
-    COMPONENTS,
     NAMESPACE,
     SCENARIOS,
     SERVICES,
     component_name,
+    deployed_components,
     lint,
     objects,
     of_kind,
+    pod_spec,
     scenario_values,
+    service_container,
 )
 
 REQUIRED_LABELS = (
@@ -33,7 +35,7 @@ ACCEPTED_INFO = {"icon is recommended"}
 
 
 def test_scenarios_cover_the_ci_files() -> None:
-    assert {"dev-cpu", "gpu-production", "gpu-keda", "mtls"} <= set(SCENARIOS)
+    assert {"dev-cpu", "gpu-production", "gpu-keda", "mtls", "separate-pods"} <= set(SCENARIOS)
 
 
 @pytest.mark.parametrize("kube_version", ["v1.29.0", "v1.33.0"])
@@ -82,10 +84,11 @@ def test_core_workloads_exist(scenario: str) -> None:
     objs = objects(scenario)
     deployments = {d["metadata"]["name"] for d in of_kind(objs, "Deployment")}
     services = {s["metadata"]["name"] for s in of_kind(objs, "Service")}
-    expected = {component_name(c) for c in COMPONENTS}
-    peers = {
-        f"{component_name(c)}-peers" for c in ("decoder", "preprocessor", "postprocessor", "triton")
-    }
+    # Colocated (the default): the decoder and the preprocessor run in the gateway's pod and
+    # have neither Deployment nor Services; separate-pods: all four services stand alone.
+    expected = {component_name(c) for c in deployed_components(scenario)}
+    peers = {f"{component_name(c)}-peers" for c in deployed_components(scenario) if c != "gateway"}
+    assert len(deployments) == (5 if scenario == "separate-pods" else 3)
     assert deployments == expected
     assert services == expected | peers
     for svc in of_kind(objs, "Service"):
@@ -109,15 +112,18 @@ def test_everything_lands_in_the_release_namespace_by_default() -> None:
         assert obj["metadata"]["namespace"] == NAMESPACE
 
 
-def test_services_use_one_image_with_a_per_service_command() -> None:
-    objs = objects("default")
+@pytest.mark.parametrize("scenario", ["default", "separate-pods"])
+def test_services_use_one_image_with_a_per_service_command(scenario: str) -> None:
+    objs = objects(scenario)
     images = set()
     for svc in SERVICES:
-        deploy = next(d for d in of_kind(objs, "Deployment") if d["metadata"]["name"].endswith(svc))
-        (c,) = deploy["spec"]["template"]["spec"]["containers"]
+        c = service_container(objs, svc)
         images.add(c["image"])
         assert c["command"] == ["python", "-m", f"services.{svc}.server"]
     assert len(images) == 1
+    for deploy in of_kind(objs, "Deployment"):
+        for c in pod_spec(deploy)["containers"]:
+            assert c["name"] in (*SERVICES, "triton")
 
 
 def test_chart_ships_the_files_the_templates_include() -> None:
@@ -128,6 +134,7 @@ def test_chart_ships_the_files_the_templates_include() -> None:
         "ci/dev-cpu-values.yaml",
         "ci/gpu-production-values.yaml",
         "ci/mtls-values.yaml",
+        "ci/separate-pods-values.yaml",
     ):
         assert (CHART_DIR / rel).is_file(), rel
     assert list((CHART_DIR / "files" / "dashboards").glob("*.json"))

@@ -89,6 +89,105 @@ helm.sh/chart: {{ include "imaging-platform.chart" .root }}
 decoder preprocessor postprocessor gateway
 {{- end }}
 
+{{/* Services that run as extra containers of the gateway's pod (dataPlane.colocated): they have
+no Deployment, HPA, PDB, Service, peers Service or NetworkPolicy of their own. Empty otherwise. */}}
+{{- define "imaging-platform.sidecars" -}}
+{{- if .Values.dataPlane.colocated }}decoder preprocessor{{ end }}
+{{- end }}
+
+{{/* Services that run as their own Deployment, in start order: what the per-service templates
+(Deployment, HPA, PDB, Services, NetworkPolicies, monitors) range over. */}}
+{{- define "imaging-platform.deployments" -}}
+{{- $sidecars := splitList " " (include "imaging-platform.sidecars" .) }}
+{{- $out := list }}
+{{- range $svc := splitList " " (include "imaging-platform.services" .) }}
+{{- if not (has $svc $sidecars) }}{{ $out = append $out $svc }}{{ end }}
+{{- end }}
+{{- join " " $out }}
+{{- end }}
+
+{{/* The Deployments the gateway calls (each has a peers Service and accepts only the gateway). */}}
+{{- define "imaging-platform.innerDeployments" -}}
+{{- without (splitList " " (include "imaging-platform.deployments" .)) "gateway" | join " " }}
+{{- end }}
+
+{{/* Containers of one service's pod: the service, plus the sidecars in the gateway's pod.
+Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.podServices" -}}
+{{- .component }}
+{{- if eq .component "gateway" }}{{ with include "imaging-platform.sidecars" .root }} {{ . }}{{ end }}{{ end }}
+{{- end }}
+
+{{/* Services that share the pixel exchange (the containers of the colocated pod); empty when
+dataPlane.colocated is false (pixels then travel inline over gRPC). */}}
+{{- define "imaging-platform.exchangeServices" -}}
+{{- if .Values.dataPlane.colocated }}gateway {{ include "imaging-platform.sidecars" . }}{{ end }}
+{{- end }}
+
+{{/* Whether a service runs as a sidecar ("true" or ""). Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.isSidecar" -}}
+{{- if has .component (splitList " " (include "imaging-platform.sidecars" .root)) }}true{{ end }}
+{{- end }}
+
+{{/* gRPC port of a service's container: a localhost port of its own for a sidecar, ports.grpc
+otherwise. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.grpcPort" -}}
+{{- if include "imaging-platform.isSidecar" . }}
+{{- (index .root.Values.dataPlane.ports .component).grpc }}
+{{- else }}
+{{- .root.Values.ports.grpc }}
+{{- end }}
+{{- end }}
+
+{{/* Metrics port of a service's container (see grpcPort). Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.metricsPort" -}}
+{{- if include "imaging-platform.isSidecar" . }}
+{{- (index .root.Values.dataPlane.ports .component).metrics }}
+{{- else }}
+{{- .root.Values.ports.metrics }}
+{{- end }}
+{{- end }}
+
+{{/* Suffix of a container's port names, unique in the pod and within the 15 characters a port
+name may have: "" for the pod's own service, "-dec" / "-pre" for the sidecars.
+Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.portSuffix" -}}
+{{- if include "imaging-platform.isSidecar" . }}-{{ trunc 3 .component }}{{ end }}
+{{- end }}
+
+{{/* Metrics port names of a service's pod, one per container ("metrics", "metrics-dec", ...).
+Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.metricsPortNames" -}}
+{{- $root := .root }}
+{{- $names := list }}
+{{- range $member := splitList " " (include "imaging-platform.podServices" .) }}
+{{- $names = append $names (printf "metrics%s" (include "imaging-platform.portSuffix" (dict "root" $root "component" $member))) }}
+{{- end }}
+{{- join " " $names }}
+{{- end }}
+
+{{/* Address the gateway dials for a peer service: 127.0.0.1:<port> for a sidecar in its own
+pod, dns:/// on the peer's headless Service otherwise. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.serviceAddress" -}}
+{{- if include "imaging-platform.isSidecar" . }}
+{{- printf "127.0.0.1:%s" (include "imaging-platform.grpcPort" .) }}
+{{- else }}
+{{- include "imaging-platform.peersTarget" (dict "root" .root "component" .component "port" .root.Values.ports.grpc) }}
+{{- end }}
+{{- end }}
+
+{{/* Seconds a container's preStop hook sleeps. A sidecar keeps serving while the gateway next
+to it drains (config.graceSeconds) before it starts its own drain: all containers of a pod get
+SIGTERM at once, and a draining gRPC server refuses new calls. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.preStopSeconds" -}}
+{{- $v := .root.Values }}
+{{- if include "imaging-platform.isSidecar" . }}
+{{- add (int $v.preStopSleepSeconds) (int (ceil $v.config.graceSeconds)) }}
+{{- else }}
+{{- $v.preStopSleepSeconds }}
+{{- end }}
+{{- end }}
+
 {{/* Services that read pipeline specs (PipelineServiceSettings). */}}
 {{- define "imaging-platform.pipelineServices" -}}
 gateway preprocessor postprocessor
@@ -174,7 +273,7 @@ gateway preprocessor postprocessor
 {{- fail (printf "triton.autoscaling.hpa.metricName %q is not exposed by the prometheus-adapter rules (%s)" $as.hpa.metricName (join ", " $names)) }}
 {{- end }}
 {{- end }}
-{{- range $svc := splitList " " (include "imaging-platform.services" .) }}
+{{- range $svc := splitList " " (include "imaging-platform.deployments" .) }}
 {{- $a := (index $.Values $svc).autoscaling }}
 {{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) }}
 {{- fail (printf "%s.autoscaling.minReplicas must not exceed %s.autoscaling.maxReplicas" $svc $svc) }}
@@ -183,9 +282,26 @@ gateway preprocessor postprocessor
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.secretName is required when tls.enabled is true" }}
 {{- end }}
+{{- if .Values.dataPlane.colocated }}
+{{- $ports := list }}
+{{- range $svc := splitList " " (include "imaging-platform.podServices" (dict "root" . "component" "gateway")) }}
+{{- $c := dict "root" $ "component" $svc }}
+{{- $ports = concat $ports (list (include "imaging-platform.grpcPort" $c) (include "imaging-platform.metricsPort" $c)) }}
+{{- end }}
+{{- if ne (len $ports) (len (uniq $ports)) }}
+{{- fail (printf "dataPlane.colocated: the gateway, decoder and preprocessor share one pod, so ports.grpc, ports.metrics and dataPlane.ports.* must be distinct (got %s)" (join ", " $ports)) }}
+{{- end }}
+{{- $sidecarGrace := add (int .Values.preStopSleepSeconds) (mul 2 (int (ceil .Values.config.graceSeconds))) }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $sidecarGrace) }}
+{{- fail (printf "dataPlane.colocated: terminationGracePeriodSeconds (%d) must be at least preStopSleepSeconds + 2 x config.graceSeconds (%d): the sidecars wait for the gateway to drain before draining themselves" (int .Values.terminationGracePeriodSeconds) (int $sidecarGrace)) }}
+{{- end }}
+{{- if has .Values.dataPlane.exchange.mountPath (list "/tmp" .Values.pipelines.mountPath .Values.tls.mountPath) }}
+{{- fail (printf "dataPlane.exchange.mountPath (%s) must differ from /tmp, pipelines.mountPath and tls.mountPath" .Values.dataPlane.exchange.mountPath) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
-{{/* Ingress rule letting Prometheus scrape a metrics port. Takes (dict "np" .Values.networkPolicy "port" N). */}}
+{{/* Ingress rule letting Prometheus scrape metrics ports. Takes (dict "np" .Values.networkPolicy "ports" (list N...)). */}}
 {{- define "imaging-platform.metricsIngress" -}}
 - from:
     - namespaceSelector:
@@ -195,6 +311,8 @@ gateway preprocessor postprocessor
         {{- toYaml . | nindent 8 }}
       {{- end }}
   ports:
+    {{- range .ports }}
     - protocol: TCP
-      port: {{ .port }}
+      port: {{ . }}
+    {{- end }}
 {{- end }}

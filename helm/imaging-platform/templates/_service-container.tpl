@@ -1,0 +1,119 @@
+{{/*
+One platform service's container, as an item of a pod's `containers` list. The gateway's pod
+holds the gateway and, with dataPlane.colocated, the decoder and the preprocessor (sidecars):
+each keeps its own resources, env, probes and mounts, listens on ports of its own (the pod shares
+one network namespace) and mounts the pixel exchange. Takes (dict "root" $ "component" "x").
+
+Every service listens on 0.0.0.0, sidecars included: the kubelet sends gRPC probes to the pod IP
+(a probe has no host field) and Prometheus scrapes the pod IP, and the services bind their
+metrics endpoint to IMAGING_HOST too. No NetworkPolicy rule admits the sidecars' gRPC ports, so
+in practice only the gateway next to them (over 127.0.0.1) calls them.
+*/}}
+{{- define "imaging-platform.serviceContainer" -}}
+{{- $root := .root }}
+{{- $svc := .component }}
+{{- $v := index $root.Values $svc }}
+{{- $grpc := include "imaging-platform.grpcPort" . }}
+{{- $metrics := include "imaging-platform.metricsPort" . }}
+{{- $suffix := include "imaging-platform.portSuffix" . }}
+{{- $readsPipelines := has $svc (splitList " " (include "imaging-platform.pipelineServices" $root)) }}
+{{- $exchange := has $svc (splitList " " (include "imaging-platform.exchangeServices" $root)) -}}
+- name: {{ $svc }}
+  image: {{ include "imaging-platform.imageRef" (dict "image" $root.Values.image "default" $root.Chart.AppVersion) | quote }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  command: ["python", "-m", "services.{{ $svc }}.server"]
+  ports:
+    - name: grpc{{ $suffix }}
+      containerPort: {{ $grpc }}
+      protocol: TCP
+    - name: metrics{{ $suffix }}
+      containerPort: {{ $metrics }}
+      protocol: TCP
+  env:
+    - name: IMAGING_HOST
+      value: "0.0.0.0"
+    - name: IMAGING_PORT
+      value: {{ $grpc | quote }}
+    - name: IMAGING_METRICS_PORT
+      value: {{ $metrics | quote }}
+    - name: IMAGING_LOG_LEVEL
+      value: {{ $root.Values.config.logLevel | quote }}
+    - name: IMAGING_WORKERS
+      value: {{ $root.Values.config.workers | quote }}
+    - name: IMAGING_GRACE_SECONDS
+      value: {{ $root.Values.config.graceSeconds | quote }}
+    - name: IMAGING_MAX_MESSAGE_BYTES
+      value: {{ $root.Values.config.maxMessageBytes | int64 | quote }}
+    - name: PYTHONUNBUFFERED
+      value: "1"
+    - name: PYTHONDONTWRITEBYTECODE
+      value: "1"
+    {{- if $readsPipelines }}
+    - name: IMAGING_PIPELINES_DIR
+      value: {{ $root.Values.pipelines.mountPath | quote }}
+    {{- end }}
+    {{- if $exchange }}
+    - name: IMAGING_PIXEL_EXCHANGE_DIR
+      value: {{ $root.Values.dataPlane.exchange.mountPath | quote }}
+    {{- end }}
+    {{- if eq $svc "gateway" }}
+    {{- range $peer := list "decoder" "preprocessor" "postprocessor" }}
+    - name: IMAGING_{{ upper $peer }}_ADDRESS
+      value: {{ include "imaging-platform.serviceAddress" (dict "root" $root "component" $peer) | quote }}
+    {{- end }}
+    {{- end }}
+    {{- if or (eq $svc "gateway") (has $svc $root.Values.networkPolicy.tritonAllowFrom) }}
+    - name: IMAGING_TRITON_ADDRESS
+      value: {{ include "imaging-platform.peersTarget" (dict "root" $root "component" "triton" "port" $root.Values.triton.ports.grpc) | quote }}
+    {{- end }}
+    {{- if $root.Values.tls.enabled }}
+    # mTLS material (the services do not read these yet).
+    - name: IMAGING_TLS_CERT
+      value: {{ printf "%s/%s" $root.Values.tls.mountPath $root.Values.tls.certKey | quote }}
+    - name: IMAGING_TLS_KEY
+      value: {{ printf "%s/%s" $root.Values.tls.mountPath $root.Values.tls.keyKey | quote }}
+    - name: IMAGING_TLS_CA
+      value: {{ printf "%s/%s" $root.Values.tls.mountPath $root.Values.tls.caKey | quote }}
+    {{- end }}
+    {{- range $name, $value := $v.env }}
+    - name: {{ $name }}
+      value: {{ $value | quote }}
+    {{- end }}
+  startupProbe:
+    grpc:
+      port: {{ $grpc }}
+    {{- toYaml $root.Values.probes.startup | nindent 4 }}
+  readinessProbe:
+    grpc:
+      port: {{ $grpc }}
+    {{- toYaml $root.Values.probes.readiness | nindent 4 }}
+  livenessProbe:
+    grpc:
+      port: {{ $grpc }}
+    {{- toYaml $root.Values.probes.liveness | nindent 4 }}
+  lifecycle:
+    preStop:
+      exec:
+        command: ["sleep", "{{ include "imaging-platform.preStopSeconds" . }}"]
+  resources:
+    {{- toYaml $v.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $root.Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    {{- if $readsPipelines }}
+    - name: pipelines
+      mountPath: {{ $root.Values.pipelines.mountPath }}
+      readOnly: true
+    {{- end }}
+    {{- if $exchange }}
+    - name: pixel-exchange
+      mountPath: {{ $root.Values.dataPlane.exchange.mountPath }}
+    {{- end }}
+    {{- if $root.Values.tls.enabled }}
+    - name: tls
+      mountPath: {{ $root.Values.tls.mountPath }}
+      readOnly: true
+    {{- end }}
+{{- end }}
