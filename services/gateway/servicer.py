@@ -29,8 +29,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.AnalyzeRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.AnalyzeResponse:
         rid = logs.adopt_client_request_id(request.client_request_id)
-        study = convert.study_request(request, list(request.instances), rid)
-        async with self._admission.slot():
+        async with self._admission.slot():  # a waiting study keeps only its received message
+            study = convert.study_request(request, list(request.instances), rid)
             return convert.analyze_response(await self._analyzer.analyze(study))
 
     async def AnalyzeStream(  # noqa: N802 (gRPC naming)
