@@ -135,3 +135,34 @@ def test_a_pipeline_without_a_resize_is_misconfigured_not_the_callers_fault() ->
     ]
     with pytest.raises(Misconfiguration, match="differently sized inputs"):
         prepare_batch(images, pipeline)
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_cropping_before_the_pointwise_steps_changes_nothing(
+    cxr: Pipeline, photometric: str
+) -> None:
+    # prepare() crops first (fewer pixels to convert and window); the declared order, run
+    # step by step on the full image, must give the same tensor and region bit for bit.
+    from services.preprocessor import core
+
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 4096, (300, 410), dtype=np.uint16)
+    image = _image(
+        pixels,
+        photometric_interpretation=photometric,
+        bits_stored=12,
+        rescale_slope=0.5,
+        rescale_intercept=-20.0,
+        window_center=700.0,
+        window_width=900.0,
+    )
+    assert any(type(s).__name__ == "CenterCropSquare" for s in cxr.preprocess)
+    x = pixels[:, :, None].astype(np.float32)
+    for step in cxr.preprocess:
+        x = core._STEPS[type(step)](x, image.attributes, step)
+    expected = np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    prepared = core.prepare(image, cxr)
+    np.testing.assert_array_equal(prepared.tensor, expected)
+    assert (prepared.geometry.region_top, prepared.geometry.region_left) == (0, 55)
+    assert (prepared.geometry.region_rows, prepared.geometry.region_cols) == (300, 300)
