@@ -121,12 +121,13 @@ CHAINS: dict[UID, tuple[str, ...]] = {
 }
 
 _MAX_DETAIL = 160  # characters of one decoder's message in a combined reason
-# Failures that settle the matter. CharLS (pyjpegls) is the JPEG-LS reference implementation:
-# on streams it finds structurally invalid, libjpeg's JPEG-LS decoder (pylibjpeg) "succeeds"
-# and returns garbage (fuzzed corpus files: 32-67% of the pixels wrong), so no fallback.
-# CharLS itself can take 10+ s to reach that verdict on some corrupt streams: the worker
-# pool's decode timeout bounds it.
-_DEFINITIVE = {"pyjpegls": ("Invalid JPEG-LS stream",)}
+# Reference decoders: when one rejects a stream, another decoder's output is accepted only if a
+# third agrees with it exactly. CharLS (pyjpegls) is the JPEG-LS reference implementation; on
+# streams it finds structurally invalid, libjpeg's JPEG-LS decoder (pylibjpeg) "succeeds" and
+# returns garbage (fuzzed corpus files: 32-67% of the pixels wrong), while on a real lossless
+# MR that CharLS rejects, libjpeg and GDCM (its own, older CharLS) agree pixel for pixel. So the
+# chain goes on after the reference's verdict, and two independent decoders must concur.
+_REFERENCE = {"pyjpegls"}
 _MAX_REASON = 420
 
 
@@ -230,7 +231,10 @@ Candidate = Callable[[PixelSpec], Decoded]
 
 
 def decode_pixels(spec: PixelSpec) -> Decoded:
-    """Run the transfer syntax's chain; the first candidate that decodes wins."""
+    """Run the transfer syntax's chain; the first candidate that decodes wins. A codec's error
+    passes the image to the next capable codec; only when every one fails is it refused, with
+    each codec's reason. After a reference decoder's rejection a result needs a second opinion.
+    """
     chain = CHAINS.get(spec.ts)
     if chain is None:
         raise UnsupportedInput(f"transfer syntax {ts_label(spec.ts)} is not supported")
@@ -238,6 +242,7 @@ def decode_pixels(spec: PixelSpec) -> Decoded:
         check_codestream_headers(spec)
     failures: list[tuple[str, BaseException]] = []
     skipped: list[str] = []
+    unconfirmed: Decoded | None = None
     for name in chain:
         try:
             decoded = _CANDIDATES[name](spec)
@@ -250,18 +255,35 @@ def decode_pixels(spec: PixelSpec) -> Decoded:
             # PanicException, a BaseException, e.g. from pylibjpeg-rle): try the next one
             log.debug("%s could not decode %s: %s", name, spec.ts, _one_line(exc))
             failures.append((name, exc))
-            if any(marker in str(exc) for marker in _DEFINITIVE.get(name, ())):
-                break
             continue
+        if any(n in _REFERENCE for n, _ in failures):
+            if unconfirmed is None:
+                unconfirmed = decoded
+                continue
+            if not np.array_equal(unconfirmed.pixels, decoded.pixels):
+                failures.append(
+                    (name, _Disagree(f"its pixels differ from {unconfirmed.decoder}'s"))
+                )
+                break
+            decoded = unconfirmed
         if failures:
             log.warning(
                 "decoded %s with %s after %s failed",
                 ts_label(spec.ts),
-                name,
+                decoded.decoder if unconfirmed is None else f"{unconfirmed.decoder} and {name}",
                 ", ".join(f"{n} ({_one_line(e)[:80]})" for n, e in failures),
             )
         return decoded
+    if unconfirmed is not None and not any(isinstance(e, _Disagree) for _, e in failures):
+        failures.append(
+            (unconfirmed.decoder, _Disagree("decoded, but no second decoder could confirm it"))
+        )
+    failures.sort(key=lambda failure: chain.index(failure[0]) if failure[0] in chain else 0)
     raise _chain_failure(spec, failures, skipped)
+
+
+class _Disagree(Exception):
+    """A decoder's output that a reference decoder's rejection leaves unconfirmed."""
 
 
 def _chain_failure(

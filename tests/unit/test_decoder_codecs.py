@@ -338,25 +338,6 @@ def test_rle_whose_rows_and_columns_were_changed_is_invalid_input() -> None:
     assert "Rows/Columns do not match the RLE data" in str(caught.value)
 
 
-def test_an_invalid_jpeg_ls_stream_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    tried: list[str] = []
-
-    def charls(spec: codecs.PixelSpec) -> codecs.Decoded:
-        tried.append("pyjpegls")
-        raise RuntimeError("Decoding error: Invalid JPEG-LS stream, the encoded bit stream ...")
-
-    def other(spec: codecs.PixelSpec) -> codecs.Decoded:
-        tried.append("other")
-        raise AssertionError("not to be tried")
-
-    monkeypatch.setitem(codecs._CANDIDATES, "pyjpegls", charls)
-    monkeypatch.setitem(codecs._CANDIDATES, "pylibjpeg", other)
-    monkeypatch.setitem(codecs._CANDIDATES, "gdcm", other)
-    with pytest.raises(InvalidInput, match="the JPEG-LS codestream is corrupt \\(pyjpegls: "):
-        decode_instance(_bytes("pydicom-testfiles/MR_small_jpeg_ls_lossless.dcm"))
-    assert tried == ["pyjpegls"]
-
-
 def test_photometric_interpretation_must_fit_samples_per_pixel() -> None:
     """Once made pydicom fall through to python-gdcm, which aborted the process."""
     ds = pydicom.dcmread(CORPUS / "pydicom-data/liver_nonbyte_aligned_j2k.dcm")
