@@ -124,7 +124,9 @@ def test_a_codec_that_is_not_a_reference_needs_no_second_opinion(
     expected = decode_instance((CORPUS / relative).read_bytes()).pixels
     assert winners == ["gdcm"]
     monkeypatch.setitem(codecs._CANDIDATES, "gdcm", _failing("simulated"))
-    np.testing.assert_array_equal(decode_instance((CORPUS / relative).read_bytes()).pixels, expected)
+    np.testing.assert_array_equal(
+        decode_instance((CORPUS / relative).read_bytes()).pixels, expected
+    )
 
 
 # --- the whole corpus, with the winning codec made to fail ----------------------------------
