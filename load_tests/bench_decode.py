@@ -3,7 +3,8 @@
 For every pixel file of the corpus that both decode, in one run and interleaved (medians over
 --repeat runs of each file):
   ours     - services.decoder.core.decode_instance, in this process;
-  pydicom  - pydicom.dcmread(...).pixel_array with pydicom's default plugin order;
+  pydicom  - pydicom.dcmread(...).pixel_array with pydicom's default plugin order, and
+             apply_color_lut for PALETTE COLOR (the decoder returns RGB for those);
   pool     - (with --pool) decode_instance through a one-worker DecoderPool: ours plus the
              pickling of the request and of the pixels across the process boundary.
 Throughput is decoded bytes and frames per second of summed medians; the ratio is ours over
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.pixels import apply_color_lut
 from pydicom.uid import UID
 
 from services.common.errors import PlatformError
@@ -52,7 +54,13 @@ class Syntax:
 
 
 def pydicom_pixels(data: bytes) -> np.ndarray:
-    return np.asarray(pydicom.dcmread(BytesIO(data), force=True).pixel_array)
+    """What a user who wants what the decoder returns would write: pixel_array (YBR comes back
+    as RGB by default), and a PALETTE COLOR image through its palette."""
+    ds = pydicom.dcmread(BytesIO(data), force=True)
+    pixels = ds.pixel_array
+    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, ds)
+    return np.asarray(pixels)
 
 
 def decodes(pool: DecoderPool, fn: Callable[..., object], *args: object) -> bool:

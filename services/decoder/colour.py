@@ -6,7 +6,10 @@ runs exactly once per image, whichever decoder won.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut
@@ -92,7 +95,7 @@ def palette_to_rgb(pixels: np.ndarray, ds: Dataset, little_endian: bool) -> tupl
         )
     palette = ds if little_endian else _little_endian_palette(ds)
     try:
-        rgb = np.asarray(apply_color_lut(pixels[..., 0], palette))
+        rgb = _apply_palette(pixels[..., 0], palette)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise InvalidInput(f"the palette colour lookup table is unusable: {exc}") from exc
     if rgb.shape[-1] == 4:  # an alpha palette: the preprocessor takes RGB
@@ -104,6 +107,33 @@ def palette_to_rgb(pixels: np.ndarray, ds: Dataset, little_endian: bool) -> tupl
 
 
 _PALETTE_DATA = tuple(f"{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue", "Alpha"))
+
+
+def _apply_palette(indices: np.ndarray, ds: Dataset) -> np.ndarray:
+    """pydicom's apply_color_lut, with the common case (plain 8- or 16-bit tables) as one
+    gather through an (entries, channels) table instead of one strided pass per channel: the
+    same pixels, about twice as fast. Segmented and unusual tables go to pydicom as they are."""
+    tables = [ds.get(keyword) for keyword in _PALETTE_DATA]
+    descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+    if (
+        descriptor is None
+        or len(descriptor) != 3
+        or not all(isinstance(t, bytes) for t in tables[:3])
+        or getattr(ds, "PixelPresentation", None) in ("MIXED", "COLOR")
+    ):
+        return np.asarray(apply_color_lut(indices, ds))
+    entries, first_mapped = int(descriptor[0]) or 2**16, int(descriptor[1])
+    present = [t for t in tables if t]
+    if len({len(t) for t in present}) != 1 or len(present[0]) not in (entries, 2 * entries):
+        return np.asarray(apply_color_lut(indices, ds))
+    dtype = np.dtype(np.uint8 if len(present[0]) == entries else np.uint16)
+    table = np.stack([np.frombuffer(t, dtype=dtype) for t in present], axis=1)
+    # As pydicom: indices below the first mapped value take entry 0, the offset is taken in
+    # the table's integer type, and the result is clipped to the last entry.
+    offset = np.where(indices >= first_mapped, indices - np.int32(first_mapped), 0)
+    position: npt.NDArray[np.unsignedinteger[Any]] = np.clip(offset.astype(dtype), 0, entries - 1)
+    gathered: np.ndarray = np.take(table, position, axis=0)  # contiguous (..., channels)
+    return gathered
 
 
 def _little_endian_palette(ds: Dataset) -> Dataset:
