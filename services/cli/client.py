@@ -42,9 +42,10 @@ class GatewayClient:
         priority: gateway_pb2.RequestPriority = gateway_pb2.REQUEST_PRIORITY_UNSPECIFIED,
         client_request_id: str = "",
         heatmaps: bool = False,
+        masks: bool = False,
     ) -> gateway_pb2.AnalyzeResponse:
         """One message for small studies, a client stream for large ones."""
-        options = gateway_pb2.OutputOptions(heatmaps=heatmaps)
+        options = gateway_pb2.OutputOptions(heatmaps=heatmaps, masks=masks)
         if sum(len(i) for i in instances) <= STREAM_ABOVE_BYTES:
             request = gateway_pb2.AnalyzeRequest(
                 instances=list(instances),

@@ -309,7 +309,7 @@ def postprocess_request(
     outputs: Mapping[str, np.ndarray],
     sop_instance_uids: Sequence[str],
     prepared: Preprocessed,
-    heatmaps: bool,
+    options: OutputOptions,
 ) -> postprocessor_pb2.PostprocessRequest:
     """The model outputs plus the geometry postprocessing maps them back onto (no pixels)."""
     msg = postprocessor_pb2.PostprocessRequest(
@@ -317,7 +317,8 @@ def postprocess_request(
         outputs={name: tensors.to_proto(array) for name, array in outputs.items()},
         sop_instance_uids=list(sop_instance_uids),
         geometries=[geometry_to_proto(g) for g in prepared.geometries],
-        heatmaps=heatmaps,
+        heatmaps=options.heatmaps,
+        masks=options.masks,
     )
     if prepared.grid is not None:
         msg.volume.CopyFrom(grid_to_proto(prepared.grid))
@@ -368,7 +369,7 @@ def study_request(
         pipeline=header.pipeline,
         priority=request_priority_from_proto(header.priority),
         request_id=request_id,
-        options=OutputOptions(heatmaps=header.options.heatmaps),
+        options=OutputOptions(heatmaps=header.options.heatmaps, masks=header.options.masks),
     )
 
 

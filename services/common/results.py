@@ -91,6 +91,7 @@ class OutputOptions:
     """Heavy outputs the caller asked for (off by default: they cost time on every study)."""
 
     heatmaps: bool = False
+    masks: bool = False
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from services.common.exchange import PixelExchange
 from services.common.images import Decoded, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
 from services.common.remote_errors import from_rpc_error, from_triton_error
-from services.common.results import Assessment
+from services.common.results import Assessment, OutputOptions
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ class DecoderClient(_ServiceClient):
         shared = self._exchange.put_bytes(dicom) if self._exchange is not None else None
         request = decoder_pb2.DecodeRequest(shared_output=True)
         if shared is None:
-            request.dicom = dicom
+            request.dicom = bytes(dicom)  # a streamed instance arrives as a bytearray
         else:
             request.shared_dicom.CopyFrom(convert.shared_to_proto(shared))
         try:
@@ -131,11 +131,11 @@ class PostprocessorClient(_ServiceClient):
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
         prepared: Preprocessed,
-        heatmaps: bool,
+        options: OutputOptions,
         request_id: str,
     ) -> Assessment:
         request = convert.postprocess_request(
-            pipeline, outputs, sop_instance_uids, prepared, heatmaps
+            pipeline, outputs, sop_instance_uids, prepared, options
         )
         return convert.assessment_from_proto(
             await self.call(self._stub.Postprocess, request, request_id)

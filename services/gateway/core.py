@@ -28,7 +28,13 @@ from services.common.errors import (
 from services.common.images import Decoded, Preprocessed, join_batches
 from services.common.metrics import stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
-from services.common.results import Assessment, ModelRef, StudyRequest, StudyResult
+from services.common.results import (
+    Assessment,
+    ModelRef,
+    OutputOptions,
+    StudyRequest,
+    StudyResult,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +78,7 @@ class Postprocessor(Protocol):
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
         prepared: Preprocessed,
-        heatmaps: bool,
+        options: OutputOptions,
         request_id: str,
     ) -> Assessment: ...
 
@@ -197,7 +203,7 @@ class StudyAnalyzer:
         )
         with stage_timer("gateway", "postprocess", seconds):
             assessment = await self._postprocessor.postprocess(
-                pipeline.name, outputs, uids, prepared, request.options.heatmaps, rid
+                pipeline.name, outputs, uids, prepared, request.options, rid
             )
         return assessment, pipeline, prepared
 
@@ -287,4 +293,6 @@ class InstanceAssembler:
         parts[index] += data
 
     def instances(self) -> list[bytes]:
-        return [bytes(p) for p in self._parts]
+        """The assembled instances, handed over without a copy (each is buffered once)."""
+        parts, self._parts = self._parts, []
+        return parts  # type: ignore[return-value]  # bytearrays: the buffer protocol suffices

@@ -59,6 +59,7 @@ def assess(
     grid: VolumeGrid | None = None,
     *,
     draw_heatmaps: bool = False,
+    keep_masks: bool = False,
 ) -> Assessment:
     """Apply each finding rule to each image row; the study's priority is the most urgent.
 
@@ -101,4 +102,4 @@ def assess(
         if grid is None:
             raise ContractViolation(f"pipeline {pipeline.name} measures volumes but got no grid")
         measurements, segmentations = measure(outputs, grid, pipeline)
-    return Assessment(findings, priority, measurements, segmentations)
+    return Assessment(findings, priority, measurements, segmentations if keep_masks else [])

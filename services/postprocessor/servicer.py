@@ -30,5 +30,6 @@ class PostprocessorServicer(postprocessor_pb2_grpc.PostprocessorServicer):
                 geometries,
                 grid,
                 draw_heatmaps=request.heatmaps,
+                keep_masks=request.masks,
             )
         return convert.assessment_to_proto(result)

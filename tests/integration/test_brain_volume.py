@@ -18,7 +18,8 @@ LAYERS = BRAIN_LAYERS
 def test_brain_volume_in_ml_matches_the_returned_mask(
     gateway: gateway_pb2_grpc.GatewayStub,
 ) -> None:
-    response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=brain_series()))
+    masks = gateway_pb2.OutputOptions(masks=True)
+    response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=brain_series(), options=masks))
     assert response.pipeline == "mri_brain_extraction"
     [measurement] = response.measurements
     assert (measurement.display_name, measurement.unit) == ("Brain volume", "mL")
@@ -39,3 +40,10 @@ def test_brain_volume_in_ml_matches_the_returned_mask(
     dice = 2 * (inside_mask & brain).sum() / (inside_mask.sum() + brain.sum())
     assert dice > 0.85, dice
     assert measurement.value == pytest.approx(brain.sum() * voxel_ml, rel=0.15)
+
+
+def test_masks_come_only_when_asked_for(gateway: gateway_pb2_grpc.GatewayStub) -> None:
+    response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=brain_series()))
+    [measurement] = response.measurements
+    assert measurement.unit == "mL" and measurement.value > 0
+    assert list(response.segmentations) == []

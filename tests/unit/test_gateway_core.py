@@ -269,7 +269,7 @@ class FakePostprocessor:
         outputs: Mapping[str, np.ndarray],
         sop_instance_uids: Sequence[str],
         prepared: Preprocessed,
-        heatmaps: bool,
+        options: OutputOptions,
         request_id: str,
     ) -> Assessment:
         self.calls.append(
@@ -278,7 +278,8 @@ class FakePostprocessor:
                 "outputs": outputs,
                 "uids": list(sop_instance_uids),
                 "prepared": prepared,
-                "heatmaps": heatmaps,
+                "heatmaps": options.heatmaps,
+                "masks": options.masks,
                 "request_id": request_id,
             }
         )
@@ -566,6 +567,14 @@ def test_heatmaps_when_asked_fetch_the_class_activation_map(
         == list(registry.get("cxr_pneumonia").model.outputs)
     )
     assert backends.postprocessor.calls[0]["heatmaps"] is True
+    assert backends.postprocessor.calls[0]["masks"] is False
+
+
+def test_masks_when_asked_reach_the_postprocessor(make_analyzer: Callable[..., Analyzer]) -> None:
+    instances, attributes = study(3, "MR", "HEAD")
+    backends = Backends(FakeDecoder(attributes))
+    make_analyzer(backends).analyze(StudyRequest(instances, options=OutputOptions(masks=True)))
+    assert backends.postprocessor.calls[0]["masks"] is True
 
 
 # 5. the result
@@ -812,3 +821,13 @@ def test_a_slot_is_released_when_the_study_fails() -> None:
             pass
 
     asyncio.run(scenario())
+
+
+def test_streamed_instances_are_buffered_once() -> None:
+    assembler = InstanceAssembler(4, 100)
+    for index, data in [(0, b"ab"), (0, b"cd"), (1, b"ef")]:
+        assembler.add(index, data)
+    buffers = assembler._parts
+    instances = assembler.instances()
+    assert instances == [b"abcd", b"ef"]
+    assert all(a is b for a, b in zip(instances, buffers, strict=True))  # handed over, not copied

@@ -18,10 +18,12 @@ REQUEST_PRIORITY_ROUTINE: RequestPriority
 REQUEST_PRIORITY_URGENT: RequestPriority
 
 class OutputOptions(_message.Message):
-    __slots__ = ("heatmaps",)
+    __slots__ = ("heatmaps", "masks")
     HEATMAPS_FIELD_NUMBER: _ClassVar[int]
+    MASKS_FIELD_NUMBER: _ClassVar[int]
     heatmaps: bool
-    def __init__(self, heatmaps: bool = ...) -> None: ...
+    masks: bool
+    def __init__(self, heatmaps: bool = ..., masks: bool = ...) -> None: ...
 
 class AnalyzeRequest(_message.Message):
     __slots__ = ("instances", "pipeline", "priority", "client_request_id", "options")

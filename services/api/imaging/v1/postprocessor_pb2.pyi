@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PostprocessRequest(_message.Message):
-    __slots__ = ("pipeline", "outputs", "sop_instance_uids", "geometries", "volume", "heatmaps")
+    __slots__ = ("pipeline", "outputs", "sop_instance_uids", "geometries", "volume", "heatmaps", "masks")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,13 +22,15 @@ class PostprocessRequest(_message.Message):
     GEOMETRIES_FIELD_NUMBER: _ClassVar[int]
     VOLUME_FIELD_NUMBER: _ClassVar[int]
     HEATMAPS_FIELD_NUMBER: _ClassVar[int]
+    MASKS_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     outputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
     sop_instance_uids: _containers.RepeatedScalarFieldContainer[str]
     geometries: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.ImageGeometry]
     volume: _tensor_pb2.VolumeGeometry
     heatmaps: bool
-    def __init__(self, pipeline: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ..., heatmaps: bool = ...) -> None: ...
+    masks: bool
+    def __init__(self, pipeline: _Optional[str] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., sop_instance_uids: _Optional[_Iterable[str]] = ..., geometries: _Optional[_Iterable[_Union[_tensor_pb2.ImageGeometry, _Mapping]]] = ..., volume: _Optional[_Union[_tensor_pb2.VolumeGeometry, _Mapping]] = ..., heatmaps: bool = ..., masks: bool = ...) -> None: ...
 
 class PostprocessResponse(_message.Message):
     __slots__ = ("findings", "triage_priority", "measurements", "segmentations")
