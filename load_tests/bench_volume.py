@@ -125,6 +125,7 @@ def measure(
     pids = {s: stack.pids[s] for s in SERVICES}
     gateway.analyze(series)  # warm-up: the model's first run, the pools' first workers
     walls, onnx, peaks, exchange = [], [], [], []
+    stages: dict[str, list[float]] = {}
     for _ in range(repeat):
         _reset_peaks(pids)
         before = _compute_infer_ns(tri)
@@ -135,6 +136,8 @@ def measure(
         onnx.append((_compute_infer_ns(tri) - before) / 1e9)
         peaks.append(_peaks_mb(pids))
         exchange.append(peak[0] / 2**20)
+        for timing in reply.timings:
+            stages.setdefault(timing.stage, []).append(timing.milliseconds)
         assert reply.measurements, "the brain pipeline returned no measurement"
     wall, model = statistics.median(walls), statistics.median(onnx)
     return {
@@ -147,6 +150,7 @@ def measure(
         "ratio": wall / model,
         "peak_rss_mb": {s: max(p[s] for p in peaks) for s in SERVICES},
         "exchange_peak_mb": max(exchange),
+        "stage_p50_ms": {stage: statistics.median(ms) for stage, ms in stages.items()},
         "brain_ml": reply.measurements[0].value,
     }
 
@@ -155,16 +159,19 @@ def markdown(rows: list[dict[str, object]]) -> str:
     head = (
         "| series | instances | decoded MB | end to end s | ONNX s | ratio | "
         + " | ".join(f"{s} peak MB (x decoded)" for s in SERVICES)
-        + " | exchange peak MB |"
+        + " | exchange peak MB | gateway stages p50 ms |"
     )
-    lines = [head, "|" + " --- |" * (7 + len(SERVICES))]
+    lines = [head, "|" + " --- |" * (8 + len(SERVICES))]
     for r in rows:
         decoded = float(r["decoded_mb"])  # type: ignore[arg-type]
         peaks: dict[str, float] = r["peak_rss_mb"]  # type: ignore[assignment]
         cells = " | ".join(f"{peaks[s]:.0f} ({peaks[s] / decoded:.1f}x)" for s in SERVICES)
+        timings: dict[str, float] = r["stage_p50_ms"]  # type: ignore[assignment]
+        staged = ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
         lines.append(
             f"| {r['series']} | {r['instances']} | {decoded:.0f} | {r['end_to_end_s']:.2f} | "
-            f"{r['onnx_s']:.2f} | {r['ratio']:.2f} | {cells} | {r['exchange_peak_mb']:.0f} |"
+            f"{r['onnx_s']:.2f} | {r['ratio']:.2f} | {cells} | "
+            f"{r['exchange_peak_mb']:.0f} | {staged} |"
         )
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ import numpy as np
 from services.common import pipelines as spec
 from services.common.errors import ContractViolation
 from services.common.grids import Segmentation, VolumeGrid
-from services.common.resampling import resample
+from services.common.resampling import threshold_resampled
 from services.common.results import Measurement
 
 
@@ -27,7 +27,7 @@ def measure(
             raise ContractViolation(
                 f"model output {rule.output!r} must be one 3-D map, got {shape}"
             )
-        mask = (resample(prob, grid.shape) >= rule.threshold).astype(np.uint8)
+        mask = threshold_resampled(prob, grid.shape, rule.threshold)
         measurements.append(
             Measurement(
                 rule.concept, float(mask.sum()) * grid.voxel_ml, rule.unit, grid.series_instance_uid
