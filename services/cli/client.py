@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
+from services.common import tls
+from services.common.tls import PLAINTEXT, TlsFiles
 
 CHUNK_BYTES = 1024 * 1024
 # Above this a study is streamed in chunks instead of sent as one message.
@@ -26,12 +29,44 @@ def stream_messages(
             )
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds ``authorization: Bearer <key>`` to every call."""
+
+    def __init__(self, key: str) -> None:
+        self._header = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_key(details), requests)
+
+
 class GatewayClient:
-    def __init__(self, address: str, timeout: float = 120.0) -> None:
+    """``files``: mutual TLS (IMAGING_TLS_CA and the client pair); ``api_key``: sent as
+    ``authorization: Bearer`` on every call."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout: float = 120.0,
+        files: TlsFiles = PLAINTEXT,
+        api_key: str = "",
+    ) -> None:
         # Responses carry heatmaps and masks: allow more than gRPC's 4 MB default.
-        self.channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-        )
+        options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+        credentials = tls.channel_credentials(files)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=options)
+        else:
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        if api_key:
+            bearer = _Bearer(api_key)
+            self.channel = grpc.intercept_channel(self.channel, bearer)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
         self._timeout = timeout
 

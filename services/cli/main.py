@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -16,6 +17,9 @@ from google.protobuf.json_format import MessageToDict
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
 from services.cli.client import GatewayClient
 from services.cli.stack import REPO_ROOT, Ports, Stack
+from services.common.audit import main_verify
+from services.common.pki import create_dev_pki
+from services.common.tls import TlsFiles
 from services.fleet.core import DEFAULT_GRPC_PORT
 from services.fleet.rollout import DEFAULT_RELEASE, DEFAULT_TIMEOUT, rollout_command
 
@@ -98,8 +102,14 @@ def write_outputs(out: Path, stem: str, response: gateway_pb2.AnalyzeResponse) -
 
 def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(run_dir=args.run_dir)
+    client_files = None
+    if args.tls:
+        pki = create_dev_pki(args.run_dir / "tls")
+        stack.tls = TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert)
+        client_files = (pki.ca_cert, pki.client_cert, pki.client_key)
     stack.start()
-    print(f"gateway        grpc://{stack.gateway_address}")
+    scheme = "grpcs" if stack.tls.serves_tls else "grpc"
+    print(f"gateway        {scheme}://{stack.gateway_address}")
     for service in ("decoder", "preprocessor", "postprocessor"):
         print(f"{service:<14} grpc://127.0.0.1:{stack.ports.grpc(service)}")
     print(
@@ -108,6 +118,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     for service, port in stack.ports.metrics.items():
         print(f"metrics        http://127.0.0.1:{port}/metrics ({service})")
+    if client_files is not None:
+        ca, cert, key = client_files
+        print(f"throwaway CA   {ca}")
+        print(f"client cert    --tls-ca {ca} --tls-cert {cert} --tls-key {key}")
+        print(f"triton admin   key in {stack.triton_admin_key_file}")
     print(f"logs in {args.run_dir / 'logs'}; stop with `imaging-platform down`")
     return 0
 
@@ -121,8 +136,13 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> GatewayClient:
+    files = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    return GatewayClient(args.gateway, files=files, api_key=args.api_key)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    client = GatewayClient(args.gateway)
+    client = _client(args)
     try:
         return 1 if _analyze_files(client, args.files, args.pipeline, args.out) else 0
     finally:
@@ -176,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_pipelines(args: argparse.Namespace) -> int:
-    client = GatewayClient(args.gateway)
+    client = _client(args)
     try:
         for info in client.pipelines().pipelines:
             print(
@@ -200,6 +220,26 @@ def cmd_models_rollout(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    return main_verify(str(args.file), str(args.key_file), list(args.expect))
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "")
+    return Path(value) if value else None
+
+
+def _connection_flags(command: argparse.ArgumentParser) -> None:
+    """How a command reaches the gateway: address, mutual TLS, API key (env defaults)."""
+    command.add_argument("--gateway", default="127.0.0.1:50051")
+    command.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
+    command.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
+    command.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
+    command.add_argument(
+        "--api-key", default=os.environ.get("IMAGING_API_KEY", ""), help="default: $IMAGING_API_KEY"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="imaging-platform", description=__doc__)
     root.add_argument(
@@ -209,12 +249,16 @@ def parser() -> argparse.ArgumentParser:
         help="where the local stack keeps logs, state and its Triton repository",
     )
     sub = root.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start Triton and the four services").set_defaults(func=cmd_up)
+    up = sub.add_parser("up", help="start Triton and the four services")
+    up.add_argument(
+        "--tls", action="store_true", help="mutual TLS with a throwaway CA in the run dir"
+    )
+    up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the stack started by `up`").set_defaults(func=cmd_down)
     analyze = sub.add_parser("analyze", help="analyze DICOM files (one study per file)")
     analyze.add_argument("files", nargs="+", type=Path)
     analyze.add_argument("--pipeline", default="", help="pipeline name; default routes by tags")
-    analyze.add_argument("--gateway", default="127.0.0.1:50051")
+    _connection_flags(analyze)
     analyze.add_argument("--out", type=Path, default=None, help="write findings JSON here")
     analyze.set_defaults(func=cmd_analyze)
     demo = sub.add_parser("demo", help="start the stack, analyze sample chest X-rays, stop")
@@ -222,8 +266,22 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--repeat", type=int, default=20, help="calls for the latency median")
     demo.set_defaults(func=cmd_demo)
     pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines")
-    pipelines.add_argument("--gateway", default="127.0.0.1:50051")
+    _connection_flags(pipelines)
     pipelines.set_defaults(func=cmd_pipelines)
+    audit = sub.add_parser("audit", help="the gateway's audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check an audit log's HMAC chain")
+    verify.add_argument("file", type=Path)
+    verify.add_argument("--key-file", type=Path, required=True, help="IMAGING_AUDIT_KEY_FILE")
+    verify.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="CHAIN=SEQ",
+        help="last sequence number a writer reported (imaging_audit_last_sequence): "
+        "catches truncation",
+    )
+    verify.set_defaults(func=cmd_audit_verify)
     models = sub.add_parser("models", help="manage models on the Triton pods of a release")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     rollout = models_sub.add_parser(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.tls import TlsFiles
 from services.triton_local.launch import TritonLaunchError, start_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +55,15 @@ class Ports:
             "postprocessor": 9104,
         }
     )
+    # Plaintext grpc.health.v1 of each service (used when the API ports serve TLS only).
+    health: dict[str, int] = field(
+        default_factory=lambda: {
+            "gateway": 9201,
+            "decoder": 9202,
+            "preprocessor": 9203,
+            "postprocessor": 9204,
+        }
+    )
 
     @classmethod
     def free(cls) -> Ports:
@@ -64,6 +75,7 @@ class Ports:
             free_port(),
             free_port(),
             free_port(),
+            {name: free_port() for name in SERVICES},
             {name: free_port() for name in SERVICES},
         )
 
@@ -86,6 +98,16 @@ class Stack:
     # Which platform services to run beside tritonserver (benchmarks of Triton alone use none).
     services: tuple[str, ...] = SERVICES
     pids: dict[str, int] = field(default_factory=dict)
+    # Certificate, key and CA of every API port, Triton's gRPC included (mutual TLS with a CA);
+    # default: IMAGING_TLS_CERT / IMAGING_TLS_KEY / IMAGING_TLS_CA of this process.
+    tls: TlsFiles = field(
+        default_factory=lambda: TlsFiles(
+            *(
+                Path(os.environ[v]) if os.environ.get(v) else None
+                for v in ("IMAGING_TLS_CERT", "IMAGING_TLS_KEY", "IMAGING_TLS_CA")
+            )
+        )
+    )
 
     @property
     def pixel_exchange_dir(self) -> Path:
@@ -124,6 +146,7 @@ class Stack:
             f"--grpc-port={self.ports.triton_grpc}",
             f"--metrics-port={self.ports.triton_metrics}",
             "--exit-on-error=true",
+            *self._triton_tls_flags(),
         ]
         try:
             process, _ = start_tritonserver(
@@ -132,6 +155,34 @@ class Stack:
         except TritonLaunchError as err:
             raise StackError(str(err)) from err
         self.pids["tritonserver"] = process.pid
+
+    @property
+    def triton_admin_key_file(self) -> Path:
+        return self.run_dir / "triton-admin-key"
+
+    def _triton_tls_flags(self) -> list[str]:
+        """With TLS: gRPC mutual TLS only; model control, shared memory, statistics, trace and
+        logging need the admin key on both endpoints (HTTP stays plaintext for health)."""
+        files = self.tls
+        if not files.serves_tls:
+            return []
+        key = self.triton_admin_key_file
+        if not key.exists():
+            descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(secrets.token_hex(24))
+        admin = f"admin-key={key.read_text().strip()}"
+        restricted = "model-repository,shared-memory,statistics,trace,logging"
+        flags = [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={files.cert}",
+            f"--grpc-server-key={files.key}",
+            f"--grpc-restricted-protocol={restricted}:{admin}",
+            f"--http-restricted-api={restricted}:{admin}",
+        ]
+        if files.ca is not None:
+            flags += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={files.ca}"]
+        return flags
 
     def _service_env(self, service: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -146,7 +197,17 @@ class Stack:
             IMAGING_POSTPROCESSOR_ADDRESS=f"127.0.0.1:{self.ports.postprocessor}",
             IMAGING_TRITON_ADDRESS=self.triton_grpc_address,
             IMAGING_PIXEL_EXCHANGE_DIR=str(self.pixel_exchange_dir),
+            IMAGING_HEALTH_PORT=str(self.ports.health[service]),
         )
+        for name, path in (
+            ("IMAGING_TLS_CERT", self.tls.cert),
+            ("IMAGING_TLS_KEY", self.tls.key),
+            ("IMAGING_TLS_CA", self.tls.ca),
+        ):
+            if path is None:
+                env.pop(name, None)
+            else:
+                env[name] = str(path)
         env.update(self.extra_env)
         return env
 
@@ -184,7 +245,7 @@ class Stack:
             if "tritonserver" in pending and self._triton_ready():
                 pending.discard("tritonserver")
             for service in [s for s in self.services if s in pending]:
-                if self._grpc_serving(self.ports.grpc(service)):
+                if self._grpc_serving(self.ports.health[service]):
                     pending.discard(service)
             if pending and time.monotonic() > deadline:
                 raise StackError(f"not ready after {timeout:.0f} s: {sorted(pending)}")

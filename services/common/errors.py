@@ -69,6 +69,13 @@ class Overloaded(PlatformError):
     kind = "OVERLOADED"
 
 
+class Unauthenticated(PlatformError):
+    """No credentials, or credentials the gateway does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    kind = "UNAUTHENTICATED"
+
+
 class NotFound(PlatformError):
     """A named pipeline does not exist."""
 

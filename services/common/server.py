@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from services.common import metrics
+from services.common import metrics, tls
 from services.common.interceptor import AsyncServiceInterceptor, ServiceInterceptor
 from services.common.settings import ServiceSettings
 
@@ -31,11 +31,15 @@ class RunningServer:
     port: int
     metrics_port: int
     service_names: Sequence[str]
+    health_port: int = 0
+    health_server: grpc.Server | None = None
 
     def stop(self, grace: float) -> None:
         """Fail health checks first so load balancers drain us, then finish in-flight RPCs."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
 
 
 class Stoppable(Protocol):
@@ -56,11 +60,15 @@ class AsyncRunningServer:
     port: int
     metrics_port: int
     close: Callable[[], Awaitable[None]]
+    health_port: int = 0
+    health_server: grpc.aio.Server | None = None
 
     def stop(self, grace: float) -> None:
         async def stop() -> None:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(grace)
+            if self.health_server is not None:
+                await self.health_server.stop(0)
             await self.close()
 
         try:
@@ -83,9 +91,26 @@ def _options(settings: ServiceSettings) -> list[tuple[str, int]]:
 
 
 def _bind(name: str, server: grpc.Server | grpc.aio.Server, settings: ServiceSettings) -> int:
-    port = int(server.add_insecure_port(f"{settings.host}:{settings.port}"))
+    """The API port: TLS only when the service has a certificate (mutual with a CA)."""
+    address = f"{settings.host}:{settings.port}"
+    credentials = tls.server_credentials(settings.tls())
+    if credentials is None:
+        port = int(server.add_insecure_port(address))
+    else:
+        port = int(server.add_secure_port(address, credentials))
     if port == 0:
-        raise RuntimeError(f"{name}: cannot bind {settings.host}:{settings.port}")
+        raise RuntimeError(f"{name}: cannot bind {address}")
+    return port
+
+
+def _bind_health(
+    name: str, server: grpc.Server | grpc.aio.Server, settings: ServiceSettings
+) -> int:
+    """Kubelet probes cannot speak TLS: grpc.health.v1 alone, plaintext, on its own port."""
+    address = f"{settings.host}:{settings.health_port}"
+    port = int(server.add_insecure_port(address))
+    if port == 0:
+        raise RuntimeError(f"{name}: cannot bind the health port {address}")
     return port
 
 
@@ -99,10 +124,13 @@ def _metrics(
     return int(metrics_server.server_port)
 
 
-def _reflection(server: grpc.Server | grpc.aio.Server, names: Sequence[str]) -> None:
-    reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+def _reflection(
+    server: grpc.Server | grpc.aio.Server, names: Sequence[str], settings: ServiceSettings
+) -> None:
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
 
 
 def start_async(
@@ -111,6 +139,7 @@ def start_async(
     register: Callable[[grpc.aio.Server], Awaitable[Callable[[], Awaitable[None]]]],
     service_names: Sequence[str],
     stages: Sequence[str] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> AsyncRunningServer:
     """Like :func:`start`, for asyncio servicers; ``register`` runs on the server's loop
     (asyncio channels belong to the loop that made them) and returns what closes them."""
@@ -120,13 +149,20 @@ def start_async(
 
     async def build() -> AsyncRunningServer:
         server = grpc.aio.server(
-            interceptors=[AsyncServiceInterceptor(name)], options=_options(settings)
+            interceptors=[AsyncServiceInterceptor(name), *interceptors],
+            options=_options(settings),
         )
         close = await register(server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        _reflection(server, service_names)
+        _reflection(server, service_names, settings)
         port = _bind(name, server, settings)
+        health_server, health_port = None, 0
+        if settings.health_port:
+            health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            health_port = _bind_health(name, health_server, settings)
+            await health_server.start()
         metrics_port = _metrics(name, settings, service_names, stages)
         await server.start()
         for service in ["", *service_names]:
@@ -138,7 +174,17 @@ def start_async(
             port,
             metrics_port,
         )
-        return AsyncRunningServer(loop, thread, server, health_servicer, port, metrics_port, close)
+        return AsyncRunningServer(
+            loop,
+            thread,
+            server,
+            health_servicer,
+            port,
+            metrics_port,
+            close,
+            health_port,
+            health_server,
+        )
 
     try:
         return asyncio.run_coroutine_threadsafe(build(), loop).result()
@@ -167,8 +213,14 @@ def start(
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    _reflection(server, service_names)
+    _reflection(server, service_names, settings)
     port = _bind(name, server, settings)
+    health_server, health_port = None, 0
+    if settings.health_port:
+        health_server = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix="health"))
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = _bind_health(name, health_server, settings)
+        health_server.start()
     metrics_port = _metrics(name, settings, service_names, stages)
     server.start()
     for service in ["", *service_names]:
@@ -180,7 +232,9 @@ def start(
         port,
         metrics_port,
     )
-    return RunningServer(server, health_servicer, port, metrics_port, service_names)
+    return RunningServer(
+        server, health_servicer, port, metrics_port, service_names, health_port, health_server
+    )
 
 
 def serve_forever(running: Stoppable, grace: float) -> None:

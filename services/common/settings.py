@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.exchange import PixelExchange
+from services.common.tls import TlsFiles
 
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 _MiB = 2**20
@@ -51,6 +52,15 @@ class ServiceSettings(BaseSettings):
         60.0, gt=0, description="close client connections after this long so they re-resolve"
     )
     log_level: str = Field("INFO", description="root log level")
+    # mTLS (services/common/tls.py): cert + key serve TLS only; a CA requires client certificates
+    # signed by it. Clients use the same files to dial their peers.
+    tls_cert: Path | None = Field(None, description="PEM certificate of this service")
+    tls_key: Path | None = Field(None, description="PEM private key of this service")
+    tls_ca: Path | None = Field(None, description="PEM CA: trust peers, require client certs")
+    health_port: int = Field(
+        0, ge=0, le=65535, description="plaintext port serving grpc.health.v1 only; 0: none"
+    )
+    reflection: bool = Field(True, description="serve gRPC server reflection")
     # Decoder and preprocessor: a directory both mount on a memory-backed filesystem, through
     # which decoded pixels pass instead of gRPC (services/common/exchange.py); unset: inline.
     pixel_exchange_dir: Path | None = Field(
@@ -59,6 +69,9 @@ class ServiceSettings(BaseSettings):
     pixel_exchange_ttl_seconds: float = Field(
         120.0, gt=0, description="pixels nobody took are deleted after this long"
     )
+
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.tls_cert, self.tls_key, self.tls_ca)
 
     def pixel_exchange(self) -> PixelExchange | None:
         if self.pixel_exchange_dir is None:
@@ -103,6 +116,9 @@ class GatewaySettings(PipelineServiceSettings):
     call_timeout_seconds: float = Field(60.0, gt=0, description="deadline of each inner call")
     max_instances: int = Field(64, gt=0, description="instances per study")
     max_study_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="bytes per study")
+    api_keys_file: Path | None = Field(
+        None, description="'<client> <sha256 hex of key>' lines; set: every call needs a key"
+    )
     max_concurrent_studies: int = Field(8, gt=0, description="studies analysed at once")
     max_queued_studies: int = Field(
         128, ge=0, description="studies waiting for a slot; beyond: RESOURCE_EXHAUSTED at once"

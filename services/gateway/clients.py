@@ -28,12 +28,13 @@ from services.api.imaging.v1 import (
     postprocessor_pb2_grpc,
     preprocessor_pb2_grpc,
 )
-from services.common import convert, errors
+from services.common import convert, errors, tls
 from services.common.exchange import PixelExchange
 from services.common.images import Decoded, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
 from services.common.remote_errors import from_rpc_error, from_triton_error
 from services.common.results import Assessment, OutputOptions
+from services.common.tls import PLAINTEXT, TlsFiles
 
 T = TypeVar("T")
 
@@ -50,15 +51,31 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
     ]
 
 
+def aio_channel(
+    address: str, max_message_bytes: int, files: TlsFiles = PLAINTEXT
+) -> grpc.aio.Channel:
+    """A channel to a peer: mutual TLS when IMAGING_TLS_CA is set, else plaintext."""
+    options = channel_options(max_message_bytes)
+    credentials = tls.channel_credentials(files)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
 class _ServiceClient:
     """A channel to one inner service with deadline and request-id forwarding."""
 
-    def __init__(self, peer: str, address: str, timeout: float, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        peer: str,
+        address: str,
+        timeout: float,
+        max_message_bytes: int,
+        files: TlsFiles = PLAINTEXT,
+    ) -> None:
         self._peer = peer
         self._timeout = timeout
-        self.channel = grpc.aio.insecure_channel(
-            address, options=channel_options(max_message_bytes)
-        )
+        self.channel = aio_channel(address, max_message_bytes, files)
 
     async def call(
         self, method: Callable[..., Awaitable[T]], request: object, request_id: str
@@ -84,8 +101,9 @@ class DecoderClient(_ServiceClient):
         timeout: float,
         max_message_bytes: int,
         exchange: PixelExchange | None = None,
+        files: TlsFiles = PLAINTEXT,
     ) -> None:
-        super().__init__("decoder", address, timeout, max_message_bytes)
+        super().__init__("decoder", address, timeout, max_message_bytes, files)
         self._stub = decoder_pb2_grpc.DicomDecoderStub(self.channel)
         self._exchange = exchange
 
@@ -107,8 +125,10 @@ class DecoderClient(_ServiceClient):
 
 
 class PreprocessorClient(_ServiceClient):
-    def __init__(self, address: str, timeout: float, max_message_bytes: int) -> None:
-        super().__init__("preprocessor", address, timeout, max_message_bytes)
+    def __init__(
+        self, address: str, timeout: float, max_message_bytes: int, files: TlsFiles = PLAINTEXT
+    ) -> None:
+        super().__init__("preprocessor", address, timeout, max_message_bytes, files)
         self._stub = preprocessor_pb2_grpc.PreprocessorStub(self.channel)
 
     async def preprocess(
@@ -121,8 +141,10 @@ class PreprocessorClient(_ServiceClient):
 
 
 class PostprocessorClient(_ServiceClient):
-    def __init__(self, address: str, timeout: float, max_message_bytes: int) -> None:
-        super().__init__("postprocessor", address, timeout, max_message_bytes)
+    def __init__(
+        self, address: str, timeout: float, max_message_bytes: int, files: TlsFiles = PLAINTEXT
+    ) -> None:
+        super().__init__("postprocessor", address, timeout, max_message_bytes, files)
         self._stub = postprocessor_pb2_grpc.PostprocessorStub(self.channel)
 
     async def postprocess(
@@ -153,11 +175,12 @@ def _triton_errors(address: str, model: str) -> Iterator[None]:
 class TritonClient:
     """Inference through Triton's gRPC API, split into batches the model config allows."""
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, files: TlsFiles = PLAINTEXT) -> None:
         self._address = address
         self._timeout = timeout
+        credentials = tls.channel_credentials(files)
         self._client = triton_aio.InferenceServerClient(
-            address, channel_args=channel_options(2**31 - 1)
+            address, channel_args=channel_options(2**31 - 1), creds=credentials
         )
         # One event loop: no lock is needed, and none is held across a network call (two first
         # callers may both fetch, and both get the same config).

@@ -10,6 +10,7 @@ from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import logs, server
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import GatewaySettings
+from services.gateway.auth import ApiKeys, Authenticator, AuthInterceptor
 from services.gateway.clients import (
     DecoderClient,
     PostprocessorClient,
@@ -27,11 +28,14 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
     timeout, cap = settings.call_timeout_seconds, settings.max_message_bytes
     registry = PipelineRegistry.load(settings.pipelines_dir)
 
+    files = settings.tls()
+
     async def register(srv: grpc.aio.Server) -> Callable[[], Awaitable[None]]:
-        decoder = DecoderClient(settings.decoder_address, timeout, cap, settings.pixel_exchange())
-        preprocessor = PreprocessorClient(settings.preprocessor_address, timeout, cap)
-        inference = TritonClient(settings.triton_address, timeout)
-        postprocessor = PostprocessorClient(settings.postprocessor_address, timeout, cap)
+        exchange = settings.pixel_exchange()
+        decoder = DecoderClient(settings.decoder_address, timeout, cap, exchange, files)
+        preprocessor = PreprocessorClient(settings.preprocessor_address, timeout, cap, files)
+        inference = TritonClient(settings.triton_address, timeout, files)
+        postprocessor = PostprocessorClient(settings.postprocessor_address, timeout, cap, files)
         analyzer = StudyAnalyzer(
             registry=registry,
             decoder=decoder,
@@ -57,7 +61,9 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
 
         return close
 
-    return server.start_async("gateway", settings, register, [SERVICE_NAME], STAGES)
+    keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file is not None else None
+    auth = AuthInterceptor(Authenticator(keys))
+    return server.start_async("gateway", settings, register, [SERVICE_NAME], STAGES, [auth])
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from *their* pipelines folder.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 import time
@@ -124,7 +125,8 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
     - ``deadline``: every inner call has a 1 µs deadline, expired before it is sent however
       fast the peer (a 1 ms one was met by the in-process decoder on a quick machine);
     - ``miswired``: its postprocessor address is the decoder's (a service that is not one);
-    - ``full``: one study at a time and no queue, its slot held by a stream that never ends.
+    - ``full``: one study at a time and no queue, its slot held by a stream that never ends;
+    - ``keyed``: every call needs an API key (the cases send none).
     """
     local = "127.0.0.1"
     decoder = f"{local}:{stack.ports.decoder}"
@@ -159,10 +161,19 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
             "dead_triton": serve(triton_address=f"{local}:{free_port()}"),
             "deadline": serve(call_timeout_seconds=1e-6),
             "miswired": serve(postprocessor_address=decoder),
+            "keyed": serve(api_keys_file=write_api_keys(workdir / "api-keys")),
             "full": hold_the_only_slot(
                 serve(max_concurrent_studies=1, max_queued_studies=0), cleanup
             ),
         }
+
+
+API_KEY = "test-key-of-the-error-table"
+
+
+def write_api_keys(path: Path) -> Path:
+    path.write_text(f"error-table {hashlib.sha256(API_KEY.encode()).hexdigest()}\n")
+    return path
 
 
 def hold_the_only_slot(address: str, cleanup: ExitStack) -> str:

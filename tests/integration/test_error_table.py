@@ -67,6 +67,7 @@ CASES: dict[str, Case] = {
     "too many instances": Case(
         errors.TooLarge, "stack", lambda: [good_chest()] * 101, "the limit is 100"
     ),
+    "no API key": Case(errors.Unauthenticated, "keyed", _chest(), "this gateway needs an API key"),
     "every study slot busy, no queue": Case(
         errors.Overloaded, "full", _chest(), "the gateway is at capacity"
     ),

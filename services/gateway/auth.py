@@ -1,0 +1,152 @@
+"""Who is calling: an API key (``authorization: Bearer <key>``) or a client certificate.
+
+``IMAGING_API_KEYS_FILE`` holds one ``<client-name> <sha256 hex of the key>`` per line (``#``
+comments allowed); the gateway never sees a key it could leak, only digests. Every entry is
+compared in constant time, and the file is re-read when it changes. With a keys file every
+call except grpc.health.v1 needs a valid key; without one, a mutual-TLS client certificate's
+common name identifies the caller, and without either the gateway is open (the local demo).
+Identity comes only from the key or the certificate the TLS handshake verified, never from
+a header that an entry point in front could forge.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from services.common.errors import Unauthenticated
+
+log = logging.getLogger(__name__)
+
+# The caller of the RPC being served ("" when the gateway is open), for logs and the audit.
+caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+
+_OPEN = ("/grpc.health.v1.Health/",)
+_LINE = re.compile(r"(?P<name>[A-Za-z0-9._@:-]{1,64})\s+(?P<digest>[0-9a-fA-F]{64})")
+_RECHECK_SECONDS = 1.0
+
+
+class ApiKeys:
+    """The keys file, re-read when its modification time changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._entries: list[tuple[str, bytes]] = []
+        self._stamp = -1
+        self._checked = 0.0
+        self._load()
+
+    def _load(self) -> None:
+        stamp = self._path.stat().st_mtime_ns
+        if stamp == self._stamp:
+            return
+        entries = []
+        for number, raw in enumerate(self._path.read_text().splitlines(), start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            match = _LINE.fullmatch(line)
+            if match is None:  # the line is not quoted: it may hold a key pasted by mistake
+                raise ValueError(f"{self._path}:{number}: expected '<client-name> <sha256 hex>'")
+            entries.append((match["name"], bytes.fromhex(match["digest"])))
+        self._entries, self._stamp = entries, stamp
+        log.info("API keys loaded: %d client(s)", len(entries))
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < _RECHECK_SECONDS:
+            return
+        self._checked = now
+        try:
+            self._load()
+        except (OSError, ValueError) as err:  # keep the keys we have; say why
+            log.error("API keys file not reloaded: %s", err)
+
+    def client(self, key: str) -> str | None:
+        """The name of the client holding ``key``, None if nobody does."""
+        self._refresh()
+        digest = hashlib.sha256(key.encode()).digest()
+        found = None
+        for name, expected in self._entries:  # every entry, so timing says nothing
+            if hmac.compare_digest(digest, expected):
+                found = name
+        return found
+
+
+def _bearer(metadata: dict[str, str]) -> str | None:
+    value = metadata.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _certificate_name(context: grpc.aio.ServicerContext) -> str:
+    names = context.auth_context().get("x509_common_name") or []
+    return names[0].decode(errors="replace") if names else ""
+
+
+class Authenticator:
+    """Decides the caller of one RPC (raises Unauthenticated)."""
+
+    def __init__(self, keys: ApiKeys | None) -> None:
+        self._keys = keys
+
+    def identify(self, metadata: dict[str, str], context: grpc.aio.ServicerContext) -> str:
+        if self._keys is None:
+            return _certificate_name(context)
+        token = _bearer(metadata)
+        if token is None:
+            raise Unauthenticated("this gateway needs an API key: authorization: Bearer <key>")
+        name = self._keys.client(token)
+        if name is None:
+            raise Unauthenticated("the API key is not valid")
+        return name
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Runs inside the error seam (services/common/interceptor.py), so a refusal is logged and
+    answered like every other error; health checks stay open."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(_OPEN) or handler.response_streaming:
+            return handler
+        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        authenticator = self._authenticator
+
+        def wrap(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                token = caller.set(authenticator.identify(metadata, context))
+                try:
+                    return await behavior(request, context)
+                finally:
+                    caller.reset(token)
+
+            return wrapped
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(handler.stream_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
