@@ -160,18 +160,29 @@ class Stack:
     def triton_admin_key_file(self) -> Path:
         return self.run_dir / "triton-admin-key"
 
+    @property
+    def audit_log(self) -> Path:
+        return self.run_dir / "logs" / "audit.jsonl"
+
+    @property
+    def audit_key_file(self) -> Path:
+        return self.run_dir / "audit-key"
+
+    def _secret(self, path: Path) -> str:
+        """A random secret in a 0600 file of the run dir, made once."""
+        if not path.exists():
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                out.write(secrets.token_hex(32))
+        return path.read_text().strip()
+
     def _triton_tls_flags(self) -> list[str]:
         """With TLS: gRPC mutual TLS only; model control, shared memory, statistics, trace and
         logging need the admin key on both endpoints (HTTP stays plaintext for health)."""
         files = self.tls
         if not files.serves_tls:
             return []
-        key = self.triton_admin_key_file
-        if not key.exists():
-            descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as out:
-                out.write(secrets.token_hex(24))
-        admin = f"admin-key={key.read_text().strip()}"
+        admin = f"admin-key={self._secret(self.triton_admin_key_file)}"
         restricted = "model-repository,shared-memory,statistics,trace,logging"
         flags = [
             "--grpc-use-ssl=true",
@@ -199,6 +210,13 @@ class Stack:
             IMAGING_PIXEL_EXCHANGE_DIR=str(self.pixel_exchange_dir),
             IMAGING_HEALTH_PORT=str(self.ports.health[service]),
         )
+        if service == "gateway":
+            self._secret(self.audit_key_file)
+            env.update(
+                IMAGING_AUDIT_LOG=str(self.audit_log),
+                IMAGING_AUDIT_KEY_FILE=str(self.audit_key_file),
+                IMAGING_AUDIT_CHAIN=f"gateway-{self.ports.gateway}",
+            )
         for name, path in (
             ("IMAGING_TLS_CERT", self.tls.cert),
             ("IMAGING_TLS_KEY", self.tls.key),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -118,6 +119,11 @@ class GatewaySettings(PipelineServiceSettings):
     max_study_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="bytes per study")
     api_keys_file: Path | None = Field(
         None, description="'<client> <sha256 hex of key>' lines; set: every call needs a key"
+    )
+    audit_log: Path | None = Field(None, description="audit trail (JSON lines, HMAC-chained)")
+    audit_key_file: Path | None = Field(None, description="HMAC key of the audit trail")
+    audit_chain: str = Field(
+        default_factory=socket.gethostname, description="this writer's chain (pod name)"
     )
     max_concurrent_studies: int = Field(8, gt=0, description="studies analysed at once")
     max_queued_studies: int = Field(

@@ -131,11 +131,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         def wrap(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = caller.set(authenticator.identify(metadata, context))
-                try:
-                    return await behavior(request, context)
-                finally:
-                    caller.reset(token)
+                # Not reset: the call's own context (one task per RPC) keeps it for the audit
+                # record written around this interceptor.
+                caller.set(authenticator.identify(metadata, context))
+                return await behavior(request, context)
 
             return wrapped
 

@@ -35,6 +35,7 @@ from services.common.interceptor import REQUEST_ID_HEADER
 from services.common.remote_errors import from_rpc_error, from_triton_error
 from services.common.results import Assessment, OutputOptions
 from services.common.tls import PLAINTEXT, TlsFiles
+from services.gateway import auditing
 
 T = TypeVar("T")
 
@@ -231,6 +232,7 @@ class TritonClient:
                     priority=priority,
                     client_timeout=self._timeout,
                 )
+            auditing.note(model_name=model, model_version=result.get_response().model_version)
             for name in output_names:
                 array = result.as_numpy(name)
                 if array is None:

@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from services.common.audit import AuditFinding
 from services.common.cards import ModelCard, card_from_parameters
 from services.common.errors import (
     DependencyUnavailable,
@@ -35,6 +36,7 @@ from services.common.results import (
     StudyRequest,
     StudyResult,
 )
+from services.gateway import auditing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -183,6 +185,7 @@ class StudyAnalyzer:
         pipeline = (
             self.registry.check(named, attributes) if named else self.registry.route(attributes)
         )
+        auditing.note(pipeline=pipeline.name, study_uid=attributes[0].study_instance_uid)
         with stage_timer("gateway", "preprocess", seconds):
             prepared = await self._preprocess(pipeline, images, rid)
         model = pipeline.model
@@ -205,6 +208,14 @@ class StudyAnalyzer:
             assessment = await self._postprocessor.postprocess(
                 pipeline.name, outputs, uids, prepared, request.options, rid
             )
+        auditing.note(
+            findings=[
+                AuditFinding(
+                    f.concept.code, f.probability, "positive" if f.positive else "negative"
+                )
+                for f in assessment.findings
+            ]
+        )
         return assessment, pipeline, prepared
 
     async def _preprocess(

@@ -8,8 +8,10 @@ import grpc
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import logs, server
+from services.common.audit import AuditKey, AuditLog
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import GatewaySettings
+from services.gateway.auditing import AuditInterceptor
 from services.gateway.auth import ApiKeys, Authenticator, AuthInterceptor
 from services.gateway.clients import (
     DecoderClient,
@@ -62,8 +64,16 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
         return close
 
     keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file is not None else None
-    auth = AuthInterceptor(Authenticator(keys))
-    return server.start_async("gateway", settings, register, [SERVICE_NAME], STAGES, [auth])
+    interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(Authenticator(keys))]
+    if settings.audit_log is not None:
+        if settings.audit_key_file is None:
+            raise ValueError("IMAGING_AUDIT_LOG needs IMAGING_AUDIT_KEY_FILE (the HMAC key)")
+        # No fsync per record: it would block the event loop for a disk flush on every study;
+        # each record is one write(2), so only a machine crash (not the process) can lose one.
+        key = AuditKey.from_file(settings.audit_key_file)
+        trail = AuditLog(settings.audit_log, key, settings.audit_chain, fsync=False)
+        interceptors.insert(0, AuditInterceptor(trail))  # outside auth: refusals are audited
+    return server.start_async("gateway", settings, register, [SERVICE_NAME], STAGES, interceptors)
 
 
 def main() -> None:

@@ -1,0 +1,134 @@
+"""One audit record per Gateway call, refused calls included (services/common/audit.py).
+
+The interceptor runs just inside the error seam: it sees the outcome of every call, the
+authentication refusals included. What only the analysis learns (the study, the model version
+Triton reports it served, the findings) is noted on a per-call record through a context
+variable, so neither the core nor the clients pass audit data around.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from services.api.imaging.v1 import gateway_pb2
+from services.common import logs
+from services.common.audit import AuditEvent, AuditFinding, AuditLog
+from services.common.errors import PlatformError
+from services.gateway.auth import caller
+
+_GATEWAY = "/imaging.v1.Gateway/"
+
+
+@dataclass
+class CallFacts:
+    pipeline: str = ""
+    model_name: str = ""
+    model_version: str = ""
+    study_uid: str = ""
+    instance_sha256: list[str] = field(default_factory=list)
+    findings: list[AuditFinding] = field(default_factory=list)
+
+
+_current: ContextVar[CallFacts | None] = ContextVar("audit_facts", default=None)
+
+
+def note(**facts: Any) -> None:
+    """Record facts about the call being served (no-op without an audit trail)."""
+    current = _current.get()
+    if current is not None:
+        for name, value in facts.items():
+            setattr(current, name, value)
+
+
+async def _hashing(
+    messages: AsyncIterator[gateway_pb2.AnalyzeChunk], facts: CallFacts
+) -> AsyncIterator[gateway_pb2.AnalyzeChunk]:
+    """Pass a stream's messages on, hashing each instance's bytes as they arrive."""
+    digests: list[Any] = []
+    async for message in messages:
+        if message.WhichOneof("part") == "chunk":
+            index = message.chunk.instance_index
+            while len(digests) <= index:
+                digests.append(hashlib.sha256())
+            digests[index].update(message.chunk.data)
+            facts.instance_sha256 = [d.hexdigest() for d in digests]
+        yield message
+
+
+class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, log: AuditLog) -> None:
+        self._log = log
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(_GATEWAY):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        audit = self._log
+
+        def wrap(behavior: Callable[..., Awaitable[Any]], streamed: bool) -> Callable[..., Any]:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                facts = CallFacts()
+                token = _current.set(facts)
+                start, status = time.perf_counter(), "OK"
+                if streamed:
+                    request = _hashing(request, facts)
+                elif isinstance(request, gateway_pb2.AnalyzeRequest):
+                    facts.instance_sha256 = [
+                        hashlib.sha256(i).hexdigest() for i in request.instances
+                    ]
+                try:
+                    return await behavior(request, context)
+                except PlatformError as err:
+                    status = err.code.name
+                    raise
+                except asyncio.CancelledError:
+                    status = "CANCELLED"
+                    raise
+                except Exception:
+                    status = "INTERNAL"
+                    raise
+                finally:
+                    audit.record(
+                        AuditEvent(
+                            request_id=logs.request_id.get(),
+                            client=caller.get(),
+                            peer=context.peer() or "",
+                            method=method,
+                            pipeline=facts.pipeline,
+                            model_name=facts.model_name,
+                            model_version=facts.model_version,
+                            instance_sha256=tuple(facts.instance_sha256),
+                            study_uid=facts.study_uid,
+                            findings=tuple(facts.findings),
+                            status=status,
+                            latency_ms=(time.perf_counter() - start) * 1e3,
+                        )
+                    )
+                    _current.reset(token)
+
+            return wrapped
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap(handler.unary_unary, streamed=False),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(handler.stream_unary, streamed=True),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

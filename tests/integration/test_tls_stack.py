@@ -1,0 +1,161 @@
+"""A whole local stack with mutual TLS and API keys on: what a hospital deployment runs.
+
+Every API port (the four services and Triton's gRPC) must refuse plaintext and callers without
+a certificate; the gateway must refuse calls without a valid key and audit every call, refused
+ones included, naming the client and the model version Triton served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from synthetic import dataset, to_bytes
+
+from services.cli.client import GatewayClient
+from services.cli.stack import Ports, Stack
+from services.common.audit import AuditKey, main_verify, verify
+from services.common.pki import DevPki, create_dev_pki
+from services.common.tls import TlsFiles
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "key-of-the-reading-room-workstation"
+CLIENT = "reading-room"
+STUDY_UID = "1.2.826.0.1.3680043.8.498.77777"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    return create_dev_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_stack(pki: DevPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    run_dir = tmp_path_factory.mktemp("tls-stack")
+    keys = run_dir / "api-keys"
+    keys.write_text(
+        f"# name sha256(key)\n{CLIENT} {hashlib.sha256(API_KEY.encode()).hexdigest()}\n"
+    )
+    stack = Stack(
+        run_dir=run_dir,
+        ports=Ports.free(),
+        tls=TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert),
+        extra_env={"IMAGING_API_KEYS_FILE": str(keys)},
+    )
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _client_files(pki: DevPki) -> TlsFiles:
+    return TlsFiles(pki.client_cert, pki.client_key, pki.ca_cert)
+
+
+def _study() -> list[bytes]:
+    ds = dataset(np.full((64, 64), 90, np.uint8))
+    ds.StudyInstanceUID = STUDY_UID
+    return [to_bytes(ds)]
+
+
+def _health(channel: grpc.Channel) -> int:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return int(reply.status)
+
+
+@pytest.mark.parametrize("service", ["gateway", "decoder", "preprocessor", "postprocessor"])
+def test_api_ports_refuse_plaintext_and_callers_without_a_certificate(
+    tls_stack: Stack, pki: DevPki, service: str
+) -> None:
+    address = f"127.0.0.1:{tls_stack.ports.grpc(service)}"
+    with grpc.insecure_channel(address) as plain, pytest.raises(grpc.RpcError) as caught:
+        _health(plain)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    no_cert = grpc.ssl_channel_credentials(root_certificates=pki.ca_cert.read_bytes())
+    with grpc.secure_channel(address, no_cert) as anonymous, pytest.raises(grpc.RpcError) as caught:
+        _health(anonymous)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    mutual = grpc.ssl_channel_credentials(
+        pki.ca_cert.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+    )
+    with grpc.secure_channel(address, mutual) as channel:
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_plaintext_health_port_serves_health_and_nothing_else(tls_stack: Stack) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{tls_stack.ports.health['gateway']}") as channel:
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+        analyze = channel.unary_unary("/imaging.v1.Gateway/ListPipelines")
+        with pytest.raises(grpc.RpcError) as caught:
+            analyze(b"", timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_triton_grpc_is_mutual_tls_only_and_model_control_needs_the_admin_key(
+    tls_stack: Stack, pki: DevPki
+) -> None:
+    with pytest.raises(Exception, match=r"UNAVAILABLE|Socket closed|failed to connect"):
+        triton.InferenceServerClient(tls_stack.triton_grpc_address).is_server_ready()
+    client = triton.InferenceServerClient(
+        tls_stack.triton_grpc_address,
+        ssl=True,
+        root_certificates=str(pki.ca_cert),
+        private_key=str(pki.client_key),
+        certificate_chain=str(pki.client_cert),
+    )
+    assert client.is_server_ready()
+    with pytest.raises(Exception, match="restricted"):
+        client.load_model("cxr_pneumonia")
+    client.close()
+
+
+def test_a_call_without_a_valid_key_is_unauthenticated(tls_stack: Stack, pki: DevPki) -> None:
+    for key in ("", "not-the-key"):
+        client = GatewayClient(tls_stack.gateway_address, files=_client_files(pki), api_key=key)
+        with pytest.raises(grpc.RpcError) as caught:
+            client.analyze(_study())
+        client.close()
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert API_KEY not in (caught.value.details() or "")
+
+
+def test_with_a_key_findings_come_back_and_the_audit_names_client_and_served_model(
+    tls_stack: Stack, pki: DevPki
+) -> None:
+    client = GatewayClient(tls_stack.gateway_address, files=_client_files(pki), api_key=API_KEY)
+    study = _study()
+    response = client.analyze(study, client_request_id="tls-audit-1")
+    client.close()
+    assert response.pipeline == "cxr_pneumonia" and len(response.findings) == 1
+    records = [json.loads(line) for line in tls_stack.audit_log.read_text().splitlines()]
+    (record,) = [r for r in records if r["request_id"] == "tls-audit-1"]
+    assert record["client"] == CLIENT and record["status"] == "OK"
+    assert (record["model_name"], record["model_version"]) == ("cxr_pneumonia", "1")
+    assert record["instance_sha256"] == [hashlib.sha256(study[0]).hexdigest()]
+    assert record["findings"][0]["code"] == response.findings[0].code
+    text = tls_stack.audit_log.read_text()
+    assert STUDY_UID not in text and API_KEY not in text
+    refused = [r for r in records if r["status"] == "UNAUTHENTICATED"]
+    assert refused and all(r["client"] == "" for r in refused)
+    assert verify(tls_stack.audit_log, AuditKey.from_file(tls_stack.audit_key_file)) == []
+
+
+def test_audit_verify_catches_an_edited_line(tls_stack: Stack, tmp_path: Path) -> None:
+    lines = tls_stack.audit_log.read_text().splitlines()
+    assert len(lines) >= 2
+    edited = tmp_path / "audit.jsonl"
+    record = json.loads(lines[0])
+    record["client"] = "someone-else"
+    edited.write_text("\n".join([json.dumps(record, sort_keys=True), *lines[1:]]) + "\n")
+    key = str(tls_stack.audit_key_file)
+    assert main_verify(str(tls_stack.audit_log), key, []) == 0
+    assert main_verify(str(edited), key, []) == 1
