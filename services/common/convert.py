@@ -362,12 +362,14 @@ def study_request(
     header: gateway_pb2.AnalyzeRequest | gateway_pb2.AnalyzeHeader,
     instances: list[bytes],
     request_id: str,
+    client: str = "",
 ) -> StudyRequest:
     """The study of an AnalyzeRequest, or of an AnalyzeStream's header and joined chunks."""
     return StudyRequest(
         instances=instances,
         pipeline=header.pipeline,
         priority=request_priority_from_proto(header.priority),
+        client=client,
         request_id=request_id,
         options=OutputOptions(heatmaps=header.options.heatmaps, masks=header.options.masks),
     )

@@ -76,6 +76,20 @@ class Unauthenticated(PlatformError):
     kind = "UNAUTHENTICATED"
 
 
+class PermissionDenied(PlatformError):
+    """A known caller asked for something its policy does not allow."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    kind = "PERMISSION_DENIED"
+
+
+class RateLimited(PlatformError):
+    """The caller's rate limit is used up; retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = "RATE_LIMITED"
+
+
 class NotFound(PlatformError):
     """A named pipeline does not exist."""
 

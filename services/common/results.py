@@ -99,6 +99,7 @@ class StudyRequest:
     instances: list[bytes]
     pipeline: str = ""
     priority: RequestPriority = RequestPriority.DEFAULT
+    client: str = ""  # who asked (services/gateway/auth.py); "" when the gateway is open
     request_id: str = ""
     options: OutputOptions = field(default_factory=OutputOptions)
 

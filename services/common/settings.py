@@ -120,6 +120,9 @@ class GatewaySettings(PipelineServiceSettings):
     api_keys_file: Path | None = Field(
         None, description="'<client> <sha256 hex of key>' lines; set: every call needs a key"
     )
+    client_policy_file: Path | None = Field(
+        None, description="YAML: per client, allowed pipelines, highest priority, rate limit"
+    )
     audit_log: Path | None = Field(None, description="audit trail (JSON lines, HMAC-chained)")
     audit_key_file: Path | None = Field(None, description="HMAC key of the audit trail")
     audit_chain: str = Field(

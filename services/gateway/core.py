@@ -33,6 +33,7 @@ from services.common.results import (
     Assessment,
     ModelRef,
     OutputOptions,
+    RequestPriority,
     StudyRequest,
     StudyResult,
 )
@@ -85,6 +86,22 @@ class Postprocessor(Protocol):
     ) -> Assessment: ...
 
 
+class Policy(Protocol):
+    """What a client may do (services/gateway/policy.py)."""
+
+    def admit(self, client: str, priority: RequestPriority, pipeline: str = "") -> None: ...
+
+    def allow_pipeline(self, client: str, pipeline: str) -> None: ...
+
+
+class _Open:
+    def admit(self, client: str, priority: RequestPriority, pipeline: str = "") -> None:
+        return None
+
+    def allow_pipeline(self, client: str, pipeline: str) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Limits:
     max_instances: int
@@ -132,6 +149,7 @@ class StudyAnalyzer:
         postprocessor: Postprocessor,
         limits: Limits,
         fan_out: int = 8,
+        policy: Policy | None = None,
     ) -> None:
         self.registry = registry
         self._decoder = decoder
@@ -140,6 +158,7 @@ class StudyAnalyzer:
         self._postprocessor = postprocessor
         self._limits = limits
         self._fan_out = fan_out  # inner calls in flight per study
+        self._policy: Policy = policy if policy is not None else _Open()
 
     def check_limits(self, instances: Sequence[bytes]) -> None:
         if not instances:
@@ -156,6 +175,7 @@ class StudyAnalyzer:
                 raise InvalidInput(f"instance {index} is empty")
 
     async def analyze(self, request: StudyRequest) -> StudyResult:
+        self._policy.admit(request.client, request.priority, request.pipeline)
         self.check_limits(request.instances)
         seconds: dict[str, float] = {}
         with stage_timer("gateway", "total", seconds):
@@ -186,6 +206,7 @@ class StudyAnalyzer:
             self.registry.check(named, attributes) if named else self.registry.route(attributes)
         )
         auditing.note(pipeline=pipeline.name, study_uid=attributes[0].study_instance_uid)
+        self._policy.allow_pipeline(request.client, pipeline.name)  # a routed pipeline too
         with stage_timer("gateway", "preprocess", seconds):
             prepared = await self._preprocess(pipeline, images, rid)
         model = pipeline.model

@@ -20,6 +20,7 @@ from services.gateway.clients import (
     TritonClient,
 )
 from services.gateway.core import STAGES, Admission, Limits, StudyAnalyzer
+from services.gateway.policy import PolicyBook
 from services.gateway.servicer import GatewayServicer
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
@@ -31,6 +32,7 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
     registry = PipelineRegistry.load(settings.pipelines_dir)
 
     files = settings.tls()
+    policies = PolicyBook.load(settings.client_policy_file)
 
     async def register(srv: grpc.aio.Server) -> Callable[[], Awaitable[None]]:
         exchange = settings.pixel_exchange()
@@ -46,6 +48,7 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
             postprocessor=postprocessor,
             limits=Limits(settings.max_instances, settings.max_study_bytes),
             fan_out=settings.workers,
+            policy=policies,
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
             GatewayServicer(

@@ -9,6 +9,7 @@ import grpc
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import convert, logs
 from services.common.errors import InvalidInput
+from services.gateway.auth import caller
 from services.gateway.core import Admission, InstanceAssembler, StudyAnalyzer
 
 
@@ -30,7 +31,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.AnalyzeResponse:
         rid = logs.adopt_client_request_id(request.client_request_id)
         async with self._admission.slot():  # a waiting study keeps only its received message
-            study = convert.study_request(request, list(request.instances), rid)
+            study = convert.study_request(request, list(request.instances), rid, caller.get())
             return convert.analyze_response(await self._analyzer.analyze(study))
 
     async def AnalyzeStream(  # noqa: N802 (gRPC naming)
@@ -53,7 +54,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             if message.WhichOneof("part") != "chunk":
                 raise InvalidInput("only the first message of the stream may be a header")
             assembler.add(message.chunk.instance_index, message.chunk.data)
-        study = convert.study_request(first.header, assembler.instances(), rid)
+        study = convert.study_request(first.header, assembler.instances(), rid, caller.get())
         return convert.analyze_response(await self._analyzer.analyze(study))
 
     async def ListPipelines(  # noqa: N802 (gRPC naming)

@@ -8,6 +8,7 @@ from *their* pipelines folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import threading
@@ -126,7 +127,9 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
       fast the peer (a 1 ms one was met by the in-process decoder on a quick machine);
     - ``miswired``: its postprocessor address is the decoder's (a service that is not one);
     - ``full``: one study at a time and no queue, its slot held by a stream that never ends;
-    - ``keyed``: every call needs an API key (the cases send none).
+    - ``keyed``: every call needs an API key (the cases send none);
+    - ``restricted``: the anonymous caller's policy allows only us_breast;
+    - ``rated``: its rate limit allows one study per 1000 s, used up before the cases run.
     """
     local = "127.0.0.1"
     decoder = f"{local}:{stack.ports.decoder}"
@@ -162,6 +165,20 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
             "deadline": serve(call_timeout_seconds=1e-6),
             "miswired": serve(postprocessor_address=decoder),
             "keyed": serve(api_keys_file=write_api_keys(workdir / "api-keys")),
+            # The anonymous caller ("": no keys on these gateways) under a policy.
+            "restricted": serve(
+                client_policy_file=write_policy(
+                    workdir / "restricted.yaml", "pipelines: [us_breast]"
+                )
+            ),
+            "rated": use_the_only_token(
+                serve(
+                    client_policy_file=write_policy(
+                        workdir / "rated.yaml", "rate: {per_second: 0.001, burst: 1}"
+                    )
+                ),
+                cleanup,
+            ),
             "full": hold_the_only_slot(
                 serve(max_concurrent_studies=1, max_queued_studies=0), cleanup
             ),
@@ -174,6 +191,20 @@ API_KEY = "test-key-of-the-error-table"
 def write_api_keys(path: Path) -> Path:
     path.write_text(f"error-table {hashlib.sha256(API_KEY.encode()).hexdigest()}\n")
     return path
+
+
+def write_policy(path: Path, entry: str) -> Path:
+    path.write_text(f'"":\n  {entry}\n')
+    return path
+
+
+def use_the_only_token(address: str, cleanup: ExitStack) -> str:
+    channel = grpc.insecure_channel(address)
+    cleanup.callback(channel.close)
+    stub = gateway_pb2_grpc.GatewayStub(channel)
+    with contextlib.suppress(grpc.RpcError):  # an empty study: refused, but it takes the token
+        stub.Analyze(gateway_pb2.AnalyzeRequest(), timeout=10)
+    return address
 
 
 def hold_the_only_slot(address: str, cleanup: ExitStack) -> str:

@@ -67,6 +67,12 @@ CASES: dict[str, Case] = {
     "too many instances": Case(
         errors.TooLarge, "stack", lambda: [good_chest()] * 101, "the limit is 100"
     ),
+    "pipeline outside the client's policy": Case(
+        errors.PermissionDenied, "restricted", _chest(), "may not run pipeline 'cxr_pneumonia'"
+    ),
+    "client's rate limit used up": Case(
+        errors.RateLimited, "rated", _chest(), "rate limit of 0.001 studies/s"
+    ),
     "no API key": Case(errors.Unauthenticated, "keyed", _chest(), "this gateway needs an API key"),
     "every study slot busy, no queue": Case(
         errors.Overloaded, "full", _chest(), "the gateway is at capacity"

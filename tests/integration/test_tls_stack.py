@@ -159,3 +159,34 @@ def test_audit_verify_catches_an_edited_line(tls_stack: Stack, tmp_path: Path) -
     key = str(tls_stack.audit_key_file)
     assert main_verify(str(tls_stack.audit_log), key, []) == 0
     assert main_verify(str(edited), key, []) == 1
+
+
+def test_no_identity_in_answers_logs_audit_or_metrics_with_tls_and_keys_on(
+    tls_stack: Stack, pki: DevPki
+) -> None:
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_identity_leaks import _cr, _leaks, boundary_corruptions
+
+    variants = [v for _, v in boundary_corruptions(_cr())]
+    assert len(variants) > 200
+    client = GatewayClient(tls_stack.gateway_address, files=_client_files(pki), api_key=API_KEY)
+
+    def send(variant: bytes) -> bytes:
+        try:
+            return client.analyze([variant]).SerializeToString()
+        except grpc.RpcError as err:
+            return f"{err.code().name} {err.details()} {err.trailing_metadata()!r}".encode()
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(send, variants))
+    client.close()
+    assert not [a for a in answers if _leaks(a)]
+    files = [*Path(tls_stack.run_dir, "logs").glob("*.log"), tls_stack.audit_log]
+    leaking = [f.name for f in files if _leaks(f.read_bytes())]
+    assert not leaking, f"identity in {leaking}"
+    assert len(tls_stack.audit_log.read_text().splitlines()) >= len(variants)
+    for service, port in tls_stack.ports.metrics.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert not _leaks(reply.read()), f"identity in the {service} metrics"

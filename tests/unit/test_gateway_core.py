@@ -831,3 +831,28 @@ def test_streamed_instances_are_buffered_once() -> None:
     instances = assembler.instances()
     assert instances == [b"abcd", b"ef"]
     assert all(a is b for a, b in zip(instances, buffers, strict=True))  # handed over, not copied
+
+
+def test_a_routed_pipeline_the_client_may_not_run_is_refused_before_preprocessing(
+    registry: PipelineRegistry, tmp_path: Path
+) -> None:
+    from services.common.errors import PermissionDenied
+    from services.gateway.policy import PolicyBook
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("reading-room:\n  pipelines: [us_breast]\n")
+    instances, attributes = study(2)  # a chest study: routed to cxr_pneumonia
+    backends = Backends(FakeDecoder(attributes))
+    analyzer = StudyAnalyzer(
+        registry,
+        backends.decoder,
+        backends.preprocessor,
+        backends.inference,
+        backends.postprocessor,
+        LIMITS,
+        policy=PolicyBook.load(path),
+    )
+    with pytest.raises(PermissionDenied, match="may not run pipeline 'cxr_pneumonia'"):
+        asyncio.run(analyzer.analyze(StudyRequest(instances, client="reading-room")))
+    assert len(backends.decoder.calls) == 2
+    assert backends.preprocessor.calls == [] and backends.inference.calls == []

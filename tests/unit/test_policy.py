@@ -1,0 +1,83 @@
+"""Per-client policy: pipelines, highest priority, token-bucket rate limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.errors import PermissionDenied, RateLimited
+from services.common.results import RequestPriority
+from services.gateway import policy
+from services.gateway.policy import PolicyBook
+
+POLICY = """
+reading-room:
+  pipelines: [cxr_pneumonia]
+  max_priority: DEFAULT
+  rate: {per_second: 1, burst: 2}
+research:
+  {}
+"""
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> PolicyBook:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    return PolicyBook.load(path)
+
+
+def test_without_a_policy_file_everything_is_allowed() -> None:
+    book = PolicyBook.load(None)
+    for _ in range(100):
+        book.admit("anyone", RequestPriority.URGENT, "us_breast")
+
+
+def test_a_client_without_an_entry_is_refused(book: PolicyBook) -> None:
+    with pytest.raises(PermissionDenied, match="no policy"):
+        book.admit("stranger", RequestPriority.DEFAULT)
+
+
+def test_pipelines_are_limited_before_and_after_routing(book: PolicyBook) -> None:
+    book.admit("reading-room", RequestPriority.DEFAULT, "cxr_pneumonia")
+    with pytest.raises(PermissionDenied, match="may not run pipeline 'us_breast'"):
+        book.admit("reading-room", RequestPriority.DEFAULT, "us_breast")
+    with pytest.raises(PermissionDenied, match="may not run pipeline 'mri_brain_extraction'"):
+        book.allow_pipeline("reading-room", "mri_brain_extraction")
+    book.allow_pipeline("research", "mri_brain_extraction")
+
+
+def test_the_highest_priority_is_enforced(book: PolicyBook) -> None:
+    book.admit("reading-room", RequestPriority.ROUTINE)
+    with pytest.raises(PermissionDenied, match="priority DEFAULT at most"):
+        book.admit("reading-room", RequestPriority.URGENT)
+    book.admit("research", RequestPriority.URGENT)
+
+
+def test_the_rate_limit_is_a_token_bucket(
+    book: PolicyBook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(policy.time, "monotonic", lambda: now[0])
+    fresh = PolicyBook(book._policies)
+    fresh.admit("reading-room", RequestPriority.DEFAULT)
+    fresh.admit("reading-room", RequestPriority.DEFAULT)  # the burst of 2
+    with pytest.raises(RateLimited, match="rate limit of 1 studies/s"):
+        fresh.admit("reading-room", RequestPriority.DEFAULT)
+    now[0] += 1.0  # one token back
+    fresh.admit("reading-room", RequestPriority.DEFAULT)
+    with pytest.raises(RateLimited):
+        fresh.admit("reading-room", RequestPriority.DEFAULT)
+    for _ in range(50):
+        fresh.admit("research", RequestPriority.DEFAULT)  # no limit of its own
+
+
+def test_a_malformed_policy_is_refused_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("reading-room:\n  max_priority: HIGHEST\n")
+    with pytest.raises(ValueError, match="max_priority"):
+        PolicyBook.load(path)
+    path.write_text("reading-room:\n  rate: {per_second: 0, burst: 1}\n")
+    with pytest.raises(ValueError, match="per_second"):
+        PolicyBook.load(path)
