@@ -56,9 +56,9 @@ def _stamp(files: TlsFiles) -> tuple[float, ...]:
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials | None:
     """TLS server credentials that follow the files on disk; None without a certificate."""
+    files.check()
     if not files.serves_tls:
         return None
-    files.check()
 
     def configuration() -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
@@ -85,9 +85,9 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials | None:
 
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials | None:
     """Client credentials: trust IMAGING_TLS_CA, present the pair when set; None: plaintext."""
+    files.check()
     if not files.dials_tls:
         return None
-    files.check()
     return grpc.ssl_channel_credentials(
         root_certificates=_read(files.ca),
         private_key=_read(files.key),

@@ -130,6 +130,24 @@ def env_of(c: Obj) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in c.get("env", [])}
 
 
+def env_entry(c: Obj, name: str) -> Obj:
+    """The one EnvVar of ``c`` called ``name`` (value or valueFrom)."""
+    matches = [e for e in c.get("env", []) if e["name"] == name]
+    assert len(matches) == 1, f"{c['name']} sets {name} {len(matches)} times"
+    return matches[0]
+
+
+def mounted_volume(deploy: Obj, c: Obj, path: str) -> tuple[Obj, Obj]:
+    """(volumeMount, pod volume) of the mount of ``c`` whose mountPath holds ``path``."""
+    mounts = [
+        m for m in c.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    assert len(mounts) == 1, f"{c['name']}: {len(mounts)} mounts hold {path}"
+    (mount,) = mounts
+    volume = next(v for v in pod_spec(deploy)["volumes"] if v["name"] == mount["name"])
+    return mount, volume
+
+
 def selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
     """Kubernetes label-selector semantics (matchLabels and matchExpressions)."""
     for key, value in (selector.get("matchLabels") or {}).items():
@@ -187,14 +205,30 @@ def service_container(objs: list[Obj], service: str) -> Obj:
     return container(pod_of(objs, service), service)
 
 
-def expected_ports(values: dict[str, Any], service: str) -> tuple[int, int]:
-    """(gRPC, metrics) port the values give ``service``'s container."""
+def _ports_of(values: dict[str, Any], service: str) -> dict[str, int]:
     data_plane = values["dataPlane"]
     if data_plane["colocated"] and service in SIDECARS:
-        ports = data_plane["ports"][service]
+        ports: dict[str, int] = data_plane["ports"][service]
     else:
         ports = values["ports"]
+    return ports
+
+
+def expected_ports(values: dict[str, Any], service: str) -> tuple[int, int]:
+    """(gRPC, metrics) port the values give ``service``'s container."""
+    ports = _ports_of(values, service)
     return ports["grpc"], ports["metrics"]
+
+
+def expected_health_port(values: dict[str, Any], service: str) -> int | None:
+    """Plaintext health port of ``service``'s container: only with tls.enabled, else None."""
+    if not values["tls"]["enabled"]:
+        return None
+    return _ports_of(values, service)["health"]
+
+
+def tls_enabled(scenario: str) -> bool:
+    return bool(merged_values(scenario)["tls"]["enabled"])
 
 
 def adapter_rules_file() -> Obj:

@@ -32,6 +32,7 @@ from chart_support import (
     deployed_services,
     deployment,
     env_of,
+    expected_health_port,
     expected_ports,
     lint,
     merged_values,
@@ -177,7 +178,15 @@ def test_service_env_wiring(scenario: str) -> None:
         assert env["IMAGING_METRICS_PORT"] == str(metrics)
         suffix = f"-{svc[:3]}" if colocated(scenario) and svc in SIDECARS else ""
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert ports == {f"grpc{suffix}": grpc, f"metrics{suffix}": metrics}
+        expected = {f"grpc{suffix}": grpc, f"metrics{suffix}": metrics}
+        health = expected_health_port(values, svc)
+        if health is not None:  # tls.enabled: a plaintext grpc.health.v1 port for the probes
+            expected[f"health{suffix}"] = health
+            assert env["IMAGING_HEALTH_PORT"] == str(health)
+        else:
+            assert "IMAGING_HEALTH_PORT" not in env
+        assert ports == expected
+        assert env["IMAGING_REFLECTION"] == str(values["config"]["reflection"]).lower()
         # Each service keeps its own resources and extra env wherever it runs.
         assert c["resources"] == values[svc]["resources"]
         assert env.items() >= values[svc]["env"].items()
@@ -270,11 +279,13 @@ def test_every_deployment_has_probes(scenario: str) -> None:
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert probe in c, f"{deploy['metadata']['name']}/{c['name']} lacks {probe}"
             if c["name"] in SERVICES:
-                # Each container of a pod probes its own gRPC port (sidecars included).
+                # Each container of a pod probes its own port (sidecars included): the gRPC
+                # port, or with TLS (which kubelet probes cannot speak) its health port.
                 grpc = expected_ports(values, c["name"])[0]
                 assert int(env_of(c)["IMAGING_PORT"]) == grpc
+                health = expected_health_port(values, c["name"])
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    assert c[probe]["grpc"] == {"port": grpc}
+                    assert c[probe]["grpc"] == {"port": grpc if health is None else health}
             assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
             assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
             assert c["resources"]["limits"]["memory"]
@@ -691,6 +702,29 @@ BAD_VALUES = {
     # A bare number would render as 1.073741824e+09, which no API server accepts.
     "exchange size as a number": {"dataPlane": {"exchange": {"sizeLimit": 1073741824}}},
     "misspelt data-plane key": {"dataPlane": {"colocate": True}},
+    "health port above 65535": {"ports": {"health": 70000}},
+    "sidecar health port as a string": {"dataPlane": {"ports": {"decoder": {"health": "9301"}}}},
+    "reflection as a string": {"config": {"reflection": "yes"}},
+    "no study may run": {"gateway": {"admission": {"maxConcurrentStudies": 0}}},
+    "negative study queue": {"gateway": {"admission": {"maxQueuedStudies": -1}}},
+    "misspelt auth key": {"gateway": {"auth": {"apiKeySecret": "keys"}}},
+    "API keys Secret with an invalid name": {"gateway": {"auth": {"apiKeysSecret": "Keys_1"}}},
+    "API keys on the decoder": {"decoder": {"auth": {"apiKeysSecret": "keys"}}},
+    "audit enabled as a string": {"gateway": {"audit": {"enabled": "true"}}},
+    "relative audit path": {"gateway": {"audit": {"path": "audit.jsonl"}}},
+    "audit volume with a name": {
+        "gateway": {"audit": {"volume": {"source": {"name": "audit", "emptyDir": {}}}}}
+    },
+    "two audit volume sources": {
+        "gateway": {
+            "audit": {
+                "volume": {"source": {"emptyDir": {}, "persistentVolumeClaim": {"claimName": "a"}}}
+            }
+        }
+    },
+    "audit volume on /tmp": {"gateway": {"audit": {"volume": {"mountPath": "/tmp"}}}},
+    "Triton admin key name with a colon": {"triton": {"adminKey": {"key": "admin:key"}}},
+    "misspelt Triton admin key field": {"triton": {"adminKey": {"secret": "admin"}}},
 }
 
 
@@ -700,6 +734,11 @@ def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
         render(values)
     assert lint(values, strict=True)["errors"]
 
+
+_TLS_ON: dict[str, Any] = {
+    "tls": {"enabled": True, "secretName": "mtls"},
+    "triton": {"adminKey": {"secretName": "triton-admin"}},
+}
 
 TEMPLATE_CHECKS = {
     "HPA and KEDA together": (
@@ -745,6 +784,68 @@ TEMPLATE_CHECKS = {
     "exchange over the pipelines mount": (
         {"dataPlane": {"exchange": {"mountPath": "/etc/imaging/pipelines"}}},
         "dataPlane.exchange.mountPath",
+    ),
+    "mTLS without Triton's admin key": (
+        {"tls": {"enabled": True, "secretName": "mtls"}},
+        "triton.adminKey.secretName is required when tls.enabled is true",
+    ),
+    "audit trail without its key": (
+        {"gateway": {"audit": {"enabled": True}}},
+        "gateway.audit.keySecret is required when gateway.audit.enabled is true",
+    ),
+    "audit file on the read-only root filesystem": (
+        {"gateway": {"audit": {"enabled": True, "keySecret": "k", "path": "/var/log/a.jsonl"}}},
+        "must be /dev/stdout or /dev/stderr unless gateway.audit.volume.source",
+    ),
+    "audit file outside its volume": (
+        {
+            "gateway": {
+                "audit": {
+                    "enabled": True,
+                    "keySecret": "k",
+                    "path": "/var/log/a.jsonl",
+                    "volume": {"source": {"emptyDir": {}}, "mountPath": "/var/lib/audit"},
+                }
+            }
+        },
+        "must lie under gateway.audit.volume.mountPath",
+    ),
+    "audit volume over the TLS mount": (
+        {
+            **_TLS_ON,
+            "gateway": {
+                "audit": {
+                    "enabled": True,
+                    "keySecret": "k",
+                    "path": "/etc/imaging/tls/audit.jsonl",
+                    "volume": {"source": {"emptyDir": {}}, "mountPath": "/etc/imaging/tls"},
+                }
+            },
+        },
+        "mount paths must be distinct",
+    ),
+    "sidecar health port taken by the gateway's": (
+        {
+            **_TLS_ON,
+            "dataPlane": {"ports": {"decoder": {"grpc": 50052, "metrics": 9101, "health": 9300}}},
+        },
+        "must be distinct",
+    ),
+    "health port on the gRPC port": (
+        {**_TLS_ON, "dataPlane": {"colocated": False}, "ports": {"health": 50051}},
+        "ports.health must be distinct",
+    ),
+    "TLS Secret over Triton's model repository": (
+        {**_TLS_ON, "tls": {"enabled": True, "secretName": "mtls", "mountPath": "/models"}},
+        "tls.mountPath (/models) must differ",
+    ),
+    "admission limit through env": (
+        {"gateway": {"env": {"IMAGING_MAX_CONCURRENT_STUDIES": "2"}}},
+        "gateway.env must not set IMAGING_MAX_CONCURRENT_STUDIES",
+    ),
+    "health port through env": (
+        {"decoder": {"env": {"IMAGING_HEALTH_PORT": "9999"}}},
+        "decoder.env must not set IMAGING_HEALTH_PORT",
     ),
 }
 

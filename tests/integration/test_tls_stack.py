@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import grpc
@@ -190,3 +191,73 @@ def test_no_identity_in_answers_logs_audit_or_metrics_with_tls_and_keys_on(
     for service, port in tls_stack.ports.metrics.items():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
             assert not _leaks(reply.read()), f"identity in the {service} metrics"
+
+
+IDENTITY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "OtherPatientIDs",
+    "ReferringPhysicianName",
+)
+
+
+def _identity_strings(data: bytes) -> set[str]:
+    """The file's own identity values that are distinctive enough to search for."""
+    import pydicom
+    from pydicom.datadict import keyword_dict
+
+    try:
+        ds = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
+    except Exception:
+        return set()
+    found = set()
+    for keyword in IDENTITY_KEYWORDS:
+        try:
+            value = str(ds.get(keyword, "") or "").strip()
+        except Exception:
+            continue
+        for part in {value, *value.split("^")}:
+            # Test files put words like "Modality" in PatientName: the reasons name attributes
+            # by keyword, so keywords are not identity to look for.
+            generic = part in keyword_dict or part.lower() in {"anonymized", "anonymous", "unknown"}
+            if len(part) >= 6 and not generic:
+                found.add(part)
+    return found
+
+
+def test_the_corpus_through_the_tls_stack_leaks_no_file_s_identity(
+    tls_stack: Stack, pki: DevPki, dicom_dir: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [p for p in sorted(dicom_dir.rglob("*.dcm")) if p.stat().st_size < 16 * 2**20]
+    assert len(files) > 250
+    client = GatewayClient(tls_stack.gateway_address, files=_client_files(pki), api_key=API_KEY)
+
+    def send(path: Path) -> tuple[set[str], bytes]:
+        data = path.read_bytes()
+        try:
+            answer = client.analyze([data]).SerializeToString()
+        except grpc.RpcError as err:
+            answer = f"{err.code().name} {err.details()} {err.trailing_metadata()!r}".encode()
+        return _identity_strings(data), answer
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(send, files))
+    client.close()
+    needles = set().union(*(n for n, _ in results))
+    assert len(needles) > 20  # the corpus does carry identity strings to look for
+    leaking = [
+        (path.name, needle)
+        for path, (own, answer) in zip(files, results, strict=True)
+        for needle in own
+        if needle.encode() in answer
+    ]
+    assert not leaking, leaking[:5]
+    texts = [*Path(tls_stack.run_dir, "logs").glob("*.log")]
+    for text in texts:
+        content = text.read_text(errors="replace")
+        found = sorted(n for n in needles if n in content)
+        assert not found, f"{text.name} holds {len(found)} identity strings"
