@@ -120,6 +120,9 @@ class GatewaySettings(PipelineServiceSettings):
     api_keys_file: Path | None = Field(
         None, description="'<client> <sha256 hex of key>' lines; set: every call needs a key"
     )
+    oidc_issuer: str = Field("", description="OIDC: the issuer JWTs must name ('': no OIDC)")
+    oidc_audience: str = Field("", description="OIDC: the audience JWTs must name")
+    oidc_jwks_file: Path | None = Field(None, description="OIDC: the issuer's JWKS (JSON)")
     client_policy_file: Path | None = Field(
         None, description="YAML: per client, allowed pipelines, highest priority, rate limit"
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 
 from services.common.errors import Unauthenticated
 
@@ -93,21 +94,53 @@ def _certificate_name(context: grpc.aio.ServicerContext) -> str:
     return names[0].decode(errors="replace") if names else ""
 
 
+class OidcTokens:
+    """Bearer JWTs of one OIDC issuer, checked against its JWKS (signature, issuer, audience,
+    expiry); the caller is the token's subject."""
+
+    def __init__(self, issuer: str, audience: str, jwks_file: Path) -> None:
+        self._issuer, self._audience = issuer, audience
+        self._keys = jwt.PyJWKSet.from_json(jwks_file.read_text())
+
+    def subject(self, token: str) -> str | None:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = next(k for k in self._keys.keys if kid is None or k.key_id == kid)
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=["RS256", "ES256", "PS256", "EdDSA"],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except (jwt.PyJWTError, StopIteration, ValueError):
+            return None
+        return f"oidc:{claims['sub']}"
+
+
+def _looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2
+
+
 class Authenticator:
     """Decides the caller of one RPC (raises Unauthenticated)."""
 
-    def __init__(self, keys: ApiKeys | None) -> None:
-        self._keys = keys
+    def __init__(self, keys: ApiKeys | None, tokens: OidcTokens | None = None) -> None:
+        self._keys, self._tokens = keys, tokens
 
     def identify(self, metadata: dict[str, str], context: grpc.aio.ServicerContext) -> str:
-        if self._keys is None:
+        if self._keys is None and self._tokens is None:
             return _certificate_name(context)
         token = _bearer(metadata)
         if token is None:
-            raise Unauthenticated("this gateway needs an API key: authorization: Bearer <key>")
-        name = self._keys.client(token)
+            raise Unauthenticated("this gateway needs credentials: authorization: Bearer <key>")
+        if self._tokens is not None and _looks_like_jwt(token):
+            name = self._tokens.subject(token)
+        else:
+            name = self._keys.client(token) if self._keys is not None else None
         if name is None:
-            raise Unauthenticated("the API key is not valid")
+            raise Unauthenticated("the credentials are not valid")
         return name
 
 

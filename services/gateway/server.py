@@ -12,7 +12,7 @@ from services.common.audit import AuditKey, AuditLog
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import GatewaySettings
 from services.gateway.auditing import AuditInterceptor
-from services.gateway.auth import ApiKeys, Authenticator, AuthInterceptor
+from services.gateway.auth import ApiKeys, Authenticator, AuthInterceptor, OidcTokens
 from services.gateway.clients import (
     DecoderClient,
     PostprocessorClient,
@@ -67,7 +67,14 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
         return close
 
     keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file is not None else None
-    interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(Authenticator(keys))]
+    tokens = None
+    if settings.oidc_issuer:
+        if settings.oidc_jwks_file is None or not settings.oidc_audience:
+            raise ValueError(
+                "IMAGING_OIDC_ISSUER needs IMAGING_OIDC_AUDIENCE and IMAGING_OIDC_JWKS_FILE"
+            )
+        tokens = OidcTokens(settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_file)
+    interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(Authenticator(keys, tokens))]
     if settings.audit_log is not None:
         if settings.audit_key_file is None:
             raise ValueError("IMAGING_AUDIT_LOG needs IMAGING_AUDIT_KEY_FILE (the HMAC key)")

@@ -132,7 +132,7 @@ def env_of(c: Obj) -> dict[str, str]:
 
 def env_entry(c: Obj, name: str) -> Obj:
     """The one EnvVar of ``c`` called ``name`` (value or valueFrom)."""
-    matches = [e for e in c.get("env", []) if e["name"] == name]
+    matches: list[Obj] = [e for e in c.get("env", []) if e["name"] == name]
     assert len(matches) == 1, f"{c['name']} sets {name} {len(matches)} times"
     return matches[0]
 
@@ -144,7 +144,7 @@ def mounted_volume(deploy: Obj, c: Obj, path: str) -> tuple[Obj, Obj]:
     ]
     assert len(mounts) == 1, f"{c['name']}: {len(mounts)} mounts hold {path}"
     (mount,) = mounts
-    volume = next(v for v in pod_spec(deploy)["volumes"] if v["name"] == mount["name"])
+    volume: Obj = next(v for v in pod_spec(deploy)["volumes"] if v["name"] == mount["name"])
     return mount, volume
 
 

@@ -178,14 +178,14 @@ def test_service_env_wiring(scenario: str) -> None:
         assert env["IMAGING_METRICS_PORT"] == str(metrics)
         suffix = f"-{svc[:3]}" if colocated(scenario) and svc in SIDECARS else ""
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        expected = {f"grpc{suffix}": grpc, f"metrics{suffix}": metrics}
+        declared = {f"grpc{suffix}": grpc, f"metrics{suffix}": metrics}
         health = expected_health_port(values, svc)
         if health is not None:  # tls.enabled: a plaintext grpc.health.v1 port for the probes
-            expected[f"health{suffix}"] = health
+            declared[f"health{suffix}"] = health
             assert env["IMAGING_HEALTH_PORT"] == str(health)
         else:
             assert "IMAGING_HEALTH_PORT" not in env
-        assert ports == expected
+        assert ports == declared
         assert env["IMAGING_REFLECTION"] == str(values["config"]["reflection"]).lower()
         # Each service keeps its own resources and extra env wherever it runs.
         assert c["resources"] == values[svc]["resources"]

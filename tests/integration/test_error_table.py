@@ -73,7 +73,7 @@ CASES: dict[str, Case] = {
     "client's rate limit used up": Case(
         errors.RateLimited, "rated", _chest(), "rate limit of 0.001 studies/s"
     ),
-    "no API key": Case(errors.Unauthenticated, "keyed", _chest(), "this gateway needs an API key"),
+    "no API key": Case(errors.Unauthenticated, "keyed", _chest(), "this gateway needs credentials"),
     "every study slot busy, no queue": Case(
         errors.Overloaded, "full", _chest(), "the gateway is at capacity"
     ),
