@@ -217,6 +217,8 @@ def cmd_models_rollout(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         grpc_port=args.grpc_port,
         context=args.context,
+        files=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca),
+        admin_key=args.admin_key_file.read_text().strip() if args.admin_key_file else "",
     )
 
 
@@ -305,6 +307,12 @@ def parser() -> argparse.ArgumentParser:
         help="Triton gRPC port of pods without a containerPort named grpc",
     )
     rollout.add_argument("--context", default=None, help="kubeconfig context")
+    rollout.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
+    rollout.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
+    rollout.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
+    rollout.add_argument(
+        "--admin-key-file", type=Path, default=None, help="Triton's model-control admin key"
+    )
     rollout.set_defaults(func=cmd_models_rollout)
     return root
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TextIO
 
 from services.common.errors import InvalidInput, PlatformError
+from services.common.tls import PLAINTEXT, TlsFiles
 from services.fleet.core import (
     DEFAULT_GRPC_PORT,
     LoadKind,
@@ -195,6 +196,8 @@ def rollout_command(
     context: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    files: TlsFiles = PLAINTEXT,
+    admin_key: str = "",
 ) -> int:
     """The CLI command: 0 when READY everywhere, else the error's exit code (1, or 3 when
     the rollback itself failed and the fleet is left inconsistent)."""
@@ -216,7 +219,14 @@ def rollout_command(
             f"{ready} of {len(targets)} Triton pod(s) ready",
             file=out,
         )
-        rollout = roll_out(targets, model, version, out, timeout)
+        rollout = roll_out(
+            targets,
+            model,
+            version,
+            out,
+            timeout,
+            lambda address: TritonPod(address, files=files, admin_key=admin_key),
+        )
     except RolloutFailed as error:
         print(f"error: {error.reason}", file=err)
         return error.exit_code

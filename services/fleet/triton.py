@@ -15,7 +15,9 @@ import grpc
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
+from services.common import tls
 from services.common.remote_errors import triton_code
+from services.common.tls import PLAINTEXT, TlsFiles
 from services.fleet.core import ModelState, versions_label
 from services.fleet.errors import PodCallFailed
 
@@ -37,13 +39,28 @@ def _reason(err: InferenceServerException) -> str:
     return message
 
 
+# Triton's restricted protocols (--grpc-restricted-protocol=...:admin-key=<value>) read this.
+ADMIN_KEY_HEADER = "triton-grpc-protocol-admin-key"
+
+
 class TritonPod:
     """One tritonserver, reached directly at its pod address (never through the Service)."""
 
-    def __init__(self, address: str, call_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        call_timeout: float = 10.0,
+        files: TlsFiles = PLAINTEXT,
+        admin_key: str = "",
+    ) -> None:
+        """``files``: mutual TLS to Triton; ``admin_key``: the value of the admin key that
+        Triton's restricted model-repository protocol expects (``admin-key``)."""
         self.address = address
         self._call_timeout = call_timeout
-        self._client = triton_grpc.InferenceServerClient(url=address)
+        self._client = triton_grpc.InferenceServerClient(
+            url=address, creds=tls.channel_credentials(files)
+        )
+        self._headers = {ADMIN_KEY_HEADER: admin_key} if admin_key else None
 
     def close(self) -> None:
         self._client.close()
@@ -54,7 +71,9 @@ class TritonPod:
     def state(self, model: str) -> ModelState:
         """READY versions of ``model`` (repository index) and, when loaded, its config."""
         try:
-            index = self._client.get_model_repository_index(client_timeout=self._call_timeout)
+            index = self._client.get_model_repository_index(
+                headers=self._headers, client_timeout=self._call_timeout
+            )
         except InferenceServerException as err:
             raise self._fail("reading the model repository index", err) from err
         versions: list[int] = []
@@ -72,7 +91,7 @@ class TritonPod:
         if versions:
             try:
                 reply = self._client.get_model_config(
-                    model, as_json=True, client_timeout=self._call_timeout
+                    model, as_json=True, headers=self._headers, client_timeout=self._call_timeout
                 )
             except InferenceServerException as err:
                 raise self._fail(f"reading the config of {model}", err) from err
@@ -85,6 +104,7 @@ class TritonPod:
             self._client.load_model(
                 model,
                 config=json.dumps(config) if config is not None else None,
+                headers=self._headers,
                 client_timeout=timeout,
             )
         except InferenceServerException as err:
@@ -92,7 +112,9 @@ class TritonPod:
 
     def unload(self, model: str) -> None:
         try:
-            self._client.unload_model(model, client_timeout=self._call_timeout)
+            self._client.unload_model(
+                model, headers=self._headers, client_timeout=self._call_timeout
+            )
         except InferenceServerException as err:
             raise self._fail(f"unloading {model}", err) from err
 
@@ -102,6 +124,7 @@ class TritonPod:
                 self._client.is_model_ready(
                     model,
                     str(version) if version is not None else "",
+                    headers=self._headers,
                     client_timeout=self._call_timeout,
                 )
             )

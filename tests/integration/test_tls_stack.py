@@ -261,3 +261,21 @@ def test_the_corpus_through_the_tls_stack_leaks_no_file_s_identity(
         content = text.read_text(errors="replace")
         found = sorted(n for n in needles if n in content)
         assert not found, f"{text.name} holds {len(found)} identity strings"
+
+
+def test_model_rollout_reaches_a_tls_triton_with_the_admin_key_only(
+    tls_stack: Stack, pki: DevPki
+) -> None:
+    from services.fleet.errors import PodCallFailed
+    from services.fleet.triton import TritonPod
+
+    files = _client_files(pki)
+    admin = tls_stack.triton_admin_key_file.read_text().strip()
+    pod = TritonPod(tls_stack.triton_grpc_address, files=files, admin_key=admin)
+    assert pod.state("cxr_pneumonia").versions == (1,)
+    pod.close()
+    without = TritonPod(tls_stack.triton_grpc_address, files=files)
+    with pytest.raises(PodCallFailed, match="restricted"):
+        without.state("cxr_pneumonia")
+    without.close()
+    assert admin not in tls_stack.audit_log.read_text()
