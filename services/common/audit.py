@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,20 +154,28 @@ class AuditLog:
         if not _CHAIN_NAME.fullmatch(chain):
             raise ValueError("audit chain name must be 1-128 of A-Z a-z 0-9 . _ : @ -")
         self.path = path
-        self.chain = chain
         self._key = key
-        self._fsync = fsync
         self._lock = threading.Lock()
-        self._seq, self._prev = self._resume()
-        # O_APPEND: each record is one write() at the end, even with other writers on the file
-        # (a local file system; NFS does not keep appends atomic).
-        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        size = os.fstat(self._fd).st_size
+        stream = path.exists() and not path.is_file()  # /dev/stdout, a pipe: nothing to resume
+        # A stream cannot be read back, so each process starts its own chain on it, named by
+        # its start time: a restarted container never repeats the sequence of its last run.
+        self.chain = f"{chain}@{int(time.time())}" if stream else chain
+        if not _CHAIN_NAME.fullmatch(self.chain):
+            raise ValueError("audit chain name must be 1-128 of A-Z a-z 0-9 . _ : @ -")
+        self._fsync = fsync and not stream
+        self._seq, self._prev = (0, "") if stream else self._resume()
+        if stream:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        else:
+            # O_APPEND: each record is one write() at the end, even with other writers on the
+            # file (a local file system; NFS does not keep appends atomic).
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        size = 0 if stream else os.fstat(self._fd).st_size
         if size and os.pread(self._fd, 1, size - 1) != b"\n":
             # A crash cut the last line short: end it, so it stays visible to verify() as one
             # bad line instead of corrupting our next record. The file is never rewritten.
             self._write(b"\n")
-        AUDIT_LAST_SEQUENCE.labels(chain).set(self._seq)
+        AUDIT_LAST_SEQUENCE.labels(self.chain).set(self._seq)
 
     def _resume(self) -> tuple[int, str]:
         """(last seq, its mac) of this chain in the file; (0, "") for a new chain."""

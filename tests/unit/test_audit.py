@@ -274,3 +274,26 @@ def test_main_verify_prints_and_returns(
     assert len(out) == 1 and "chain gw-a" in out[0] and "seq 4" in out[0]
     assert main_verify(str(path), str(key_file), ["gw-a"]) == 2
     assert "CHAIN=SEQ" in capsys.readouterr().err
+
+
+def test_a_stream_such_as_stdout_is_written_without_reading_it_back(
+    tmp_path: Path, key: AuditKey
+) -> None:
+    import os
+
+    fifo = tmp_path / "stdout"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    log = AuditLog(fifo, key, "gateway-0")  # reading a pipe back would block forever
+    assert re.fullmatch(r"gateway-0@\d+", log.chain)  # each process: a chain of its own
+    log.record(event(1))
+    log.record(event(2))
+    log.close()
+    reader.join(10)
+    assert not reader.is_alive()
+    copy = tmp_path / "captured.jsonl"
+    copy.write_bytes(received[0])
+    assert len(lines(copy)) == 2
+    assert verify(copy, key) == []

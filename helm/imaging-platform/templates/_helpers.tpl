@@ -148,6 +148,63 @@ otherwise. Takes (dict "root" $ "component" "x"). */}}
 {{- end }}
 {{- end }}
 
+{{/* Plaintext grpc.health.v1 port of a service's container (IMAGING_HEALTH_PORT), used only with
+tls.enabled: the API port then speaks TLS only, and kubelet gRPC probes cannot. A port of its own
+for a sidecar, ports.health otherwise. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.healthPort" -}}
+{{- if include "imaging-platform.isSidecar" . }}
+{{- (index .root.Values.dataPlane.ports .component).health }}
+{{- else }}
+{{- .root.Values.ports.health }}
+{{- end }}
+{{- end }}
+
+{{/* Port the kubelet's gRPC probes of a service's container use: the health port with
+tls.enabled, the (plaintext) API port otherwise. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.probePort" -}}
+{{- if .root.Values.tls.enabled }}
+{{- include "imaging-platform.healthPort" . }}
+{{- else }}
+{{- include "imaging-platform.grpcPort" . }}
+{{- end }}
+{{- end }}
+
+{{/* Every port a service's container listens on, space-separated: gRPC, metrics and, with
+tls.enabled, health. Takes (dict "root" $ "component" "x"). */}}
+{{- define "imaging-platform.containerPorts" -}}
+{{- $ports := list (include "imaging-platform.grpcPort" .) (include "imaging-platform.metricsPort" .) }}
+{{- if .root.Values.tls.enabled }}{{ $ports = append $ports (include "imaging-platform.healthPort" .) }}{{ end }}
+{{- join " " $ports }}
+{{- end }}
+
+{{/* Fixed mount points of the gateway's Secrets (the Secret is mounted as a directory, never
+with subPath, so that the kubelet's updates reach the files). */}}
+{{- define "imaging-platform.apiKeysDir" -}}/etc/imaging/api-keys{{- end }}
+{{- define "imaging-platform.auditKeyDir" -}}/etc/imaging/audit-key{{- end }}
+
+{{/* Environment variables the chart sets itself; a service's `env` must not repeat them (a
+duplicate would silently hide one of the two values). */}}
+{{- define "imaging-platform.reservedEnv" -}}
+IMAGING_HOST IMAGING_PORT IMAGING_METRICS_PORT IMAGING_HEALTH_PORT IMAGING_REFLECTION IMAGING_LOG_LEVEL IMAGING_WORKERS IMAGING_GRACE_SECONDS IMAGING_MAX_MESSAGE_BYTES IMAGING_PIPELINES_DIR IMAGING_PIXEL_EXCHANGE_DIR IMAGING_DECODER_ADDRESS IMAGING_PREPROCESSOR_ADDRESS IMAGING_POSTPROCESSOR_ADDRESS IMAGING_TRITON_ADDRESS IMAGING_TLS_CERT IMAGING_TLS_KEY IMAGING_TLS_CA IMAGING_API_KEYS_FILE IMAGING_AUDIT_LOG IMAGING_AUDIT_KEY_FILE IMAGING_AUDIT_CHAIN IMAGING_MAX_CONCURRENT_STUDIES IMAGING_MAX_QUEUED_STUDIES
+{{- end }}
+
+{{/* DNS names the one TLS certificate must carry (besides IP 127.0.0.1): the names the gateway
+dials (headless peer Services, Triton's included; localhost for the colocated sidecars) and the
+gateway's Service, by which clients reach it. */}}
+{{- define "imaging-platform.tlsDnsNames" -}}
+{{- $root := . }}
+{{- $names := list "localhost" }}
+{{- $gateway := include "imaging-platform.componentName" (dict "root" . "component" "gateway") }}
+{{- $names = append $names $gateway }}
+{{- $names = append $names (printf "%s.%s" $gateway .Release.Namespace) }}
+{{- $names = append $names (printf "%s.%s.svc" $gateway .Release.Namespace) }}
+{{- $names = append $names (include "imaging-platform.serviceHost" (dict "root" . "component" "gateway")) }}
+{{- range $peer := append (splitList " " (include "imaging-platform.innerDeployments" .)) "triton" }}
+{{- $names = append $names (printf "%s.%s.svc.%s" (include "imaging-platform.peersName" (dict "root" $root "component" $peer)) $root.Release.Namespace $root.Values.clusterDomain) }}
+{{- end }}
+{{- join " " $names }}
+{{- end }}
+
 {{/* Suffix of a container's port names, unique in the pod and within the 15 characters a port
 name may have: "" for the pod's own service, "-dec" / "-pre" for the sidecars.
 Takes (dict "root" $ "component" "x"). */}}
@@ -282,14 +339,43 @@ gateway preprocessor postprocessor
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.secretName is required when tls.enabled is true" }}
 {{- end }}
+{{- if and .Values.tls.enabled (not .Values.triton.adminKey.secretName) }}
+{{- fail "triton.adminKey.secretName is required when tls.enabled is true: Triton then restricts model control (model-repository), shared-memory, statistics, trace and logging to callers sending the header admin-key, whose value comes from that Secret (key triton.adminKey.key)" }}
+{{- end }}
+{{- $audit := .Values.gateway.audit }}
+{{- if $audit.enabled }}
+{{- if not $audit.keySecret }}
+{{- fail "gateway.audit.keySecret is required when gateway.audit.enabled is true: name an existing Secret whose key audit-key holds the audit trail's HMAC key (at least 32 bytes)" }}
+{{- end }}
+{{- if $audit.volume.source }}
+{{- if not (hasPrefix (printf "%s/" (trimSuffix "/" $audit.volume.mountPath)) $audit.path) }}
+{{- fail (printf "gateway.audit.path (%s) must lie under gateway.audit.volume.mountPath (%s), where gateway.audit.volume.source is mounted" $audit.path $audit.volume.mountPath) }}
+{{- end }}
+{{- else if not (has $audit.path (list "/dev/stdout" "/dev/stderr")) }}
+{{- fail (printf "gateway.audit.path (%s) must be /dev/stdout or /dev/stderr unless gateway.audit.volume.source mounts a volume for it (the root filesystem is read-only)" $audit.path) }}
+{{- end }}
+{{- end }}
+{{- $reserved := splitList " " (include "imaging-platform.reservedEnv" .) }}
+{{- range $svc := splitList " " (include "imaging-platform.services" .) }}
+{{- range $name, $_ := (index $.Values $svc).env }}
+{{- if has $name $reserved }}
+{{- fail (printf "%s.env must not set %s: the chart sets it from its own values (see values.yaml)" $svc $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not .Values.dataPlane.colocated }}
+{{- $ports := splitList " " (include "imaging-platform.containerPorts" (dict "root" . "component" "gateway")) }}
+{{- if ne (len $ports) (len (uniq $ports)) }}
+{{- fail (printf "ports.grpc, ports.metrics and (with tls.enabled) ports.health must be distinct: every service container listens on all of them (got %s)" (join ", " $ports)) }}
+{{- end }}
+{{- end }}
 {{- if .Values.dataPlane.colocated }}
 {{- $ports := list }}
 {{- range $svc := splitList " " (include "imaging-platform.podServices" (dict "root" . "component" "gateway")) }}
-{{- $c := dict "root" $ "component" $svc }}
-{{- $ports = concat $ports (list (include "imaging-platform.grpcPort" $c) (include "imaging-platform.metricsPort" $c)) }}
+{{- $ports = concat $ports (splitList " " (include "imaging-platform.containerPorts" (dict "root" $ "component" $svc))) }}
 {{- end }}
 {{- if ne (len $ports) (len (uniq $ports)) }}
-{{- fail (printf "dataPlane.colocated: the gateway, decoder and preprocessor share one pod, so ports.grpc, ports.metrics and dataPlane.ports.* must be distinct (got %s)" (join ", " $ports)) }}
+{{- fail (printf "dataPlane.colocated: the gateway, decoder and preprocessor share one pod, so ports.grpc, ports.metrics, ports.health (with tls.enabled) and dataPlane.ports.* must be distinct (got %s)" (join ", " $ports)) }}
 {{- end }}
 {{- $sidecarGrace := add (int .Values.preStopSleepSeconds) (mul 2 (int (ceil .Values.config.graceSeconds))) }}
 {{- if lt (int .Values.terminationGracePeriodSeconds) (int $sidecarGrace) }}
@@ -298,6 +384,20 @@ gateway preprocessor postprocessor
 {{- if has .Values.dataPlane.exchange.mountPath (list "/tmp" .Values.pipelines.mountPath .Values.tls.mountPath) }}
 {{- fail (printf "dataPlane.exchange.mountPath (%s) must differ from /tmp, pipelines.mountPath and tls.mountPath" .Values.dataPlane.exchange.mountPath) }}
 {{- end }}
+{{- end }}
+{{- if and .Values.tls.enabled (has .Values.tls.mountPath (list "/tmp" "/dev/shm" .Values.triton.modelRepository.mountPath)) }}
+{{- fail (printf "tls.mountPath (%s) must differ from /tmp, /dev/shm and triton.modelRepository.mountPath: the Secret is mounted into Triton too" .Values.tls.mountPath) }}
+{{- end }}
+{{- $mounts := list "/tmp" .Values.pipelines.mountPath }}
+{{- if .Values.dataPlane.colocated }}{{ $mounts = append $mounts .Values.dataPlane.exchange.mountPath }}{{ end }}
+{{- if .Values.tls.enabled }}{{ $mounts = append $mounts .Values.tls.mountPath }}{{ end }}
+{{- if .Values.gateway.auth.apiKeysSecret }}{{ $mounts = append $mounts (include "imaging-platform.apiKeysDir" .) }}{{ end }}
+{{- if $audit.enabled }}
+{{- $mounts = append $mounts (include "imaging-platform.auditKeyDir" .) }}
+{{- if $audit.volume.source }}{{ $mounts = append $mounts $audit.volume.mountPath }}{{ end }}
+{{- end }}
+{{- if ne (len $mounts) (len (uniq $mounts)) }}
+{{- fail (printf "the gateway container's mount paths must be distinct (got %s): check pipelines.mountPath, tls.mountPath, dataPlane.exchange.mountPath and gateway.audit.volume.mountPath" (join ", " $mounts)) }}
 {{- end }}
 {{- end }}
 

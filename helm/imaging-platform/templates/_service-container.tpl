@@ -8,6 +8,13 @@ Every service listens on 0.0.0.0, sidecars included: the kubelet sends gRPC prob
 (a probe has no host field) and Prometheus scrapes the pod IP, and the services bind their
 metrics endpoint to IMAGING_HOST too. No NetworkPolicy rule admits the sidecars' gRPC ports, so
 in practice only the gateway next to them (over 127.0.0.1) calls them.
+
+With tls.enabled the API port serves mutual TLS only, which kubelet gRPC probes cannot speak:
+each container then also listens on a plaintext health port of its own (IMAGING_HEALTH_PORT,
+grpc.health.v1 and nothing else) and its probes go there. No Service exposes the health ports
+and no NetworkPolicy rule opens them (the kubelet's probes are not subject to policies).
+
+The gateway alone gets the API keys, the audit trail and the admission limits.
 */}}
 {{- define "imaging-platform.serviceContainer" -}}
 {{- $root := .root }}
@@ -16,6 +23,10 @@ in practice only the gateway next to them (over 127.0.0.1) calls them.
 {{- $grpc := include "imaging-platform.grpcPort" . }}
 {{- $metrics := include "imaging-platform.metricsPort" . }}
 {{- $suffix := include "imaging-platform.portSuffix" . }}
+{{- $tls := $root.Values.tls.enabled }}
+{{- $health := include "imaging-platform.healthPort" . }}
+{{- $probePort := include "imaging-platform.probePort" . }}
+{{- $gw := $root.Values.gateway }}
 {{- $readsPipelines := has $svc (splitList " " (include "imaging-platform.pipelineServices" $root)) }}
 {{- $exchange := has $svc (splitList " " (include "imaging-platform.exchangeServices" $root)) -}}
 - name: {{ $svc }}
@@ -29,6 +40,11 @@ in practice only the gateway next to them (over 127.0.0.1) calls them.
     - name: metrics{{ $suffix }}
       containerPort: {{ $metrics }}
       protocol: TCP
+    {{- if $tls }}
+    - name: health{{ $suffix }}
+      containerPort: {{ $health }}
+      protocol: TCP
+    {{- end }}
   env:
     - name: IMAGING_HOST
       value: "0.0.0.0"
@@ -36,6 +52,13 @@ in practice only the gateway next to them (over 127.0.0.1) calls them.
       value: {{ $grpc | quote }}
     - name: IMAGING_METRICS_PORT
       value: {{ $metrics | quote }}
+    {{- if $tls }}
+    # Plaintext grpc.health.v1 only, for the kubelet's probes (the API port speaks TLS only).
+    - name: IMAGING_HEALTH_PORT
+      value: {{ $health | quote }}
+    {{- end }}
+    - name: IMAGING_REFLECTION
+      value: {{ $root.Values.config.reflection | quote }}
     - name: IMAGING_LOG_LEVEL
       value: {{ $root.Values.config.logLevel | quote }}
     - name: IMAGING_WORKERS
@@ -66,8 +89,9 @@ in practice only the gateway next to them (over 127.0.0.1) calls them.
     - name: IMAGING_TRITON_ADDRESS
       value: {{ include "imaging-platform.peersTarget" (dict "root" $root "component" "triton" "port" $root.Values.triton.ports.grpc) | quote }}
     {{- end }}
-    {{- if $root.Values.tls.enabled }}
-    # mTLS material (the services do not read these yet).
+    {{- if $tls }}
+    # Mutual TLS: the API port serves TLS only and requires client certificates signed by the
+    # CA; the gateway dials its peers and Triton with the same pair and CA.
     - name: IMAGING_TLS_CERT
       value: {{ printf "%s/%s" $root.Values.tls.mountPath $root.Values.tls.certKey | quote }}
     - name: IMAGING_TLS_KEY
@@ -75,21 +99,44 @@ in practice only the gateway next to them (over 127.0.0.1) calls them.
     - name: IMAGING_TLS_CA
       value: {{ printf "%s/%s" $root.Values.tls.mountPath $root.Values.tls.caKey | quote }}
     {{- end }}
+    {{- if eq $svc "gateway" }}
+    - name: IMAGING_MAX_CONCURRENT_STUDIES
+      value: {{ $gw.admission.maxConcurrentStudies | quote }}
+    - name: IMAGING_MAX_QUEUED_STUDIES
+      value: {{ $gw.admission.maxQueuedStudies | quote }}
+    {{- if $gw.auth.apiKeysSecret }}
+    # Every call but health needs "authorization: Bearer <key>"; re-read when the Secret changes.
+    - name: IMAGING_API_KEYS_FILE
+      value: {{ printf "%s/api-keys" (include "imaging-platform.apiKeysDir" $root) | quote }}
+    {{- end }}
+    {{- if $gw.audit.enabled }}
+    - name: IMAGING_AUDIT_LOG
+      value: {{ $gw.audit.path | quote }}
+    - name: IMAGING_AUDIT_KEY_FILE
+      value: {{ printf "%s/audit-key" (include "imaging-platform.auditKeyDir" $root) | quote }}
+    # One HMAC chain per writer: the pod's name.
+    - name: IMAGING_AUDIT_CHAIN
+      valueFrom:
+        fieldRef:
+          apiVersion: v1
+          fieldPath: metadata.name
+    {{- end }}
+    {{- end }}
     {{- range $name, $value := $v.env }}
     - name: {{ $name }}
       value: {{ $value | quote }}
     {{- end }}
   startupProbe:
     grpc:
-      port: {{ $grpc }}
+      port: {{ $probePort }}
     {{- toYaml $root.Values.probes.startup | nindent 4 }}
   readinessProbe:
     grpc:
-      port: {{ $grpc }}
+      port: {{ $probePort }}
     {{- toYaml $root.Values.probes.readiness | nindent 4 }}
   livenessProbe:
     grpc:
-      port: {{ $grpc }}
+      port: {{ $probePort }}
     {{- toYaml $root.Values.probes.liveness | nindent 4 }}
   lifecycle:
     preStop:
@@ -111,9 +158,25 @@ in practice only the gateway next to them (over 127.0.0.1) calls them.
     - name: pixel-exchange
       mountPath: {{ $root.Values.dataPlane.exchange.mountPath }}
     {{- end }}
-    {{- if $root.Values.tls.enabled }}
+    {{- if $tls }}
     - name: tls
       mountPath: {{ $root.Values.tls.mountPath }}
       readOnly: true
+    {{- end }}
+    {{- if eq $svc "gateway" }}
+    {{- if $gw.auth.apiKeysSecret }}
+    - name: api-keys
+      mountPath: {{ include "imaging-platform.apiKeysDir" $root }}
+      readOnly: true
+    {{- end }}
+    {{- if $gw.audit.enabled }}
+    - name: audit-key
+      mountPath: {{ include "imaging-platform.auditKeyDir" $root }}
+      readOnly: true
+    {{- if $gw.audit.volume.source }}
+    - name: audit
+      mountPath: {{ $gw.audit.volume.mountPath }}
+    {{- end }}
+    {{- end }}
     {{- end }}
 {{- end }}
