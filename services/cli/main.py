@@ -219,6 +219,7 @@ def cmd_models_rollout(args: argparse.Namespace) -> int:
         context=args.context,
         files=TlsFiles(args.tls_cert, args.tls_key, args.tls_ca),
         admin_key=args.admin_key_file.read_text().strip() if args.admin_key_file else "",
+        server_name=args.tls_server_name,
     )
 
 
@@ -312,6 +313,11 @@ def parser() -> argparse.ArgumentParser:
     rollout.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
     rollout.add_argument(
         "--admin-key-file", type=Path, default=None, help="Triton's model-control admin key"
+    )
+    rollout.add_argument(
+        "--tls-server-name",
+        default="",
+        help="name in Triton's certificate (pods are dialled by IP), e.g. its Service's DNS name",
     )
     rollout.set_defaults(func=cmd_models_rollout)
     return root

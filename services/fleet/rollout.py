@@ -198,6 +198,7 @@ def rollout_command(
     err: TextIO | None = None,
     files: TlsFiles = PLAINTEXT,
     admin_key: str = "",
+    server_name: str = "",
 ) -> int:
     """The CLI command: 0 when READY everywhere, else the error's exit code (1, or 3 when
     the rollback itself failed and the fleet is left inconsistent)."""
@@ -225,7 +226,9 @@ def rollout_command(
             version,
             out,
             timeout,
-            lambda address: TritonPod(address, files=files, admin_key=admin_key),
+            lambda address: TritonPod(
+                address, files=files, admin_key=admin_key, server_name=server_name
+            ),
         )
     except RolloutFailed as error:
         print(f"error: {error.reason}", file=err)

@@ -52,13 +52,16 @@ class TritonPod:
         call_timeout: float = 10.0,
         files: TlsFiles = PLAINTEXT,
         admin_key: str = "",
+        server_name: str = "",
     ) -> None:
         """``files``: mutual TLS to Triton; ``admin_key``: the value of the admin key that
-        Triton's restricted model-repository protocol expects (``admin-key``)."""
+        Triton's restricted model-repository protocol expects (``admin-key``); ``server_name``:
+        the name to check the certificate against, since pods are dialled by IP."""
         self.address = address
         self._call_timeout = call_timeout
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else None
         self._client = triton_grpc.InferenceServerClient(
-            url=address, creds=tls.channel_credentials(files)
+            url=address, creds=tls.channel_credentials(files), channel_args=options
         )
         self._headers = {ADMIN_KEY_HEADER: admin_key} if admin_key else None
 

@@ -271,9 +271,17 @@ def test_model_rollout_reaches_a_tls_triton_with_the_admin_key_only(
 
     files = _client_files(pki)
     admin = tls_stack.triton_admin_key_file.read_text().strip()
-    pod = TritonPod(tls_stack.triton_grpc_address, files=files, admin_key=admin)
+    pod = TritonPod(
+        tls_stack.triton_grpc_address, files=files, admin_key=admin, server_name="localhost"
+    )
     assert pod.state("cxr_pneumonia").versions == (1,)
     pod.close()
+    elsewhere = TritonPod(
+        tls_stack.triton_grpc_address, files=files, admin_key=admin, server_name="other.example"
+    )
+    with pytest.raises(PodCallFailed, match="unreachable"):  # not a name in the certificate
+        elsewhere.state("cxr_pneumonia")
+    elsewhere.close()
     without = TritonPod(tls_stack.triton_grpc_address, files=files)
     with pytest.raises(PodCallFailed, match="restricted"):
         without.state("cxr_pneumonia")
