@@ -172,6 +172,21 @@ def test_no_identity_in_answers_logs_audit_or_metrics_with_tls_and_keys_on(
 
     variants = [v for _, v in boundary_corruptions(_cr())]
     assert len(variants) > 200
+    # ...and the fuzzers' kinds of damage to the same identity-bearing file: flipped bytes,
+    # truncation, inserted garbage (seeded, so a failure reproduces).
+    rng = np.random.default_rng(20261202)
+    original = _cr()
+    for _ in range(120):
+        data = bytearray(original)
+        kind, at = rng.integers(3), int(rng.integers(132, len(data)))
+        if kind == 0:
+            for position in rng.integers(132, len(data), 8):
+                data[int(position)] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            del data[at:]
+        else:
+            data[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+        variants.append(bytes(data))
     client = GatewayClient(tls_stack.gateway_address, files=_client_files(pki), api_key=API_KEY)
 
     def send(variant: bytes) -> bytes:
