@@ -195,6 +195,22 @@ class Stack:
             flags += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={files.ca}"]
         return flags
 
+    def restart_triton(self, timeout: float = 120.0) -> None:
+        """Start tritonserver again after it died (fault tests, load_tests/faults.py)."""
+        old = self.pids.pop("tritonserver", None)
+        if old is not None and _signal(old, signal.SIGKILL):
+            _wait_exit(old, 10)
+        self._start_triton()
+        self._wait_for_triton(timeout)
+
+    def _wait_for_triton(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._triton_ready():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise StackError(f"tritonserver not ready after {timeout:.0f} s")
+            time.sleep(0.25)
+
     def _service_env(self, service: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -234,6 +250,8 @@ class Stack:
         self.pixel_exchange_dir.mkdir(mode=0o700, exist_ok=True)
         try:
             self._start_triton()
+            # Triton first: the gateway reports NOT_SERVING while it cannot reach it.
+            self._wait_for_triton(timeout)
             for service in self.services:
                 argv = [sys.executable, "-m", f"services.{service}.server"]
                 self._spawn(service, argv, self._service_env(service))
@@ -271,10 +289,14 @@ class Stack:
                 time.sleep(0.25)
 
     def _triton_ready(self) -> bool:
+        """HTTP ready and the gRPC port accepting (it can open after the HTTP one)."""
         url = f"http://127.0.0.1:{self.ports.triton_http}/v2/health/ready"
         try:
             with urllib.request.urlopen(url, timeout=1) as reply:
-                return bool(reply.status == 200)
+                if reply.status != 200:
+                    return False
+            with socket.create_connection(("127.0.0.1", self.ports.triton_grpc), timeout=1):
+                return True
         except OSError:
             return False
 

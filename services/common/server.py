@@ -86,7 +86,7 @@ def _options(settings: ServiceSettings) -> list[tuple[str, int]]:
         # Clients balancing over a headless Service only learn about new replicas when they
         # re-resolve; ending connections after a while (in-flight calls finish) makes them.
         ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
     ]
 
 
@@ -140,6 +140,7 @@ def start_async(
     service_names: Sequence[str],
     stages: Sequence[str] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    started: Callable[[health.aio.HealthServicer], Awaitable[None]] | None = None,
 ) -> AsyncRunningServer:
     """Like :func:`start`, for asyncio servicers; ``register`` runs on the server's loop
     (asyncio channels belong to the loop that made them) and returns what closes them."""
@@ -167,6 +168,8 @@ def start_async(
         await server.start()
         for service in ["", *service_names]:
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if started is not None:  # e.g. the gateway's dependency watch
+            await started(health_servicer)
         _log.info(
             "%s serving gRPC (asyncio) on %s:%d, metrics on :%d",
             name,

@@ -52,6 +52,11 @@ class ServiceSettings(BaseSettings):
     max_connection_age_seconds: float = Field(
         60.0, gt=0, description="close client connections after this long so they re-resolve"
     )
+    # A connection past its age still finishes its calls for this long: at least the longest
+    # call allowed (the gateway's IMAGING_CALL_TIMEOUT_SECONDS, 60 s), or long calls are cut.
+    max_connection_age_grace_seconds: float = Field(
+        65.0, ge=0, description="in-flight calls on an aged connection may finish this long"
+    )
     log_level: str = Field("INFO", description="root log level")
     # mTLS (services/common/tls.py): cert + key serve TLS only; a CA requires client certificates
     # signed by it. Clients use the same files to dial their peers.
@@ -131,6 +136,10 @@ class GatewaySettings(PipelineServiceSettings):
     audit_chain: str = Field(
         default_factory=socket.gethostname, description="this writer's chain (pod name)"
     )
+    peer_unreachable_seconds: float = Field(
+        3.0, gt=0, description="NOT_SERVING once Triton or a peer failed probes this long"
+    )
+    peer_probe_interval_seconds: float = Field(1.0, gt=0, description="dependency probe period")
     max_concurrent_studies: int = Field(8, gt=0, description="studies analysed at once")
     max_queued_studies: int = Field(
         128, ge=0, description="studies waiting for a slot; beyond: RESOURCE_EXHAUSTED at once"

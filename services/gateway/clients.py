@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -35,20 +36,43 @@ from services.common.interceptor import REQUEST_ID_HEADER
 from services.common.remote_errors import from_rpc_error, from_triton_error
 from services.common.results import Assessment, OutputOptions
 from services.common.tls import PLAINTEXT, TlsFiles
-from services.gateway import auditing
+from services.gateway import auditing, deadlines
 
 T = TypeVar("T")
 
 # Spread calls over every address the target resolves to (a headless Service's pods, or an
-# `ipv4:a,b` list) instead of pinning one connection; see the chart's peer Services.
-_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# `ipv4:a,b` list) instead of pinning one connection; see the chart's peer Services. Calls that
+# fail with UNAVAILABLE (a peer restarting, a connection reset) are retried with exponential
+# backoff and jitter, three attempts at most and always within the call's deadline: every inner
+# call is idempotent (decode, preprocess, postprocess and inference only compute).
+_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.service_config", _ROUND_ROBIN),
+        ("grpc.service_config", _SERVICE_CONFIG),
+        # Reconnect soon after a peer comes back (gRPC's default backoff grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
 
@@ -83,10 +107,19 @@ class _ServiceClient:
     ) -> T:
         try:
             return await method(
-                request, timeout=self._timeout, metadata=((REQUEST_ID_HEADER, request_id),)
+                request,
+                timeout=deadlines.timeout(self._timeout),
+                metadata=((REQUEST_ID_HEADER, request_id),),
             )
         except grpc.RpcError as err:
             raise from_rpc_error(self._peer, err) from None
+
+    async def serving(self) -> bool:
+        """The peer's own health (grpc.health.v1), for the gateway's readiness."""
+        reply = await health_pb2_grpc.HealthStub(self.channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=1.0
+        )
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -195,9 +228,12 @@ class TritonClient:
             return cached
         with _triton_errors(self._address, model):
             response = await self._client.get_model_config(
-                model, version, client_timeout=self._timeout
+                model, version, client_timeout=deadlines.timeout(self._timeout)
             )
         return self._configs.setdefault(key, response.config)
+
+    async def serving(self) -> bool:
+        return bool(await self._client.is_server_ready(client_timeout=1.0))
 
     async def max_batch_size(self, model: str, version: str) -> int:
         return max(1, int((await self._config(model, version)).max_batch_size))
@@ -230,7 +266,7 @@ class TritonClient:
                     outputs=[triton.InferRequestedOutput(name) for name in output_names],
                     request_id=request_id,
                     priority=priority,
-                    client_timeout=self._timeout,
+                    client_timeout=deadlines.timeout(self._timeout),
                 )
             auditing.note(model_name=model, model_version=result.get_response().model_version)
             for name in output_names:

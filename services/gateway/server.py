@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import grpc
+from grpc_health.v1 import health
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import logs, server
 from services.common.audit import AuditKey, AuditLog
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import GatewaySettings
+from services.gateway import readiness
 from services.gateway.auditing import AuditInterceptor
 from services.gateway.auth import ApiKeys, Authenticator, AuthInterceptor, OidcTokens
 from services.gateway.clients import (
@@ -33,6 +36,8 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
 
     files = settings.tls()
     policies = PolicyBook.load(settings.client_policy_file)
+    probes: dict[str, readiness.Probe] = {}
+    tasks: list[asyncio.Task[None]] = []
 
     async def register(srv: grpc.aio.Server) -> Callable[[], Awaitable[None]]:
         exchange = settings.pixel_exchange()
@@ -60,11 +65,31 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
             srv,
         )
 
+        probes.update(
+            triton=inference.serving,
+            decoder=decoder.serving,
+            preprocessor=preprocessor.serving,
+            postprocessor=postprocessor.serving,
+        )
+
         async def close() -> None:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             for client in (decoder, preprocessor, inference, postprocessor):
                 await client.close()
 
         return close
+
+    async def started(servicer: health.aio.HealthServicer) -> None:
+        watch = readiness.watch(
+            probes,
+            servicer,
+            [SERVICE_NAME],
+            settings.peer_unreachable_seconds,
+            settings.peer_probe_interval_seconds,
+        )
+        tasks.append(asyncio.ensure_future(watch))
 
     keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file is not None else None
     tokens = None
@@ -83,7 +108,9 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
         key = AuditKey.from_file(settings.audit_key_file)
         trail = AuditLog(settings.audit_log, key, settings.audit_chain, fsync=False)
         interceptors.insert(0, AuditInterceptor(trail))  # outside auth: refusals are audited
-    return server.start_async("gateway", settings, register, [SERVICE_NAME], STAGES, interceptors)
+    return server.start_async(
+        "gateway", settings, register, [SERVICE_NAME], STAGES, interceptors, started
+    )
 
 
 def main() -> None:

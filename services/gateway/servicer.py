@@ -9,6 +9,7 @@ import grpc
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import convert, logs
 from services.common.errors import InvalidInput
+from services.gateway import deadlines
 from services.gateway.auth import caller
 from services.gateway.core import Admission, InstanceAssembler, StudyAnalyzer
 
@@ -29,6 +30,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Analyze(  # noqa: N802 (gRPC naming)
         self, request: gateway_pb2.AnalyzeRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.AnalyzeResponse:
+        deadlines.begin(context)
         rid = logs.adopt_client_request_id(request.client_request_id)
         async with self._admission.slot():  # a waiting study keeps only its received message
             study = convert.study_request(request, list(request.instances), rid, caller.get())
@@ -39,6 +41,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         request_iterator: AsyncIterator[gateway_pb2.AnalyzeChunk],
         context: grpc.aio.ServicerContext,
     ) -> gateway_pb2.AnalyzeResponse:
+        deadlines.begin(context)
         async with self._admission.slot():  # receiving a stream holds memory too
             return await self._analyze_stream(request_iterator)
 
@@ -60,6 +63,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def ListPipelines(  # noqa: N802 (gRPC naming)
         self, request: gateway_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListPipelinesResponse:
+        deadlines.begin(context)
         registry = self._analyzer.registry
         return gateway_pb2.ListPipelinesResponse(
             pipelines=[

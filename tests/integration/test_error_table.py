@@ -10,6 +10,7 @@ id to quote (the reason goes to the operator's log). Afterwards that gateway goe
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -215,7 +216,7 @@ def test_platform_fault_quotes_the_clients_request_id(channels: dict[str, grpc.C
     assert "quote request id client-rid-42" in (caught.value.details() or "")
 
 
-@pytest.mark.parametrize("deployment", ["dead_triton", "deadline", "miswired"])
+@pytest.mark.parametrize("deployment", ["deadline", "miswired", "keyed", "restricted"])
 def test_failing_deployments_stay_healthy(
     deployment: str, channels: dict[str, grpc.Channel]
 ) -> None:
@@ -224,6 +225,22 @@ def test_failing_deployments_stay_healthy(
     health = health_pb2_grpc.HealthStub(channels[deployment])
     reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_gateway_whose_triton_is_unreachable_is_not_ready(
+    channels: dict[str, grpc.Channel],
+) -> None:
+    """It still answers (UNAVAILABLE, above), but tells the load balancer not to send it work
+    (IMAGING_PEER_UNREACHABLE_SECONDS, 3 s by default; a generous bound here)."""
+    health = health_pb2_grpc.HealthStub(channels["dead_triton"])
+    deadline = time.monotonic() + 30
+    status = None
+    while time.monotonic() < deadline:
+        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        time.sleep(0.2)
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_unhandled_exception_is_internal_with_request_id_only() -> None:

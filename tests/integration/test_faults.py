@@ -1,0 +1,102 @@
+"""Faults with real processes: tritonserver killed under load (bounds are generous so a slow
+CI machine does not flake; exact figures come from load_tests/faults.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from synthetic import chest_image
+
+from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
+from services.cli.stack import Ports, Stack
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 5.0
+SERVING, NOT_SERVING = (
+    health_pb2.HealthCheckResponse.SERVING,
+    health_pb2.HealthCheckResponse.NOT_SERVING,
+)
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(run_dir=tmp_path_factory.mktemp("faults"), ports=Ports.free())
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _status(stack: Stack) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.health['gateway']}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        return int(reply.status)
+
+
+def _wait_for(stack: Stack, status: int, limit: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if _status(stack) == status:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"gateway health not {status} within {limit} s")
+
+
+def test_killing_triton_under_load_is_answered_in_time_not_ready_and_recovers(
+    own_stack: Stack,
+) -> None:
+    study = [chest_image(np.full((64, 64), 90, np.uint8))]
+    outcomes: list[tuple[float, str, float]] = []  # (sent at, code, seconds to answer)
+    stop = threading.Event()
+
+    def load() -> None:
+        with grpc.insecure_channel(own_stack.gateway_address) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    stub.Analyze(gateway_pb2.AnalyzeRequest(instances=study), timeout=DEADLINE)
+                    code = "OK"
+                except grpc.RpcError as err:
+                    code = err.code().name
+                outcomes.append((sent, code, time.monotonic() - sent))
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(2.0)
+        assert _status(own_stack) == SERVING
+        killed = time.monotonic()
+        os.killpg(own_stack.pids["tritonserver"], signal.SIGKILL)
+        not_serving_after = _wait_for(own_stack, NOT_SERVING, 20.0)
+        own_stack.restart_triton()
+        restarted = time.monotonic()
+        serving_after = _wait_for(own_stack, SERVING, 30.0)
+        time.sleep(2.0)  # traffic after the recovery
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    recovered = restarted + serving_after
+    before = [o for o in outcomes if o[0] + o[2] < killed]  # answered before the kill
+    during = [o for o in outcomes if killed <= o[0] < recovered]
+    after = [o for o in outcomes if o[0] >= recovered + 0.5]
+    assert before and during and after
+    assert all(code == "OK" for _, code, _ in before), {c for _, c, _ in before}
+    assert all(took <= DEADLINE + 1.0 for _, _, took in outcomes), "a call outlived its deadline"
+    assert {code for _, code, _ in during} <= {"OK", "UNAVAILABLE"}
+    assert all(code == "OK" for _, code, _ in after), {c for _, c, _ in after}
+    assert not_serving_after <= 10.0  # the goal is 5 s (IMAGING_PEER_UNREACHABLE_SECONDS=3)

@@ -1,0 +1,55 @@
+"""The gateway's readiness decision and its probe loop (real asyncio, fake probes)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from grpc_health.v1 import health, health_pb2
+
+from services.gateway.readiness import PeerWatch, watch
+
+
+def test_a_peer_is_down_only_after_failing_for_the_whole_grace_period() -> None:
+    peers = PeerWatch(unreachable_seconds=3.0)
+    peers.observe("triton", False, now=10.0)
+    peers.observe("decoder", True, now=10.0)
+    assert peers.down(12.9) == []
+    peers.observe("triton", False, now=13.0)
+    assert peers.down(13.0) == ["triton"]
+    peers.observe("triton", True, now=14.0)  # one good answer resets it
+    assert peers.down(20.0) == []
+    peers.observe("triton", False, now=20.0)
+    assert peers.down(22.0) == []
+
+
+def test_health_turns_not_serving_and_back_with_the_peer() -> None:
+    async def scenario() -> list[int]:
+        servicer = health.aio.HealthServicer()
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        up = {"triton": True}
+
+        async def triton() -> bool:
+            if not up["triton"]:
+                raise ConnectionError("refused")
+            return True
+
+        async def status() -> int:
+            request = health_pb2.HealthCheckRequest(service="")
+            return int((await servicer.Check(request, None)).status)  # type: ignore[arg-type]
+
+        task = asyncio.ensure_future(watch({"triton": triton}, servicer, [], 0.05, 0.01))
+        seen = [await status()]
+        up["triton"] = False
+        await asyncio.sleep(0.2)
+        seen.append(await status())
+        up["triton"] = True
+        await asyncio.sleep(0.1)
+        seen.append(await status())
+        task.cancel()
+        return seen
+
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    assert asyncio.run(scenario()) == [serving, not_serving, serving]
