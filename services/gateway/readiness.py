@@ -52,28 +52,29 @@ async def watch(
     unreachable_seconds: float,
     interval: float,
 ) -> None:
-    """Probe every peer each ``interval``; runs until cancelled."""
+    """Probe every peer each ``interval``; runs until cancelled. The gateway starts
+    NOT_SERVING and turns SERVING after the first round in which every peer answers."""
     peers = PeerWatch(unreachable_seconds)
-    serving = True
+    serving = False
+    await _set(servicer, services, health_pb2.HealthCheckResponse.NOT_SERVING)
     while True:
         results = await asyncio.gather(*(_reachable(p, interval) for p in probes.values()))
         now = time.monotonic()
         for name, reachable in zip(probes, results, strict=True):
             peers.observe(name, reachable, now)
-        down = peers.down(now)
-        if bool(down) == serving:  # a transition
-            serving = not down
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if serving
-                else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        if not serving and all(results):
+            serving = True
+            await _set(servicer, services, health_pb2.HealthCheckResponse.SERVING)
+            log.info("dependencies reachable: serving")
+        elif serving and (down := peers.down(now)):
+            serving = False
+            await _set(servicer, services, health_pb2.HealthCheckResponse.NOT_SERVING)
+            log.error(
+                "not serving: %s unreachable for %.0f s", ", ".join(down), unreachable_seconds
             )
-            for service in ["", *services]:
-                await servicer.set(service, status)
-            if serving:
-                log.warning("dependencies reachable again: serving")
-            else:
-                log.error(
-                    "not serving: %s unreachable for %.0f s", ", ".join(down), unreachable_seconds
-                )
         await asyncio.sleep(interval)
+
+
+async def _set(servicer: health.aio.HealthServicer, services: list[str], status: int) -> None:
+    for service in ["", *services]:
+        await servicer.set(service, status)

@@ -100,3 +100,35 @@ def test_killing_triton_under_load_is_answered_in_time_not_ready_and_recovers(
     assert {code for _, code, _ in during} <= {"OK", "UNAVAILABLE"}
     assert all(code == "OK" for _, code, _ in after), {c for _, c, _ in after}
     assert not_serving_after <= 10.0  # the goal is 5 s (IMAGING_PEER_UNREACHABLE_SECONDS=3)
+
+
+def test_sigterm_to_the_gateway_finishes_every_study_in_flight(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    service = "gateway"
+    from concurrent.futures import ThreadPoolExecutor
+
+    from synthetic import brain_series
+
+    stack = Stack(run_dir=tmp_path_factory.mktemp(f"sigterm-{service}"), ports=Ports.free())
+    stack.start()
+    try:
+        series = brain_series()  # ~1 s of work per study: still running when the signal comes
+
+        def analyze() -> str:
+            with grpc.insecure_channel(stack.gateway_address) as channel:
+                stub = gateway_pb2_grpc.GatewayStub(channel)
+                try:
+                    reply = stub.Analyze(gateway_pb2.AnalyzeRequest(instances=series), timeout=60)
+                except grpc.RpcError as err:
+                    return err.code().name
+                return "OK" if reply.measurements else "EMPTY"
+
+        with ThreadPoolExecutor(4) as pool:
+            calls = [pool.submit(analyze) for _ in range(4)]
+            time.sleep(0.4)  # all four are past the gateway's door
+            os.killpg(stack.pids[service], signal.SIGTERM)
+            codes = [call.result(timeout=120) for call in calls]
+    finally:
+        stack.stop()
+    assert codes == ["OK"] * 4

@@ -37,8 +37,13 @@ def test_health_turns_not_serving_and_back_with_the_peer() -> None:
             request = health_pb2.HealthCheckRequest(service="")
             return int((await servicer.Check(request, None)).status)  # type: ignore[arg-type]
 
+        up["triton"] = False
         task = asyncio.ensure_future(watch({"triton": triton}, servicer, [], 0.05, 0.01))
-        seen = [await status()]
+        await asyncio.sleep(0.05)
+        seen = [await status()]  # not ready before its dependencies answer
+        up["triton"] = True
+        await asyncio.sleep(0.05)
+        seen.append(await status())
         up["triton"] = False
         await asyncio.sleep(0.2)
         seen.append(await status())
@@ -52,4 +57,4 @@ def test_health_turns_not_serving_and_back_with_the_peer() -> None:
         health_pb2.HealthCheckResponse.SERVING,
         health_pb2.HealthCheckResponse.NOT_SERVING,
     )
-    assert asyncio.run(scenario()) == [serving, not_serving, serving]
+    assert asyncio.run(scenario()) == [not_serving, serving, not_serving, serving]
