@@ -103,6 +103,14 @@ class SharedImage:
 Decoded = DecodedImage | SharedImage
 
 
+def decoded_bytes(image: Decoded) -> int:
+    """The memory an image's pixels take, wherever they are (process or shared memory)."""
+    if isinstance(image, SharedImage):
+        count = int(np.prod(image.pixels.shape, dtype=np.int64))
+        return count * np.dtype(image.pixels.dtype).itemsize
+    return int(image.pixels.nbytes)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """The region of the original image (rows x cols) that became the model input."""

@@ -122,6 +122,9 @@ class GatewaySettings(PipelineServiceSettings):
     call_timeout_seconds: float = Field(60.0, gt=0, description="deadline of each inner call")
     max_instances: int = Field(64, gt=0, description="instances per study")
     max_study_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="bytes per study")
+    max_study_decoded_bytes: int = Field(
+        2 * 1024**3, gt=0, description="decoded pixel bytes per study (all its instances)"
+    )
     api_keys_file: Path | None = Field(
         None, description="'<client> <sha256 hex of key>' lines; set: every call needs a key"
     )

@@ -26,7 +26,7 @@ from services.common.errors import (
     Overloaded,
     TooLarge,
 )
-from services.common.images import Decoded, Preprocessed, join_batches
+from services.common.images import Decoded, Preprocessed, decoded_bytes, join_batches
 from services.common.metrics import stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.results import (
@@ -106,6 +106,25 @@ class _Open:
 class Limits:
     max_instances: int
     max_study_bytes: int
+    # What a study may decode to in all (64 small files of 16 MiB pixels each are 1 GiB).
+    max_decoded_bytes: int = 2**31
+
+
+class _Budget:
+    """Decoded bytes of one study, checked as each instance comes back: the first one over
+    the limit fails the study, which cancels the decodes still running."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit, self._spent = limit, 0
+
+    def spend(self, image: Decoded) -> Decoded:
+        self._spent += decoded_bytes(image)
+        if self._spent > self._limit:
+            raise TooLarge(
+                f"the study decodes to more than {self._limit:,} bytes of pixels "
+                "(IMAGING_MAX_STUDY_DECODED_BYTES); send fewer or smaller instances"
+            )
+        return image
 
 
 class Admission:
@@ -197,10 +216,13 @@ class StudyAnalyzer:
         rid = request.request_id
         # Name the pipeline first so an unknown name fails before any decoding work.
         named: Pipeline | None = self.registry.get(request.pipeline) if request.pipeline else None
+        budget = _Budget(self._limits.max_decoded_bytes)
+
+        async def decode(dicom: bytes) -> Decoded:
+            return budget.spend(await self._decoder.decode(dicom, rid))
+
         with stage_timer("gateway", "decode", seconds):
-            images = await _all(
-                [self._decoder.decode(d, rid) for d in request.instances], self._fan_out
-            )
+            images = await _all([decode(d) for d in request.instances], self._fan_out)
         attributes = [i.attributes for i in images]
         pipeline = (
             self.registry.check(named, attributes) if named else self.registry.route(attributes)

@@ -51,7 +51,9 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
             preprocessor=preprocessor,
             inference=inference,
             postprocessor=postprocessor,
-            limits=Limits(settings.max_instances, settings.max_study_bytes),
+            limits=Limits(
+                settings.max_instances, settings.max_study_bytes, settings.max_study_decoded_bytes
+            ),
             fan_out=settings.workers,
             policy=policies,
         )

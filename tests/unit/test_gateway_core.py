@@ -856,3 +856,20 @@ def test_a_routed_pipeline_the_client_may_not_run_is_refused_before_preprocessin
         asyncio.run(analyzer.analyze(StudyRequest(instances, client="reading-room")))
     assert len(backends.decoder.calls) == 2
     assert backends.preprocessor.calls == [] and backends.inference.calls == []
+
+
+def test_a_study_over_its_decoded_bytes_budget_is_refused_and_the_rest_cancelled(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(4)
+    # Each fake image is 1x4x4x1 uint16 = 32 bytes; the budget holds two and a half.
+    decoder = FakeDecoder(attributes, slow=0.05)
+    backends = Backends(decoder)
+    analyzer = make_analyzer(
+        backends, Limits(max_instances=8, max_study_bytes=1000, max_decoded_bytes=80)
+    )
+    with pytest.raises(TooLarge, match="decodes to more than 80 bytes"):
+        analyzer.analyze(StudyRequest(instances))
+    assert backends.preprocessor.calls == []
+    budget_ok = make_analyzer(Backends(FakeDecoder(attributes)), Limits(8, 1000, 128))
+    assert budget_ok.analyze(StudyRequest(instances)).pipeline == "cxr_pneumonia"
