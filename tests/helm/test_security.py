@@ -1,18 +1,22 @@
-"""What tls.*, gateway.auth, gateway.audit, gateway.admission, config.reflection and
-triton.adminKey render: mutual TLS with probes on plaintext health ports, Triton's TLS and
-restricted APIs, and the gateway's API keys, audit trail and admission limits."""
+"""What tls.*, gateway.auth, gateway.audit, gateway.admission, gateway.limits,
+gateway.readiness, config.reflection and triton.adminKey render: mutual TLS with probes on
+plaintext health ports, Triton's TLS and restricted APIs, and the gateway's API keys, client
+policy, OIDC, audit trail, admission and study limits and dependency readiness."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+import helm_python as helm
 import pytest
+import yaml
 from chart_support import (
     SCENARIOS,
     SERVICES,
     SIDECARS,
     Obj,
+    by_name,
     colocated,
     component_name,
     container,
@@ -44,7 +48,15 @@ GATEWAY_ONLY_ENV = (
     "IMAGING_AUDIT_CHAIN",
     "IMAGING_MAX_CONCURRENT_STUDIES",
     "IMAGING_MAX_QUEUED_STUDIES",
+    "IMAGING_CLIENT_POLICY_FILE",
+    "IMAGING_OIDC_ISSUER",
+    "IMAGING_OIDC_AUDIENCE",
+    "IMAGING_OIDC_JWKS_FILE",
+    "IMAGING_MAX_STUDY_DECODED_BYTES",
+    "IMAGING_PEER_UNREACHABLE_SECONDS",
+    "IMAGING_PEER_PROBE_INTERVAL_SECONDS",
 )
+GATEWAY_ONLY_VOLUMES = {"api-keys", "audit-key", "audit", "client-policy", "oidc-jwks"}
 RESTRICTED = "model-repository,shared-memory,statistics,trace,logging"
 LAYOUTS = pytest.mark.parametrize(
     "layout", [{}, {"dataPlane": {"colocated": False}}], ids=["colocated", "separate-pods"]
@@ -169,11 +181,22 @@ def test_default_install_is_unchanged_by_the_security_values() -> None:
     for svc in SERVICES:
         env = env_of(service_container(objs, svc))
         assert env["IMAGING_REFLECTION"] == "true"
-        for name in ("IMAGING_API_KEYS_FILE", "IMAGING_AUDIT_LOG", "IMAGING_AUDIT_CHAIN"):
+        for name in (
+            "IMAGING_API_KEYS_FILE",
+            "IMAGING_AUDIT_LOG",
+            "IMAGING_AUDIT_CHAIN",
+            "IMAGING_CLIENT_POLICY_FILE",
+            "IMAGING_OIDC_ISSUER",
+            "IMAGING_OIDC_JWKS_FILE",
+        ):
             assert name not in env, (svc, name)
     gateway = env_of(service_container(objs, "gateway"))
     assert gateway["IMAGING_MAX_CONCURRENT_STUDIES"] == "8"
     assert gateway["IMAGING_MAX_QUEUED_STUDIES"] == "128"
+    assert gateway["IMAGING_MAX_STUDY_DECODED_BYTES"] == "2147483648"
+    assert gateway["IMAGING_PEER_UNREACHABLE_SECONDS"] == "3"
+    assert gateway["IMAGING_PEER_PROBE_INTERVAL_SECONDS"] == "1"
+    assert not [o for o in of_kind(objs, "ConfigMap") if "client-policy" in o["metadata"]["name"]]
     triton = container(deployment(objs, "triton"), "triton")
     assert not [a for a in triton["args"] if "ssl" in a or "restricted" in a]
     assert "TRITON_ADMIN_KEY" not in env_of(triton)
@@ -253,9 +276,9 @@ def test_api_keys_and_audit_are_in_the_gateway_container_only(layout: dict[str, 
             if c["name"] == "gateway":
                 continue
             assert not set(GATEWAY_ONLY_ENV) & set(env_of(c)), c["name"]
-            assert not {"api-keys", "audit-key", "audit"} & {m["name"] for m in c["volumeMounts"]}
+            assert not GATEWAY_ONLY_VOLUMES & {m["name"] for m in c["volumeMounts"]}
         if deploy is not gateway_deploy:
-            assert not {"api-keys", "audit-key"} & {v["name"] for v in pod_spec(deploy)["volumes"]}
+            assert not GATEWAY_ONLY_VOLUMES & {v["name"] for v in pod_spec(deploy)["volumes"]}
 
 
 def test_audit_chain_is_the_pod_name() -> None:
@@ -298,6 +321,123 @@ def test_reflection_and_admission_follow_the_values() -> None:
         "4",
         "32",
     )
+
+
+# --- gateway: client policy, OIDC, study limits, dependency readiness ---------------------------
+
+
+def _config_map_volume(deploy: Obj, c: Obj, path: str) -> Obj:
+    mount, volume = mounted_volume(deploy, c, path)
+    assert mount["readOnly"] is True, (c["name"], path)
+    assert "subPath" not in mount  # a subPath mount never sees the ConfigMap's updates
+    config: Obj = volume["configMap"]
+    return config
+
+
+def _policy_annotation(values: dict[str, Any]) -> str | None:
+    gateway = deployment(parse_manifests(render(values)), "gateway")
+    annotations: dict[str, str] = gateway["spec"]["template"]["metadata"].get("annotations") or {}
+    return annotations.get("checksum/client-policy")
+
+
+def _with_policy(inline: dict[str, Any]) -> dict[str, Any]:
+    return {"gateway": {"auth": {"policy": {"inline": inline}}}}
+
+
+@LAYOUTS
+def test_client_policy_and_oidc_are_mounted_in_the_gateway(layout: dict[str, Any]) -> None:
+    objs = _mtls(layout)
+    auth = _values(layout)["gateway"]["auth"]
+    deploy = deployment(objs, "gateway")
+    gateway = container(deploy, "gateway")
+    env = env_of(gateway)
+    assert env["IMAGING_CLIENT_POLICY_FILE"].endswith("/client-policy.yaml")
+    policy = _config_map_volume(deploy, gateway, env["IMAGING_CLIENT_POLICY_FILE"])
+    assert policy["name"] == component_name("client-policy")
+    assert policy["items"] == [{"key": "client-policy.yaml", "path": "client-policy.yaml"}]
+    oidc = auth["oidc"]
+    assert (
+        env["IMAGING_OIDC_ISSUER"] == oidc["issuer"] == "https://login.example.com/realms/imaging"
+    )
+    assert env["IMAGING_OIDC_AUDIENCE"] == oidc["audience"] == "imaging-gateway"
+    assert env["IMAGING_OIDC_JWKS_FILE"].endswith("/jwks.json")
+    jwks = _config_map_volume(deploy, gateway, env["IMAGING_OIDC_JWKS_FILE"])
+    assert jwks["name"] == oidc["jwksConfigMap"] == "imaging-oidc-jwks"
+    assert jwks["items"] == [{"key": "jwks.json", "path": "jwks.json"}]
+
+
+def test_inline_client_policy_is_rendered_into_the_chart_config_map() -> None:
+    objs = objects("mtls")
+    inline = merged_values("mtls")["gateway"]["auth"]["policy"]["inline"]
+    assert inline["reading-room"]["pipelines"] == ["cxr_pneumonia"]
+    cm = by_name(objs, "ConfigMap", component_name("client-policy"))
+    assert set(cm["data"]) == {"client-policy.yaml"}
+    assert yaml.safe_load(cm["data"]["client-policy.yaml"]) == inline
+    assert cm["metadata"]["labels"]["app.kubernetes.io/component"] == "client-policy"
+
+
+def test_existing_client_policy_config_map_is_mounted_as_is() -> None:
+    values = {"gateway": {"auth": {"policy": {"existingConfigMap": "site-policy"}}}}
+    objs = parse_manifests(render(values))
+    assert not [o for o in of_kind(objs, "ConfigMap") if "client-policy" in o["metadata"]["name"]]
+    deploy = deployment(objs, "gateway")
+    gateway = container(deploy, "gateway")
+    path = env_of(gateway)["IMAGING_CLIENT_POLICY_FILE"]
+    assert _config_map_volume(deploy, gateway, path)["name"] == "site-policy"
+    assert _policy_annotation(values) is None
+
+
+def test_client_policy_checksum_rolls_the_gateway_pods() -> None:
+    first = _policy_annotation(_with_policy({"reading-room": {"max_priority": "DEFAULT"}}))
+    same = _policy_annotation(_with_policy({"reading-room": {"max_priority": "DEFAULT"}}))
+    changed = _policy_annotation(_with_policy({"reading-room": {"max_priority": "URGENT"}}))
+    assert first is not None and changed is not None
+    assert first == same != changed
+    assert _policy_annotation({}) is None
+
+
+@pytest.mark.parametrize(
+    "oidc",
+    [
+        {"issuer": "https://idp.example.com"},
+        {"issuer": "https://idp.example.com", "audience": "imaging"},
+        {"issuer": "https://idp.example.com", "jwksConfigMap": "jwks"},
+    ],
+    ids=["issuer only", "no jwks", "no audience"],
+)
+def test_oidc_issuer_without_audience_or_jwks_fails(oidc: dict[str, str]) -> None:
+    message = "gateway.auth.oidc.issuer needs gateway.auth.oidc.audience and"
+    with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
+        render({"gateway": {"auth": {"oidc": oidc}}})
+
+
+def test_study_limit_and_readiness_values_reach_the_gateway_env() -> None:
+    values = {
+        "gateway": {
+            "limits": {"maxStudyDecodedBytes": 4294967296},
+            "readiness": {"peerUnreachableSeconds": 7.5, "probeIntervalSeconds": 0.5},
+        }
+    }
+    env = env_of(service_container(parse_manifests(render(values)), "gateway"))
+    assert env["IMAGING_MAX_STUDY_DECODED_BYTES"] == "4294967296"
+    assert env["IMAGING_PEER_UNREACHABLE_SECONDS"] == "7.5"
+    assert env["IMAGING_PEER_PROBE_INTERVAL_SECONDS"] == "0.5"
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    [
+        {"readiness": {"peerUnreachableSeconds": -1}},
+        {"readiness": {"peerUnreachableSeconds": 0}},
+        {"readiness": {"probeIntervalSeconds": -0.5}},
+        {"limits": {"maxStudyDecodedBytes": 0}},
+        {"auth": {"policy": {"inline": {"x": {"max_priority": "HIGHEST"}}}}},
+    ],
+    ids=["negative unreachable", "zero unreachable", "negative interval", "zero bytes", "priority"],
+)
+def test_schema_rejects_bad_gateway_limits(gateway: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        render({"gateway": gateway})
 
 
 # --- certificate names ------------------------------------------------------------------------

@@ -115,8 +115,14 @@ def test_sigterm_to_the_gateway_finishes_every_study_in_flight(
     try:
         series = brain_series()  # ~1 s of work per study: still running when the signal comes
 
-        def analyze() -> str:
-            with grpc.insecure_channel(stack.gateway_address) as channel:
+        channels = [grpc.insecure_channel(stack.gateway_address) for _ in range(4)]
+        for channel in channels:  # connected before the studies go out
+            gateway_pb2_grpc.GatewayStub(channel).ListPipelines(
+                gateway_pb2.ListPipelinesRequest(), timeout=30
+            )
+
+        def analyze(channel: grpc.Channel) -> str:
+            with channel:
                 stub = gateway_pb2_grpc.GatewayStub(channel)
                 try:
                     reply = stub.Analyze(gateway_pb2.AnalyzeRequest(instances=series), timeout=60)
@@ -125,8 +131,11 @@ def test_sigterm_to_the_gateway_finishes_every_study_in_flight(
                 return "OK" if reply.measurements else "EMPTY"
 
         with ThreadPoolExecutor(4) as pool:
-            calls = [pool.submit(analyze) for _ in range(4)]
-            time.sleep(0.4)  # all four are past the gateway's door
+            calls = [pool.submit(analyze, channel) for channel in channels]
+            # Four 64-slice studies at once take several seconds here; 1.5 s after sending,
+            # all four are inside the gateway and none is finished.
+            time.sleep(1.5)
+            assert not any(call.done() for call in calls)
             os.killpg(stack.pids[service], signal.SIGTERM)
             codes = [call.result(timeout=120) for call in calls]
     finally:

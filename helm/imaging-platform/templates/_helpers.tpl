@@ -181,11 +181,21 @@ tls.enabled, health. Takes (dict "root" $ "component" "x"). */}}
 with subPath, so that the kubelet's updates reach the files). */}}
 {{- define "imaging-platform.apiKeysDir" -}}/etc/imaging/api-keys{{- end }}
 {{- define "imaging-platform.auditKeyDir" -}}/etc/imaging/audit-key{{- end }}
+{{- define "imaging-platform.clientPolicyDir" -}}/etc/imaging/client-policy{{- end }}
+{{- define "imaging-platform.oidcJwksDir" -}}/etc/imaging/oidc-jwks{{- end }}
+
+{{/* The client policy's ConfigMap: an existing one, the chart's own (inline), or none (empty). */}}
+{{- define "imaging-platform.clientPolicyConfigMap" -}}
+{{- $policy := .Values.gateway.auth.policy }}
+{{- if $policy.existingConfigMap }}{{ $policy.existingConfigMap }}
+{{- else if $policy.inline }}{{ include "imaging-platform.componentName" (dict "root" . "component" "client-policy") }}
+{{- end }}
+{{- end }}
 
 {{/* Environment variables the chart sets itself; a service's `env` must not repeat them (a
 duplicate would silently hide one of the two values). */}}
 {{- define "imaging-platform.reservedEnv" -}}
-IMAGING_HOST IMAGING_PORT IMAGING_METRICS_PORT IMAGING_HEALTH_PORT IMAGING_REFLECTION IMAGING_LOG_LEVEL IMAGING_WORKERS IMAGING_GRACE_SECONDS IMAGING_MAX_MESSAGE_BYTES IMAGING_PIPELINES_DIR IMAGING_PIXEL_EXCHANGE_DIR IMAGING_DECODER_ADDRESS IMAGING_PREPROCESSOR_ADDRESS IMAGING_POSTPROCESSOR_ADDRESS IMAGING_TRITON_ADDRESS IMAGING_TLS_CERT IMAGING_TLS_KEY IMAGING_TLS_CA IMAGING_API_KEYS_FILE IMAGING_AUDIT_LOG IMAGING_AUDIT_KEY_FILE IMAGING_AUDIT_CHAIN IMAGING_MAX_CONCURRENT_STUDIES IMAGING_MAX_QUEUED_STUDIES
+IMAGING_HOST IMAGING_PORT IMAGING_METRICS_PORT IMAGING_HEALTH_PORT IMAGING_REFLECTION IMAGING_LOG_LEVEL IMAGING_WORKERS IMAGING_GRACE_SECONDS IMAGING_MAX_MESSAGE_BYTES IMAGING_PIPELINES_DIR IMAGING_PIXEL_EXCHANGE_DIR IMAGING_DECODER_ADDRESS IMAGING_PREPROCESSOR_ADDRESS IMAGING_POSTPROCESSOR_ADDRESS IMAGING_TRITON_ADDRESS IMAGING_TLS_CERT IMAGING_TLS_KEY IMAGING_TLS_CA IMAGING_API_KEYS_FILE IMAGING_AUDIT_LOG IMAGING_AUDIT_KEY_FILE IMAGING_AUDIT_CHAIN IMAGING_MAX_CONCURRENT_STUDIES IMAGING_MAX_QUEUED_STUDIES IMAGING_CLIENT_POLICY_FILE IMAGING_OIDC_ISSUER IMAGING_OIDC_AUDIENCE IMAGING_OIDC_JWKS_FILE IMAGING_MAX_STUDY_DECODED_BYTES IMAGING_PEER_UNREACHABLE_SECONDS IMAGING_PEER_PROBE_INTERVAL_SECONDS
 {{- end }}
 
 {{/* DNS names the one TLS certificate must carry (besides IP 127.0.0.1): the names the gateway
@@ -355,6 +365,10 @@ gateway preprocessor postprocessor
 {{- fail (printf "gateway.audit.path (%s) must be /dev/stdout or /dev/stderr unless gateway.audit.volume.source mounts a volume for it (the root filesystem is read-only)" $audit.path) }}
 {{- end }}
 {{- end }}
+{{- $oidc := .Values.gateway.auth.oidc }}
+{{- if and $oidc.issuer (not (and $oidc.audience $oidc.jwksConfigMap)) }}
+{{- fail "gateway.auth.oidc.issuer needs gateway.auth.oidc.audience and gateway.auth.oidc.jwksConfigMap: name the audience JWTs must carry and an existing ConfigMap whose key jwks.json holds the issuer's JWKS" }}
+{{- end }}
 {{- $reserved := splitList " " (include "imaging-platform.reservedEnv" .) }}
 {{- range $svc := splitList " " (include "imaging-platform.services" .) }}
 {{- range $name, $_ := (index $.Values $svc).env }}
@@ -396,6 +410,8 @@ gateway preprocessor postprocessor
 {{- $mounts = append $mounts (include "imaging-platform.auditKeyDir" .) }}
 {{- if $audit.volume.source }}{{ $mounts = append $mounts $audit.volume.mountPath }}{{ end }}
 {{- end }}
+{{- if include "imaging-platform.clientPolicyConfigMap" . }}{{ $mounts = append $mounts (include "imaging-platform.clientPolicyDir" .) }}{{ end }}
+{{- if $oidc.issuer }}{{ $mounts = append $mounts (include "imaging-platform.oidcJwksDir" .) }}{{ end }}
 {{- if ne (len $mounts) (len (uniq $mounts)) }}
 {{- fail (printf "the gateway container's mount paths must be distinct (got %s): check pipelines.mountPath, tls.mountPath, dataPlane.exchange.mountPath and gateway.audit.volume.mountPath" (join ", " $mounts)) }}
 {{- end }}

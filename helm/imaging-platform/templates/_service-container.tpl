@@ -14,7 +14,8 @@ each container then also listens on a plaintext health port of its own (IMAGING_
 grpc.health.v1 and nothing else) and its probes go there. No Service exposes the health ports
 and no NetworkPolicy rule opens them (the kubelet's probes are not subject to policies).
 
-The gateway alone gets the API keys, the audit trail and the admission limits.
+The gateway alone gets the API keys, the client policy, OIDC, the audit trail, the admission
+and study limits and the dependency-readiness settings.
 */}}
 {{- define "imaging-platform.serviceContainer" -}}
 {{- $root := .root }}
@@ -109,6 +110,27 @@ The gateway alone gets the API keys, the audit trail and the admission limits.
     - name: IMAGING_API_KEYS_FILE
       value: {{ printf "%s/api-keys" (include "imaging-platform.apiKeysDir" $root) | quote }}
     {{- end }}
+    {{- if include "imaging-platform.clientPolicyConfigMap" $root }}
+    # Per-client pipelines, highest priority and rate limit.
+    - name: IMAGING_CLIENT_POLICY_FILE
+      value: {{ printf "%s/client-policy.yaml" (include "imaging-platform.clientPolicyDir" $root) | quote }}
+    {{- end }}
+    {{- if $gw.auth.oidc.issuer }}
+    - name: IMAGING_OIDC_ISSUER
+      value: {{ $gw.auth.oidc.issuer | quote }}
+    - name: IMAGING_OIDC_AUDIENCE
+      value: {{ $gw.auth.oidc.audience | quote }}
+    - name: IMAGING_OIDC_JWKS_FILE
+      value: {{ printf "%s/jwks.json" (include "imaging-platform.oidcJwksDir" $root) | quote }}
+    {{- end }}
+    - name: IMAGING_MAX_STUDY_DECODED_BYTES
+      value: {{ $gw.limits.maxStudyDecodedBytes | int64 | quote }}
+    # Readiness follows Triton and the peers: NOT_SERVING until all answered once, and after
+    # one failed its probes for this long.
+    - name: IMAGING_PEER_UNREACHABLE_SECONDS
+      value: {{ $gw.readiness.peerUnreachableSeconds | quote }}
+    - name: IMAGING_PEER_PROBE_INTERVAL_SECONDS
+      value: {{ $gw.readiness.probeIntervalSeconds | quote }}
     {{- if $gw.audit.enabled }}
     - name: IMAGING_AUDIT_LOG
       value: {{ $gw.audit.path | quote }}
@@ -167,6 +189,16 @@ The gateway alone gets the API keys, the audit trail and the admission limits.
     {{- if $gw.auth.apiKeysSecret }}
     - name: api-keys
       mountPath: {{ include "imaging-platform.apiKeysDir" $root }}
+      readOnly: true
+    {{- end }}
+    {{- if include "imaging-platform.clientPolicyConfigMap" $root }}
+    - name: client-policy
+      mountPath: {{ include "imaging-platform.clientPolicyDir" $root }}
+      readOnly: true
+    {{- end }}
+    {{- if $gw.auth.oidc.issuer }}
+    - name: oidc-jwks
+      mountPath: {{ include "imaging-platform.oidcJwksDir" $root }}
       readOnly: true
     {{- end }}
     {{- if $gw.audit.enabled }}
