@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from synthetic import chest_image
 
-from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
+from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc, postprocessor_pb2_grpc
 from services.cli.stack import Ports, Stack
 
 pytestmark = pytest.mark.integration
@@ -141,3 +141,65 @@ def test_sigterm_to_the_gateway_finishes_every_study_in_flight(
     finally:
         stack.stop()
     assert codes == ["OK"] * 4
+
+
+class _SlowPostprocessor(postprocessor_pb2_grpc.PostprocessorServicer):
+    """A postprocessor that hangs (a real gRPC server in this process): it records when the
+    gateway cancels the call."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.cancelled_at: float | None = None
+
+    def Postprocess(self, request: object, context: grpc.ServicerContext) -> object:  # noqa: N802
+        self.started.set()
+        while context.is_active() and self.cancelled_at is None:
+            time.sleep(0.01)
+        self.cancelled_at = time.monotonic()
+        context.abort(grpc.StatusCode.CANCELLED, "gone")
+
+
+def test_a_hung_postprocessor_gives_deadline_exceeded_at_the_clients_deadline_and_is_cancelled(
+    stack: Stack,
+) -> None:
+    from concurrent import futures
+
+    from services.common.settings import GatewaySettings
+    from services.gateway import server as gateway_server
+
+    slow = _SlowPostprocessor()
+    hung = grpc.server(futures.ThreadPoolExecutor(2))
+    postprocessor_pb2_grpc.add_PostprocessorServicer_to_server(slow, hung)
+    hung_port = hung.add_insecure_port("127.0.0.1:0")
+    hung.start()
+    local = "127.0.0.1"
+    gateway = gateway_server.start(
+        GatewaySettings(
+            port=0,
+            metrics_port=0,
+            decoder_address=f"{local}:{stack.ports.decoder}",
+            preprocessor_address=f"{local}:{stack.ports.preprocessor}",
+            postprocessor_address=f"{local}:{hung_port}",
+            triton_address=stack.triton_grpc_address,
+            pixel_exchange_dir=stack.pixel_exchange_dir,
+        )
+    )
+    try:
+        with grpc.insecure_channel(f"{local}:{gateway.port}") as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            study = [chest_image(np.full((64, 64), 90, np.uint8))]
+            sent = time.monotonic()
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Analyze(gateway_pb2.AnalyzeRequest(instances=study), timeout=3.0)
+            answered = time.monotonic() - sent
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert slow.started.is_set()
+        assert answered < 3.0 + 1.0  # at the deadline, not after the call timeout (60 s)
+        deadline = time.monotonic() + 5
+        while slow.cancelled_at is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slow.cancelled_at is not None, "the inner call went on after the client gave up"
+        assert slow.cancelled_at - sent < 3.0 + 1.0
+    finally:
+        gateway.stop(0)
+        hung.stop(0)
