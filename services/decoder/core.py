@@ -100,7 +100,8 @@ def decodes_in_process(data: bytes) -> bool:
         ts = _read_file_meta_info(stream).get("TransferSyntaxUID")
     except Exception:  # no or broken file meta: the worker will say what is wrong
         return False
-    return ts in IN_PROCESS_SYNTAXES
+    # A corrupt value may be anything (a multi-value, bytes): only a UID string can match.
+    return isinstance(ts, str) and ts in IN_PROCESS_SYNTAXES
 
 
 def _check_raw_bytes(data: bytes, limits: DecodeLimits) -> None:

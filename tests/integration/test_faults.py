@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -203,3 +204,58 @@ def test_a_hung_postprocessor_gives_deadline_exceeded_at_the_clients_deadline_an
     finally:
         gateway.stop(0)
         hung.stop(0)
+
+
+def test_a_thousand_requests_mixing_broken_files_with_good_ones(
+    stack: Stack, dicom_dir: Path
+) -> None:
+    """Bad input costs its own request only: every good study succeeds and no service dies."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seeds = [
+        (dicom_dir / name).read_bytes()
+        for name in (
+            "pydicom-testfiles/CT_small.dcm",
+            "pydicom-testfiles/MR_small_RLE.dcm",
+            "pydicom-testfiles/JPEG2000.dcm",
+            "pydicom-testfiles/SC_rgb_jpeg_gdcm.dcm",
+        )
+    ]
+    good = chest_image(np.full((64, 64), 90, np.uint8))
+    rng = np.random.default_rng(7)
+
+    def broken() -> bytes:
+        data = bytearray(seeds[int(rng.integers(len(seeds)))])
+        kind, at = int(rng.integers(3)), int(rng.integers(132, len(data)))
+        if kind == 0:
+            for position in rng.integers(132, len(data), 16):
+                data[int(position)] ^= 0xFF
+        elif kind == 1:
+            del data[at:]
+        else:
+            data[at:at] = rng.integers(0, 256, 256, dtype=np.uint8).tobytes()
+        return bytes(data)
+
+    requests = [(i % 4 == 0, good if i % 4 == 0 else broken()) for i in range(1000)]
+    pids = dict(stack.pids)
+
+    def send(item: tuple[bool, bytes]) -> tuple[bool, str]:
+        is_good, data = item
+        with grpc.insecure_channel(stack.gateway_address) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            try:
+                stub.Analyze(gateway_pb2.AnalyzeRequest(instances=[data]), timeout=60)
+            except grpc.RpcError as err:
+                return is_good, err.code().name
+        return is_good, "OK"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, requests))
+    good_codes = {code for is_good, code in results if is_good}
+    bad_codes = {code for is_good, code in results if not is_good}
+    assert good_codes == {"OK"}, good_codes
+    assert bad_codes <= {"OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"}
+    assert "INVALID_ARGUMENT" in bad_codes
+    for pid in pids.values():
+        os.kill(pid, 0)  # still the same process: nothing restarted
+    assert stack.pids == pids

@@ -59,3 +59,38 @@ def test_a_shared_file_needs_an_exchange() -> None:
     decoding, _ = _decoding()
     with pytest.raises(Misconfiguration, match="IMAGING_PIXEL_EXCHANGE_DIR"):
         decoding.receive(SharedPixels("px-" + "0" * 32, np.dtype(np.uint8), (4,)))
+
+
+def test_a_multi_valued_transfer_syntax_is_refused_as_bad_input_not_a_crash() -> None:
+    """Found by the mixed bad/good fault test: a flipped byte made the file meta's Transfer
+    Syntax UID a multi-value, and the in-process check raised TypeError (INTERNAL)."""
+    import contextlib
+    from io import BytesIO
+
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    from services.common.errors import PlatformError
+    from services.decoder.core import decode_instance, decodes_in_process
+
+    ds = pydicom.Dataset()
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = np.zeros((4, 4), np.uint8).tobytes()
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    good = b"1.2.840.10008.1.2.1\x00"
+    assert good in data
+    corrupt = data.replace(good, b"1.2.840.10008.1.2\\1\x00", 1)  # same length: now two values
+    assert not decodes_in_process(corrupt)
+    with contextlib.suppress(PlatformError):  # refused with a reason, or read: never a crash
+        decode_instance(corrupt)
