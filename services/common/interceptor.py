@@ -73,8 +73,9 @@ def _request_id(details: grpc.HandlerCallDetails) -> str:
     return given if logs.is_safe_request_id(given) else uuid.uuid4().hex
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
-    """The same unary-response handler with its behaviour wrapped."""
+def rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
+    """The same unary-response handler with its behaviour wrapped (every interceptor here
+    wraps unary-unary and stream-unary handlers alike)."""
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
             wrap(handler.unary_unary),
@@ -121,7 +122,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
             return wrapped
 
-        return _rewrap(handler, wrap)
+        return rewrap(handler, wrap)
 
 
 class AsyncServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -162,7 +163,7 @@ class AsyncServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return wrapped
 
-        return _rewrap(handler, wrap)
+        return rewrap(handler, wrap)
 
 
 class _Status(NamedTuple):

@@ -22,6 +22,7 @@ from services.api.imaging.v1 import gateway_pb2
 from services.common import logs
 from services.common.audit import AuditEvent, AuditFinding, AuditLog
 from services.common.errors import PlatformError
+from services.common.interceptor import rewrap
 from services.gateway.auth import caller
 
 _GATEWAY = "/imaging.v1.Gateway/"
@@ -73,12 +74,14 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(_GATEWAY):
+        if handler is None or handler.response_streaming or not details.method.startswith(_GATEWAY):
             return handler
         method = details.method.rsplit("/", 1)[-1]
         audit = self._log
 
-        def wrap(behavior: Callable[..., Awaitable[Any]], streamed: bool) -> Callable[..., Any]:
+        streamed = handler.unary_unary is None
+
+        def wrap(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 facts = CallFacts()
                 token = _current.set(facts)
@@ -121,14 +124,4 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return wrapped
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap(handler.unary_unary, streamed=False),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_unary_rpc_method_handler(
-            wrap(handler.stream_unary, streamed=True),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rewrap(handler, wrap)

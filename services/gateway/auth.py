@@ -25,6 +25,7 @@ import grpc
 import jwt
 
 from services.common.errors import Unauthenticated
+from services.common.interceptor import rewrap
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +172,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return wrapped
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_unary_rpc_method_handler(
-            wrap(handler.stream_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rewrap(handler, wrap)
