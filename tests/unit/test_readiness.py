@@ -23,10 +23,13 @@ def test_a_peer_is_down_only_after_failing_for_the_whole_grace_period() -> None:
 
 
 def test_health_turns_not_serving_and_back_with_the_peer() -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+
     async def scenario() -> list[int]:
         servicer = health.aio.HealthServicer()
-        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        up = {"triton": True}
+        await servicer.set("", serving)
+        up = {"triton": False}
 
         async def triton() -> bool:
             if not up["triton"]:
@@ -37,24 +40,23 @@ def test_health_turns_not_serving_and_back_with_the_peer() -> None:
             request = health_pb2.HealthCheckRequest(service="")
             return int((await servicer.Check(request, None)).status)  # type: ignore[arg-type]
 
-        up["triton"] = False
-        task = asyncio.ensure_future(watch({"triton": triton}, servicer, [], 0.05, 0.01))
-        await asyncio.sleep(0.05)
+        async def until(expected: int) -> int:  # polled: a loaded machine may be slow
+            for _ in range(500):
+                if (current := await status()) == expected:
+                    return current
+                await asyncio.sleep(0.01)
+            return await status()
+
+        task = asyncio.ensure_future(watch({"triton": triton}, servicer, [], 0.05, 0.02))
+        await asyncio.sleep(0.1)
         seen = [await status()]  # not ready before its dependencies answer
         up["triton"] = True
-        await asyncio.sleep(0.05)
-        seen.append(await status())
+        seen.append(await until(serving))
         up["triton"] = False
-        await asyncio.sleep(0.2)
-        seen.append(await status())
+        seen.append(await until(not_serving))
         up["triton"] = True
-        await asyncio.sleep(0.1)
-        seen.append(await status())
+        seen.append(await until(serving))
         task.cancel()
         return seen
 
-    serving, not_serving = (
-        health_pb2.HealthCheckResponse.SERVING,
-        health_pb2.HealthCheckResponse.NOT_SERVING,
-    )
     assert asyncio.run(scenario()) == [not_serving, serving, not_serving, serving]
