@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import grpc
@@ -22,6 +23,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common import logs
+from services.common.admission import Limiter
 from services.common.errors import DOMAIN, InternalError, PlatformError, public_reason
 from services.common.metrics import RPC_LATENCY, RPC_TOTAL
 
@@ -90,10 +92,11 @@ def rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any], Any]) -> grpc.R
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Wraps unary-response handlers of one service; streaming responses pass through."""
+    """Wraps unary-response handlers of one service; streaming responses pass through. The
+    service's own methods run within ``limiter`` (health and reflection never wait)."""
 
-    def __init__(self, service: str) -> None:
-        self._service = service
+    def __init__(self, service: str, limiter: Limiter | None = None) -> None:
+        self._service, self._limiter = service, limiter
 
     def intercept_service(
         self,
@@ -104,6 +107,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.response_streaming:
             return handler  # reflection and health Watch: not ours to wrap
         method, rid = details.method.rsplit("/", 1)[-1], _request_id(details)
+        limiter = None if details.method.startswith("/grpc.") else self._limiter
 
         def wrap(
             behavior: Callable[[Any, grpc.ServicerContext], Any],
@@ -111,7 +115,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
                 rpc = _Rpc(self._service, method, rid)
                 try:
-                    response = behavior(request, context)
+                    with limiter.slot() if limiter is not None else nullcontext():
+                        response = behavior(request, context)
                 except Exception as err:
                     failure = rpc.failure(err)
                 else:

@@ -18,10 +18,12 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.common import metrics, tls
+from services.common.admission import Limiter
 from services.common.interceptor import AsyncServiceInterceptor, ServiceInterceptor
 from services.common.settings import ServiceSettings
 
 _log = logging.getLogger("imaging.server")
+_HEADROOM = 8
 
 
 @dataclass
@@ -208,10 +210,15 @@ def start(
 
     ``stages`` are the pipeline stages this service times (see metrics.stage_timer).
     """
+    limiter = Limiter(name, settings.workers, settings.max_queued_rpcs)
+    # A thread for every call the limiter holds, so none waits unseen in the pool's queue;
+    # the headroom answers health checks and refusals. gRPC itself rejects beyond that.
+    threads = limiter.capacity + _HEADROOM
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix=name),
-        interceptors=[ServiceInterceptor(name)],
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name),
+        interceptors=[ServiceInterceptor(name, limiter)],
         options=_options(settings),
+        maximum_concurrent_rpcs=threads,
     )
     register(server)
     health_servicer = health.HealthServicer()

@@ -47,7 +47,10 @@ class ServiceSettings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus /metrics port")
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="gRPC message cap")
-    workers: int = Field(8, gt=0, description="threads serving RPCs")
+    workers: int = Field(8, gt=0, description="RPCs served at once")
+    # Thread-pool services only (the gateway bounds whole studies instead): calls beyond
+    # workers + this many are refused at once with RESOURCE_EXHAUSTED (OVERLOADED).
+    max_queued_rpcs: int = Field(64, ge=0, description="RPCs that may wait for a worker")
     grace_seconds: float = Field(10.0, ge=0, description="drain time on SIGTERM")
     max_connection_age_seconds: float = Field(
         60.0, gt=0, description="close client connections after this long so they re-resolve"
