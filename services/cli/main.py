@@ -16,6 +16,7 @@ from google.protobuf.json_format import MessageToDict
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
 from services.cli.client import GatewayClient
+from services.cli.samples import pneumoniamnist_samples
 from services.cli.stack import REPO_ROOT, Ports, Stack
 from services.common.audit import main_verify
 from services.common.pki import create_dev_pki
@@ -33,18 +34,30 @@ DEMO_CHEST = (
     "pylibjpeg-data/JPEG2000Lossless/966_fixed.dcm",
 )
 DEMO_REJECTED = "pydicom-data/RG3_UNCR.dcm"
+PNEUMONIAMNIST = (
+    REPO_ROOT.parent / "shared" / "data" / "medmnist" / "pneumoniamnist_28_reconstructed.npz"
+)
 # A pipeline that routing never picks: the demo names it in the request.
 DEMO_NAMED = "cxr_pneumonia_ensemble"
 
 
+def _status(finding: findings_pb2.Finding) -> str:
+    name = findings_pb2.FindingStatus.Name(finding.status).removeprefix("FINDING_STATUS_")
+    return name if name != "UNSPECIFIED" else ("POSITIVE" if finding.positive else "NEGATIVE")
+
+
 def _table(path: str, response: gateway_pb2.AnalyzeResponse) -> str:
     lines = []
+    priority = findings_pb2.TriagePriority.Name(response.triage_priority)
     for f in response.findings:
+        ood = f" ood={f.ood_score:.2f}/{f.ood_threshold:.2f}" if f.ood_threshold else ""
         lines.append(
-            f"{path:<48} {f.display_name:<12} p={f.probability:.4f} thr={f.threshold:.2f} "
-            f"{'POSITIVE' if f.positive else 'negative':<8} "
-            f"{findings_pb2.TriagePriority.Name(response.triage_priority).removeprefix('TRIAGE_PRIORITY_')}"
+            f"{path:<48} {f.display_name:<12} p={f.probability:.4f} thr={f.threshold:.2f}{ood} "
+            f"{_status(f):<13} {priority.removeprefix('TRIAGE_PRIORITY_')}"
         )
+    for caveat in response.caveats:
+        reason = findings_pb2.CaveatReason.Name(caveat.reason).removeprefix("CAVEAT_REASON_")
+        lines.append(f"{'':<48} {reason}: {caveat.detail}")
     timings = " ".join(f"{t.stage}={t.milliseconds:.1f}ms" for t in response.timings)
     lines.append(
         f"{'':<48} pipeline={response.pipeline} model={response.model.name}/"
@@ -151,7 +164,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     files = [SAMPLE_DIR / name for name in (*DEMO_CHEST, DEMO_REJECTED)]
-    missing = [str(f) for f in files if not f.exists()]
+    missing = [str(f) for f in (*files, PNEUMONIAMNIST) if not f.exists()]
     if missing:
         print(f"sample DICOM files not found: {missing}", file=sys.stderr)
         return 2
@@ -168,12 +181,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{_routing(info)}"
             )
         print()
+        print("Adult radiographs (outside the chest models' intended use) and a tibia:")
         _analyze_files(client, files, "", args.out)
-        # An opt-in pipeline runs only when the request names it.
-        print(f"\n{files[0].name} again, naming the opt-in pipeline {DEMO_NAMED}:")
-        named = client.analyze([files[0].read_bytes()], pipeline=DEMO_NAMED, heatmaps=True)
-        print(_table(files[0].name, named))
-        write_outputs(args.out, f"{files[0].stem}.{DEMO_NAMED}", named)
+        print("\nChildren's chest radiographs from the PneumoniaMNIST test split (in population):")
+        children = pneumoniamnist_samples(PNEUMONIAMNIST)
+        for name, dicom in children:
+            response = client.analyze([dicom], heatmaps=True)
+            print(_table(name, response))
+            write_outputs(args.out, name, response)
+        # An opt-in pipeline runs only when the request names it; this one refuses studies
+        # outside its intended use instead of flagging them.
+        print(f"\nNaming the opt-in pipeline {DEMO_NAMED} (it refuses outside its intended use):")
+        name, dicom = children[-1]
+        named = client.analyze([dicom], pipeline=DEMO_NAMED)
+        print(_table(name, named))
+        write_outputs(args.out, f"{name}.{DEMO_NAMED}", named)
+        try:
+            client.analyze([files[0].read_bytes()], pipeline=DEMO_NAMED)
+        except grpc.RpcError as err:
+            print(f"{files[0].name:<48} {err.code().name}: {err.details()}")
         sample = files[0].read_bytes()
         size = f"{len(sample) / 1e6:.1f} MB"
         print(f"\nend-to-end latency for {files[0].name} ({size}), {args.repeat} calls:")

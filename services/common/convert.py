@@ -32,11 +32,14 @@ from services.common.images import (
     SharedImage,
     SharedPixels,
 )
-from services.common.pipelines import Pipeline
+from services.common.pipelines import IntendedUse, Pipeline, Range
 from services.common.results import (
     Assessment,
+    Caveat,
+    CaveatReason,
     CodedConcept,
     Finding,
+    FindingStatus,
     Measurement,
     OutputOptions,
     RequestPriority,
@@ -83,7 +86,10 @@ def attributes_to_proto(attrs: ImageAttributes) -> tensor_pb2.ImageAttributes:
         instance_number=attrs.instance_number,
         series_number=attrs.series_number,
         invalid_attributes=list(attrs.invalid),
+        presentation_intent_type=attrs.presentation_intent_type,
     )
+    if attrs.patient_age_years is not None:
+        msg.patient_age_years = attrs.patient_age_years
     if attrs.modality_lut is not None:
         msg.modality_lut.CopyFrom(_lut_to_proto(attrs.modality_lut))
     if attrs.slice_thickness is not None:
@@ -127,6 +133,8 @@ def attributes_from_proto(msg: tensor_pb2.ImageAttributes) -> ImageAttributes:
         instance_number=msg.instance_number,
         series_number=msg.series_number,
         invalid=tuple(msg.invalid_attributes),
+        patient_age_years=msg.patient_age_years if msg.HasField("patient_age_years") else None,
+        presentation_intent_type=msg.presentation_intent_type,
     )
 
 
@@ -268,7 +276,26 @@ def finding_to_proto(finding: Finding) -> findings_pb2.Finding:
         positive=finding.positive,
         sop_instance_uid=finding.sop_instance_uid,
         heatmap_png=finding.heatmap_png,
+        status=getattr(findings_pb2, f"FINDING_STATUS_{finding.status}"),
+        caveats=[caveat_to_proto(c) for c in finding.caveats],
+        ood_score=finding.ood_score,
+        ood_threshold=finding.ood_threshold,
     )
+
+
+def caveat_to_proto(caveat: Caveat) -> findings_pb2.Caveat:
+    return findings_pb2.Caveat(
+        reason=getattr(findings_pb2, f"CAVEAT_REASON_{caveat.reason}"),
+        detail=caveat.detail,
+        sop_instance_uid=caveat.sop_instance_uid,
+    )
+
+
+def caveat_from_proto(msg: findings_pb2.Caveat) -> Caveat:
+    if msg.reason == findings_pb2.CAVEAT_REASON_UNSPECIFIED:
+        raise InvalidInput("a caveat's reason is unspecified")
+    name = findings_pb2.CaveatReason.Name(msg.reason).removeprefix("CAVEAT_REASON_")
+    return Caveat(CaveatReason(name), msg.detail, msg.sop_instance_uid)
 
 
 def _concept(msg: findings_pb2.Finding | findings_pb2.Measurement) -> CodedConcept:
@@ -285,6 +312,16 @@ def finding_from_proto(msg: findings_pb2.Finding) -> Finding:
         msg.positive,
         msg.sop_instance_uid,
         msg.heatmap_png,
+        status=(
+            FindingStatus(
+                findings_pb2.FindingStatus.Name(msg.status).removeprefix("FINDING_STATUS_")
+            )
+            if msg.status != findings_pb2.FINDING_STATUS_UNSPECIFIED
+            else None
+        ),
+        caveats=tuple(caveat_from_proto(c) for c in msg.caveats),
+        ood_score=msg.ood_score,
+        ood_threshold=msg.ood_threshold,
     )
 
 
@@ -310,6 +347,7 @@ def postprocess_request(
     sop_instance_uids: Sequence[str],
     prepared: Preprocessed,
     options: OutputOptions,
+    caveats: Sequence[Caveat] = (),
 ) -> postprocessor_pb2.PostprocessRequest:
     """The model outputs plus the geometry postprocessing maps them back onto (no pixels)."""
     msg = postprocessor_pb2.PostprocessRequest(
@@ -319,6 +357,7 @@ def postprocess_request(
         geometries=[geometry_to_proto(g) for g in prepared.geometries],
         heatmaps=options.heatmaps,
         masks=options.masks,
+        caveats=[caveat_to_proto(c) for c in caveats],
     )
     if prepared.grid is not None:
         msg.volume.CopyFrom(grid_to_proto(prepared.grid))
@@ -331,6 +370,7 @@ def assessment_to_proto(assessment: Assessment) -> postprocessor_pb2.Postprocess
         triage_priority=triage_to_proto(assessment.triage_priority),
         measurements=[measurement_to_proto(m) for m in assessment.measurements],
         segmentations=[segmentation_to_proto(s) for s in assessment.segmentations],
+        caveats=[caveat_to_proto(c) for c in assessment.caveats],
     )
 
 
@@ -340,6 +380,7 @@ def assessment_from_proto(msg: postprocessor_pb2.PostprocessResponse) -> Assessm
         triage_from_proto(msg.triage_priority),
         [measurement_from_proto(m) for m in msg.measurements],
         [segmentation_from_proto(s) for s in msg.segmentations],
+        [caveat_from_proto(c) for c in msg.caveats],
     )
 
 
@@ -390,6 +431,7 @@ def analyze_response(result: StudyResult) -> gateway_pb2.AnalyzeResponse:
         measurements=[measurement_to_proto(m) for m in assessment.measurements],
         segmentations=[segmentation_to_proto(s) for s in assessment.segmentations],
         warnings=result.warnings,
+        caveats=[caveat_to_proto(c) for c in assessment.caveats],
     )
 
 
@@ -412,4 +454,27 @@ def pipeline_info(pipeline: Pipeline, card: ModelCard | None) -> gateway_pb2.Pip
         accepts=pipeline.match.describe(),
         card=card_to_proto(card) if card is not None else None,
         auto_route=pipeline.auto_route,
+        intended_use=(
+            intended_use_to_proto(pipeline.intended_use)
+            if pipeline.intended_use is not None
+            else None
+        ),
+    )
+
+
+def _range(bounds: Range | None) -> gateway_pb2.Range | None:
+    return None if bounds is None else gateway_pb2.Range(min=bounds.min, max=bounds.max)
+
+
+def intended_use_to_proto(use: IntendedUse) -> gateway_pb2.IntendedUse:
+    return gateway_pb2.IntendedUse(
+        population=use.population,
+        age_years=_range(use.age_years),
+        presentation_intent_types=use.presentation_intent_type,
+        view_positions=use.view_position,
+        photometric_interpretations=use.photometric_interpretation,
+        pixel_spacing_mm=_range(use.pixel_spacing_mm),
+        min_matrix=use.min_matrix,
+        outside=use.outside,
+        age_unknown=use.age_unknown,
     )

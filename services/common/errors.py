@@ -110,6 +110,13 @@ class NoMatchingPipeline(StudyRefused):
     kind = "NO_MATCHING_PIPELINE"
 
 
+class OutsideIntendedUse(StudyRefused):
+    """The study is outside the pipeline's declared intended use and the pipeline refuses such
+    studies (rather than flagging their findings); the reason says which constraint."""
+
+    kind = "OUTSIDE_INTENDED_USE"
+
+
 # --- dependencies --------------------------------------------------------------------------
 
 

@@ -58,6 +58,9 @@ class ImageAttributes:
     series_number: int = 0
     # Keywords of header values that failed their VR check: treated as absent, never quoted.
     invalid: tuple[str, ...] = ()
+    # Only for checking a pipeline's intended use: never logged, quoted or returned.
+    patient_age_years: float | None = field(default=None, repr=False)
+    presentation_intent_type: str = ""
 
 
 @dataclass(frozen=True)

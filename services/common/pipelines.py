@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from services.common.errors import NoMatchingPipeline, NotFound
 from services.common.grids import VolumeIssue
 from services.common.images import ImageAttributes
-from services.common.results import CodedConcept, TriagePriority
+from services.common.results import Caveat, CaveatReason, CodedConcept, TriagePriority
 
 
 class _Spec(BaseModel):
@@ -61,6 +61,99 @@ def _shown(keyword: str, value: str, attrs: ImageAttributes) -> str:
     if keyword in attrs.invalid:
         return f"invalid (its {keyword} value fails the DICOM rules for its type)"
     return repr(value) if value else "empty"
+
+
+class Range(_Spec):
+    """Bounds, inclusive; None is open."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self, unit: str) -> str:
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g}-{self.max:g} {unit}"
+        if self.min is not None:
+            return f"at least {self.min:g} {unit}"
+        return f"at most {self.max:g} {unit}"
+
+
+class IntendedUse(_Spec):
+    """Who and what the model was trained for, checked on every image before inference.
+
+    Only what the training data states belongs here. Outside it the study is refused
+    (FAILED_PRECONDITION) or its findings come back INDETERMINATE ("flag"). The patient's age
+    is read only for this check: a reason names the range, never the age.
+    """
+
+    population: str = Field(min_length=1, description="the training population in words")
+    age_years: Range | None = None
+    age_unknown: Literal["refuse", "flag", "accept"] = "flag"
+    presentation_intent_type: list[str] = []
+    view_position: list[str] = []
+    photometric_interpretation: list[str] = []
+    pixel_spacing_mm: Range | None = None
+    min_matrix: int = Field(0, ge=0, description="smallest rows and columns an image may have")
+    outside: Literal["refuse", "flag"] = "flag"
+
+    def judge(self, attrs: ImageAttributes, rows: int, columns: int) -> tuple[list[Caveat], bool]:
+        """Why this image is outside the intended use (empty: inside), and whether that
+        refuses the study (else it flags the image's findings)."""
+        found: list[Caveat] = []
+        refuse = False
+
+        def outside(
+            detail: str,
+            reason: CaveatReason = CaveatReason.OUTSIDE_INTENDED_USE,
+            policy: str = self.outside,
+        ) -> None:
+            nonlocal refuse
+            found.append(Caveat(reason, f"outside intended use: {detail}", attrs.sop_instance_uid))
+            refuse = refuse or policy == "refuse"
+
+        age = attrs.patient_age_years
+        if self.age_years is not None:
+            ages = self.age_years.describe("years")
+            if age is None and self.age_unknown != "accept":
+                outside(f"patient age unknown (intended {ages})", policy=self.age_unknown)
+            elif age is not None and not self.age_years.holds(age):
+                outside(f"patient age outside {ages}")
+        for keyword, allowed, value in (
+            (
+                "PresentationIntentType",
+                self.presentation_intent_type,
+                attrs.presentation_intent_type,
+            ),
+            ("ViewPosition", self.view_position, attrs.view_position),
+            (
+                "PhotometricInterpretation",
+                self.photometric_interpretation,
+                attrs.photometric_interpretation,
+            ),
+        ):
+            if allowed and value.upper() not in {a.upper() for a in allowed}:
+                outside(f"{keyword} is {_shown(keyword, value, attrs)}, intended one of {allowed}")
+        if self.pixel_spacing_mm is not None:
+            spacing = attrs.pixel_spacing
+            wanted = self.pixel_spacing_mm.describe("mm")
+            if spacing is None:
+                outside(f"pixel spacing unknown (intended {wanted})")
+            elif not all(self.pixel_spacing_mm.holds(v) for v in spacing):
+                outside(f"pixel spacing {spacing[0]:g} x {spacing[1]:g} mm, intended {wanted}")
+        if self.min_matrix and min(rows, columns) < self.min_matrix:
+            outside(
+                f"{rows} x {columns} pixels, below the {self.min_matrix} the model needs",
+                CaveatReason.IMAGE_QUALITY,
+            )
+        return found, refuse
 
 
 class ModalityLut(_Spec):
@@ -148,6 +241,12 @@ class FindingRule(_Spec):
         None, description="model output holding this finding's class activation map"
     )
     priority_if_positive: TriagePriority = TriagePriority.URGENT
+    expected_positive_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="share of decided findings the card expects positive (drift alerts)",
+    )
 
 
 class MeasurementRule(_Spec):
@@ -160,8 +259,20 @@ class MeasurementRule(_Spec):
     segmentation_label: str = Field("", description="also return the mask under this label")
 
 
+class OodRule(_Spec):
+    """The model's out-of-distribution score: above ``threshold`` (calibrated on validation
+    data, see the model card) an image's findings are INDETERMINATE."""
+
+    output: str
+    threshold: float
+    acceptance: float = Field(
+        gt=0, le=1, description="share of in-distribution validation images below threshold"
+    )
+
+
 class Postprocess(_Spec):
     findings: list[FindingRule] = []
+    ood: OodRule | None = None
     measurements: list[MeasurementRule] = []
     default_priority: TriagePriority = TriagePriority.ROUTINE
     heatmap_opacity: float = Field(0.45, ge=0, le=1, description="overlay alpha at full CAM")
@@ -183,12 +294,17 @@ class Pipeline(_Spec):
         description="volume pipelines: refuse a series whose assembly reports one of these "
         "(e.g. gaps: missing slices would make a volume in mL wrong); others become warnings",
     )
+    intended_use: IntendedUse | None = Field(
+        None, description="checked on every image before inference; see IntendedUse"
+    )
     model: ModelSpec
     postprocess: Postprocess
 
     @model_validator(mode="after")
     def _outputs_exist(self) -> Pipeline:
         rules = self.postprocess
+        if rules.ood is not None and rules.ood.output not in self.model.outputs:
+            raise ValueError(f"the ood rule reads unknown output {rules.ood.output!r}")
         if not rules.findings and not rules.measurements:
             raise ValueError("a pipeline needs at least one finding or measurement rule")
         if self.refuse_volume_issues and self.kind != "volume":

@@ -54,6 +54,29 @@ class CodedConcept(BaseModel):
     display_name: str = Field(min_length=1, max_length=64)
 
 
+class FindingStatus(StrEnum):
+    POSITIVE = "POSITIVE"
+    NEGATIVE = "NEGATIVE"
+    # Not a decision (see the caveats): never raises the triage priority.
+    INDETERMINATE = "INDETERMINATE"
+
+
+class CaveatReason(StrEnum):
+    OUTSIDE_INTENDED_USE = "OUTSIDE_INTENDED_USE"
+    OUT_OF_DISTRIBUTION = "OUT_OF_DISTRIBUTION"
+    IMAGE_QUALITY = "IMAGE_QUALITY"
+
+
+@dataclass(frozen=True)
+class Caveat:
+    """Why the findings of one image are not a decision; ``detail`` never quotes identity or
+    age."""
+
+    reason: CaveatReason
+    detail: str
+    sop_instance_uid: str
+
+
 @dataclass(frozen=True)
 class Finding:
     """One rule's verdict on one image."""
@@ -64,6 +87,22 @@ class Finding:
     positive: bool
     sop_instance_uid: str
     heatmap_png: bytes = b""
+    # None: POSITIVE or NEGATIVE as ``positive`` says.
+    status: FindingStatus | None = None
+    caveats: tuple[Caveat, ...] = ()
+    ood_score: float = 0.0
+    ood_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status is None:
+            derived = FindingStatus.POSITIVE if self.positive else FindingStatus.NEGATIVE
+            object.__setattr__(self, "status", derived)
+        if self.positive != (self.status is FindingStatus.POSITIVE):
+            raise ValueError(
+                f"a finding with status {self.status} cannot be positive={self.positive}"
+            )
+        if (self.status is FindingStatus.INDETERMINATE) != bool(self.caveats):
+            raise ValueError("a finding is INDETERMINATE exactly when it has caveats")
 
 
 @dataclass(frozen=True)
@@ -84,6 +123,8 @@ class Assessment:
     triage_priority: TriagePriority
     measurements: list[Measurement] = field(default_factory=list)
     segmentations: list[Segmentation] = field(default_factory=list)
+    # Why findings are INDETERMINATE, and caveats of images without findings (volumes).
+    caveats: list[Caveat] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ named in ``ImageAttributes.invalid``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import math
 from typing import Any
@@ -72,6 +73,8 @@ def image_attributes(
         voi_lut_function=voi_lut_function(h),
         instance_number=int_or(h.get("InstanceNumber"), 0),
         series_number=int_or(h.get("SeriesNumber"), 0),
+        patient_age_years=patient_age_years(h),
+        presentation_intent_type=h.text("PresentationIntentType").upper(),
     )
     # Named last: every check above has recorded its failures by now.
     return dataclasses.replace(attributes, invalid=tuple(h.invalid))
@@ -274,3 +277,25 @@ def int_or(value: Any, default: int) -> int:
     except (TypeError, ValueError):
         return default
     return int(number) if math.isfinite(number) and number == int(number) else default
+
+
+# --- Age, for a pipeline's intended use only (never logged or quoted) --------------------
+
+_AGE_UNITS = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}
+
+
+def patient_age_years(h: CheckedHeader) -> float | None:
+    """PatientAge (AS, e.g. "064Y", "018M"), else StudyDate minus PatientBirthDate; None when
+    neither is usable. Both are checked against their VR first."""
+    age = h.text("PatientAge")
+    if len(age) == 4 and age[:3].isdigit() and age[3] in _AGE_UNITS:
+        return int(age[:3]) / _AGE_UNITS[age[3]]
+    born, studied = h.text("PatientBirthDate"), h.text("StudyDate")
+    try:
+        birth = datetime.date(int(born[:4]), int(born[4:6]), int(born[6:8]))
+        study = datetime.date(int(studied[:4]), int(studied[4:6]), int(studied[6:8]))
+    except ValueError:  # absent, a range, or not a calendar date
+        return None
+    if len(born) != 8 or len(studied) != 8 or study < birth:
+        return None
+    return (study - birth).days / 365.25

@@ -34,7 +34,7 @@ from services.common.exchange import PixelExchange
 from services.common.images import Decoded, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
 from services.common.remote_errors import from_rpc_error, from_triton_error
-from services.common.results import Assessment, OutputOptions
+from services.common.results import Assessment, Caveat, OutputOptions
 from services.common.tls import PLAINTEXT, TlsFiles
 from services.gateway import auditing, deadlines
 
@@ -189,9 +189,10 @@ class PostprocessorClient(_ServiceClient):
         prepared: Preprocessed,
         options: OutputOptions,
         request_id: str,
+        caveats: Sequence[Caveat] = (),
     ) -> Assessment:
         request = convert.postprocess_request(
-            pipeline, outputs, sop_instance_uids, prepared, options
+            pipeline, outputs, sop_instance_uids, prepared, options, caveats
         )
         return convert.assessment_from_proto(
             await self.call(self._stub.Postprocess, request, request_id)

@@ -23,6 +23,7 @@ from services.common.cards import ModelCard, card_from_parameters
 from services.common.errors import (
     DependencyUnavailable,
     InvalidInput,
+    OutsideIntendedUse,
     Overloaded,
     TooLarge,
 )
@@ -31,6 +32,7 @@ from services.common.metrics import stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.results import (
     Assessment,
+    Caveat,
     ModelRef,
     OutputOptions,
     RequestPriority,
@@ -83,6 +85,7 @@ class Postprocessor(Protocol):
         prepared: Preprocessed,
         options: OutputOptions,
         request_id: str,
+        caveats: Sequence[Caveat] = (),
     ) -> Assessment: ...
 
 
@@ -229,6 +232,7 @@ class StudyAnalyzer:
         )
         auditing.note(pipeline=pipeline.name, study_uid=attributes[0].study_instance_uid)
         self._policy.allow_pipeline(request.client, pipeline.name)  # a routed pipeline too
+        caveats = _intended_use(pipeline, images)
         with stage_timer("gateway", "preprocess", seconds):
             prepared = await self._preprocess(pipeline, images, rid)
         model = pipeline.model
@@ -249,13 +253,11 @@ class StudyAnalyzer:
         )
         with stage_timer("gateway", "postprocess", seconds):
             assessment = await self._postprocessor.postprocess(
-                pipeline.name, outputs, uids, prepared, request.options, rid
+                pipeline.name, outputs, uids, prepared, request.options, rid, caveats
             )
         auditing.note(
             findings=[
-                AuditFinding(
-                    f.concept.code, f.probability, "positive" if f.positive else "negative"
-                )
+                AuditFinding(f.concept.code, f.probability, str(f.status).lower())
                 for f in assessment.findings
             ]
         )
@@ -288,6 +290,31 @@ class StudyAnalyzer:
         except DependencyUnavailable:
             return None
         return card_from_parameters(pipeline.model.name, pipeline.model.version, parameters)
+
+
+def _intended_use(pipeline: Pipeline, images: Sequence[Decoded]) -> list[Caveat]:
+    """The images' caveats against the pipeline's intended use, before any inference work:
+    refused (OutsideIntendedUse) when the pipeline says so, else handed to postprocessing."""
+    if pipeline.intended_use is None:
+        return []
+    found: list[Caveat] = []
+    for image in images:
+        _, rows, columns, _ = image.pixels.shape
+        caveats, refuse = pipeline.intended_use.judge(image.attributes, rows, columns)
+        if refuse:
+            reasons = "; ".join(
+                sorted({c.detail.removeprefix("outside intended use: ") for c in caveats})
+            )
+            raise OutsideIntendedUse(
+                f"pipeline {pipeline.name!r}: outside intended use: {reasons} "
+                f"(intended population: {pipeline.intended_use.population})"
+            )
+        found.extend(caveats)
+    if pipeline.kind == "volume":  # one caveat of each kind for the series, not per slice
+        series = images[0].attributes.series_instance_uid
+        unique = {(c.reason, c.detail): c for c in found}
+        return [Caveat(reason, detail, series) for reason, detail in unique]
+    return found
 
 
 async def _all(calls: Sequence[Awaitable[T]], limit: int) -> list[T]:

@@ -14,7 +14,14 @@ from services.common import pipelines as spec
 from services.common.errors import ContractViolation
 from services.common.grids import Segmentation, VolumeGrid
 from services.common.images import Geometry
-from services.common.results import Assessment, Finding, Measurement
+from services.common.results import (
+    Assessment,
+    Caveat,
+    CaveatReason,
+    Finding,
+    FindingStatus,
+    Measurement,
+)
 from services.postprocessor import heatmaps
 from services.postprocessor.measurements import measure
 
@@ -51,6 +58,21 @@ def _heatmaps(
     ]
 
 
+def _ood(
+    outputs: Mapping[str, np.ndarray], rows: int, rule: spec.OodRule | None
+) -> tuple[list[float], float]:
+    """Each row's out-of-distribution score and the threshold (zeros without a rule)."""
+    if rule is None:
+        return [0.0] * rows, 0.0
+    values = outputs.get(rule.output)
+    if values is None:
+        raise ContractViolation(f"model output {rule.output!r} is missing")
+    scores = np.asarray(values, dtype=np.float64).reshape(-1)
+    if scores.shape[0] != rows:
+        raise ContractViolation(f"model output {rule.output!r} must have one score per image")
+    return [float(v) for v in scores], rule.threshold
+
+
 def assess(
     outputs: Mapping[str, np.ndarray],
     sop_instance_uids: Sequence[str],
@@ -60,15 +82,34 @@ def assess(
     *,
     draw_heatmaps: bool = False,
     keep_masks: bool = False,
+    caveats: Sequence[Caveat] = (),
 ) -> Assessment:
-    """Apply each finding rule to each image row; the study's priority is the most urgent.
+    """Apply each finding rule to each image row; the study's priority is the most urgent
+    positive's.
 
+    An image with caveats (the gateway's intended-use flags, or an out-of-distribution score
+    above the model's threshold) gets INDETERMINATE findings, which never raise the priority.
     ``geometries`` (where each row came from in its image) is needed only for heatmaps, ``grid``
     (the series' voxel grid) only for the measurements of volume pipelines.
     """
     rows = len(sop_instance_uids)
     findings: list[Finding] = []
     priority = pipeline.postprocess.default_priority
+    ood_scores, ood_threshold = _ood(outputs, rows, pipeline.postprocess.ood)
+    by_image: dict[str, list[Caveat]] = {uid: [] for uid in sop_instance_uids}
+    for caveat in caveats:
+        by_image.setdefault(caveat.sop_instance_uid, []).append(caveat)
+    ood = pipeline.postprocess.ood
+    for uid, score in zip(sop_instance_uids, ood_scores, strict=True):
+        if ood is not None and score > ood.threshold:
+            by_image[uid].append(
+                Caveat(
+                    CaveatReason.OUT_OF_DISTRIBUTION,
+                    f"the model's out-of-distribution score {score:.3g} is above its threshold "
+                    f"{ood.threshold:.3g} ({ood.acceptance:.0%} of validation images are below)",
+                    uid,
+                )
+            )
     for rule in pipeline.postprocess.findings:
         if rule.output not in outputs:
             raise ContractViolation(f"model output {rule.output!r} is missing")
@@ -89,10 +130,24 @@ def assess(
             if draw_heatmaps
             else [b""] * rows
         )
-        for uid, probability, png in zip(sop_instance_uids, probabilities, maps, strict=True):
-            positive = bool(probability >= rule.threshold)
+        for uid, probability, png, score in zip(
+            sop_instance_uids, probabilities, maps, ood_scores, strict=True
+        ):
+            doubts = tuple(by_image[uid])
+            positive = not doubts and bool(probability >= rule.threshold)
             findings.append(
-                Finding(rule.concept, float(probability), rule.threshold, positive, uid, png)
+                Finding(
+                    rule.concept,
+                    float(probability),
+                    rule.threshold,
+                    positive,
+                    uid,
+                    png,
+                    status=FindingStatus.INDETERMINATE if doubts else None,
+                    caveats=doubts,
+                    ood_score=float(score),
+                    ood_threshold=ood_threshold,
+                )
             )
             if positive:
                 priority = priority.at_least(rule.priority_if_positive)
@@ -102,4 +157,10 @@ def assess(
         if grid is None:
             raise ContractViolation(f"pipeline {pipeline.name} measures volumes but got no grid")
         measurements, segmentations = measure(outputs, grid, pipeline)
-    return Assessment(findings, priority, measurements, segmentations if keep_masks else [])
+    return Assessment(
+        findings,
+        priority,
+        measurements,
+        segmentations if keep_masks else [],
+        [c for doubts in by_image.values() for c in doubts],
+    )

@@ -8,6 +8,7 @@ from services.api.imaging.v1 import postprocessor_pb2, postprocessor_pb2_grpc
 from services.common import convert, tensors
 from services.common.metrics import stage_timer
 from services.common.pipelines import PipelineRegistry
+from services.postprocessor import monitoring
 from services.postprocessor.core import assess
 
 
@@ -31,5 +32,7 @@ class PostprocessorServicer(postprocessor_pb2_grpc.PostprocessorServicer):
                 grid,
                 draw_heatmaps=request.heatmaps,
                 keep_masks=request.masks,
+                caveats=[convert.caveat_from_proto(c) for c in request.caveats],
             )
+        monitoring.record(pipeline, result)
         return convert.assessment_to_proto(result)

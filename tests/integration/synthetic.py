@@ -37,7 +37,10 @@ def dataset(
     body_part: str = "CHEST",
     modality: str = "CR",
     photometric: str = "MONOCHROME2",
+    patient_age: str | None = None,
 ) -> Dataset:
+    """An image inside its pipeline's intended use unless told otherwise: a 4-year-old's PA
+    chest radiograph, a 45-year-old's breast ultrasound."""
     ds = _instance(ComputedRadiographyImageStorage)
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
@@ -45,6 +48,11 @@ def dataset(
     ds.PatientID = PATIENT_ID
     ds.Modality = modality
     ds.BodyPartExamined = body_part
+    if modality in ("CR", "DX"):
+        ds.ViewPosition = "PA"
+    default_age = {"CR": "004Y", "DX": "004Y", "US": "045Y"}.get(modality)
+    if (patient_age or default_age) is not None:
+        ds.PatientAge = patient_age or default_age
     if pixels is not None:
         ds.Rows, ds.Columns = pixels.shape
         ds.SamplesPerPixel = 1

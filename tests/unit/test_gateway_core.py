@@ -1,4 +1,5 @@
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from services.common.errors import (
     Misconfiguration,
     NoMatchingPipeline,
     NotFound,
+    OutsideIntendedUse,
     Overloaded,
     PlatformError,
     StudyRefused,
@@ -26,6 +28,8 @@ from services.common.images import DecodedImage, Geometry, ImageAttributes, Prep
 from services.common.pipelines import PipelineRegistry
 from services.common.results import (
     Assessment,
+    Caveat,
+    CaveatReason,
     CodedConcept,
     Finding,
     ModelRef,
@@ -84,10 +88,14 @@ def registry() -> PipelineRegistry:
     return PipelineRegistry.load(PIPELINES)
 
 
+IN_POPULATION_AGE = {"CR": 4.0, "DX": 4.0, "US": 45.0, "MR": 40.0}
+
+
 def study(
-    n: int, modality: str = "CR", body_part: str = "CHEST"
+    n: int, modality: str = "CR", body_part: str = "CHEST", age: float | None = -1.0
 ) -> tuple[list[bytes], dict[bytes, ImageAttributes]]:
-    """n distinct instances and the attributes the fake decoder returns for each."""
+    """n distinct instances and the attributes the fake decoder returns for each: by default
+    inside their pipeline's intended use (a child's PA chest, an adult's breast)."""
     instances = [f"dicom-{index}".encode() for index in range(n)]
     attributes = {
         data: ImageAttributes(
@@ -96,6 +104,8 @@ def study(
             modality=modality,
             body_part_examined=body_part,
             instance_number=index,
+            view_position="PA" if modality in ("CR", "DX") else "",
+            patient_age_years=IN_POPULATION_AGE.get(modality) if age == -1.0 else age,
         )
         for index, data in enumerate(instances)
     }
@@ -271,9 +281,11 @@ class FakePostprocessor:
         prepared: Preprocessed,
         options: OutputOptions,
         request_id: str,
+        caveats: Sequence[Caveat] = (),
     ) -> Assessment:
         self.calls.append(
             {
+                "caveats": list(caveats),
                 "pipeline": pipeline,
                 "outputs": outputs,
                 "uids": list(sop_instance_uids),
@@ -873,3 +885,56 @@ def test_a_study_over_its_decoded_bytes_budget_is_refused_and_the_rest_cancelled
     assert backends.preprocessor.calls == []
     budget_ok = make_analyzer(Backends(FakeDecoder(attributes)), Limits(8, 1000, 128))
     assert budget_ok.analyze(StudyRequest(instances)).pipeline == "cxr_pneumonia"
+
+
+# --- intended use ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("age", [64.0, 0.5])
+def test_a_pipeline_that_refuses_outside_its_intended_use_runs_no_inference(
+    make_analyzer: Callable[..., Analyzer], age: float
+) -> None:
+    instances, attributes = study(1, "CR", "CHEST", age=age)
+    backends = Backends(FakeDecoder(attributes))
+    with pytest.raises(OutsideIntendedUse) as caught:
+        make_analyzer(backends).analyze(StudyRequest(instances, pipeline="cxr_pneumonia_ensemble"))
+    reason = caught.value.reason
+    assert "outside intended use: patient age outside 1-5 years" in reason
+    assert str(int(age)) not in reason.replace("1-5", "")  # the age itself is never quoted
+    assert caught.value.code.name == "FAILED_PRECONDITION"
+    assert backends.preprocessor.calls == [] and backends.inference.calls == []
+
+
+def test_an_unknown_age_is_refused_where_the_pipeline_says_so(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(1, "CR", "CHEST", age=None)
+    backends = Backends(FakeDecoder(attributes))
+    with pytest.raises(OutsideIntendedUse, match="patient age unknown"):
+        make_analyzer(backends).analyze(StudyRequest(instances, pipeline="cxr_pneumonia_ensemble"))
+
+
+def test_a_pipeline_that_flags_hands_the_caveats_to_postprocessing(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(2, "CR", "CHEST")
+    adult = instances[1]
+    attributes[adult] = dataclasses.replace(attributes[adult], patient_age_years=64.0)
+    backends = Backends(FakeDecoder(attributes))
+    make_analyzer(backends).analyze(StudyRequest(instances))  # routed to cxr_pneumonia
+    (call,) = backends.postprocessor.calls
+    (caveat,) = call["caveats"]
+    assert caveat.sop_instance_uid == attributes[adult].sop_instance_uid
+    assert caveat.reason is CaveatReason.OUTSIDE_INTENDED_USE
+    assert len(backends.inference.calls) == 1  # flagged images are still analysed
+
+
+def test_a_volume_pipeline_reports_one_caveat_per_kind_for_the_series(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(4, "MR", "HEAD", age=9.0)
+    backends = Backends(FakeDecoder(attributes))
+    make_analyzer(backends).analyze(StudyRequest(instances))
+    (call,) = backends.postprocessor.calls
+    assert [c.sop_instance_uid for c in call["caveats"]] == [SERIES_UID]
+    assert isinstance(call["caveats"][0], Caveat)

@@ -14,17 +14,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19imaging/v1/findings.proto\x12\nimaging.v1\"\xad\x01\n\x07\x46inding\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x15\n\rcoding_scheme\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0bprobability\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x10\n\x08positive\x18\x06 \x01(\x08\x12\x18\n\x10sop_instance_uid\x18\x07 \x01(\t\x12\x13\n\x0bheatmap_png\x18\x08 \x01(\x0c\"\x82\x01\n\x0bMeasurement\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x15\n\rcoding_scheme\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x06 \x01(\t*\x84\x01\n\x0eTriagePriority\x12\x1f\n\x1bTRIAGE_PRIORITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRIAGE_PRIORITY_ROUTINE\x10\x01\x12\x1a\n\x16TRIAGE_PRIORITY_URGENT\x10\x02\x12\x18\n\x14TRIAGE_PRIORITY_STAT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19imaging/v1/findings.proto\x12\nimaging.v1\"\\\n\x06\x43\x61veat\x12(\n\x06reason\x18\x01 \x01(\x0e\x32\x18.imaging.v1.CaveatReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x03 \x01(\t\"\xa7\x02\n\x07\x46inding\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x15\n\rcoding_scheme\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0bprobability\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x10\n\x08positive\x18\x06 \x01(\x08\x12\x18\n\x10sop_instance_uid\x18\x07 \x01(\t\x12\x13\n\x0bheatmap_png\x18\x08 \x01(\x0c\x12)\n\x06status\x18\t \x01(\x0e\x32\x19.imaging.v1.FindingStatus\x12#\n\x07\x63\x61veats\x18\n \x03(\x0b\x32\x12.imaging.v1.Caveat\x12\x11\n\tood_score\x18\x0b \x01(\x01\x12\x15\n\rood_threshold\x18\x0c \x01(\x01\"\x82\x01\n\x0bMeasurement\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x15\n\rcoding_scheme\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x06 \x01(\t*\x84\x01\n\x0eTriagePriority\x12\x1f\n\x1bTRIAGE_PRIORITY_UNSPECIFIED\x10\x00\x12\x1b\n\x17TRIAGE_PRIORITY_ROUTINE\x10\x01\x12\x1a\n\x16TRIAGE_PRIORITY_URGENT\x10\x02\x12\x18\n\x14TRIAGE_PRIORITY_STAT\x10\x03*\x8b\x01\n\rFindingStatus\x12\x1e\n\x1a\x46INDING_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46INDING_STATUS_POSITIVE\x10\x01\x12\x1b\n\x17\x46INDING_STATUS_NEGATIVE\x10\x02\x12 \n\x1c\x46INDING_STATUS_INDETERMINATE\x10\x03*\x9d\x01\n\x0c\x43\x61veatReason\x12\x1d\n\x19\x43\x41VEAT_REASON_UNSPECIFIED\x10\x00\x12&\n\"CAVEAT_REASON_OUTSIDE_INTENDED_USE\x10\x01\x12%\n!CAVEAT_REASON_OUT_OF_DISTRIBUTION\x10\x02\x12\x1f\n\x1b\x43\x41VEAT_REASON_IMAGE_QUALITY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imaging.v1.findings_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_TRIAGEPRIORITY']._serialized_start=351
-  _globals['_TRIAGEPRIORITY']._serialized_end=483
-  _globals['_FINDING']._serialized_start=42
-  _globals['_FINDING']._serialized_end=215
-  _globals['_MEASUREMENT']._serialized_start=218
-  _globals['_MEASUREMENT']._serialized_end=348
+  _globals['_TRIAGEPRIORITY']._serialized_start=567
+  _globals['_TRIAGEPRIORITY']._serialized_end=699
+  _globals['_FINDINGSTATUS']._serialized_start=702
+  _globals['_FINDINGSTATUS']._serialized_end=841
+  _globals['_CAVEATREASON']._serialized_start=844
+  _globals['_CAVEATREASON']._serialized_end=1001
+  _globals['_CAVEAT']._serialized_start=41
+  _globals['_CAVEAT']._serialized_end=133
+  _globals['_FINDING']._serialized_start=136
+  _globals['_FINDING']._serialized_end=431
+  _globals['_MEASUREMENT']._serialized_start=434
+  _globals['_MEASUREMENT']._serialized_end=564
 # @@protoc_insertion_point(module_scope)

@@ -84,7 +84,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., milliseconds: _Optional[float] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
-    __slots__ = ("request_id", "pipeline", "model", "findings", "triage_priority", "timings", "measurements", "segmentations", "warnings")
+    __slots__ = ("request_id", "pipeline", "model", "findings", "triage_priority", "timings", "measurements", "segmentations", "warnings", "caveats")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class AnalyzeResponse(_message.Message):
     MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATIONS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    CAVEATS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     pipeline: str
     model: ModelRef
@@ -103,27 +104,60 @@ class AnalyzeResponse(_message.Message):
     measurements: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Measurement]
     segmentations: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Segmentation]
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., measurements: _Optional[_Iterable[_Union[_findings_pb2.Measurement, _Mapping]]] = ..., segmentations: _Optional[_Iterable[_Union[_tensor_pb2.Segmentation, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    caveats: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Caveat]
+    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., measurements: _Optional[_Iterable[_Union[_findings_pb2.Measurement, _Mapping]]] = ..., segmentations: _Optional[_Iterable[_Union[_tensor_pb2.Segmentation, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., caveats: _Optional[_Iterable[_Union[_findings_pb2.Caveat, _Mapping]]] = ...) -> None: ...
 
 class ListPipelinesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class PipelineInfo(_message.Message):
-    __slots__ = ("name", "description", "model", "accepts", "card", "auto_route")
+    __slots__ = ("name", "description", "model", "accepts", "card", "auto_route", "intended_use")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_FIELD_NUMBER: _ClassVar[int]
     CARD_FIELD_NUMBER: _ClassVar[int]
     AUTO_ROUTE_FIELD_NUMBER: _ClassVar[int]
+    INTENDED_USE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     model: ModelRef
     accepts: str
     card: ModelCard
     auto_route: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., accepts: _Optional[str] = ..., card: _Optional[_Union[ModelCard, _Mapping]] = ..., auto_route: bool = ...) -> None: ...
+    intended_use: IntendedUse
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., accepts: _Optional[str] = ..., card: _Optional[_Union[ModelCard, _Mapping]] = ..., auto_route: bool = ..., intended_use: _Optional[_Union[IntendedUse, _Mapping]] = ...) -> None: ...
+
+class Range(_message.Message):
+    __slots__ = ("min", "max")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    min: float
+    max: float
+    def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
+class IntendedUse(_message.Message):
+    __slots__ = ("population", "age_years", "presentation_intent_types", "view_positions", "photometric_interpretations", "pixel_spacing_mm", "min_matrix", "outside", "age_unknown")
+    POPULATION_FIELD_NUMBER: _ClassVar[int]
+    AGE_YEARS_FIELD_NUMBER: _ClassVar[int]
+    PRESENTATION_INTENT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    VIEW_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    PHOTOMETRIC_INTERPRETATIONS_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_SPACING_MM_FIELD_NUMBER: _ClassVar[int]
+    MIN_MATRIX_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_FIELD_NUMBER: _ClassVar[int]
+    AGE_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    population: str
+    age_years: Range
+    presentation_intent_types: _containers.RepeatedScalarFieldContainer[str]
+    view_positions: _containers.RepeatedScalarFieldContainer[str]
+    photometric_interpretations: _containers.RepeatedScalarFieldContainer[str]
+    pixel_spacing_mm: Range
+    min_matrix: int
+    outside: str
+    age_unknown: str
+    def __init__(self, population: _Optional[str] = ..., age_years: _Optional[_Union[Range, _Mapping]] = ..., presentation_intent_types: _Optional[_Iterable[str]] = ..., view_positions: _Optional[_Iterable[str]] = ..., photometric_interpretations: _Optional[_Iterable[str]] = ..., pixel_spacing_mm: _Optional[_Union[Range, _Mapping]] = ..., min_matrix: _Optional[int] = ..., outside: _Optional[str] = ..., age_unknown: _Optional[str] = ...) -> None: ...
 
 class ModelCard(_message.Message):
     __slots__ = ("name", "version", "intended_use", "not_for_use", "metrics", "card_reference")

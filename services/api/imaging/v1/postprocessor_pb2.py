@@ -16,7 +16,7 @@ from services.api.imaging.v1 import findings_pb2 as imaging_dot_v1_dot_findings_
 from services.api.imaging.v1 import tensor_pb2 as imaging_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eimaging/v1/postprocessor.proto\x12\nimaging.v1\x1a\x19imaging/v1/findings.proto\x1a\x17imaging/v1/tensor.proto\"\xc5\x02\n\x12PostprocessRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12<\n\x07outputs\x18\x02 \x03(\x0b\x32+.imaging.v1.PostprocessRequest.OutputsEntry\x12\x19\n\x11sop_instance_uids\x18\x03 \x03(\t\x12-\n\ngeometries\x18\x04 \x03(\x0b\x32\x19.imaging.v1.ImageGeometry\x12*\n\x06volume\x18\x06 \x01(\x0b\x32\x1a.imaging.v1.VolumeGeometry\x12\x10\n\x08heatmaps\x18\x07 \x01(\x08\x12\r\n\x05masks\x18\x08 \x01(\x08\x1a\x42\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.imaging.v1.Tensor:\x02\x38\x01J\x04\x08\x05\x10\x06\"\xd1\x01\n\x13PostprocessResponse\x12%\n\x08\x66indings\x18\x01 \x03(\x0b\x32\x13.imaging.v1.Finding\x12\x33\n\x0ftriage_priority\x18\x02 \x01(\x0e\x32\x1a.imaging.v1.TriagePriority\x12-\n\x0cmeasurements\x18\x03 \x03(\x0b\x32\x17.imaging.v1.Measurement\x12/\n\rsegmentations\x18\x04 \x03(\x0b\x32\x18.imaging.v1.Segmentation2_\n\rPostprocessor\x12N\n\x0bPostprocess\x12\x1e.imaging.v1.PostprocessRequest\x1a\x1f.imaging.v1.PostprocessResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eimaging/v1/postprocessor.proto\x12\nimaging.v1\x1a\x19imaging/v1/findings.proto\x1a\x17imaging/v1/tensor.proto\"\xea\x02\n\x12PostprocessRequest\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12<\n\x07outputs\x18\x02 \x03(\x0b\x32+.imaging.v1.PostprocessRequest.OutputsEntry\x12\x19\n\x11sop_instance_uids\x18\x03 \x03(\t\x12-\n\ngeometries\x18\x04 \x03(\x0b\x32\x19.imaging.v1.ImageGeometry\x12*\n\x06volume\x18\x06 \x01(\x0b\x32\x1a.imaging.v1.VolumeGeometry\x12\x10\n\x08heatmaps\x18\x07 \x01(\x08\x12\r\n\x05masks\x18\x08 \x01(\x08\x12#\n\x07\x63\x61veats\x18\t \x03(\x0b\x32\x12.imaging.v1.Caveat\x1a\x42\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.imaging.v1.Tensor:\x02\x38\x01J\x04\x08\x05\x10\x06\"\xf6\x01\n\x13PostprocessResponse\x12%\n\x08\x66indings\x18\x01 \x03(\x0b\x32\x13.imaging.v1.Finding\x12\x33\n\x0ftriage_priority\x18\x02 \x01(\x0e\x32\x1a.imaging.v1.TriagePriority\x12-\n\x0cmeasurements\x18\x03 \x03(\x0b\x32\x17.imaging.v1.Measurement\x12/\n\rsegmentations\x18\x04 \x03(\x0b\x32\x18.imaging.v1.Segmentation\x12#\n\x07\x63\x61veats\x18\x05 \x03(\x0b\x32\x12.imaging.v1.Caveat2_\n\rPostprocessor\x12N\n\x0bPostprocess\x12\x1e.imaging.v1.PostprocessRequest\x1a\x1f.imaging.v1.PostprocessResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -26,11 +26,11 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_POSTPROCESSREQUEST_OUTPUTSENTRY']._options = None
   _globals['_POSTPROCESSREQUEST_OUTPUTSENTRY']._serialized_options = b'8\001'
   _globals['_POSTPROCESSREQUEST']._serialized_start=99
-  _globals['_POSTPROCESSREQUEST']._serialized_end=424
-  _globals['_POSTPROCESSREQUEST_OUTPUTSENTRY']._serialized_start=352
-  _globals['_POSTPROCESSREQUEST_OUTPUTSENTRY']._serialized_end=418
-  _globals['_POSTPROCESSRESPONSE']._serialized_start=427
-  _globals['_POSTPROCESSRESPONSE']._serialized_end=636
-  _globals['_POSTPROCESSOR']._serialized_start=638
-  _globals['_POSTPROCESSOR']._serialized_end=733
+  _globals['_POSTPROCESSREQUEST']._serialized_end=461
+  _globals['_POSTPROCESSREQUEST_OUTPUTSENTRY']._serialized_start=389
+  _globals['_POSTPROCESSREQUEST_OUTPUTSENTRY']._serialized_end=455
+  _globals['_POSTPROCESSRESPONSE']._serialized_start=464
+  _globals['_POSTPROCESSRESPONSE']._serialized_end=710
+  _globals['_POSTPROCESSOR']._serialized_start=712
+  _globals['_POSTPROCESSOR']._serialized_end=807
 # @@protoc_insertion_point(module_scope)

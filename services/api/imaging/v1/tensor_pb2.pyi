@@ -38,7 +38,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ImageAttributes(_message.Message):
-    __slots__ = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid", "modality", "body_part_examined", "view_position", "transfer_syntax_uid", "photometric_interpretation", "bits_stored", "pixel_representation", "rescale_slope", "rescale_intercept", "window_center", "window_width", "pixel_spacing", "number_of_frames", "frame_positions", "image_orientation_patient", "slice_thickness", "modality_lut", "voi_luts", "voi_lut_function", "instance_number", "series_number", "invalid_attributes")
+    __slots__ = ("sop_instance_uid", "sop_class_uid", "study_instance_uid", "series_instance_uid", "modality", "body_part_examined", "view_position", "transfer_syntax_uid", "photometric_interpretation", "bits_stored", "pixel_representation", "rescale_slope", "rescale_intercept", "window_center", "window_width", "pixel_spacing", "number_of_frames", "frame_positions", "image_orientation_patient", "slice_thickness", "modality_lut", "voi_luts", "voi_lut_function", "instance_number", "series_number", "invalid_attributes", "patient_age_years", "presentation_intent_type")
     SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,8 @@ class ImageAttributes(_message.Message):
     INSTANCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     SERIES_NUMBER_FIELD_NUMBER: _ClassVar[int]
     INVALID_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_AGE_YEARS_FIELD_NUMBER: _ClassVar[int]
+    PRESENTATION_INTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     sop_instance_uid: str
     sop_class_uid: str
     study_instance_uid: str
@@ -91,7 +93,9 @@ class ImageAttributes(_message.Message):
     instance_number: int
     series_number: int
     invalid_attributes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sop_instance_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., modality: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., view_position: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., photometric_interpretation: _Optional[str] = ..., bits_stored: _Optional[int] = ..., pixel_representation: _Optional[int] = ..., rescale_slope: _Optional[float] = ..., rescale_intercept: _Optional[float] = ..., window_center: _Optional[float] = ..., window_width: _Optional[float] = ..., pixel_spacing: _Optional[_Iterable[float]] = ..., number_of_frames: _Optional[int] = ..., frame_positions: _Optional[_Iterable[float]] = ..., image_orientation_patient: _Optional[_Iterable[float]] = ..., slice_thickness: _Optional[float] = ..., modality_lut: _Optional[_Union[Lut, _Mapping]] = ..., voi_luts: _Optional[_Iterable[_Union[Lut, _Mapping]]] = ..., voi_lut_function: _Optional[str] = ..., instance_number: _Optional[int] = ..., series_number: _Optional[int] = ..., invalid_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
+    patient_age_years: float
+    presentation_intent_type: str
+    def __init__(self, sop_instance_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., series_instance_uid: _Optional[str] = ..., modality: _Optional[str] = ..., body_part_examined: _Optional[str] = ..., view_position: _Optional[str] = ..., transfer_syntax_uid: _Optional[str] = ..., photometric_interpretation: _Optional[str] = ..., bits_stored: _Optional[int] = ..., pixel_representation: _Optional[int] = ..., rescale_slope: _Optional[float] = ..., rescale_intercept: _Optional[float] = ..., window_center: _Optional[float] = ..., window_width: _Optional[float] = ..., pixel_spacing: _Optional[_Iterable[float]] = ..., number_of_frames: _Optional[int] = ..., frame_positions: _Optional[_Iterable[float]] = ..., image_orientation_patient: _Optional[_Iterable[float]] = ..., slice_thickness: _Optional[float] = ..., modality_lut: _Optional[_Union[Lut, _Mapping]] = ..., voi_luts: _Optional[_Iterable[_Union[Lut, _Mapping]]] = ..., voi_lut_function: _Optional[str] = ..., instance_number: _Optional[int] = ..., series_number: _Optional[int] = ..., invalid_attributes: _Optional[_Iterable[str]] = ..., patient_age_years: _Optional[float] = ..., presentation_intent_type: _Optional[str] = ...) -> None: ...
 
 class Lut(_message.Message):
     __slots__ = ("first_mapped", "bits_per_entry", "data", "explanation")
