@@ -25,16 +25,24 @@ class ModelCard:
     card_reference: str = ""
 
 
-def card_from_parameters(name: str, version: str, parameters: Mapping[str, str]) -> ModelCard:
+def _metrics(name: str, parameters: Mapping[str, str], prefix: str) -> dict[str, float]:
     metrics = {}
     for key, value in parameters.items():
-        if key.startswith(METRIC_PREFIX):
+        if key.startswith(prefix):
             try:
-                metrics[key.removeprefix(METRIC_PREFIX)] = float(value)
+                metrics[key.removeprefix(prefix)] = float(value)
             except ValueError:
                 raise Misconfiguration(
                     f"model {name} config parameter {key} is not a number: {value!r}"
                 ) from None
+    return metrics
+
+
+def card_from_parameters(name: str, version: str, parameters: Mapping[str, str]) -> ModelCard:
+    """Triton's parameters belong to the model, not a version: a version's own metrics are
+    ``card.v<N>.metric.*``; ``card.metric.*`` are those of a version without its own."""
+    own = _metrics(name, parameters, f"{PREFIX}v{version}.metric.") if version else {}
+    metrics = own or _metrics(name, parameters, METRIC_PREFIX)
     return ModelCard(
         name=name,
         version=version,
