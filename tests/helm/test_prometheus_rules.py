@@ -26,9 +26,10 @@ from chart_support import (
     of_kind,
     promtool,
 )
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import metrics as app_metrics
+from services.postprocessor import monitoring as model_monitoring
 
 RULES_FILE = CHART_DIR / "files" / "prometheus-rules.yaml"
 UNIT_TESTS = sorted((TESTS_DIR / "promtool").glob("*.yaml"))
@@ -71,13 +72,16 @@ def all_rules() -> list[dict[str, Any]]:
 
 
 def app_series_names() -> set[str]:
-    """Series names the services export, read from services/common/metrics.py."""
+    """Series names the services export, read from the modules that define them."""
     names: set[str] = set()
-    for value in vars(app_metrics).values():
-        if isinstance(value, Histogram):
-            names |= {f"{value._name}_{s}" for s in ("bucket", "count", "sum")}
-        elif isinstance(value, Counter):
-            names.add(f"{value._name}_total")
+    for module in (app_metrics, model_monitoring):
+        for value in vars(module).values():
+            if isinstance(value, Histogram):
+                names |= {f"{value._name}_{s}" for s in ("bucket", "count", "sum")}
+            elif isinstance(value, Counter):
+                names.add(f"{value._name}_total")
+            elif isinstance(value, Gauge):
+                names.add(value._name)
     return names
 
 
@@ -171,6 +175,9 @@ def test_rules_use_only_exported_metrics_and_labels() -> None:
             assert token in known, f"{token} in {rule.get('record') or rule.get('alert')}"
     assert set(app_metrics.STAGE_LATENCY._labelnames) == {"service", "stage"}
     assert set(app_metrics.RPC_TOTAL._labelnames) == {"service", "method", "code"}
+    decisions = model_monitoring.DECISIONS._labelnames
+    assert set(decisions) == {"model", "version", "finding", "status"}
+    assert set(model_monitoring.EXPECTED._labelnames) == {"model", "version", "kind"}
 
 
 def test_alerts_are_labelled_and_annotated() -> None:

@@ -185,3 +185,25 @@ def test_patient_age_from_the_header(elements: dict[str, str], years: float | No
     assert (age is None) == (years is None)
     if years is not None:
         assert age == pytest.approx(years, abs=0.01)
+
+
+def test_decisions_are_counted_per_model_version_and_status() -> None:
+    from prometheus_client import REGISTRY
+
+    from services.postprocessor import monitoring
+
+    pipeline = PipelineRegistry.load(PIPELINES).get("cxr_pneumonia")
+    labels = {"model": "cxr_pneumonia", "version": pipeline.model.version}
+
+    def count(name: str, **extra: str) -> float:
+        return REGISTRY.get_sample_value(name, labels | extra) or 0.0
+
+    finding = {"finding": "233604007"}
+    before = [count("imaging_model_decisions_total", **finding, status=s) for s in FindingStatus]
+    images = count("imaging_model_images_total")
+    flagged = Caveat(CaveatReason.OUTSIDE_INTENDED_USE, "outside intended use: age", "b")
+    outputs = _chest_outputs([6.0, 6.0, -6.0])
+    monitoring.record(pipeline, assess(outputs, ["a", "b", "c"], pipeline, caveats=[flagged]))
+    after = [count("imaging_model_decisions_total", **finding, status=s) for s in FindingStatus]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]  # POS, NEG, INDET
+    assert count("imaging_model_images_total") == images + 3
