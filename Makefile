@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup protos check-protos lint typecheck up down clean train train-deps reproduce bench
+.PHONY: demo test setup protos check-protos lint typecheck up down clean train train-deps reproduce bench lock
+
+# torch's CPU build (torch==2.13.0+cpu in requirements/train.lock) is published on the PyTorch
+# CPU index, not on PyPI. Where pip's configuration does not already find it, pass that index:
+# `make train-deps TORCH_INDEX=https://download.pytorch.org/whl/cpu` (make lock takes it too).
+TORCH_INDEX ?=
+PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 demo: setup
 	$(BIN)/imaging-platform demo
@@ -14,7 +20,7 @@ test: setup check-protos lint typecheck
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt scripts/setup.sh
+$(STAMP): pyproject.toml requirements/dev.lock scripts/setup.sh
 	PYTHON=$(PYTHON) bash scripts/setup.sh $(VENV)
 	touch $(STAMP)
 
@@ -37,8 +43,9 @@ up: setup
 down: setup
 	$(BIN)/imaging-platform down
 
+# Hash-checked like setup: train.lock is the dev environment plus the train extra.
 train-deps: setup
-	$(BIN)/pip install -c constraints.txt -e '.[train]'
+	$(BIN)/pip install --require-hashes --no-deps $(PIP_TORCH) -r requirements/train.lock
 
 train: train-deps
 	$(BIN)/python scripts/train_cxr_pneumonia.py
@@ -53,8 +60,36 @@ reproduce: train-deps
 # The platform against the thin client a vendor would write (same tritonserver, same files):
 # closed loops at c=1, 4, 16, 64 for three workloads; ~10 minutes, so not part of `make test`.
 bench: setup
-	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/bench.lock
 	$(BIN)/python load_tests/bench_platform.py --out load_tests/results
+
+# Regenerate the hash-pinned locks (requirements/*.lock) from pyproject.toml and requirements/*.in
+# with pip-tools, which runs from a venv of its own (installed from requirements/lock-tools.lock).
+# Pins already in a lock are kept, so only what pyproject.toml changed moves:
+# `make lock LOCK_ARGS=--upgrade` moves everything, LOCK_ARGS='-P numpy' one package. dev.lock is
+# resolved first and constrains the others, so a package has the same version in every lock.
+# The locks are resolved for CPython 3.11 on Linux (markers), with the hashes of every file of
+# each pinned version (all platforms).
+LOCK_VENV := .run/lock-venv
+LOCK_ARGS ?=
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet \
+	--generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	--no-emit-trusted-host $(PIP_TORCH) $(LOCK_ARGS)
+
+$(LOCK_VENV)/.installed: requirements/lock-tools.lock
+	[ -x $(LOCK_VENV)/bin/python ] || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --require-hashes --no-deps -r requirements/lock-tools.lock
+	touch $@
+
+lock: $(LOCK_VENV)/.installed
+	$(PIP_COMPILE) --extra local --extra dev \
+		-o requirements/dev.lock pyproject.toml requirements/install.in
+	$(PIP_COMPILE) -c requirements/dev.lock -o requirements/runtime.lock pyproject.toml
+	$(PIP_COMPILE) --extra local --extra dev --extra train -c requirements/dev.lock \
+		-o requirements/train.lock pyproject.toml requirements/install.in requirements/train.in
+	$(PIP_COMPILE) --extra local --extra dev --extra bench -c requirements/dev.lock \
+		-o requirements/bench.lock pyproject.toml requirements/install.in
+	$(PIP_COMPILE) -c requirements/dev.lock -o requirements/lock-tools.lock requirements/lock-tools.in
 
 clean:
 	rm -rf $(VENV) .run demo-output

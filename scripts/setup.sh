@@ -22,5 +22,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -c constraints.txt -e '.[local,dev]'
+# Hash-checked: requirements/dev.lock (make lock) pins every package of the environment, pip and
+# the build backend included, each with the sha256 of its files, so pip installs exactly those
+# files or fails. --no-deps: the lock is complete (pip check below proves it) and nothing else
+# may be resolved.
+"$venv/bin/python" -m pip install -q --require-hashes --no-deps -r requirements/dev.lock
+# The project itself (editable), built by the locked setuptools instead of one fetched into an
+# isolated build environment (whose packages --require-hashes could not check).
+"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+"$venv/bin/python" -m pip check

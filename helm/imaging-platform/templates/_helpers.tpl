@@ -60,12 +60,18 @@ helm.sh/chart: {{ include "imaging-platform.chart" .root }}
 {{- default (include "imaging-platform.componentName" (dict "root" . "component" "model-rollout")) .Values.rollout.serviceAccount.name }}
 {{- end }}
 
-{{/* image reference from (dict "image" .Values.x.image "default" "tag"): digest wins over tag. */}}
+{{/* image reference from (dict "image" .Values.x.image "default" "tag" "value" "x.image"): digest
+wins over tag; "default" is the tag when image.tag is empty, and with neither rendering fails
+naming "value" (the schema refuses it first, this is the template's own guard). */}}
 {{- define "imaging-platform.imageRef" -}}
 {{- if .image.digest }}
 {{- printf "%s@%s" .image.repository .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .image.repository (toString (default .default .image.tag)) }}
+{{- $tag := toString (default .default .image.tag) }}
+{{- if not $tag }}
+{{- fail (printf "%s: set tag or digest (no default tag)" (default "image" .value)) }}
+{{- end }}
+{{- printf "%s:%s" .image.repository $tag }}
 {{- end }}
 {{- end }}
 
