@@ -64,6 +64,8 @@ and study limits and the dependency-readiness settings.
       value: {{ $root.Values.config.logLevel | quote }}
     - name: IMAGING_WORKERS
       value: {{ $root.Values.config.workers | quote }}
+    - name: IMAGING_MAX_QUEUED_RPCS
+      value: {{ $root.Values.config.maxQueuedRpcs | quote }}
     - name: IMAGING_GRACE_SECONDS
       value: {{ $root.Values.config.graceSeconds | quote }}
     - name: IMAGING_MAX_MESSAGE_BYTES
