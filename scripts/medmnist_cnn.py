@@ -47,6 +47,11 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
+from services.common.cards import intended_use_markdown
+from services.common.pipelines import PipelineRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+
 OPSET = 17
 # One thread: on a shared 2-core machine two OpenMP threads ran anywhere from 1.6x faster to 4x
 # slower than one (waiting at barriers while the other core is busy); one thread is steady.
@@ -79,6 +84,31 @@ class Recipe:
     # "best_val" = the epoch with the best val AUC; "last" = the final epoch.
     select: str = "swa"
     swa_start_frac: float = 0.5
+    # Photometric / acquisition-shift augmentation (all off by default: version 1 of every model
+    # predates them and draws no random numbers for them). Applied to intensities in [0, 1].
+    # gamma = exp(U(-g, g)); contrast factor 1 + U(-c, c) about the image mean; Gaussian blur
+    # with sigma U(0, s) on a random ``blur_prob`` share; Gaussian noise sigma U(0, s); and on a
+    # random ``resample_prob`` share of each batch, down-sampling to a random size in [14, 24]
+    # px and back up with a random filter (nearest, bilinear, bicubic, area).
+    gamma_log_range: float = 0.0
+    contrast_range: float = 0.0
+    blur_prob: float = 0.0
+    blur_max_sigma: float = 0.0
+    noise_max_sigma: float = 0.0
+    resample_prob: float = 0.0
+
+    @property
+    def photometric(self) -> bool:
+        """Whether any photometric / resampling augmentation is on."""
+        return any(
+            (
+                self.gamma_log_range,
+                self.contrast_range,
+                self.blur_prob,
+                self.noise_max_sigma,
+                self.resample_prob,
+            )
+        )
 
     @property
     def swa_start(self) -> int:
@@ -182,6 +212,77 @@ class WithCam(nn.Module):
         return logits, cam
 
 
+class MahalanobisHead(nn.Module):
+    """OOD score from the pooled features: min over classes of the Mahalanobis distance.
+
+    ``ood(x) = min_c sqrt((f - mu_c)^T S^-1 (f - mu_c))`` with f the global-average-pooled last
+    feature map, mu_c the class means and S the tied (shared) covariance of the un-augmented
+    training images (Lee et al. 2018). ``S^-1 = L L^T`` is stored as its Cholesky factor, so the
+    graph computes ``|(f - mu_c) L|``; higher = further from every class of the training data.
+    """
+
+    def __init__(self, means: np.ndarray, chol: np.ndarray) -> None:
+        super().__init__()
+        self.means: torch.Tensor
+        self.chol: torch.Tensor
+        self.register_buffer("means", torch.from_numpy(means.astype(np.float32)))
+        self.register_buffer("chol", torch.from_numpy(chol.astype(np.float32)))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, D) pooled features -> (N, 1) distance to the nearest class."""
+        diff = pooled[:, None, :] - self.means[None, :, :]  # (N, C, D)
+        z = torch.matmul(diff, self.chol)
+        dist: torch.Tensor = torch.sqrt((z * z).sum(dim=2).min(dim=1, keepdim=True).values)
+        return dist
+
+
+class WithCamOod(nn.Module):
+    """Export wrapper: (logits, cam, ood) from one forward pass; logits and cam as ``WithCam``."""
+
+    def __init__(self, net: GapCnn, head: MahalanobisHead) -> None:
+        super().__init__()
+        self.net = net
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, class activation map and OOD score."""
+        features: torch.Tensor = self.net.features(x)
+        pooled = features.mean(dim=(2, 3))
+        logits: torch.Tensor = self.net.fc(pooled)
+        weight = self.net.fc.weight[:, :, None, None]
+        cam: torch.Tensor = nn.functional.conv2d(features, weight)
+        return logits, cam, self.head(pooled)
+
+
+def pooled_features(model: GapCnn, x: np.ndarray) -> np.ndarray:
+    """Eval-mode global-average-pooled features (N, D), float64."""
+    model.eval()
+    with torch.no_grad():
+        out = [
+            model.features(torch.from_numpy(x[i : i + 512])).mean(dim=(2, 3))
+            for i in range(0, len(x), 512)
+        ]
+    feats: np.ndarray = torch.cat(out).numpy().astype(np.float64)
+    return feats
+
+
+# Ridge added to the tied covariance, relative to its mean variance: keeps S invertible when a
+# feature channel is (nearly) dead on the training set.
+COVARIANCE_RIDGE = 1e-4
+
+
+def fit_mahalanobis(model: GapCnn, x: np.ndarray, y: np.ndarray) -> MahalanobisHead:
+    """Class means and tied covariance of the pooled features of ``x`` (un-augmented train)."""
+    feats = pooled_features(model, x)
+    classes = np.unique(y)
+    means = np.stack([feats[y == c].mean(axis=0) for c in classes])
+    centred = feats - means[np.searchsorted(classes, y)]
+    cov = centred.T @ centred / len(feats)
+    cov += np.eye(len(cov)) * COVARIANCE_RIDGE * float(np.trace(cov)) / len(cov)
+    chol = np.linalg.cholesky(np.linalg.inv(cov))
+    return MahalanobisHead(means, chol)
+
+
 def augment(x: torch.Tensor, gen: torch.Generator, recipe: Recipe) -> torch.Tensor:
     """Random rotation, scale, shift and (optionally) horizontal flip in one affine resample.
 
@@ -205,6 +306,55 @@ def augment(x: torch.Tensor, gen: torch.Generator, recipe: Recipe) -> torch.Tens
     return nn.functional.grid_sample(
         x, grid, mode="bilinear", padding_mode="border", align_corners=False
     )
+
+
+RESAMPLE_MODES = ("nearest", "bilinear", "bicubic", "area")
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image Gaussian blur (5x5 kernel, replicate padding); ``sigma`` (N,), 0 = identity."""
+    n = x.shape[0]
+    r = torch.arange(-2, 3, dtype=x.dtype)
+    s = sigma.clamp(min=1e-3)[:, None]
+    k1 = torch.exp(-(r[None, :] ** 2) / (2 * s**2))
+    k1 = k1 / k1.sum(dim=1, keepdim=True)
+    kernel = (k1[:, :, None] * k1[:, None, :])[:, None]  # (N, 1, 5, 5)
+    padded = nn.functional.pad(x.reshape(1, n, *x.shape[2:]), (2, 2, 2, 2), mode="replicate")
+    out: torch.Tensor = nn.functional.conv2d(padded, kernel, groups=n)
+    return out.reshape(x.shape)
+
+
+def photometric(x: torch.Tensor, gen: torch.Generator, recipe: Recipe) -> torch.Tensor:
+    """Acquisition / preprocessing shift: gamma, contrast, blur, noise, resampling jitter.
+
+    ``x`` is a batch of model inputs in [-1, 1]; the ops work on intensities ``u`` in [0, 1]
+    (the pipelines' ``normalize 0.5 / 0.5`` undone) and the result is mapped back.
+    """
+    n = x.shape[0]
+    u = ((x + 1) / 2).clamp(0, 1)
+    if recipe.resample_prob:
+        size = int(torch.randint(14, 25, (1,), generator=gen))
+        mode = RESAMPLE_MODES[int(torch.randint(len(RESAMPLE_MODES), (1,), generator=gen))]
+        chosen = torch.rand(n, generator=gen) < recipe.resample_prob
+        small = nn.functional.interpolate(u, size=(size, size), mode="area")
+        kwargs: dict[str, Any] = {} if mode in ("nearest", "area") else {"align_corners": False}
+        up = nn.functional.interpolate(small, size=(IMAGE_SIZE, IMAGE_SIZE), mode=mode, **kwargs)
+        u = torch.where(chosen[:, None, None, None], up.clamp(0, 1), u)
+    if recipe.blur_prob:
+        sigma = torch.rand(n, generator=gen) * recipe.blur_max_sigma
+        sigma = torch.where(torch.rand(n, generator=gen) < recipe.blur_prob, sigma, 0.0)
+        u = torch.where((sigma > 0)[:, None, None, None], gaussian_blur(u, sigma), u)
+    if recipe.gamma_log_range:
+        g = torch.exp((torch.rand(n, generator=gen) * 2 - 1) * recipe.gamma_log_range)
+        u = u.clamp(min=1e-6) ** g[:, None, None, None]
+    if recipe.contrast_range:
+        c = 1 + (torch.rand(n, generator=gen) * 2 - 1) * recipe.contrast_range
+        mean = u.mean(dim=(2, 3), keepdim=True)
+        u = mean + c[:, None, None, None] * (u - mean)
+    if recipe.noise_max_sigma:
+        sd = torch.rand(n, generator=gen) * recipe.noise_max_sigma
+        u = u + sd[:, None, None, None] * torch.randn(u.shape, generator=gen)
+    return (u.clamp(0, 1) - 0.5) / 0.5
 
 
 def predict_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -267,6 +417,8 @@ def train(
         for i in range(0, len(perm), recipe.batch_size):
             idx = perm[i : i + recipe.batch_size]
             xb = augment(xt[idx], gen, recipe)
+            if recipe.photometric:
+                xb = photometric(xb, gen, recipe)
             loss = nn.functional.binary_cross_entropy_with_logits(model(xb)[:, 0], yt[idx])
             opt.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
@@ -339,8 +491,15 @@ def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
     return logits
 
 
-def export_onnx(model: GapCnn, path: Path, check_x: np.ndarray, cam: bool) -> None:
-    """Export (outputs ``logits`` and, with ``cam``, ``cam``) and verify with onnxruntime.
+def export_onnx(
+    model: GapCnn,
+    path: Path,
+    check_x: np.ndarray,
+    cam: bool,
+    ood: MahalanobisHead | None = None,
+) -> None:
+    """Export (outputs ``logits``, with ``cam`` also ``cam``, with ``ood`` also ``ood``) and
+    verify with onnxruntime.
 
     Uses the legacy TorchScript exporter (no onnxscript dependency); BatchNorm is folded into
     the convolutions in eval mode, keeping the file small. Checks that onnxruntime reproduces
@@ -348,8 +507,14 @@ def export_onnx(model: GapCnn, path: Path, check_x: np.ndarray, cam: bool) -> No
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    module: nn.Module = WithCam(model) if cam else model
+    if ood is not None and not cam:
+        raise ValueError("the ood output is exported together with the cam")
+    module: nn.Module = (
+        (WithCamOod(model, ood) if ood is not None else WithCam(model)) if cam else model
+    )
     names = ["logits", "cam"] if cam else ["logits"]
+    if ood is not None:
+        names.append("ood")
     dummy = torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE)
     with warnings.catch_warnings():
         # The legacy exporter is deliberate (see docstring); silence its deprecation notice.
@@ -373,6 +538,12 @@ def export_onnx(model: GapCnn, path: Path, check_x: np.ndarray, cam: bool) -> No
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     if cam:
         check_cam_identity(got, outputs[1], cam_bias(model))
+    if ood is not None:
+        with torch.no_grad():
+            want_ood = ood(torch.from_numpy(pooled_features(model, check_x)).float()).numpy()
+        if outputs[2].shape != want_ood.shape or outputs[2].dtype != np.float32:
+            raise RuntimeError(f"ood output {outputs[2].shape} {outputs[2].dtype}")
+        np.testing.assert_allclose(outputs[2], want_ood, rtol=1e-4, atol=1e-4)
 
 
 def cam_bias(model: GapCnn) -> float:
@@ -494,6 +665,89 @@ def evaluate(
         "bootstrap": f"{BOOTSTRAP_RESAMPLES} stratified resamples of test, seed {seed}",
         "test_ece": ece,
         "test_reliability": table,
+    }
+
+
+OOD_ACCEPTANCE = 0.95
+
+
+def onnx_outputs(path: Path, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    """Named outputs of an exported model for a preprocessed array, in batches of 1024."""
+    sess = ort_session(path)
+    parts = [sess.run(names, {"image": x[i : i + 1024]}) for i in range(0, len(x), 1024)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    """Energy OOD score of a binary logit z (classes scored 0 and z): -E = logsumexp(0, z),
+    negated so that higher = more out of distribution (Liu et al. 2020)."""
+    score: np.ndarray = -np.logaddexp(0.0, logits.astype(np.float64))
+    return score
+
+
+def ood_auroc(in_dist: np.ndarray, out_dist: np.ndarray) -> float:
+    """AUROC of telling ``out_dist`` (positive) from ``in_dist`` by a higher score."""
+    y = np.concatenate([np.zeros(len(in_dist)), np.ones(len(out_dist))])
+    return auc(y, np.concatenate([in_dist, out_dist]))
+
+
+def ood_evaluation(
+    onnx_path: Path,
+    data: Splits,
+    val_sets: dict[str, np.ndarray],
+    test_sets: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """Threshold of the ``ood`` output on val, the score choice on val, AUROCs on test sets.
+
+    In-distribution is the model's own split (val for the choice and the threshold, test for
+    the AUROCs and the acceptance rate); each OOD set is scored against it separately.
+    """
+
+    def scores(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, ood = onnx_outputs(onnx_path, x, ["logits", "ood"])
+        return ood[:, 0].astype(np.float64), energy_score(logits[:, 0])
+
+    maha_val, energy_val = scores(data.x["val"])
+    choice: dict[str, dict[str, float]] = {"mahalanobis": {}, "energy": {}}
+    for name, x in val_sets.items():
+        m, e = scores(x)
+        choice["mahalanobis"][name] = ood_auroc(maha_val, m)
+        choice["energy"][name] = ood_auroc(energy_val, e)
+    mean_val = {k: round(float(np.mean(list(v.values()))), 6) for k, v in choice.items()}
+    threshold = float(np.percentile(maha_val, 100 * OOD_ACCEPTANCE))
+    maha_test, _ = scores(data.x["test"])
+    table = {}
+    for name, x in test_sets.items():
+        m, _ = scores(x)
+        table[name] = {
+            "n": len(x),
+            "auroc": ood_auroc(maha_test, m),
+            "flagged_at_threshold": round(float((m > threshold).mean()), 6),
+        }
+    return {
+        "ood_score": "min over classes of the Mahalanobis distance of the pooled features "
+        "(class means, tied covariance of the un-augmented train split)",
+        "ood_score_selection_val": {
+            "mean_auroc": mean_val,
+            "per_set": choice,
+            "chosen": max(mean_val, key=lambda k: mean_val[k]),
+        },
+        "ood_threshold": round(threshold, 6),
+        "ood_threshold_selection": f"{OOD_ACCEPTANCE:.0%} percentile of val ood scores",
+        "ood_acceptance_rate_val": round(float((maha_val <= threshold).mean()), 6),
+        "ood_acceptance_rate_test": round(float((maha_test <= threshold).mean()), 6),
+        "ood_test_auroc": table,
+    }
+
+
+def flip_rates(
+    onnx_path: Path, x: np.ndarray, threshold: float, perturbed: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Share of images whose thresholded decision changes under each perturbation."""
+    base = sigmoid(onnx_logits(onnx_path, x)) >= threshold
+    return {
+        name: round(float(((sigmoid(onnx_logits(onnx_path, xp)) >= threshold) != base).mean()), 6)
+        for name, xp in perturbed.items()
     }
 
 
@@ -665,6 +919,18 @@ def training_text(recipe: Recipe, seed: int | str) -> str:
     )
 
 
+def checked_use_section(pipeline: str) -> str:
+    """The intended use the gateway checks on every study (pipelines/<pipeline>.yaml), in the
+    words the Triton config's ``card.intended_use.*`` parameters use (a unit test compares)."""
+    spec = PipelineRegistry.load(ROOT / "pipelines").get(pipeline).intended_use
+    if spec is None:
+        return ""
+    return (
+        f"**Checked on every study** (`pipelines/{pipeline}.yaml`, `intended_use`; the pipeline"
+        " refuses or flags what falls outside):\n\n" + intended_use_markdown(spec) + "\n"
+    )
+
+
 @dataclass
 class CardText:
     """The model-specific prose of a model card; numbers come from metrics.json."""
@@ -683,6 +949,97 @@ class CardText:
     reference: str
     limitations: list[str]
     minutes: str
+    # Why version 2 exists and how it was chosen (cards of models with a second version).
+    v2_note: str = ""
+    # Every evaluation on the test split, one line each (no dates).
+    test_evaluations: list[str] = field(default_factory=list)
+
+
+def ood_text(m: dict[str, Any]) -> str:
+    """The ``ood`` output: definition, threshold, and the AUROC table on the test sets."""
+    sel = m["ood_score_selection_val"]["mean_auroc"]
+    intro = (
+        "Output `ood`: float32 `[N, 1]`, an out-of-distribution score computed in the graph: "
+        "the Mahalanobis distance of the global-average-pooled features to the nearest class "
+        "mean, with the class means and one tied covariance fitted on the un-augmented training "
+        "images (Lee et al. 2018); higher = less like the training data. Chosen over the energy "
+        f"score of the logit on val-built sets only (mean val AUROC {sel['mahalanobis']:.3f} "
+        f"Mahalanobis vs {sel['energy']:.3f} energy). Threshold **{m['ood_threshold']:.4f}** "
+        f"= the {OOD_ACCEPTANCE:.0%} percentile of the val scores (val acceptance "
+        f"{m['ood_acceptance_rate_val']:.1%}); on the test split it accepts "
+        f"**{m['ood_acceptance_rate_test']:.1%}**. The platform does not act on it yet: a "
+        "caller may treat `ood > ood_threshold` as 'not the kind of image this model was "
+        "trained on'."
+    )
+    rows = "\n".join(
+        f"| {name} | {r['n']} | {r['auroc']:.4f} | {r['flagged_at_threshold']:.1%} |"
+        for name, r in m["ood_test_auroc"].items()
+    )
+    table = (
+        "| OOD set (vs the own test split) | images | AUROC | flagged at threshold |\n"
+        "|---|---|---|---|\n" + rows
+    )
+    note = (
+        "Sets: the other MedMNIST task's test split and OrganAMNIST CT test, each through this "
+        "model's pipeline; the DICOM corpus beside the repository decoded and preprocessed by "
+        "the platform's own code (grouped by modality; first frame of multi-frame instances; "
+        "colour instances skipped, as the service refuses them; duplicates counted once); and "
+        "corruptions of the own test split in the [0, 1] intensity domain. The DICOM groups are "
+        "small: read their AUROCs as indications."
+    )
+    return wrap(intro) + "\n\n" + table + "\n\n" + wrap(note)
+
+
+def flip_table(ms: list[dict[str, Any]]) -> str:
+    """Decision-flip rates on test under mild perturbations, one column per version."""
+    head = " | ".join(f"version {m.get('version', 1)}" for m in ms)
+    rows = "\n".join(
+        f"| {name} | " + " | ".join(f"{m['test_flip_rates'][name]:.1%}" for m in ms) + " |"
+        for name in ms[0]["test_flip_rates"]
+    )
+    mean = " | ".join(f"{np.mean(list(m['test_flip_rates'].values())):.1%}" for m in ms)
+    intro = (
+        "Share of test images whose thresholded decision (operating threshold of each version) "
+        "changes under a mild, acquisition-like perturbation (`scripts/ood_data.py`, "
+        "`PERTURBATIONS`; seeded)."
+    )
+    return (
+        wrap(intro)
+        + f"\n\n| perturbation | {head} |\n|---|{'---|' * len(ms)}\n{rows}\n| mean | {mean} |"
+    )
+
+
+def comparison_table(ms: list[dict[str, Any]]) -> str:
+    """Test metrics of every version side by side (same stratified bootstrap)."""
+
+    def ci(v: float, c: list[float]) -> str:
+        return f"{v:.4f} ({c[0]:.4f} to {c[1]:.4f})"
+
+    head = " | ".join(f"version {m.get('version', 1)}" for m in ms)
+    lines = [
+        ("test AUC", [ci(m["test_auc"], m["test_auc_ci95"]) for m in ms]),
+        ("operating threshold (val)", [f"{m['operating_threshold']:.4f}" for m in ms]),
+        (
+            "sensitivity",
+            [
+                ci(m["test_at_operating_threshold"]["sensitivity"], m["test_sensitivity_ci95"])
+                for m in ms
+            ],
+        ),
+        (
+            "specificity",
+            [
+                ci(m["test_at_operating_threshold"]["specificity"], m["test_specificity_ci95"])
+                for m in ms
+            ],
+        ),
+        ("val AUC", [f"{m['val_auc']:.4f}" for m in ms]),
+        ("ECE (test)", [f"{m['test_ece']:.4f}" for m in ms]),
+        ("ood threshold", [f"{m['ood_threshold']:.4f}" for m in ms]),
+        ("ood acceptance, test", [f"{m['ood_acceptance_rate_test']:.1%}" for m in ms]),
+    ]
+    rows = "\n".join(f"| {k} | " + " | ".join(v) + " |" for k, v in lines)
+    return f"| metric | {head} |\n|---|{'---|' * len(ms)}\n{rows}"
 
 
 def write_card(
@@ -691,8 +1048,10 @@ def write_card(
     m: dict[str, Any],
     recipe: Recipe,
     counts: dict[str, tuple[int, int]],
+    later: list[tuple[dict[str, Any], Recipe]] | None = None,
 ) -> None:
-    """Write MODEL_CARD.md for a single GapCnn model from its metrics."""
+    """Write MODEL_CARD.md for a GapCnn model from its metrics (``later``: versions 2, ...)."""
+    later = later or []
     n_test = sum(counts["test"])
     val_role = (
         "picked the checkpoint and the operating threshold"
@@ -704,6 +1063,11 @@ def write_card(
             "Input `image`: float32 `[N, 1, 28, 28]` (dynamic batch), preprocessed as below.",
             f"Output `logits`: float32 `[N, 1]`, {text.output}",
             f"{cam_text()} For this model `b = {m['cam_bias']!r}`.",
+            *(
+                ["Output `ood`: float32 `[N, 1]`, out-of-distribution score (see below)."]
+                if "ood_threshold" in m
+                else []
+            ),
             f"ONNX opset {OPSET}, exported with the TorchScript (legacy) exporter, BatchNorm "
             f"folded into the convolutions; {m['onnx_bytes']} bytes, {m['parameters']} trained "
             f"parameters, sha256 `{m['onnx_sha256']}`.",
@@ -721,6 +1085,40 @@ def write_card(
         "count produce a byte-identical `model.onnx`; other torch versions or CPUs may give "
         "slightly different weights (`make reproduce` checks both cases)."
     )
+    extra = ""
+    if "ood_threshold" in m:
+        extra += f"## Out-of-distribution score (version 1)\n\n{ood_text(m)}\n\n"
+    if "test_flip_rates" in m:
+        flips = flip_table([m, *(x for x, _ in later)])
+        extra += f"## Decision flips under perturbations\n\n{flips}\n\n"
+    for m2, r2 in later:
+        v = m2["version"]
+        extra += (
+            f"## Version {v}\n\n{wrap(text.v2_note)}\n\n"
+            f"{wrap(training_text(r2, m2['seed']) + ' Weights kept: ' + m2['chosen'] + '.')}\n\n"
+            f"Architecture: {architecture_text(r2.width, r2.dropout)} ONNX "
+            f"{m2['onnx_bytes']} bytes, {m2['parameters']} parameters, sha256 "
+            f"`{m2['onnx_sha256']}`, `b = {m2['cam_bias']!r}`.\n\n"
+            f"### Results, version {v} (test split, n = {n_test})\n\n"
+            f"{results_table(m2, text.positive)}\n\n"
+            f"### Versions side by side\n\n{comparison_table([m, m2])}\n\n"
+            f"### Out-of-distribution score, version {v}\n\n{ood_text(m2)}\n\n"
+        )
+    if text.test_evaluations:
+        extra += (
+            "## Test evaluations\n\nEvery evaluation on the test split made for the "
+            f"versions documented here:\n\n{bullets(text.test_evaluations)}\n\n"
+        )
+    if later:
+        versions_text = (
+            f"Triton model `{m['model']}`, versions "
+            + ", ".join(str(x.get("version", 1)) for x in [m, *(y for y, _ in later)])
+            + f" (`model_repository/{m['model']}/<version>/model.onnx`; metrics of version N "
+            "> 1 in `metrics_vN.json`, card facts in the config's `card.vN.metric.*`)."
+        )
+    else:
+        folder = f"model_repository/{m['model']}/1/model.onnx"
+        versions_text = f"Triton model `{m['model']}`, version 1 (`{folder}`)."
     card = f"""# {m["model"]}: {text.title}
 
 Generated by `{text.script}`; do not edit by hand, rerun the script.
@@ -731,6 +1129,7 @@ Generated by `{text.script}`; do not edit by hand, rerun the script.
 
 {wrap("**Intended users:** " + text.intended_users)}
 
+{checked_use_section(m["model"])}
 ## Not for use
 
 {bullets(text.not_for_use)}
@@ -765,13 +1164,13 @@ Generated by `{text.script}`; do not edit by hand, rerun the script.
 
 {reliability_text(m, text.positive, recipe.label_smoothing, counts)}
 
-## Subgroups and limitations
+{extra}## Subgroups and limitations
 
 {bullets(text.limitations)}
 
 ## Version and how to reproduce
 
-Triton model `{m["model"]}`, version 1 (`model_repository/{m["model"]}/1/model.onnx`).
+{versions_text}
 
 ```
 python {text.script}
@@ -791,6 +1190,7 @@ def common_metrics(
     onnx_path: Path,
     data_path: Path,
     cam: bool = True,
+    ood: bool = False,
 ) -> dict[str, Any]:
     """metrics.json content shared by the training scripts (deterministic: no timings).
 
@@ -802,6 +1202,8 @@ def common_metrics(
     if cam:
         outputs["cam"] = [1, IMAGE_SIZE // 4, IMAGE_SIZE // 4]
         extra["cam_bias"] = cam_bias(model)
+    if ood:
+        outputs["ood"] = [1]
     return {
         "model": name,
         "seed": seed,
@@ -828,10 +1230,16 @@ def common_metrics(
     }
 
 
-CARD_METRIC = re.compile(
-    r'^(parameters \{ key: "card\.metric\.(\w+)" value \{ string_value: ")[^"]*(" \} \})$',
-    re.MULTILINE,
-)
+def card_metric_pattern(version: int) -> re.Pattern[str]:
+    """``card.metric.<key>`` lines (version 1) or ``card.v<N>.metric.<key>`` lines."""
+    prefix = r"card\.metric\." if version == 1 else rf"card\.v{version}\.metric\."
+    return re.compile(
+        rf'^(parameters \{{ key: "{prefix}(\w+)" value \{{ string_value: ")[^"]*(" \}} \}})$',
+        re.MULTILINE,
+    )
+
+
+CARD_METRIC = card_metric_pattern(1)
 
 
 def card_parameters(
@@ -852,8 +1260,8 @@ def card_parameters(
     )
 
 
-def sync_card_metrics(config_path: Path, metrics: dict[str, Any]) -> None:
-    """Rewrite the ``card.metric.*`` parameters of an existing config from ``metrics``.
+def sync_card_metrics(config_path: Path, metrics: dict[str, Any], version: int = 1) -> None:
+    """Rewrite the ``card.metric.*`` (``card.v<N>.metric.*``) parameters of a config.
 
     The config's other lines are left as they are; a config without such parameters, or a
     folder without a config (e.g. ``--out`` somewhere else), is left alone.
@@ -865,12 +1273,17 @@ def sync_card_metrics(config_path: Path, metrics: dict[str, Any]) -> None:
     def value(match: re.Match[str]) -> str:
         return f"{match.group(1)}{json.dumps(metrics[match.group(2)])}{match.group(3)}"
 
-    config_path.write_text(CARD_METRIC.sub(value, text))
+    config_path.write_text(card_metric_pattern(version).sub(value, text))
 
 
 @dataclass(frozen=True)
 class SingleModel:
-    """What a one-model training script (CNN + CAM) decides; ``run`` does the rest."""
+    """What a one-model training script (CNN + CAM + OOD) decides; ``run`` does the rest.
+
+    ``ood_sets(data, split)``: the out-of-distribution sets built from ``split`` (val: to choose
+    the score; test: the reported AUROCs). ``v2_recipe``: a second version trained beside the
+    first (``<out>/2/model.onnx``, ``metrics_v2.json``).
+    """
 
     name: str
     recipe: Recipe
@@ -879,29 +1292,77 @@ class SingleModel:
     data_help: str
     load: Callable[[Path], Splits]
     card_text: Callable[[dict[str, Any]], CardText]
+    ood_sets: Callable[[Splits, str], dict[str, np.ndarray]]
+    v2_recipe: Recipe | None = None
+
+
+def metrics_file(version: int) -> str:
+    """metrics.json for version 1, metrics_v<N>.json for later versions."""
+    return "metrics.json" if version == 1 else f"metrics_v{version}.json"
 
 
 def run(spec: SingleModel, description: str) -> None:
-    """CLI of a one-model script: train, evaluate on test, export and verify ONNX (logits + CAM),
-    write metrics, card and the config's card metrics. The defaults reproduce the shipped model."""
+    """CLI of a one-model script: train, evaluate on test, export and verify ONNX (logits, CAM,
+    OOD), write metrics, card and the config's card metrics. The defaults reproduce the shipped
+    model (every version of it)."""
+    import ood_data  # services imports: only the one-model scripts need them
+
+    versions = [1, 2] if spec.v2_recipe is not None else [1]
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--epochs", type=int, default=spec.recipe.epochs)
+    p.add_argument("--epochs", type=int, default=None, help="override every version's epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", type=Path, default=spec.default_data, help=spec.data_help)
     p.add_argument(
         "--out", type=Path, default=spec.default_out, help="model folder in the repository"
     )
+    p.add_argument(
+        "--version",
+        type=int,
+        choices=versions,
+        action="append",
+        help="train only this version (repeatable; default: every version)",
+    )
     args = p.parse_args()
     started = time.perf_counter()
-    recipe = dataclasses.replace(spec.recipe, epochs=args.epochs)
     data = spec.load(args.data)
-    trained = train(recipe, data, args.seed, log=lambda line: print(line, flush=True))
-    onnx_path = args.out / "1" / "model.onnx"
-    export_onnx(trained.model, onnx_path, data.x["test"], cam=True)
-    metrics = common_metrics(spec.name, trained, recipe, args.seed, data, onnx_path, args.data)
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    sync_card_metrics(args.out / "config.pbtxt", metrics)
-    write_card(args.out / "MODEL_CARD.md", spec.card_text(metrics), metrics, recipe, data.counts())
-    summary = {k: metrics[k] for k in ("test_auc", "test_auc_ci95", "operating_threshold")}
-    print(json.dumps(summary | {"test_ece": metrics["test_ece"]}))
-    print(f"training {trained.seconds:.1f}s, total {time.perf_counter() - started:.1f}s")
+    val_sets, test_sets = spec.ood_sets(data, "val"), spec.ood_sets(data, "test")
+    perturbed = ood_data.perturbations(data.x["test"], seed=args.seed)
+    recipes = {1: spec.recipe, 2: spec.v2_recipe}
+    for version in args.version or versions:
+        base = recipes[version]
+        assert base is not None
+        recipe = base if args.epochs is None else dataclasses.replace(base, epochs=args.epochs)
+        print(f"version {version}", flush=True)
+        trained = train(recipe, data, args.seed, log=lambda line: print(line, flush=True))
+        head = fit_mahalanobis(trained.model, data.x["train"], data.y["train"])
+        onnx_path = args.out / str(version) / "model.onnx"
+        export_onnx(trained.model, onnx_path, data.x["test"], cam=True, ood=head)
+        metrics = common_metrics(
+            spec.name, trained, recipe, args.seed, data, onnx_path, args.data, ood=True
+        )
+        metrics["version"] = version
+        metrics |= ood_evaluation(onnx_path, data, val_sets, test_sets)
+        metrics["test_flip_rates"] = flip_rates(
+            onnx_path, data.x["test"], metrics["operating_threshold"], perturbed
+        )
+        (args.out / metrics_file(version)).write_text(json.dumps(metrics, indent=2) + "\n")
+        sync_card_metrics(args.out / "config.pbtxt", metrics, version)
+        summary = {k: metrics[k] for k in ("test_auc", "test_auc_ci95", "operating_threshold")}
+        print(json.dumps(summary | {"ood_threshold": metrics["ood_threshold"]}))
+        print(f"version {version}: training {trained.seconds:.1f}s", flush=True)
+    stored = {
+        v: json.loads((args.out / metrics_file(v)).read_text())
+        for v in versions
+        if (args.out / metrics_file(v)).exists()
+    }
+    v1 = stored[1]
+    later = [(stored[v], recipes[v]) for v in versions[1:] if v in stored]
+    write_card(
+        args.out / "MODEL_CARD.md",
+        spec.card_text(v1),
+        v1,
+        spec.recipe,
+        data.counts(),
+        later=[(m, r) for m, r in later if r is not None],
+    )
+    print(f"total {time.perf_counter() - started:.1f}s")

@@ -9,7 +9,8 @@ to use and what the card says about the model's use and limits.
 BreastMNIST labels are 0 = malignant, 1 = normal or benign; the model's positive class is
 malignancy, so it is trained on ``1 - label`` (``us_dataset.malignancy_labels``).
 
-Outputs (under ``--out``): ``1/model.onnx``, ``metrics.json`` and ``MODEL_CARD.md``.
+Outputs (under ``--out``): ``1/model.onnx`` (outputs ``logits``, ``cam`` and the
+out-of-distribution score ``ood``), ``metrics.json`` and ``MODEL_CARD.md``.
 Reproduce with ``python scripts/train_us_breast.py``.
 """
 
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import medmnist_cnn as mc
 import numpy as np
-from us_dataset import malignancy_labels, training_tensor
+import ood_data
+from us_dataset import PIPELINE, malignancy_labels, training_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared/data/medmnist/breastmnist_28.npz"
@@ -54,6 +56,12 @@ def load(path: Path) -> mc.Splits:
         x={s: training_tensor(data[f"{s}_images"]) for s in splits},
         y={s: malignancy_labels(data[f"{s}_labels"]) for s in splits},
     )
+
+
+def ood_sets(data: mc.Splits, split: str) -> dict[str, np.ndarray]:
+    """OOD sets of the ultrasound model: PneumoniaMNIST, OrganAMNIST CT, DICOMs, corruptions."""
+    other = ("pneumoniamnist", ood_data.MEDMNIST / "pneumoniamnist_28_reconstructed.npz")
+    return ood_data.ood_sets(PIPELINE, data.x[split], split, other)
 
 
 def card_text(m: dict[str, object]) -> mc.CardText:
@@ -144,7 +152,14 @@ def card_text(m: dict[str, object]) -> mc.CardText:
 if __name__ == "__main__":
     mc.run(
         mc.SingleModel(
-            NAME, RECIPE, DEFAULT_DATA, DEFAULT_OUT, "BreastMNIST 28px .npz", load, card_text
+            NAME,
+            RECIPE,
+            DEFAULT_DATA,
+            DEFAULT_OUT,
+            "BreastMNIST 28px .npz",
+            load,
+            card_text,
+            ood_sets,
         ),
         __doc__.splitlines()[0],
     )

@@ -69,7 +69,13 @@ def _table(path: str, response: gateway_pb2.AnalyzeResponse) -> str:
 
 def _routing(info: gateway_pb2.PipelineInfo) -> str:
     how = "" if info.auto_route else "; only when a request names it"
-    return f"accepts {info.accepts}{how}"
+    use = info.intended_use
+    intended = (
+        f"; intended for {use.population} (outside it: {use.outside})"
+        if info.HasField("intended_use")
+        else ""
+    )
+    return f"accepts {info.accepts}{how}{intended}"
 
 
 def _analyze_files(

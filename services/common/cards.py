@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from services.common.errors import Misconfiguration
+from services.common.pipelines import IntendedUse, Range
 
 PREFIX = "card."
 METRIC_PREFIX = "card.metric."
@@ -51,3 +52,42 @@ def card_from_parameters(name: str, version: str, parameters: Mapping[str, str])
         metrics=metrics,
         card_reference=parameters.get(f"{PREFIX}reference", ""),
     )
+
+
+INTENDED_PREFIX = "card.intended_use."
+
+
+def intended_use_facts(use: IntendedUse) -> dict[str, str]:
+    """A pipeline's intended use as the facts its model's card and Triton config state
+    (``card.intended_use.<key>`` parameters): one string per constraint, empty ones left out.
+    What a pipeline does outside them (refuse, flag) is the pipeline's, not the model's."""
+
+    def bounds(r: Range | None, unit: str) -> str:
+        return "" if r is None else r.describe(unit)
+
+    facts = {
+        "population": use.population,
+        "age": bounds(use.age_years, "years"),
+        "presentation_intent_type": ", ".join(use.presentation_intent_type),
+        "view_position": ", ".join(use.view_position),
+        "photometric_interpretation": ", ".join(use.photometric_interpretation),
+        "pixel_spacing": bounds(use.pixel_spacing_mm, "mm"),
+        "min_matrix": f"{use.min_matrix} pixels" if use.min_matrix else "",
+    }
+    return {key: value for key, value in facts.items() if value}
+
+
+def intended_use_facts_from_parameters(parameters: Mapping[str, str]) -> dict[str, str]:
+    return {
+        key.removeprefix(INTENDED_PREFIX): value
+        for key, value in parameters.items()
+        if key.startswith(INTENDED_PREFIX)
+    }
+
+
+def intended_use_markdown(use: IntendedUse) -> str:
+    """The card's "Intended use, as checked" section body (the same facts)."""
+    lines = [
+        f"- **{key.replace('_', ' ')}**: {value}" for key, value in intended_use_facts(use).items()
+    ]
+    return "\n".join(lines)

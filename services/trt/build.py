@@ -148,7 +148,7 @@ def prepare(options: BuildOptions) -> BuildPlan:
         batch=batch,
         profiles=profiles,
         flags=flags,
-        config=plan_config(source, name, batch.max),
+        config=plan_config(source, name, batch.max, version),
         plan_path=target / str(version) / PLAN_FILENAME,
         config_path=target / "config.pbtxt",
         workspace_bytes=options.workspace_mb * 1024 * 1024,

@@ -275,12 +275,17 @@ def builder_flags(fp16: bool, int8: bool, has_calibration: bool) -> frozenset[st
 
 
 def plan_config(
-    config: model_config_pb2.ModelConfig, name: str, max_batch: int | None = None
+    config: model_config_pb2.ModelConfig,
+    name: str,
+    max_batch: int | None = None,
+    version: int | None = None,
 ) -> model_config_pb2.ModelConfig:
     """The same model contract served from a TensorRT plan.
 
-    Inputs, outputs, max_batch_size, dynamic batching, version policy, warm-up and parameters
-    are kept; the platform becomes ``tensorrt_plan``, instances run on the GPU, and the
+    Inputs, outputs, max_batch_size, dynamic batching, warm-up and parameters are kept; the
+    version policy names only ``version`` when given (the one version a build writes a plan
+    for: Triton would fail to load the others); the platform becomes ``tensorrt_plan``,
+    instances run on the GPU, and the
     onnxruntime execution accelerators are dropped (the plan already is a TensorRT engine).
     When the engine's ``max_batch`` is below the config's, max_batch_size and the preferred batch
     sizes follow the engine, since Triton refuses a config that batches beyond its plan.
@@ -292,6 +297,9 @@ def plan_config(
     plan.backend = ""
     plan.ClearField("default_model_filename")
     plan.optimization.ClearField("execution_accelerators")
+    if version is not None:
+        plan.version_policy.Clear()
+        plan.version_policy.specific.versions.append(version)
     if plan.optimization.ByteSize() == 0:
         plan.ClearField("optimization")
     gpu_groups = [

@@ -16,6 +16,7 @@ from synthetic import chest_image
 from services.api.imaging.v1 import (
     decoder_pb2,
     decoder_pb2_grpc,
+    findings_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     preprocessor_pb2,
@@ -26,7 +27,7 @@ from services.cli.stack import Stack
 from services.common import tensors
 
 pytestmark = pytest.mark.integration
-MODEL = REPO_ROOT / "model_repository" / "cxr_pneumonia" / "1" / "model.onnx"
+MODEL = REPO_ROOT / "model_repository" / "cxr_pneumonia" / "2" / "model.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_real_chest_xray_probability_equals_onnxruntime(
     dicom = (dicom_dir / name).read_bytes()
     response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[dicom]))
     assert response.pipeline == "cxr_pneumonia"
-    assert (response.model.name, response.model.version) == ("cxr_pneumonia", "1")
+    assert (response.model.name, response.model.version) == ("cxr_pneumonia", "2")
     assert {t.stage for t in response.timings} >= {
         "decode",
         "preprocess",
@@ -82,7 +83,40 @@ def test_real_chest_xray_probability_equals_onnxruntime(
     assert batch.shape == (1, 1, 28, 28)
     expected = float(_sigmoid(session.run(["logits"], {"image": batch})[0])[0, 0])
     assert finding.probability == pytest.approx(expected, abs=1e-5)
-    assert finding.positive == (finding.probability >= finding.threshold)
+    # Adults' radiographs (or of unknown age): the model was trained on children aged 1-5, so
+    # the finding is no decision and the study stays ROUTINE whatever the probability.
+    assert finding.status == findings_pb2.FINDING_STATUS_INDETERMINATE and not finding.positive
+    reasons = {c.reason: c.detail for c in finding.caveats}
+    assert "patient age" in reasons[findings_pb2.CAVEAT_REASON_OUTSIDE_INTENDED_USE]
+    assert finding.ood_threshold > 0  # v2 scores its own distance from the training data
+    assert response.triage_priority == findings_pb2.TRIAGE_PRIORITY_ROUTINE
+
+
+def test_a_childs_radiograph_gets_a_decision_and_an_adults_is_refused_where_the_pipeline_says(
+    dicom_dir: Path, gateway: gateway_pb2_grpc.GatewayStub
+) -> None:
+    from services.cli.samples import pneumoniamnist_samples
+
+    for name, dicom in pneumoniamnist_samples(MEDMNIST_DIR / "pneumoniamnist_28_reconstructed.npz"):
+        response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[dicom]))
+        [finding] = response.findings
+        assert not finding.caveats and not response.caveats
+        assert finding.positive == (finding.probability >= finding.threshold)
+        expected = (
+            findings_pb2.FINDING_STATUS_POSITIVE
+            if finding.positive
+            else findings_pb2.FINDING_STATUS_NEGATIVE
+        )
+        assert finding.status == expected, name
+    adult = (dicom_dir / CHEST_FILES[0]).read_bytes()
+    with pytest.raises(grpc.RpcError) as refused:
+        gateway.Analyze(
+            gateway_pb2.AnalyzeRequest(instances=[adult], pipeline="cxr_pneumonia_ensemble")
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = refused.value.details() or ""
+    assert "outside intended use: patient age outside 1-5 years" in details
+    assert "64" not in details  # the patient's age is never quoted
 
 
 def _training_module():
@@ -153,6 +187,10 @@ def test_list_pipelines(gateway: gateway_pb2_grpc.GatewayStub) -> None:
     for info in by_name.values():  # each model's card, as its served Triton config carries it
         assert info.card.name == info.model.name and len(info.card.intended_use) > 20
         assert info.card.card_reference.endswith("MODEL_CARD.md") and info.card.metrics
+        assert info.intended_use.population and info.intended_use.outside in {"refuse", "flag"}
+    chest = by_name["cxr_pneumonia"].intended_use
+    assert (chest.age_years.min, chest.age_years.max) == (1, 5)
+    assert list(chest.view_positions) == ["PA", "AP"]
 
 
 def test_heatmaps_are_left_out_unless_asked_for(

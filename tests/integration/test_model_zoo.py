@@ -51,8 +51,22 @@ def _analyze(
     return [f.probability for f in response.findings]
 
 
+def _version(model: str) -> str:
+    """The version a pipeline of that name serves (members of the ensemble: 1)."""
+    registry = PipelineRegistry.load(REPO_ROOT / "pipelines")
+    named = [p for p in registry.all() if p.name == model]
+    return named[0].model.version if named else "1"
+
+
+def _metrics(model: str) -> dict[str, float]:
+    version = _version(model)
+    name = "metrics.json" if version == "1" else f"metrics_v{version}.json"
+    loaded: dict[str, float] = json.loads((MODELS / model / name).read_text())
+    return loaded
+
+
 def _onnx_logits(model: str, x: np.ndarray) -> np.ndarray:
-    path = MODELS / model / "1" / "model.onnx"
+    path = MODELS / model / _version(model) / "model.onnx"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.asarray(session.run(["logits"], {"image": x})[0][:, 0])
 
@@ -68,7 +82,7 @@ def test_full_test_split_through_the_platform_gives_the_cards_auc(
     probabilities = []
     for start in range(0, len(images), 64):
         probabilities += _analyze(gateway, pipeline, images[start : start + 64])
-    card = json.loads((MODELS / pipeline / "metrics.json").read_text())
+    card = _metrics(pipeline)
     assert roc_auc_score(y, probabilities) == pytest.approx(card["test_auc"], abs=0.005)
 
 

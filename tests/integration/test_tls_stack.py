@@ -140,7 +140,7 @@ def test_with_a_key_findings_come_back_and_the_audit_names_client_and_served_mod
     records = [json.loads(line) for line in tls_stack.audit_log.read_text().splitlines()]
     (record,) = [r for r in records if r["request_id"] == "tls-audit-1"]
     assert record["client"] == CLIENT and record["status"] == "OK"
-    assert (record["model_name"], record["model_version"]) == ("cxr_pneumonia", "1")
+    assert (record["model_name"], record["model_version"]) == ("cxr_pneumonia", "2")
     assert record["instance_sha256"] == [hashlib.sha256(study[0]).hexdigest()]
     assert record["findings"][0]["code"] == response.findings[0].code
     text = tls_stack.audit_log.read_text()
@@ -297,7 +297,7 @@ def test_model_rollout_reaches_a_tls_triton_with_the_admin_key_only(
     pod = TritonPod(
         tls_stack.triton_grpc_address, files=files, admin_key=admin, server_name="localhost"
     )
-    assert pod.state("cxr_pneumonia").versions == (1,)
+    assert pod.state("cxr_pneumonia").versions == (1, 2)
     pod.close()
     elsewhere = TritonPod(
         tls_stack.triton_grpc_address, files=files, admin_key=admin, server_name="other.example"

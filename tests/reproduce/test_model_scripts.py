@@ -35,7 +35,8 @@ pytestmark = pytest.mark.reproduce
 
 REPOSITORY = REPO_ROOT / "model_repository"
 SCRIPTS = REPO_ROOT / "scripts"
-# script -> (arguments after the script, given the output root; model folders it writes)
+# script -> (arguments after the script, given the output root; model folders it writes).
+# train_cxr_pneumonia.py writes both versions of cxr_pneumonia (1/ and 2/, metrics_v2.json).
 TRAINED = {
     "train_cxr_pneumonia.py": (
         lambda out: ["--out", str(out / "cxr_pneumonia")],
@@ -89,17 +90,25 @@ def graph_signature(model: onnx.ModelProto) -> list[tuple[str, ...]]:
     return nodes + weights
 
 
+def committed_versions(committed: Path) -> list[int]:
+    """Version folders of a committed model (1, and 2 where a second version is trained)."""
+    return sorted(int(p.name) for p in committed.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def assert_close_retrain(model: str, rebuilt: Path, committed: Path) -> None:
-    """Tolerance check for a retrain on other CPU kernels."""
-    new, old = onnx.load(rebuilt / "1" / "model.onnx"), onnx.load(committed / "1" / "model.onnx")
-    assert graph_signature(new) == graph_signature(old)
-    x, y = medmnist_test_split(model)
-    p_new = probabilities(rebuilt / "1" / "model.onnx", x)
-    p_old = probabilities(committed / "1" / "model.onnx", x)
-    assert float(np.max(np.abs(p_new - p_old))) <= PROBABILITY_TOLERANCE
-    card = json.loads((committed / "metrics.json").read_text())
-    assert roc_auc_score(y, p_new) == pytest.approx(card["test_auc"], abs=AUC_TOLERANCE)
-    assert set(json.loads((rebuilt / "metrics.json").read_text())) == set(card)
+    """Tolerance check for a retrain on other CPU kernels, for every version of the model."""
+    for version in committed_versions(committed):
+        onnx_file = Path(str(version)) / "model.onnx"
+        metrics_file = "metrics.json" if version == 1 else f"metrics_v{version}.json"
+        new, old = onnx.load(rebuilt / onnx_file), onnx.load(committed / onnx_file)
+        assert graph_signature(new) == graph_signature(old)
+        x, y = medmnist_test_split(model)
+        p_new = probabilities(rebuilt / onnx_file, x)
+        p_old = probabilities(committed / onnx_file, x)
+        assert float(np.max(np.abs(p_new - p_old))) <= PROBABILITY_TOLERANCE
+        card = json.loads((committed / metrics_file).read_text())
+        assert roc_auc_score(y, p_new) == pytest.approx(card["test_auc"], abs=AUC_TOLERANCE)
+        assert set(json.loads((rebuilt / metrics_file).read_text())) == set(card)
 
 
 @pytest.mark.parametrize("script", TRAINED)
@@ -116,6 +125,8 @@ def test_training_script_reproduces_the_committed_models(script: str, tmp_path: 
         assert files, f"{script} wrote nothing for {model}"
         if model in MEDMNIST_TEST_SPLITS:
             assert {"1/model.onnx", "metrics.json", "MODEL_CARD.md"} <= {str(f) for f in files}
+            for version in committed_versions(REPOSITORY / model)[1:]:
+                assert {f"{version}/model.onnx", f"metrics_v{version}.json"} <= set(map(str, files))
         if same_kernels:
             differ = [
                 str(f) for f in files if sha256(rebuilt / f) != sha256(REPOSITORY / model / f)

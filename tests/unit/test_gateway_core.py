@@ -353,21 +353,26 @@ def make_analyzer(registry: PipelineRegistry) -> Iterator[Callable[..., Analyzer
 
 
 @pytest.mark.parametrize(
-    ("modality", "body_part", "expected"),
+    ("modality", "body_part", "expected", "version"),
     [
-        ("CR", "CHEST", "cxr_pneumonia"),
-        ("DX", "chest", "cxr_pneumonia"),
-        ("US", "BREAST", "us_breast"),
+        ("CR", "CHEST", "cxr_pneumonia", "2"),
+        ("DX", "chest", "cxr_pneumonia", "2"),
+        ("US", "BREAST", "us_breast", "1"),
     ],
 )
 def test_studies_are_routed_by_their_tags(
-    make_analyzer: Callable[..., Analyzer], modality: str, body_part: str, expected: str
+    make_analyzer: Callable[..., Analyzer],
+    modality: str,
+    body_part: str,
+    expected: str,
+    version: str,
 ) -> None:
     instances, attributes = study(2, modality, body_part)
     backends = Backends(FakeDecoder(attributes))
     result = make_analyzer(backends).analyze(StudyRequest(instances, request_id="r1"))
     assert result.pipeline == expected
-    assert result.model == ModelRef(expected, "1")
+    assert result.model == ModelRef(expected, version)
+    assert backends.inference.calls[0]["version"] == version
     assert {call[0] for call in backends.preprocessor.calls} == {expected}
     assert backends.inference.calls[0]["model"] == expected
     assert backends.postprocessor.calls[0]["pipeline"] == expected
@@ -557,9 +562,10 @@ def test_inference_gets_the_pipelines_model_and_the_request_priority(
     spec = registry.get("cxr_pneumonia").model
     (call,) = backends.inference.calls
     assert call["model"] == "cxr_pneumonia" == spec.name
-    assert call["version"] == spec.version
+    assert call["version"] == spec.version == "2"
     assert call["input_name"] == "image" == spec.input
-    assert call["output_names"] == ["logits"]  # no heatmaps asked: the CAM is not fetched
+    # No heatmaps asked: the CAM is not fetched; the OOD score always is (its rule reads it).
+    assert call["output_names"] == ["logits", "ood"]
     assert call["priority"] == triton
     assert call["request_id"] == "p"
     assert backends.postprocessor.calls[0]["heatmaps"] is False
@@ -575,7 +581,7 @@ def test_heatmaps_when_asked_fetch_the_class_activation_map(
     (call,) = backends.inference.calls
     assert (
         call["output_names"]
-        == ["logits", "cam"]
+        == ["logits", "cam", "ood"]
         == list(registry.get("cxr_pneumonia").model.outputs)
     )
     assert backends.postprocessor.calls[0]["heatmaps"] is True

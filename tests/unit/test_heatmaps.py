@@ -58,7 +58,7 @@ def test_bad_shapes_are_reported() -> None:
 
 def _heatmap_pipeline() -> Pipeline:
     spec = yaml.safe_load((PIPELINES / "cxr_pneumonia.yaml").read_text())
-    spec["model"]["outputs"] = ["logits", "cam"]
+    spec["model"]["outputs"] = ["logits", "cam", "ood"]
     spec["postprocess"]["findings"][0]["heatmap_output"] = "cam"
     return Pipeline.model_validate(spec)
 

@@ -126,7 +126,7 @@ def test_an_indeterminate_finding_never_raises_the_priority() -> None:
     pipeline = PipelineRegistry.load(PIPELINES).get("cxr_pneumonia")
     flagged = Caveat(CaveatReason.OUTSIDE_INTENDED_USE, "outside intended use: age", "adult")
     assessment = assess(
-        _chest_outputs([6.0, -6.0]), ["adult", "child"], pipeline, caveats=[flagged]
+        _chest_outputs([6.0, -6.0], ood=[0.0, 0.0]), ["adult", "child"], pipeline, caveats=[flagged]
     )
     adult, child = assessment.findings
     assert adult.probability > 0.99 and adult.status is FindingStatus.INDETERMINATE
@@ -134,7 +134,7 @@ def test_an_indeterminate_finding_never_raises_the_priority() -> None:
     assert child.status is FindingStatus.NEGATIVE and not child.caveats
     assert assessment.triage_priority is TriagePriority.ROUTINE
     assert assessment.caveats == [flagged]
-    unflagged = assess(_chest_outputs([6.0, -6.0]), ["adult", "child"], pipeline)
+    unflagged = assess(_chest_outputs([6.0, -6.0], ood=[0.0, 0.0]), ["adult", "child"], pipeline)
     assert unflagged.findings[0].status is FindingStatus.POSITIVE
     assert unflagged.triage_priority is TriagePriority.URGENT
 
@@ -202,7 +202,7 @@ def test_decisions_are_counted_per_model_version_and_status() -> None:
     before = [count("imaging_model_decisions_total", **finding, status=s) for s in FindingStatus]
     images = count("imaging_model_images_total")
     flagged = Caveat(CaveatReason.OUTSIDE_INTENDED_USE, "outside intended use: age", "b")
-    outputs = _chest_outputs([6.0, 6.0, -6.0])
+    outputs = _chest_outputs([6.0, 6.0, -6.0], ood=[0.0, 0.0, 0.0])
     monitoring.record(pipeline, assess(outputs, ["a", "b", "c"], pipeline, caveats=[flagged]))
     after = [count("imaging_model_decisions_total", **finding, status=s) for s in FindingStatus]
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]  # POS, NEG, INDET

@@ -41,8 +41,10 @@ def session(model: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def metrics(model: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((REPOSITORY / model / "metrics.json").read_text())
+def metrics(model: str, version: str = "1") -> dict[str, Any]:
+    """A version's metrics: metrics.json for version 1, metrics_v<N>.json for later ones."""
+    name = "metrics.json" if version == "1" else f"metrics_v{version}.json"
+    data: dict[str, Any] = json.loads((REPOSITORY / model / name).read_text())
     return data
 
 
@@ -73,7 +75,7 @@ def test_onnx_outputs_match_the_triton_config(model: str) -> None:
     config = read_config(REPOSITORY / model / "config.pbtxt")
     assert config.name == model
     assert [(i.name, list(i.dims)) for i in config.input] == [("image", [1, 28, 28])]
-    want = {"logits": [1], "cam": [1, 7, 7]} if model in CAM_MODELS else {"logits": [1]}
+    want = {"logits": [1], "cam": [1, 7, 7], "ood": [1]} if model in CAM_MODELS else {"logits": [1]}
     assert [o.name for o in sess.get_outputs()] == list(want)
     assert {o.name: list(o.dims) for o in config.output} == want
     assert all(o.data_type == model_config_pb2.TYPE_FP32 for o in config.output)
@@ -119,8 +121,15 @@ def test_pipeline_uses_the_model_outputs_and_operating_point(model: str) -> None
     config = read_config(REPOSITORY / model / "config.pbtxt")
     assert pipeline.model.name == model
     assert set(pipeline.model.outputs) <= {o.name for o in config.output}
+    # The version the pipeline asks for is served, and its own card gives the operating point.
+    served = list(config.version_policy.specific.versions) or [1]
+    version = pipeline.model.version or str(max(served))  # empty: the latest served
+    assert int(version) in served
+    assert (REPOSITORY / model / version).is_dir()
     [rule] = pipeline.postprocess.findings
-    assert rule.threshold == pytest.approx(metrics(model)["operating_threshold"], abs=1e-6)
+    card = metrics(model, version)
+    assert card["model"] == model
+    assert rule.threshold == pytest.approx(card["operating_threshold"], abs=1e-6)
 
 
 def test_breast_finding_is_malignancy() -> None:

@@ -81,8 +81,13 @@ def test_load_reports_the_bad_file(tmp_path: Path) -> None:
 
 
 def test_pipeline_threshold_is_the_model_cards_operating_point(registry: PipelineRegistry) -> None:
+    pipeline = registry.get("cxr_pneumonia")
+    version = pipeline.model.version
+    assert version == "2"
+    # Each version has its own card: metrics.json for version 1, metrics_v<N>.json after it.
+    name = "metrics.json" if version == "1" else f"metrics_v{version}.json"
     metrics = json.loads(
-        (PIPELINES.parent / "model_repository" / "cxr_pneumonia" / "metrics.json").read_text()
+        (PIPELINES.parent / "model_repository" / "cxr_pneumonia" / name).read_text()
     )
-    [rule] = registry.get("cxr_pneumonia").postprocess.findings
+    [rule] = pipeline.postprocess.findings
     assert rule.threshold == pytest.approx(metrics["operating_threshold"], abs=1e-6)

@@ -215,6 +215,15 @@ def test_plan_config_keeps_the_contract_and_drops_the_onnxruntime_accelerator() 
     assert text_format.Parse(text, model_config_pb2.ModelConfig()) == plan
 
 
+def test_plan_config_serves_only_the_version_built() -> None:
+    config = cxr_config()
+    del config.version_policy.specific.versions[:]
+    config.version_policy.specific.versions.extend([1, 2])
+    plan = plan_config(config, "cxr_pneumonia_trt", version=2)
+    assert list(plan.version_policy.specific.versions) == [2]
+    assert list(config.version_policy.specific.versions) == [1, 2]  # the source is untouched
+
+
 def test_plan_config_keeps_other_optimizations_and_makes_instances_gpu() -> None:
     config = cxr_config()
     config.optimization.cuda.graphs = True
@@ -257,12 +266,15 @@ def test_int8_without_calibration_is_refused() -> None:
 
 
 def test_version_comes_from_the_policy_and_must_be_served() -> None:
-    assert choose_version(cxr_config(), CXR) == 1
-    with pytest.raises(BuildError, match=r"version 2 is not served: .* names only \[1\]"):
-        choose_version(cxr_config(), CXR, requested=2)
+    # The committed policy serves [1, 2]: the highest is the default, any served one can be asked.
+    assert choose_version(cxr_config(), CXR) == 2
+    assert choose_version(cxr_config(), CXR, requested=1) == 1
+    with pytest.raises(BuildError, match=r"version 3 is not served: .* names only \[1, 2\]"):
+        choose_version(cxr_config(), CXR, requested=3)
     unrestricted = cxr_config()
     unrestricted.ClearField("version_policy")
-    assert choose_version(unrestricted, CXR) == 1
+    assert choose_version(unrestricted, CXR) == 2  # the highest directory with a model.onnx
+    assert choose_version(unrestricted, CXR, requested=1) == 1
     with pytest.raises(BuildError, match="does not exist"):
         choose_version(unrestricted, CXR, requested=7)
 
@@ -593,7 +605,7 @@ def test_builder_gets_profile_flags_workspace_and_timing_cache(
     record = trt.record
     assert record.named("Logger") == [("WARNING",)]
     assert record.named("create_network") == [(0,)]  # TensorRT 10: explicit batch implied
-    assert record.named("parse_from_file") == [(str(CXR / "1" / "model.onnx"),)]
+    assert record.named("parse_from_file") == [(str(CXR / "2" / "model.onnx"),)]
     assert record.named("set_memory_pool_limit") == [("WORKSPACE", 2048 * 1024 * 1024)]
     assert record.named("set_flag") == [("FP16",)]
     assert record.named("add_optimization_profile") == [
@@ -626,7 +638,7 @@ def test_tensorrt_8_gets_the_explicit_batch_flag_and_no_timing_cache_unless_aske
     assert trt.record.named("create_network") == [(1 << 0,)]
     assert trt.record.named("set_flag") == []
     assert trt.record.named("create_timing_cache") == []
-    assert (tmp_path / "cxr_pneumonia" / "1" / "model.plan").read_bytes() == b"plan"
+    assert (tmp_path / "cxr_pneumonia" / "2" / "model.plan").read_bytes() == b"plan"
 
 
 def test_old_tensorrt_and_failed_builds_write_nothing(
@@ -686,7 +698,7 @@ def test_int8_build_calibrates_from_the_npz(
     ]
     assert runtime.freed == [pointer]
     assert cache.read_bytes() == b"scales"
-    assert (tmp_path / "plans" / "cxr_pneumonia_trt" / "1" / "model.plan").read_bytes() == (
+    assert (tmp_path / "plans" / "cxr_pneumonia_trt" / "2" / "model.plan").read_bytes() == (
         b"int8 plan"
     )
 
