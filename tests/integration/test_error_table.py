@@ -87,6 +87,13 @@ CASES: dict[str, Case] = {
         gapped_mr_series,
         "refuses this series",
     ),
+    "an adult's radiograph to a pipeline that refuses outside its intended use": Case(
+        errors.OutsideIntendedUse,
+        "stack",
+        _chest(patient_age="064Y"),
+        "outside intended use: patient age outside 1-5 years",
+        pipeline="cxr_pneumonia_ensemble",
+    ),
     "no pipeline accepts the study": Case(
         errors.NoMatchingPipeline, "stack", _chest(body_part="KNEE"), "BodyPartExamined is 'KNEE'"
     ),
