@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Create the virtual environment and install everything the platform and its tests need,
-# including Debian packages: libb64-0d (perf_analyzer) and prometheus (promtool and the
-# Prometheus server the chart's rules are checked against). Safe to re-run.
+# including Debian packages: libb64-0d (perf_analyzer), prometheus (promtool and the
+# Prometheus server the chart's rules are checked against), dicom3tools (dciodvfy) and dcmtk
+# (dsrdump), which check the DICOM result objects, and orthanc with orthanc-dicomweb, a PACS
+# the tests store them to. Safe to re-run.
 set -euo pipefail
 venv=${1:-.venv}
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 
-apt_packages=(libb64-0d prometheus)
+apt_packages=(libb64-0d prometheus dicom3tools dcmtk orthanc orthanc-dicomweb)
 missing=()
 for package in "${apt_packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -13,6 +13,7 @@ from services.common.tls import PLAINTEXT, TlsFiles
 
 CHUNK_BYTES = 1024 * 1024
 # Above this a study is streamed in chunks instead of sent as one message.
+DOCUMENTS = ("sr", "seg", "heatmap", "fhir")
 STREAM_ABOVE_BYTES = 16 * 1024 * 1024
 
 
@@ -78,9 +79,23 @@ class GatewayClient:
         client_request_id: str = "",
         heatmaps: bool = False,
         masks: bool = False,
+        documents: Sequence[str] = (),
+        report_refusal: bool = False,
     ) -> gateway_pb2.AnalyzeResponse:
-        """One message for small studies, a client stream for large ones."""
-        options = gateway_pb2.OutputOptions(heatmaps=heatmaps, masks=masks)
+        """One message for small studies, a client stream for large ones. ``documents``: any
+        of "sr", "seg", "heatmap", "fhir" (DICOM SR, SEG, Secondary Capture, FHIR)."""
+        unknown = set(documents) - set(DOCUMENTS)
+        if unknown:
+            raise ValueError(f"unknown documents {sorted(unknown)}; choose from {DOCUMENTS}")
+        options = gateway_pb2.OutputOptions(
+            heatmaps=heatmaps,
+            masks=masks,
+            dicom_sr="sr" in documents,
+            dicom_seg="seg" in documents,
+            dicom_heatmap="heatmap" in documents,
+            fhir="fhir" in documents,
+            report_refusal=report_refusal,
+        )
         if sum(len(i) for i in instances) <= STREAM_ABOVE_BYTES:
             request = gateway_pb2.AnalyzeRequest(
                 instances=list(instances),

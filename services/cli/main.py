@@ -9,6 +9,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -64,6 +65,12 @@ def _table(path: str, response: gateway_pb2.AnalyzeResponse) -> str:
         f"{response.model.version or 'latest'} {timings}"
     )
     lines.extend(f"{'':<48} warning: {w}" for w in response.warnings)
+    if response.HasField("refusal"):
+        lines.append(f"{path:<48} refused ({response.refusal.kind}): {response.refusal.reason}")
+    lines.extend(
+        f"{'':<48} {o.kind}: {len(o.data):,} bytes {o.media_type} {o.sop_class_uid}".rstrip()
+        for o in response.outputs
+    )
     return "\n".join(lines)
 
 
@@ -79,21 +86,37 @@ def _routing(info: gateway_pb2.PipelineInfo) -> str:
 
 
 def _analyze_files(
-    client: GatewayClient, files: list[Path], pipeline: str, out: Path | None
+    client: GatewayClient,
+    files: list[Path],
+    pipeline: str,
+    out: Path | None,
+    documents: Sequence[str] = (),
+    report_refusal: bool = False,
+    one_study: bool = False,
 ) -> int:
     failures = 0
-    for path in files:
+    studies = [files] if one_study else [[path] for path in files]
+    for study in studies:
+        label = (
+            study[0].name if len(study) == 1 else f"{study[0].parent.name}/ ({len(study)} files)"
+        )
         try:
             # Overlays are asked for only when they will be written.
             heatmaps = out is not None
-            response = client.analyze([path.read_bytes()], pipeline=pipeline, heatmaps=heatmaps)
+            response = client.analyze(
+                [path.read_bytes() for path in study],
+                pipeline=pipeline,
+                heatmaps=heatmaps,
+                documents=documents,
+                report_refusal=report_refusal,
+            )
         except grpc.RpcError as err:
             failures += 1
-            print(f"{path.name:<48} {err.code().name}: {err.details()}")
+            print(f"{label:<48} {err.code().name}: {err.details()}")
             continue
-        print(_table(path.name, response))
+        print(_table(label, response))
         if out is not None:
-            write_outputs(out, path.stem, response)
+            write_outputs(out, study[0].stem, response)
     return failures
 
 
@@ -111,9 +134,19 @@ def write_outputs(out: Path, stem: str, response: gateway_pb2.AnalyzeResponse) -
             heatmaps[index] = png.name
             written.append(png)
             finding.ClearField("heatmap_png")
+    files: list[str] = []
+    for obj in record.outputs:
+        suffix = ".fhir.json" if obj.media_type == "application/fhir+json" else ".dcm"
+        target_file = out / f"{stem}.{obj.name or obj.kind}{suffix}"
+        target_file.write_bytes(obj.data)
+        written.append(target_file)
+        files.append(target_file.name)
+        obj.ClearField("data")
     document = MessageToDict(record)
     for index, name in heatmaps.items():
         document["findings"][index]["heatmapFile"] = name
+    for index, name in enumerate(files):
+        document["outputs"][index]["file"] = name
     target = out / f"{stem}.findings.json"
     target.write_text(json.dumps(document, indent=2))
     return [target, *written]
@@ -163,7 +196,17 @@ def _client(args: argparse.Namespace) -> GatewayClient:
 def cmd_analyze(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
-        return 1 if _analyze_files(client, args.files, args.pipeline, args.out) else 0
+        documents = [d for d in args.documents.split(",") if d]
+        failed = _analyze_files(
+            client,
+            args.files,
+            args.pipeline,
+            args.out,
+            documents,
+            args.report_refusal,
+            args.one_study,
+        )
+        return 1 if failed else 0
     finally:
         client.close()
 
@@ -192,7 +235,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\nChildren's chest radiographs from the PneumoniaMNIST test split (in population):")
         children = pneumoniamnist_samples(PNEUMONIAMNIST)
         for name, dicom in children:
-            response = client.analyze([dicom], heatmaps=True)
+            # With the documents a PACS and an EHR read (docs/conformance.md).
+            response = client.analyze([dicom], heatmaps=True, documents=("sr", "heatmap", "fhir"))
             print(_table(name, response))
             write_outputs(args.out, name, response)
         # An opt-in pipeline runs only when the request names it; this one refuses studies
@@ -295,6 +339,20 @@ def parser() -> argparse.ArgumentParser:
     analyze.add_argument("--pipeline", default="", help="pipeline name; default routes by tags")
     _connection_flags(analyze)
     analyze.add_argument("--out", type=Path, default=None, help="write findings JSON here")
+    analyze.add_argument(
+        "--documents",
+        default="",
+        help="comma-separated result documents to ask for and write: sr (DICOM SR TID 1500), "
+        "seg (DICOM SEG), heatmap (DICOM Secondary Capture), fhir (FHIR R4 DiagnosticReport)",
+    )
+    analyze.add_argument(
+        "--report-refusal",
+        action="store_true",
+        help="answer a refused study with the reason (and an SR/FHIR report) instead of an error",
+    )
+    analyze.add_argument(
+        "--one-study", action="store_true", help="send all files as one study (e.g. an MR series)"
+    )
     analyze.set_defaults(func=cmd_analyze)
     demo = sub.add_parser("demo", help="start the stack, analyze sample chest X-rays, stop")
     demo.add_argument("--out", type=Path, default=REPO_ROOT / "demo-output")

@@ -412,7 +412,15 @@ def study_request(
         priority=request_priority_from_proto(header.priority),
         client=client,
         request_id=request_id,
-        options=OutputOptions(heatmaps=header.options.heatmaps, masks=header.options.masks),
+        options=OutputOptions(
+            heatmaps=header.options.heatmaps,
+            masks=header.options.masks,
+            dicom_sr=header.options.dicom_sr,
+            dicom_seg=header.options.dicom_seg,
+            dicom_heatmap=header.options.dicom_heatmap,
+            fhir=header.options.fhir,
+            report_refusal=header.options.report_refusal,
+        ),
     )
 
 
@@ -432,6 +440,22 @@ def analyze_response(result: StudyResult) -> gateway_pb2.AnalyzeResponse:
         segmentations=[segmentation_to_proto(s) for s in assessment.segmentations],
         warnings=result.warnings,
         caveats=[caveat_to_proto(c) for c in assessment.caveats],
+        outputs=[
+            gateway_pb2.EncodedObject(
+                kind=o.kind,
+                media_type=o.media_type,
+                data=o.data,
+                sop_class_uid=o.sop_class_uid,
+                sop_instance_uid=o.sop_instance_uid,
+                name=o.name,
+            )
+            for o in result.outputs
+        ],
+        refusal=(
+            gateway_pb2.Refusal(kind=result.refusal.kind, reason=result.refusal.reason)
+            if result.refusal is not None
+            else None
+        ),
     )
 
 

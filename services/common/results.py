@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -133,6 +134,42 @@ class OutputOptions:
 
     heatmaps: bool = False
     masks: bool = False
+    dicom_sr: bool = False
+    dicom_seg: bool = False
+    dicom_heatmap: bool = False
+    fhir: bool = False
+    report_refusal: bool = False
+
+    @property
+    def documents(self) -> bool:
+        """Whether any DICOM or FHIR document is asked for."""
+        return self.dicom_sr or self.dicom_seg or self.dicom_heatmap or self.fhir
+
+    def inner(self) -> OutputOptions:
+        """What the inner services must compute: the documents need the heatmaps and masks."""
+        return OutputOptions(
+            heatmaps=self.heatmaps or self.dicom_heatmap, masks=self.masks or self.dicom_seg
+        )
+
+
+@dataclass(frozen=True)
+class EncodedObject:
+    """A result document: DICOM Part 10 bytes or FHIR JSON (services/common/reports)."""
+
+    kind: Literal["dicom_sr", "dicom_seg", "dicom_heatmap", "fhir"]
+    media_type: str
+    data: bytes
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a study was not analysed, as the error it would have raised."""
+
+    kind: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -160,3 +197,5 @@ class StudyResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     # Caveats about the input the caller should see (e.g. missing slices of a volume).
     warnings: list[str] = field(default_factory=list)
+    outputs: list[EncodedObject] = field(default_factory=list)
+    refusal: Refusal | None = None

@@ -9,6 +9,7 @@ flight are cancelled with it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
@@ -23,8 +24,10 @@ from services.common.cards import ModelCard, card_from_parameters
 from services.common.errors import (
     DependencyUnavailable,
     InvalidInput,
+    Misconfiguration,
     OutsideIntendedUse,
     Overloaded,
+    StudyRefused,
     TooLarge,
 )
 from services.common.images import Decoded, Preprocessed, decoded_bytes, join_batches
@@ -33,11 +36,14 @@ from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.results import (
     Assessment,
     Caveat,
+    EncodedObject,
     ModelRef,
     OutputOptions,
+    Refusal,
     RequestPriority,
     StudyRequest,
     StudyResult,
+    TriagePriority,
 )
 from services.gateway import auditing
 
@@ -45,7 +51,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Stages the gateway times for every study (metrics and AnalyzeResponse.timings).
-STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
+STAGES = ("decode", "preprocess", "infer", "postprocess", "report", "total")
 
 
 class Decoder(Protocol):
@@ -87,6 +93,18 @@ class Postprocessor(Protocol):
         request_id: str,
         caveats: Sequence[Caveat] = (),
     ) -> Assessment: ...
+
+
+class Reporter(Protocol):
+    """Result documents (DICOM SR/SEG/SC, FHIR) of a study: services/gateway/reporting.py."""
+
+    def outputs(
+        self, instances: Sequence[bytes], result: StudyResult, options: OutputOptions
+    ) -> list[EncodedObject]: ...
+
+    def refusal(
+        self, instances: Sequence[bytes], pipeline: str, refusal: Refusal, options: OutputOptions
+    ) -> list[EncodedObject]: ...
 
 
 class Policy(Protocol):
@@ -172,6 +190,7 @@ class StudyAnalyzer:
         limits: Limits,
         fan_out: int = 8,
         policy: Policy | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         self.registry = registry
         self._decoder = decoder
@@ -181,6 +200,7 @@ class StudyAnalyzer:
         self._limits = limits
         self._fan_out = fan_out  # inner calls in flight per study
         self._policy: Policy = policy if policy is not None else _Open()
+        self._reporter = reporter
 
     def check_limits(self, instances: Sequence[bytes]) -> None:
         if not instances:
@@ -200,17 +220,60 @@ class StudyAnalyzer:
         self._policy.admit(request.client, request.priority, request.pipeline)
         self.check_limits(request.instances)
         seconds: dict[str, float] = {}
+        options = request.options
+        if options.documents and self._reporter is None:
+            raise Misconfiguration("this gateway was started without a report builder")
         with stage_timer("gateway", "total", seconds):
-            assessment, pipeline, prepared = await self._run(request, seconds)
-        for warning in prepared.warnings:
-            log.warning("pipeline %s: %s", pipeline.name, warning)
+            try:
+                assessment, pipeline, prepared = await self._run(request, seconds)
+            except StudyRefused as refused:
+                if not options.report_refusal:
+                    raise
+                return await self._refused(request, refused)
+            for warning in prepared.warnings:
+                log.warning("pipeline %s: %s", pipeline.name, warning)
+            result = StudyResult(
+                request_id=request.request_id,
+                pipeline=pipeline.name,
+                model=ModelRef(pipeline.model.name, pipeline.model.version),
+                assessment=_as_asked(assessment, options),
+                timings_ms={},
+                warnings=prepared.warnings,
+            )
+            if options.documents and self._reporter is not None:
+                with stage_timer("gateway", "report", seconds):
+                    # The documents need the heatmaps and masks even when the caller did not
+                    # ask for them in the response.
+                    full = dataclasses.replace(result, assessment=assessment)
+                    outputs = await asyncio.to_thread(
+                        self._reporter.outputs, request.instances, full, options
+                    )
+                result = dataclasses.replace(result, outputs=outputs)
+        return dataclasses.replace(
+            result, timings_ms={stage: s * 1e3 for stage, s in seconds.items()}
+        )
+
+    async def _refused(self, request: StudyRequest, refused: StudyRefused) -> StudyResult:
+        """A refusal as an answer (OutputOptions.report_refusal), with the documents asked
+        for saying why."""
+        outputs: list[EncodedObject] = []
+        refusal = Refusal(refused.kind, refused.reason)
+        auditing.note(findings=[AuditFinding("", 0.0, f"refused: {refused.kind}")])
+        if self._reporter is not None and (request.options.dicom_sr or request.options.fhir):
+            outputs = await asyncio.to_thread(
+                self._reporter.refusal,
+                request.instances,
+                request.pipeline,
+                refusal,
+                request.options,
+            )
         return StudyResult(
             request_id=request.request_id,
-            pipeline=pipeline.name,
-            model=ModelRef(pipeline.model.name, pipeline.model.version),
-            assessment=assessment,
-            timings_ms={stage: s * 1e3 for stage, s in seconds.items()},
-            warnings=prepared.warnings,
+            pipeline=request.pipeline,
+            model=ModelRef("", ""),
+            assessment=Assessment([], TriagePriority.ROUTINE),
+            outputs=outputs,
+            refusal=refusal,
         )
 
     async def _run(
@@ -242,7 +305,7 @@ class StudyAnalyzer:
                 model.version,
                 model.input,
                 prepared.batch,
-                _outputs_needed(pipeline, request.options.heatmaps),
+                _outputs_needed(pipeline, request.options.inner().heatmaps),
                 request.priority.triton_priority,
                 rid,
             )
@@ -253,7 +316,7 @@ class StudyAnalyzer:
         )
         with stage_timer("gateway", "postprocess", seconds):
             assessment = await self._postprocessor.postprocess(
-                pipeline.name, outputs, uids, prepared, request.options, rid, caveats
+                pipeline.name, outputs, uids, prepared, request.options.inner(), rid, caveats
             )
         auditing.note(
             findings=[
@@ -290,6 +353,15 @@ class StudyAnalyzer:
         except DependencyUnavailable:
             return None
         return card_from_parameters(pipeline.model.name, pipeline.model.version, parameters)
+
+
+def _as_asked(assessment: Assessment, options: OutputOptions) -> Assessment:
+    """Without the heatmaps and masks computed only for the documents."""
+    findings = assessment.findings
+    if not options.heatmaps:
+        findings = [dataclasses.replace(f, heatmap_png=b"") for f in findings]
+    masks = assessment.segmentations if options.masks else []
+    return dataclasses.replace(assessment, findings=findings, segmentations=masks)
 
 
 def _intended_use(pipeline: Pipeline, images: Sequence[Decoded]) -> list[Caveat]:

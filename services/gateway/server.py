@@ -24,6 +24,7 @@ from services.gateway.clients import (
 )
 from services.gateway.core import STAGES, Admission, Limits, StudyAnalyzer
 from services.gateway.policy import PolicyBook
+from services.gateway.reporting import DocumentReporter
 from services.gateway.servicer import GatewayServicer
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
@@ -56,6 +57,7 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
             ),
             fan_out=settings.workers,
             policy=policies,
+            reporter=DocumentReporter(),
         )
         gateway_pb2_grpc.add_GatewayServicer_to_server(
             GatewayServicer(

@@ -83,7 +83,7 @@ def mr_head_series(
 ) -> list[bytes]:
     """An axial MR head series of ``volume`` (slices, rows, cols; uint16) with real geometry,
     centred on the origin; sent in ``order`` (default: slice order), slice ``drop`` left out."""
-    series, study = generate_uid(), generate_uid()
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
     slices, rows, cols = volume.shape
     files = []
     for k in order if order is not None else range(slices):
@@ -91,6 +91,7 @@ def mr_head_series(
             continue
         ds = _instance(MRImageStorage)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID = frame
         ds.Modality, ds.BodyPartExamined = "MR", "HEAD"
         ds.PatientName, ds.PatientID = "PHANTOM^HEAD", "PHANTOM-1"
         ds.InstanceNumber = int(k) + 1

@@ -26,10 +26,11 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from conftest import MEDMNIST_DIR, REPO_ROOT
 from synthetic import chest_image
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
+from services.cli.samples import pneumoniamnist_samples
 from services.cli.stack import SERVICES, Stack, free_port
 from services.gateway.core import STAGES
 
@@ -132,10 +133,16 @@ def traffic(prometheus: str, stack: Stack, gateway: gateway_pb2_grpc.GatewayStub
 
     targets = len(SERVICES) + 1
     wait_for(f"count(count_over_time(up[1m]) >= 2) == {targets}", "two scrapes of every target")
-    for value in range(0, 200, 20):
+    for value in range(0, 200, 20):  # flat images: out of distribution, INDETERMINATE
         gateway.Analyze(
             gateway_pb2.AnalyzeRequest(instances=[chest_image(np.full((64, 64), value, np.uint8))])
         )
+    # Children's radiographs the model decides (the positive-rate rules need decisions), one
+    # of them with an SR asked for (the report stage).
+    samples = pneumoniamnist_samples(MEDMNIST_DIR / "pneumoniamnist_28_reconstructed.npz")
+    for index, (_, dicom) in enumerate(samples):
+        options = gateway_pb2.OutputOptions(dicom_sr=index == 0)
+        gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[dicom], options=options))
     with pytest.raises(grpc.RpcError):
         gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[b"not dicom"]))
     stages = len(STAGES) + 3  # the gateway's, and one in each inner service

@@ -31,9 +31,11 @@ from services.common.results import (
     Caveat,
     CaveatReason,
     CodedConcept,
+    EncodedObject,
     Finding,
     ModelRef,
     OutputOptions,
+    Refusal,
     RequestPriority,
     StudyRequest,
     StudyResult,
@@ -297,11 +299,32 @@ class FakePostprocessor:
         )
         if self.error is not None:
             raise self.error
+        png = b"PNG" if options.heatmaps else b""
         findings = [
-            Finding(PNEUMONIA, 0.9, 0.68, positive=True, sop_instance_uid=uid)
+            Finding(PNEUMONIA, 0.9, 0.68, positive=True, sop_instance_uid=uid, heatmap_png=png)
             for uid in sop_instance_uids
         ]
         return Assessment(findings, TriagePriority.URGENT)
+
+
+class FakeReporter:
+    """Records what the documents were built from (services/gateway/reporting.py is real)."""
+
+    def __init__(self) -> None:
+        self.built: list[StudyResult] = []
+        self.refused: list[tuple[str, str]] = []
+
+    def outputs(
+        self, instances: Sequence[bytes], result: StudyResult, options: OutputOptions
+    ) -> list[EncodedObject]:
+        self.built.append(result)
+        return [EncodedObject("dicom_sr", "application/dicom", b"SR", name="sr")]
+
+    def refusal(
+        self, instances: Sequence[bytes], pipeline: str, refusal: Refusal, options: OutputOptions
+    ) -> list[EncodedObject]:
+        self.refused.append((pipeline, refusal.reason))
+        return [EncodedObject("dicom_sr", "application/dicom", b"WHY", name="refusal-sr")]
 
 
 @dataclass
@@ -310,6 +333,7 @@ class Backends:
     preprocessor: FakePreprocessor = field(default_factory=FakePreprocessor)
     inference: FakeInference = field(default_factory=FakeInference)
     postprocessor: FakePostprocessor = field(default_factory=FakePostprocessor)
+    reporter: FakeReporter = field(default_factory=FakeReporter)
 
 
 LIMITS = Limits(max_instances=8, max_study_bytes=1000)
@@ -343,6 +367,7 @@ def make_analyzer(registry: PipelineRegistry) -> Iterator[Callable[..., Analyzer
                 backends.postprocessor,
                 limits,
                 fan_out=fan_out,
+                reporter=backends.reporter,
             )
         )
 
@@ -614,7 +639,9 @@ def test_the_result_carries_pipeline_model_assessment_timings_and_warnings(
     assert result.assessment.findings[0].concept == PNEUMONIA
 
     timings = result.timings_ms
-    assert set(timings) == set(STAGES) == {"decode", "preprocess", "infer", "postprocess", "total"}
+    # "report" only when documents are asked for (test_documents_are_built_...).
+    assert set(timings) == set(STAGES) - {"report"}
+    assert set(STAGES) == {"decode", "preprocess", "infer", "postprocess", "report", "total"}
     assert all(value >= 0 for value in timings.values())
     assert timings["infer"] >= 20  # milliseconds, not seconds
     stages = sum(timings[s] for s in ("decode", "preprocess", "infer", "postprocess"))
@@ -944,3 +971,58 @@ def test_a_volume_pipeline_reports_one_caveat_per_kind_for_the_series(
     (call,) = backends.postprocessor.calls
     assert [c.sop_instance_uid for c in call["caveats"]] == [SERIES_UID]
     assert isinstance(call["caveats"][0], Caveat)
+
+
+# --- result documents --------------------------------------------------------------------------
+
+
+def test_documents_are_built_from_the_heatmaps_the_caller_did_not_ask_to_see(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(1)
+    backends = Backends(FakeDecoder(attributes))
+    options = OutputOptions(dicom_sr=True, dicom_heatmap=True)
+    result = make_analyzer(backends).analyze(StudyRequest(instances, options=options))
+    assert backends.postprocessor.calls[0]["heatmaps"] is True  # the capture needs them
+    (built,) = backends.reporter.built
+    assert built.assessment.findings[0].heatmap_png == b"PNG"
+    assert result.assessment.findings[0].heatmap_png == b""  # not asked for in the answer
+    assert [o.name for o in result.outputs] == ["sr"]
+    assert "report" in result.timings_ms
+
+
+def test_no_documents_no_report_stage(make_analyzer: Callable[..., Analyzer]) -> None:
+    instances, attributes = study(1)
+    backends = Backends(FakeDecoder(attributes))
+    result = make_analyzer(backends).analyze(StudyRequest(instances))
+    assert backends.reporter.built == [] and result.outputs == []
+    assert "report" not in result.timings_ms
+
+
+def test_a_segmentation_document_asks_the_postprocessor_for_masks(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(3, "MR", "HEAD")
+    backends = Backends(FakeDecoder(attributes))
+    make_analyzer(backends).analyze(StudyRequest(instances, options=OutputOptions(dicom_seg=True)))
+    assert backends.postprocessor.calls[0]["masks"] is True
+
+
+def test_a_refusal_is_an_answer_with_its_report_only_when_asked(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(1, "CR", "CHEST", age=64.0)
+    backends = Backends(FakeDecoder(attributes))
+    analyzer = make_analyzer(backends)
+    named = "cxr_pneumonia_ensemble"
+    with pytest.raises(OutsideIntendedUse):
+        analyzer.analyze(
+            StudyRequest(instances, pipeline=named, options=OutputOptions(dicom_sr=True))
+        )
+    options = OutputOptions(dicom_sr=True, report_refusal=True)
+    result = analyzer.analyze(StudyRequest(instances, pipeline=named, options=options))
+    assert result.refusal is not None and result.refusal.kind == "OUTSIDE_INTENDED_USE"
+    assert "patient age outside 1-5 years" in result.refusal.reason
+    assert result.assessment.findings == [] and [o.name for o in result.outputs] == ["refusal-sr"]
+    assert backends.reporter.refused == [(named, result.refusal.reason)]
+    assert backends.inference.calls == []

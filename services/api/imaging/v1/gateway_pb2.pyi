@@ -18,12 +18,46 @@ REQUEST_PRIORITY_ROUTINE: RequestPriority
 REQUEST_PRIORITY_URGENT: RequestPriority
 
 class OutputOptions(_message.Message):
-    __slots__ = ("heatmaps", "masks")
+    __slots__ = ("heatmaps", "masks", "dicom_sr", "dicom_seg", "dicom_heatmap", "fhir", "report_refusal")
     HEATMAPS_FIELD_NUMBER: _ClassVar[int]
     MASKS_FIELD_NUMBER: _ClassVar[int]
+    DICOM_SR_FIELD_NUMBER: _ClassVar[int]
+    DICOM_SEG_FIELD_NUMBER: _ClassVar[int]
+    DICOM_HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    FHIR_FIELD_NUMBER: _ClassVar[int]
+    REPORT_REFUSAL_FIELD_NUMBER: _ClassVar[int]
     heatmaps: bool
     masks: bool
-    def __init__(self, heatmaps: bool = ..., masks: bool = ...) -> None: ...
+    dicom_sr: bool
+    dicom_seg: bool
+    dicom_heatmap: bool
+    fhir: bool
+    report_refusal: bool
+    def __init__(self, heatmaps: bool = ..., masks: bool = ..., dicom_sr: bool = ..., dicom_seg: bool = ..., dicom_heatmap: bool = ..., fhir: bool = ..., report_refusal: bool = ...) -> None: ...
+
+class EncodedObject(_message.Message):
+    __slots__ = ("kind", "media_type", "data", "sop_class_uid", "sop_instance_uid", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SOP_CLASS_UID_FIELD_NUMBER: _ClassVar[int]
+    SOP_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    media_type: str
+    data: bytes
+    sop_class_uid: str
+    sop_instance_uid: str
+    name: str
+    def __init__(self, kind: _Optional[str] = ..., media_type: _Optional[str] = ..., data: _Optional[bytes] = ..., sop_class_uid: _Optional[str] = ..., sop_instance_uid: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("kind", "reason")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    reason: str
+    def __init__(self, kind: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class AnalyzeRequest(_message.Message):
     __slots__ = ("instances", "pipeline", "priority", "client_request_id", "options")
@@ -84,7 +118,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., milliseconds: _Optional[float] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
-    __slots__ = ("request_id", "pipeline", "model", "findings", "triage_priority", "timings", "measurements", "segmentations", "warnings", "caveats")
+    __slots__ = ("request_id", "pipeline", "model", "findings", "triage_priority", "timings", "measurements", "segmentations", "warnings", "caveats", "outputs", "refusal")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +129,8 @@ class AnalyzeResponse(_message.Message):
     SEGMENTATIONS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     CAVEATS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     pipeline: str
     model: ModelRef
@@ -105,7 +141,9 @@ class AnalyzeResponse(_message.Message):
     segmentations: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Segmentation]
     warnings: _containers.RepeatedScalarFieldContainer[str]
     caveats: _containers.RepeatedCompositeFieldContainer[_findings_pb2.Caveat]
-    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., measurements: _Optional[_Iterable[_Union[_findings_pb2.Measurement, _Mapping]]] = ..., segmentations: _Optional[_Iterable[_Union[_tensor_pb2.Segmentation, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., caveats: _Optional[_Iterable[_Union[_findings_pb2.Caveat, _Mapping]]] = ...) -> None: ...
+    outputs: _containers.RepeatedCompositeFieldContainer[EncodedObject]
+    refusal: Refusal
+    def __init__(self, request_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., findings: _Optional[_Iterable[_Union[_findings_pb2.Finding, _Mapping]]] = ..., triage_priority: _Optional[_Union[_findings_pb2.TriagePriority, str]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., measurements: _Optional[_Iterable[_Union[_findings_pb2.Measurement, _Mapping]]] = ..., segmentations: _Optional[_Iterable[_Union[_tensor_pb2.Segmentation, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., caveats: _Optional[_Iterable[_Union[_findings_pb2.Caveat, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[EncodedObject, _Mapping]]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
 
 class ListPipelinesRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,69 @@
+"""The gateway's result documents: the study's own instances (as received) are the evidence
+the DICOM objects reference and copy their patient and study modules from, so a PACS files
+them beside the images. Built off the event loop (services/gateway/core.py runs it in a
+thread); the builders live in services/common/reports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from io import BytesIO
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from services.common import reports
+from services.common.errors import InvalidInput
+from services.common.results import EncodedObject, OutputOptions, Refusal, StudyResult
+
+
+def _requested(options: OutputOptions) -> reports.Requested:
+    return reports.Requested(
+        dicom_sr=options.dicom_sr,
+        dicom_seg=options.dicom_seg,
+        dicom_heatmap=options.dicom_heatmap,
+        fhir=options.fhir,
+    )
+
+
+def _sources(instances: Sequence[bytes], pixels: bool = False) -> list[Dataset]:
+    """Each instance's data set; its pixels only when a document draws on them (heatmaps)."""
+    sources: list[Dataset] = []
+    for index, data in enumerate(instances):
+        try:
+            sources.append(pydicom.dcmread(BytesIO(bytes(data)), stop_before_pixels=not pixels))
+        except Exception as err:  # the decoder accepted it; a second reading should too
+            raise InvalidInput(f"instance {index}: cannot be read for the report") from err
+    return sources
+
+
+class DocumentReporter:
+    def __init__(self, manufacturer: str = "imaging-platform", version: str = "0.1.0") -> None:
+        self._manufacturer, self._version = manufacturer, version
+
+    def outputs(
+        self, instances: Sequence[bytes], result: StudyResult, options: OutputOptions
+    ) -> list[EncodedObject]:
+        return reports.build_outputs(
+            _sources(instances, pixels=options.dicom_heatmap),
+            result,
+            _requested(options),
+            manufacturer=self._manufacturer,
+            software_version=self._version,
+        )
+
+    def refusal(
+        self,
+        instances: Sequence[bytes],
+        pipeline: str,
+        refusal: Refusal,
+        options: OutputOptions,
+    ) -> list[EncodedObject]:
+        return reports.refusal_outputs(
+            _sources(instances),
+            pipeline,
+            refusal.reason,
+            _requested(options),
+            kind=refusal.kind,
+            manufacturer=self._manufacturer,
+            software_version=self._version,
+        )
