@@ -136,7 +136,7 @@ def write_outputs(out: Path, stem: str, response: gateway_pb2.AnalyzeResponse) -
             finding.ClearField("heatmap_png")
     files: list[str] = []
     for obj in record.outputs:
-        suffix = ".fhir.json" if obj.media_type == "application/fhir+json" else ".dcm"
+        suffix = ".json" if obj.media_type == "application/fhir+json" else ".dcm"
         target_file = out / f"{stem}.{obj.name or obj.kind}{suffix}"
         target_file.write_bytes(obj.data)
         written.append(target_file)
