@@ -16,15 +16,6 @@ from services.common.errors import InvalidInput
 from services.common.results import EncodedObject, OutputOptions, Refusal, StudyResult
 
 
-def _requested(options: OutputOptions) -> reports.Requested:
-    return reports.Requested(
-        dicom_sr=options.dicom_sr,
-        dicom_seg=options.dicom_seg,
-        dicom_heatmap=options.dicom_heatmap,
-        fhir=options.fhir,
-    )
-
-
 def _sources(instances: Sequence[bytes], pixels: bool = False) -> list[Dataset]:
     """Each instance's data set; its pixels only when a document draws on them (heatmaps)."""
     sources: list[Dataset] = []
@@ -46,7 +37,7 @@ class DocumentReporter:
         return reports.build_outputs(
             _sources(instances, pixels=options.dicom_heatmap),
             result,
-            _requested(options),
+            options,
             manufacturer=self._manufacturer,
             software_version=self._version,
         )
@@ -62,7 +53,7 @@ class DocumentReporter:
             _sources(instances),
             pipeline,
             refusal.reason,
-            _requested(options),
+            options,
             kind=refusal.kind,
             manufacturer=self._manufacturer,
             software_version=self._version,

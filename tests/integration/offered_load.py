@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -23,17 +24,19 @@ class Outcome:
     seconds: float
 
 
-def closed_loop(
-    address: str, study: Sequence[bytes], clients: int, seconds: float, deadline: float
-) -> list[Outcome]:
-    """``clients`` callers, each sending its next study when the last one is answered."""
+@contextmanager
+def background_load(
+    address: str, study: Sequence[bytes], clients: int, deadline: float
+) -> Iterator[list[Outcome]]:
+    """``clients`` closed-loop callers (each sends its next study when the last is answered)
+    while the block runs; the outcomes so far, complete once the block has ended."""
     outcomes: list[Outcome] = []
-    stop = time.monotonic() + seconds
+    stop = threading.Event()
 
     def caller() -> None:
         with grpc.insecure_channel(address) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
-            while time.monotonic() < stop:
+            while not stop.is_set():
                 sent = time.monotonic()
                 try:
                     stub.Analyze(gateway_pb2.AnalyzeRequest(instances=study), timeout=deadline)
@@ -45,8 +48,20 @@ def closed_loop(
     threads = [threading.Thread(target=caller) for _ in range(clients)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(seconds + deadline + 30)
+    try:
+        yield outcomes
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(deadline + 30)
+
+
+def closed_loop(
+    address: str, study: Sequence[bytes], clients: int, seconds: float, deadline: float
+) -> list[Outcome]:
+    """Closed-loop load for ``seconds``."""
+    with background_load(address, study, clients, deadline) as outcomes:
+        time.sleep(seconds)
     return outcomes
 
 

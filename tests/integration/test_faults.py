@@ -62,26 +62,10 @@ def _wait_for(stack: Stack, status: int, limit: float) -> float:
 def test_killing_triton_under_load_is_answered_in_time_not_ready_and_recovers(
     own_stack: Stack,
 ) -> None:
+    from offered_load import background_load
+
     study = [chest_image(np.full((64, 64), 90, np.uint8))]
-    outcomes: list[tuple[float, str, float]] = []  # (sent at, code, seconds to answer)
-    stop = threading.Event()
-
-    def load() -> None:
-        with grpc.insecure_channel(own_stack.gateway_address) as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
-            while not stop.is_set():
-                sent = time.monotonic()
-                try:
-                    stub.Analyze(gateway_pb2.AnalyzeRequest(instances=study), timeout=DEADLINE)
-                    code = "OK"
-                except grpc.RpcError as err:
-                    code = err.code().name
-                outcomes.append((sent, code, time.monotonic() - sent))
-
-    threads = [threading.Thread(target=load) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    try:
+    with background_load(own_stack.gateway_address, study, 8, DEADLINE) as outcomes:
         time.sleep(2.0)
         assert _status(own_stack) == SERVING
         killed = time.monotonic()
@@ -91,19 +75,15 @@ def test_killing_triton_under_load_is_answered_in_time_not_ready_and_recovers(
         restarted = time.monotonic()
         serving_after = _wait_for(own_stack, SERVING, 30.0)
         time.sleep(2.0)  # traffic after the recovery
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
     recovered = restarted + serving_after
-    before = [o for o in outcomes if o[0] + o[2] < killed]  # answered before the kill
-    during = [o for o in outcomes if killed <= o[0] < recovered]
-    after = [o for o in outcomes if o[0] >= recovered + 0.5]
+    before = [o.code for o in outcomes if o.sent + o.seconds < killed]  # answered before it
+    during = [o.code for o in outcomes if killed <= o.sent < recovered]
+    after = [o.code for o in outcomes if o.sent >= recovered + 0.5]
     assert before and during and after
-    assert all(code == "OK" for _, code, _ in before), {c for _, c, _ in before}
-    assert all(took <= DEADLINE + 1.0 for _, _, took in outcomes), "a call outlived its deadline"
-    assert {code for _, code, _ in during} <= {"OK", "UNAVAILABLE"}
-    assert all(code == "OK" for _, code, _ in after), {c for _, c, _ in after}
+    assert set(before) == {"OK"}, set(before)
+    assert all(o.seconds <= DEADLINE + 1.0 for o in outcomes), "a call outlived its deadline"
+    assert set(during) <= {"OK", "UNAVAILABLE"}
+    assert set(after) == {"OK"}, set(after)
     assert not_serving_after <= 10.0  # the goal is 5 s (IMAGING_PEER_UNREACHABLE_SECONDS=3)
 
 
@@ -181,6 +161,8 @@ def test_sigterm_to_an_inner_service_loses_no_study(
 ) -> None:
     """As in Kubernetes: the gateway's target resolves to two replicas; one is told to stop
     under c=4 load. It drains its calls, the gateway moves to the other, no study fails."""
+    from offered_load import background_load
+
     from services.cli.stack import free_port
 
     ports, spare = Ports.free(), free_port()
@@ -191,39 +173,19 @@ def test_sigterm_to_an_inner_service_loses_no_study(
         extra_env={f"IMAGING_{service.upper()}_ADDRESS": both},
     )
     replica = _replica(service, stack, spare)
-    codes: list[str] = []
-    stop = threading.Event()
     try:
         stack.start()
         study = [chest_image(np.full((64, 64), v, np.uint8)) for v in (60, 90, 120, 150)]
-
-        def load() -> None:
-            with grpc.insecure_channel(stack.gateway_address) as channel:
-                stub = gateway_pb2_grpc.GatewayStub(channel)
-                while not stop.is_set():
-                    try:
-                        reply = stub.Analyze(
-                            gateway_pb2.AnalyzeRequest(instances=study), timeout=30
-                        )
-                        codes.append("OK" if len(reply.findings) == 4 else "INCOMPLETE")
-                    except grpc.RpcError as err:
-                        codes.append(err.code().name)
-
-        threads = [threading.Thread(target=load) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        time.sleep(2.0)
-        answered_before = len(codes)
-        os.killpg(stack.pids[service], signal.SIGTERM)
-        time.sleep(3.0)
-        stop.set()
-        for thread in threads:
-            thread.join(60)
+        with background_load(stack.gateway_address, study, 4, 30.0) as outcomes:
+            time.sleep(2.0)
+            answered_before = len(outcomes)
+            os.killpg(stack.pids[service], signal.SIGTERM)
+            time.sleep(3.0)
         exited = _exited(stack.pids[service], 30)
     finally:
-        stop.set()
         stack.stop()
         replica.stop(0)
+    codes = [o.code for o in outcomes]
     assert exited, f"the {service} did not stop on SIGTERM"
     assert answered_before > 0 and len(codes) > answered_before  # load before and after
     assert set(codes) == {"OK"}, sorted(set(codes))

@@ -25,7 +25,6 @@ from services.common.reports import (
     DICOM_MEDIA_TYPE,
     FHIR_MEDIA_TYPE,
     EncodedObject,
-    Requested,
     _seam,
     build_outputs,
     refusal_outputs,
@@ -40,13 +39,14 @@ from services.common.results import (
     FindingStatus,
     Measurement,
     ModelRef,
+    OutputOptions,
     StudyResult,
     TriagePriority,
 )
 
 CHEST = Path(__file__).resolve().parents[2].parent / "shared/data/dicom/pydicom-data/RG1_UNCR.dcm"
 TOOLS = {"dciodvfy": "dicom3tools", "dsrdump": "dcmtk"}
-ALL = Requested(dicom_sr=True, dicom_seg=True, dicom_heatmap=True, fhir=True)
+ALL = OutputOptions(dicom_sr=True, dicom_seg=True, dicom_heatmap=True, fhir=True)
 
 PNEUMONIA = CodedConcept(code="233604007", coding_scheme="SCT", display_name="Pneumonia")
 PNEUMOTHORAX = CodedConcept(code="36118008", coding_scheme="SCT", display_name="Pneumothorax")
@@ -231,9 +231,9 @@ def test_outputs_are_the_requested_ones(
     )
     assert chest_outputs["heatmap-0"].sop_class_uid == "1.2.840.10008.5.1.4.1.1.7"
     assert chest_outputs["fhir"].media_type == FHIR_MEDIA_TYPE
-    only_fhir = build_outputs([chest], chest_result(chest), Requested(fhir=True))
+    only_fhir = build_outputs([chest], chest_result(chest), OutputOptions(fhir=True))
     assert [o.kind for o in only_fhir] == ["fhir"]
-    assert build_outputs([chest], chest_result(chest), Requested()) == []
+    assert build_outputs([chest], chest_result(chest), OutputOptions()) == []
     for o in chest_outputs.values():
         if o.media_type == DICOM_MEDIA_TYPE:
             assert pydicom.dcmread(BytesIO(o.data)).SOPInstanceUID == o.sop_instance_uid
@@ -463,10 +463,10 @@ def test_seg_needs_the_frame_of_reference() -> None:
     del sources[4].FrameOfReferenceUID
     result = mr_result(grid, mask, "")
     with pytest.raises(InvalidInput, match="FrameOfReferenceUID"):
-        build_outputs(sources, result, Requested(dicom_seg=True))
+        build_outputs(sources, result, OutputOptions(dicom_seg=True))
     # Without the SEG the rest is made.
     assert [
-        o.kind for o in build_outputs(sources, result, Requested(dicom_sr=True, fhir=True))
+        o.kind for o in build_outputs(sources, result, OutputOptions(dicom_sr=True, fhir=True))
     ] == [
         "dicom_sr",
         "fhir",
@@ -477,7 +477,7 @@ def test_seg_fails_clearly_for_a_slice_without_source() -> None:
     order = [k for k in range(MR_SHAPE[0]) if k != 5]
     sources, grid, mask = mr_series(order)
     with pytest.raises(InternalError, match=r"slice 5 .* has no source instance"):
-        build_outputs(sources, mr_result(grid, mask, ""), Requested(dicom_seg=True))
+        build_outputs(sources, mr_result(grid, mask, ""), OutputOptions(dicom_seg=True))
 
 
 # --- Secondary Capture heatmaps ------------------------------------------------------------------
@@ -504,7 +504,8 @@ def test_heatmap_is_a_secondary_capture_in_the_source_study(
 
 def test_heatmap_over_black_without_pixels(chest: Dataset) -> None:
     headers_only = pydicom.dcmread(CHEST, stop_before_pixels=True)
-    (image,) = build_outputs([headers_only], chest_result(chest), Requested(dicom_heatmap=True))[:1]
+    heatmap_only = OutputOptions(dicom_heatmap=True)
+    (image,) = build_outputs([headers_only], chest_result(chest), heatmap_only)[:1]
     pixels = pydicom.dcmread(BytesIO(image.data)).pixel_array
     assert pixels[200:, :, :].max() == 0
     assert pixels[50, 60, 0] > 0
@@ -606,9 +607,9 @@ def test_sources_without_uids_are_invalid_input(chest: Dataset) -> None:
     broken = pydicom.dcmread(CHEST, stop_before_pixels=True)
     del broken.StudyInstanceUID
     with pytest.raises(InvalidInput, match="StudyInstanceUID"):
-        build_outputs([broken], chest_result(chest), Requested(dicom_sr=True))
+        build_outputs([broken], chest_result(chest), OutputOptions(dicom_sr=True))
     with pytest.raises(PlatformError):
-        build_outputs([], chest_result(chest), Requested(fhir=True))
+        build_outputs([], chest_result(chest), OutputOptions(fhir=True))
 
 
 def test_person_names_are_copied_exactly(chest: Dataset, recwarn: pytest.WarningsRecorder) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Literal
 
 import highdicom as hd
@@ -34,13 +33,18 @@ from services.common.reports._common import (
 )
 
 # One result object, ready to store or send (defined beside StudyResult, which carries them).
-from services.common.results import CaveatReason, EncodedObject, ModelRef, StudyResult
+from services.common.results import (
+    CaveatReason,
+    EncodedObject,
+    ModelRef,
+    OutputOptions,
+    StudyResult,
+)
 
 __all__ = [
     "DICOM_MEDIA_TYPE",
     "FHIR_MEDIA_TYPE",
     "EncodedObject",
-    "Requested",
     "build_outputs",
     "refusal_outputs",
 ]
@@ -49,20 +53,6 @@ DICOM_MEDIA_TYPE = "application/dicom"
 FHIR_MEDIA_TYPE = fhir.MEDIA_TYPE
 
 Kind = Literal["dicom_sr", "dicom_seg", "dicom_heatmap", "fhir"]
-
-
-@dataclass(frozen=True)
-class Requested:
-    """Which objects the caller asked for (none by default)."""
-
-    dicom_sr: bool = False
-    dicom_seg: bool = False
-    dicom_heatmap: bool = False
-    fhir: bool = False
-
-    @property
-    def any(self) -> bool:
-        return self.dicom_sr or self.dicom_seg or self.dicom_heatmap or self.fhir
 
 
 @contextmanager
@@ -93,7 +83,7 @@ def _dicom(kind: Kind, ds: Dataset, name: str, source: Dataset) -> EncodedObject
 def build_outputs(
     sources: Sequence[Dataset],
     result: StudyResult,
-    requested: Requested,
+    requested: OutputOptions,
     *,
     manufacturer: str = "imaging-platform",
     software_version: str = "0.1.0",
@@ -106,7 +96,7 @@ def build_outputs(
     has one. When both an SR and segmentations are made, the SR's volume measurements
     reference the segment they were measured on.
     """
-    if not requested.any:
+    if not requested.documents:
         return []
     ctx = Context(result.pipeline, result.model, manufacturer, software_version)
     outputs: list[EncodedObject] = []
@@ -180,7 +170,7 @@ def refusal_outputs(
     sources: Sequence[Dataset],
     pipeline: str,
     reason: str,
-    requested: Requested,
+    requested: OutputOptions,
     *,
     model: ModelRef | None = None,
     kind: str = "",
