@@ -47,7 +47,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from services.common.cards import intended_use_markdown
+from services.common.cards import intended_use_facts, intended_use_markdown
 from services.common.pipelines import PipelineRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -929,6 +929,22 @@ def checked_use_section(pipeline: str) -> str:
         f"**Checked on every study** (`pipelines/{pipeline}.yaml`, `intended_use`; the pipeline"
         " refuses or flags what falls outside):\n\n" + intended_use_markdown(spec) + "\n"
     )
+
+
+def intended_use_parameters(pipeline: str) -> str:
+    """The ``card.intended_use.*`` config lines: the same facts as :func:`checked_use_section`."""
+    spec = PipelineRegistry.load(ROOT / "pipelines").get(pipeline).intended_use
+    if spec is None:
+        return ""
+    lines = [
+        "# The intended use the pipeline checks on every study (pipelines/*.yaml `intended_use`;",
+        "# tests/unit/test_intended_use_cards.py keeps them equal).",
+        *(
+            f'parameters {{ key: "card.intended_use.{key}" value {{ string_value: "{value}" }} }}'
+            for key, value in intended_use_facts(spec).items()
+        ),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass

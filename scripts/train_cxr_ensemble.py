@@ -270,7 +270,7 @@ platform: "ensemble"
 }}
 # Model-card facts served with the model; the metrics equal metrics.json.
 {card}
-"""
+{mc.intended_use_parameters(ENSEMBLE)}"""
 
 
 # ---------------------------------------------------------------------------------------------
