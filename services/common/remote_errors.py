@@ -43,8 +43,9 @@ def from_rpc_error(peer: str, err: grpc.RpcError) -> errors.PlatformError:
             return cls(f"{peer} failed: {details}")
         return cls(details)
     # Transport failures: gRPC's text names addresses and sockets, for the operator's log only.
-    if code == grpc.StatusCode.UNAVAILABLE:
-        log.warning("%s is unavailable: %s", peer, details)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        # CANCELLED without platform details: the peer cancelled it (shutting down), not us.
+        log.warning("%s is unavailable (%s): %s", peer, code.name, details)
         return errors.DependencyUnavailable(f"the {peer} service is unavailable; try again later")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.DeadlineExceeded(f"the {peer} service did not answer in time")

@@ -42,9 +42,11 @@ T = TypeVar("T")
 
 # Spread calls over every address the target resolves to (a headless Service's pods, or an
 # `ipv4:a,b` list) instead of pinning one connection; see the chart's peer Services. Calls that
-# fail with UNAVAILABLE (a peer restarting, a connection reset) are retried with exponential
-# backoff and jitter, three attempts at most and always within the call's deadline: every inner
-# call is idempotent (decode, preprocess, postprocess and inference only compute).
+# fail with UNAVAILABLE (a peer restarting, a connection reset) or that a stopping peer cancels
+# (CANCELLED: it had received them but not started them when its shutdown began) are retried
+# with exponential backoff and jitter, three attempts at most and always within the call's
+# deadline: every inner call is idempotent (decode, preprocess, postprocess and inference only
+# compute). A call the gateway itself cancels is never retried.
 _SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
@@ -56,7 +58,7 @@ _SERVICE_CONFIG = json.dumps(
                     "initialBackoff": "0.05s",
                     "maxBackoff": "0.5s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                 },
             }
         ],
