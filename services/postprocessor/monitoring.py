@@ -7,6 +7,8 @@ model's card expects (imaging_model_expected_rate), so one alert rule
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge
 
 from services.common.pipelines import Pipeline
@@ -30,14 +32,24 @@ EXPECTED = Gauge(
 )
 
 
+def _model(pipeline: Pipeline) -> tuple[str, str]:
+    return pipeline.model.name, pipeline.model.version or "latest"
+
+
+def declare(pipelines: Iterable[Pipeline]) -> None:
+    """The rates each served model's card states, once at start-up (they are configuration)."""
+    for pipeline in pipelines:
+        model, version = _model(pipeline)
+        rules = pipeline.postprocess
+        if rules.ood is not None:
+            EXPECTED.labels(model, version, "ood").set(1.0 - rules.ood.acceptance)
+        for rule in rules.findings:
+            if rule.expected_positive_rate is not None:
+                EXPECTED.labels(model, version, "positive").set(rule.expected_positive_rate)
+
+
 def record(pipeline: Pipeline, assessment: Assessment) -> None:
-    model, version = pipeline.model.name, pipeline.model.version or "latest"
-    rules = pipeline.postprocess
-    if rules.ood is not None:
-        EXPECTED.labels(model, version, "ood").set(1.0 - rules.ood.acceptance)
-    for rule in rules.findings:
-        if rule.expected_positive_rate is not None:
-            EXPECTED.labels(model, version, "positive").set(rule.expected_positive_rate)
+    model, version = _model(pipeline)
     images: set[str] = set()
     flagged: set[str] = set()
     for finding in assessment.findings:

@@ -8,6 +8,7 @@ from services.api.imaging.v1 import postprocessor_pb2, postprocessor_pb2_grpc
 from services.common import logs, server
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import PipelineServiceSettings
+from services.postprocessor import monitoring
 from services.postprocessor.servicer import PostprocessorServicer
 
 SERVICE_NAME = postprocessor_pb2.DESCRIPTOR.services_by_name["Postprocessor"].full_name
@@ -16,6 +17,7 @@ SERVICE_NAME = postprocessor_pb2.DESCRIPTOR.services_by_name["Postprocessor"].fu
 def start(settings: PipelineServiceSettings) -> server.RunningServer:
     """Load the pipelines and serve (tests call this in-process)."""
     registry = PipelineRegistry.load(settings.pipelines_dir)
+    monitoring.declare(registry.all())
 
     def register(srv: grpc.Server) -> None:
         postprocessor_pb2_grpc.add_PostprocessorServicer_to_server(

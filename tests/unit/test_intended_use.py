@@ -207,3 +207,22 @@ def test_decisions_are_counted_per_model_version_and_status() -> None:
     after = [count("imaging_model_decisions_total", **finding, status=s) for s in FindingStatus]
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]  # POS, NEG, INDET
     assert count("imaging_model_images_total") == images + 3
+
+
+def test_the_rates_the_cards_state_are_declared_for_every_served_model() -> None:
+    from prometheus_client import REGISTRY
+
+    from services.postprocessor import monitoring
+
+    registry = PipelineRegistry.load(PIPELINES)
+    monitoring.declare(registry.all())
+    chest = registry.get("cxr_pneumonia")
+    labels = {"model": "cxr_pneumonia", "version": chest.model.version}
+    rule, ood = chest.postprocess.findings[0], chest.postprocess.ood
+    assert ood is not None and rule.expected_positive_rate is not None
+    expected = "imaging_model_expected_rate"
+    positive = REGISTRY.get_sample_value(expected, labels | {"kind": "positive"})
+    assert positive == pytest.approx(rule.expected_positive_rate)
+    assert REGISTRY.get_sample_value(expected, labels | {"kind": "ood"}) == pytest.approx(
+        1 - ood.acceptance
+    )
