@@ -6,6 +6,7 @@ thread); the builders live in services/common/reports."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import metadata
 from io import BytesIO
 
 import pydicom
@@ -28,8 +29,10 @@ def _sources(instances: Sequence[bytes], pixels: bool = False) -> list[Dataset]:
 
 
 class DocumentReporter:
-    def __init__(self, manufacturer: str = "imaging-platform", version: str = "0.1.0") -> None:
-        self._manufacturer, self._version = manufacturer, version
+    def __init__(self, manufacturer: str = "imaging-platform", version: str = "") -> None:
+        # The installed package's own version: what the documents name as software version.
+        self._manufacturer = manufacturer
+        self._version = version or metadata.version("imaging-platform")
 
     def outputs(
         self, instances: Sequence[bytes], result: StudyResult, options: OutputOptions
