@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
+import grpc
 import highdicom as hd
 import pydicom
 import pytest
@@ -151,3 +152,23 @@ def test_a_refused_study_can_be_answered_with_an_sr_that_says_why(
         item.TextValue for item in _items(hd.sr.srread(BytesIO(sr.data))) if "TextValue" in item
     ]
     assert any("outside intended use: patient age outside 1-5 years" in t for t in texts), texts
+
+
+def test_a_segmentation_of_a_series_without_a_frame_of_reference_is_bad_input(
+    gateway: gateway_pb2_grpc.GatewayStub,
+) -> None:
+    series = []
+    for data in brain_series():
+        ds = pydicom.dcmread(BytesIO(data))
+        del ds.FrameOfReferenceUID
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        series.append(buffer.getvalue())
+    options = gateway_pb2.OutputOptions(dicom_seg=True)
+    with pytest.raises(grpc.RpcError) as refused:
+        gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=series, options=options), timeout=120)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "FrameOfReferenceUID" in (refused.value.details() or "")
+    # The same series without the SEG asked for is analysed.
+    response = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=series), timeout=120)
+    assert response.measurements

@@ -310,3 +310,37 @@ def test_model_rollout_reaches_a_tls_triton_with_the_admin_key_only(
         without.state("cxr_pneumonia")
     without.close()
     assert admin not in tls_stack.audit_log.read_text()
+
+
+def test_documents_come_over_mtls_with_a_key_and_identity_stays_out_of_logs_and_fhir(
+    tls_stack: Stack, pki: DevPki
+) -> None:
+    """The DICOM documents copy the patient module (a PACS files them by it: the caller sent
+    it and gets it back in its own study); the FHIR report, the logs and the audit trail carry
+    none of it."""
+    import pydicom
+    from synthetic import PATIENT_ID, PATIENT_NAME
+
+    client = GatewayClient(tls_stack.gateway_address, files=_client_files(pki), api_key=API_KEY)
+    response = client.analyze(
+        _study(), client_request_id="tls-documents", documents=("sr", "heatmap", "fhir")
+    )
+    client.close()
+    kinds = {o.kind: o for o in response.outputs}
+    assert set(kinds) == {"dicom_sr", "dicom_heatmap", "fhir"}
+    sr = pydicom.dcmread(BytesIO(kinds["dicom_sr"].data))
+    assert (str(sr.PatientName), sr.PatientID, sr.StudyInstanceUID) == (
+        PATIENT_NAME,
+        PATIENT_ID,
+        STUDY_UID,
+    )
+    fhir = kinds["fhir"].data.decode()
+    assert "SECRET" not in fhir and PATIENT_ID not in fhir
+    for text in [*Path(tls_stack.run_dir, "logs").glob("*.log"), tls_stack.audit_log]:
+        content = text.read_text(errors="replace")
+        assert "SECRET" not in content and PATIENT_ID not in content, text.name
+    anonymous = GatewayClient(tls_stack.gateway_address, files=_client_files(pki))
+    with pytest.raises(grpc.RpcError) as refused:
+        anonymous.analyze(_study(), documents=("sr",))
+    anonymous.close()
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
