@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.exchange import PixelExchange
@@ -146,7 +146,28 @@ class GatewaySettings(PipelineServiceSettings):
         3.0, gt=0, description="NOT_SERVING once Triton or a peer failed probes this long"
     )
     peer_probe_interval_seconds: float = Field(1.0, gt=0, description="dependency probe period")
+    # AnalyzeStream: the header is judged before a slot is taken; then every message must
+    # arrive within the idle time and the whole upload within the receive time.
+    stream_idle_seconds: float = Field(
+        30.0, gt=0, description="a stream sending nothing this long: DEADLINE_EXCEEDED"
+    )
+    stream_receive_seconds: float = Field(
+        300.0, gt=0, description="a stream's whole upload must arrive within this long"
+    )
+    max_studies_per_client: int = Field(
+        0, ge=0, description="studies one client may hold (running + waiting); 0: no cap"
+    )
     max_concurrent_studies: int = Field(8, gt=0, description="studies analysed at once")
     max_queued_studies: int = Field(
         128, ge=0, description="studies waiting for a slot; beyond: RESOURCE_EXHAUSTED at once"
     )
+
+    @model_validator(mode="after")
+    def _no_default_reflection_behind_credentials(self) -> GatewaySettings:
+        """A gateway that asks for credentials does not describe itself unless told to
+        (IMAGING_REFLECTION=true; reflection then needs credentials like any other call)."""
+        if "reflection" not in self.model_fields_set and (
+            self.api_keys_file is not None or self.oidc_issuer
+        ):
+            self.reflection = False
+        return self

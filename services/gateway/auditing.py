@@ -35,6 +35,8 @@ class CallFacts:
     model_version: str = ""
     study_uid: str = ""
     instance_sha256: list[str] = field(default_factory=list)
+    # A stream's running digests, made hex once at the end of the call.
+    digests: list[Any] = field(default_factory=list)
     findings: list[AuditFinding] = field(default_factory=list)
 
 
@@ -52,15 +54,19 @@ def note(**facts: Any) -> None:
 async def _hashing(
     messages: AsyncIterator[gateway_pb2.AnalyzeChunk], facts: CallFacts
 ) -> AsyncIterator[gateway_pb2.AnalyzeChunk]:
-    """Pass a stream's messages on, hashing each instance's bytes as they arrive."""
-    digests: list[Any] = []
+    """Pass a stream's messages on, hashing each instance's bytes as they arrive.
+
+    Only the chunks InstanceAssembler accepts are hashed (the current instance or the next
+    one); any other index is the assembler's to refuse, so a caller's index never sizes
+    anything here (index 6,000,000 once padded 6 million digests on the event loop)."""
+    digests = facts.digests
     async for message in messages:
         if message.WhichOneof("part") == "chunk":
             index = message.chunk.instance_index
-            while len(digests) <= index:
+            if index == len(digests):
                 digests.append(hashlib.sha256())
-            digests[index].update(message.chunk.data)
-            facts.instance_sha256 = [d.hexdigest() for d in digests]
+            if index == len(digests) - 1:
+                digests[index].update(message.chunk.data)
         yield message
 
 
@@ -104,6 +110,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     status = "INTERNAL"
                     raise
                 finally:
+                    if facts.digests:
+                        facts.instance_sha256 = [d.hexdigest() for d in facts.digests]
                     audit.record(
                         AuditEvent(
                             request_id=logs.request_id.get(),

@@ -27,6 +27,7 @@ from services.common.errors import (
     Misconfiguration,
     OutsideIntendedUse,
     Overloaded,
+    RateLimited,
     StudyRefused,
     TooLarge,
 )
@@ -154,27 +155,44 @@ class Admission:
     its upload in memory. Under overload the inner services then see a steady load, not every
     caller at once."""
 
-    def __init__(self, running: int, queued: int) -> None:
-        self._running, self._queued = running, queued
+    def __init__(self, running: int, queued: int, per_client: int = 0) -> None:
+        self._running, self._queued, self._per_client = running, queued, per_client
         self._slots = asyncio.Semaphore(running)
         self._waiting = 0
+        self._held: dict[str, int] = {}  # studies running or waiting, per client
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, client: str = "") -> AsyncIterator[None]:
+        """A study slot; ``per_client`` (0: no cap) bounds what one client holds, running and
+        waiting together, so one caller's slow uploads cannot take every slot."""
         if self._slots.locked() and self._waiting >= self._queued:
             raise Overloaded(
                 f"the gateway is at capacity ({self._running} studies running, "
                 f"{self._waiting} waiting); retry later"
             )
-        self._waiting += 1
+        held = self._held.get(client, 0)
+        if self._per_client and held >= self._per_client:
+            raise RateLimited(
+                f"this client already holds {held} studies, the most one client may "
+                "(IMAGING_MAX_STUDIES_PER_CLIENT); retry when one finishes"
+            )
+        self._held[client] = held + 1
         try:
-            await self._slots.acquire()
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+            try:
+                yield
+            finally:
+                self._slots.release()
         finally:
-            self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._slots.release()
+            left = self._held[client] - 1
+            if left:
+                self._held[client] = left
+            else:
+                del self._held[client]
 
 
 class StudyAnalyzer:
@@ -216,8 +234,19 @@ class StudyAnalyzer:
             if not instance:
                 raise InvalidInput(f"instance {index} is empty")
 
-    async def analyze(self, request: StudyRequest) -> StudyResult:
+    def admit(self, request: StudyRequest) -> None:
+        """What can be refused from the request's header alone, before its study takes a slot
+        or any of its instances is buffered: the client's policy and rate limit, and a named
+        pipeline that does not exist."""
         self._policy.admit(request.client, request.priority, request.pipeline)
+        if request.pipeline:
+            self.registry.get(request.pipeline)
+
+    async def analyze(self, request: StudyRequest, *, admitted: bool = False) -> StudyResult:
+        """The study's result; ``admitted``: :meth:`admit` already passed this request (it is
+        not run again, which would take a second rate-limit token)."""
+        if not admitted:
+            self.admit(request)
         self.check_limits(request.instances)
         seconds: dict[str, float] = {}
         options = request.options

@@ -62,9 +62,15 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
         gateway_pb2_grpc.add_GatewayServicer_to_server(
             GatewayServicer(
                 analyzer,
-                Admission(settings.max_concurrent_studies, settings.max_queued_studies),
+                Admission(
+                    settings.max_concurrent_studies,
+                    settings.max_queued_studies,
+                    settings.max_studies_per_client,
+                ),
                 settings.max_instances,
                 settings.max_study_bytes,
+                settings.stream_idle_seconds,
+                settings.stream_receive_seconds,
             ),
             srv,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,6 +13,7 @@ from services.common.errors import InvalidInput
 from services.gateway import deadlines
 from services.gateway.auth import caller
 from services.gateway.core import Admission, InstanceAssembler, StudyAnalyzer
+from services.gateway.receiving import DeadlineReader
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -21,44 +23,48 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         admission: Admission,
         max_instances: int,
         max_study_bytes: int,
+        stream_idle_seconds: float = 30.0,
+        stream_receive_seconds: float = 300.0,
     ) -> None:
         self._analyzer = analyzer
         self._admission = admission
         self._max_instances = max_instances
         self._max_study_bytes = max_study_bytes
+        self._idle, self._receive = stream_idle_seconds, stream_receive_seconds
 
     async def Analyze(  # noqa: N802 (gRPC naming)
         self, request: gateway_pb2.AnalyzeRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.AnalyzeResponse:
         deadlines.begin(context)
         rid = logs.adopt_client_request_id(request.client_request_id)
-        async with self._admission.slot():  # a waiting study keeps only its received message
-            study = convert.study_request(request, list(request.instances), rid, caller.get())
-            return convert.analyze_response(await self._analyzer.analyze(study))
+        study = convert.study_request(request, list(request.instances), rid, caller.get())
+        self._analyzer.admit(study)
+        async with self._admission.slot(study.client):  # a waiting study keeps its message
+            return convert.analyze_response(await self._analyzer.analyze(study, admitted=True))
 
     async def AnalyzeStream(  # noqa: N802 (gRPC naming)
         self,
         request_iterator: AsyncIterator[gateway_pb2.AnalyzeChunk],
         context: grpc.aio.ServicerContext,
     ) -> gateway_pb2.AnalyzeResponse:
+        """The header is judged (policy, rate limit, pipeline) before the study takes a slot
+        or a chunk is buffered; every message must come within the idle and total deadlines."""
         deadlines.begin(context)
-        async with self._admission.slot():  # receiving a stream holds memory too
-            return await self._analyze_stream(request_iterator)
-
-    async def _analyze_stream(
-        self, request_iterator: AsyncIterator[gateway_pb2.AnalyzeChunk]
-    ) -> gateway_pb2.AnalyzeResponse:
-        first = await anext(request_iterator, None)
+        messages = DeadlineReader(request_iterator, self._idle, self._receive)
+        first = await messages.next()
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("the stream must start with an AnalyzeHeader message")
         rid = logs.adopt_client_request_id(first.header.client_request_id)
-        assembler = InstanceAssembler(self._max_instances, self._max_study_bytes)
-        async for message in request_iterator:
-            if message.WhichOneof("part") != "chunk":
-                raise InvalidInput("only the first message of the stream may be a header")
-            assembler.add(message.chunk.instance_index, message.chunk.data)
-        study = convert.study_request(first.header, assembler.instances(), rid, caller.get())
-        return convert.analyze_response(await self._analyzer.analyze(study))
+        header = convert.study_request(first.header, [], rid, caller.get())
+        self._analyzer.admit(header)
+        async with self._admission.slot(header.client):  # receiving a stream holds memory too
+            assembler = InstanceAssembler(self._max_instances, self._max_study_bytes)
+            async for message in messages:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidInput("only the first message of the stream may be a header")
+                assembler.add(message.chunk.instance_index, message.chunk.data)
+            study = dataclasses.replace(header, instances=assembler.instances())
+            return convert.analyze_response(await self._analyzer.analyze(study, admitted=True))
 
     async def ListPipelines(  # noqa: N802 (gRPC naming)
         self, request: gateway_pb2.ListPipelinesRequest, context: grpc.aio.ServicerContext

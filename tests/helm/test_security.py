@@ -48,6 +48,9 @@ GATEWAY_ONLY_ENV = (
     "IMAGING_AUDIT_CHAIN",
     "IMAGING_MAX_CONCURRENT_STUDIES",
     "IMAGING_MAX_QUEUED_STUDIES",
+    "IMAGING_MAX_STUDIES_PER_CLIENT",
+    "IMAGING_STREAM_IDLE_SECONDS",
+    "IMAGING_STREAM_RECEIVE_SECONDS",
     "IMAGING_CLIENT_POLICY_FILE",
     "IMAGING_OIDC_ISSUER",
     "IMAGING_OIDC_AUDIENCE",
@@ -268,6 +271,12 @@ def test_api_keys_and_audit_are_in_the_gateway_container_only(layout: dict[str, 
     assert env["IMAGING_AUDIT_LOG"] == values["audit"]["path"] == "/dev/stdout"
     assert env["IMAGING_MAX_CONCURRENT_STUDIES"] == str(values["admission"]["maxConcurrentStudies"])
     assert env["IMAGING_MAX_QUEUED_STUDIES"] == str(values["admission"]["maxQueuedStudies"])
+    for variable, value in (
+        ("IMAGING_MAX_STUDIES_PER_CLIENT", "maxStudiesPerClient"),
+        ("IMAGING_STREAM_IDLE_SECONDS", "streamIdleSeconds"),
+        ("IMAGING_STREAM_RECEIVE_SECONDS", "streamReceiveSeconds"),
+    ):
+        assert env[variable] == str(values["admission"][value])
     gateway_mounts = {m["name"] for m in gateway["volumeMounts"]}
     assert {"api-keys", "audit-key"} <= gateway_mounts
     # Nobody else: not the sidecars next to it, not the other Deployments, not Triton.

@@ -107,6 +107,12 @@ and study limits and the dependency-readiness settings.
       value: {{ $gw.admission.maxConcurrentStudies | quote }}
     - name: IMAGING_MAX_QUEUED_STUDIES
       value: {{ $gw.admission.maxQueuedStudies | quote }}
+    - name: IMAGING_MAX_STUDIES_PER_CLIENT
+      value: {{ $gw.admission.maxStudiesPerClient | quote }}
+    - name: IMAGING_STREAM_IDLE_SECONDS
+      value: {{ $gw.admission.streamIdleSeconds | quote }}
+    - name: IMAGING_STREAM_RECEIVE_SECONDS
+      value: {{ $gw.admission.streamReceiveSeconds | quote }}
     {{- if $gw.auth.apiKeysSecret }}
     # Every call but health needs "authorization: Bearer <key>"; re-read when the Secret changes.
     - name: IMAGING_API_KEYS_FILE
