@@ -19,7 +19,14 @@ from services.api.imaging.v1 import findings_pb2, gateway_pb2
 from services.cli.client import GatewayClient
 from services.cli.samples import pneumoniamnist_samples
 from services.cli.stack import REPO_ROOT, Ports, Stack
-from services.common.audit import main_verify
+from services.common.audit import (
+    EXIT_ERROR,
+    EXIT_NO_RECORDS,
+    EXIT_OK,
+    EXIT_TAIL_UNVERIFIED,
+    EXIT_TAMPERED,
+    main_verify,
+)
 from services.common.pki import create_dev_pki
 from services.common.tls import TlsFiles
 from services.fleet.core import DEFAULT_GRPC_PORT
@@ -157,24 +164,26 @@ def cmd_up(args: argparse.Namespace) -> int:
     client_files = None
     if args.tls:
         pki = create_dev_pki(args.run_dir / "tls")
-        stack.tls = TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert)
+        stack.use_dev_pki(pki)
         client_files = (pki.ca_cert, pki.client_cert, pki.client_key)
     stack.start()
     scheme = "grpcs" if stack.tls.serves_tls else "grpc"
     print(f"gateway        {scheme}://{stack.gateway_address}")
     for service in ("decoder", "preprocessor", "postprocessor"):
         print(f"{service:<14} grpc://127.0.0.1:{stack.ports.grpc(service)}")
-    print(
-        f"tritonserver   grpc://{stack.triton_grpc_address} "
-        f"http://127.0.0.1:{stack.ports.triton_http}"
-    )
+    if stack.tls.serves_tls:  # mutual TLS with the services' internal certificate only
+        print(f"tritonserver   grpcs://{stack.triton_grpc_address} (no HTTP)")
+    else:
+        print(
+            f"tritonserver   grpc://{stack.triton_grpc_address} "
+            f"http://127.0.0.1:{stack.ports.triton_http}"
+        )
     for service, port in stack.ports.metrics.items():
         print(f"metrics        http://127.0.0.1:{port}/metrics ({service})")
     if client_files is not None:
         ca, cert, key = client_files
         print(f"throwaway CA   {ca}")
         print(f"client cert    --tls-ca {ca} --tls-cert {cert} --tls-key {key}")
-        print(f"triton admin   key in {stack.triton_admin_key_file}")
     print(f"logs in {args.run_dir / 'logs'}; stop with `imaging-platform down`")
     return 0
 
@@ -300,7 +309,12 @@ def cmd_models_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    return main_verify(str(args.file), str(args.key_file), list(args.expect))
+    return main_verify(
+        str(args.file),
+        str(args.key_file),
+        list(args.expect),
+        [str(path) for path in args.checkpoints],
+    )
 
 
 def _env_path(name: str) -> Path | None:
@@ -363,7 +377,17 @@ def parser() -> argparse.ArgumentParser:
     pipelines.set_defaults(func=cmd_pipelines)
     audit = sub.add_parser("audit", help="the gateway's audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="check an audit log's HMAC chain")
+    verify = audit_sub.add_parser(
+        "verify",
+        help="check an audit log's HMAC chain and, against anchors kept outside it, its tail",
+        description="Check every record's HMAC chain. The file alone cannot show records cut "
+        "off its end, an earlier copy put back, an emptied file or a deleted chain: only "
+        "--checkpoints or --expect can, and without one a chain's tail is reported unverified.",
+        epilog=f"exit codes: {EXIT_OK} every chain intact and its tail anchored; "
+        f"{EXIT_TAMPERED} tampered (problems printed); {EXIT_ERROR} could not check; "
+        f"{EXIT_TAIL_UNVERIFIED} intact but some chain's tail not anchored; "
+        f"{EXIT_NO_RECORDS} no audit record in the file",
+    )
     verify.add_argument("file", type=Path)
     verify.add_argument("--key-file", type=Path, required=True, help="IMAGING_AUDIT_KEY_FILE")
     verify.add_argument(
@@ -373,6 +397,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="CHAIN=SEQ",
         help="last sequence number a writer reported (imaging_audit_last_sequence): "
         "catches truncation",
+    )
+    verify.add_argument(
+        "--checkpoints",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="LOGFILE",
+        help="gateway log holding 'audit checkpoint chain=... seq=... mac=... cmac=...' lines "
+        "(repeatable): catches truncation, rollback, deleted chains and rewritten tails",
     )
     verify.set_defaults(func=cmd_audit_verify)
     models = sub.add_parser("models", help="manage models on the Triton pods of a release")

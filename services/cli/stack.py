@@ -17,13 +17,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.tls import TlsFiles
+from services.common.pki import INTERNAL_COMMON_NAME, DevPki
+from services.common.tls import TlsFiles, channel_credentials
 from services.triton_local.launch import TritonLaunchError, start_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +112,20 @@ class Stack:
             )
         )
     )
+    # The services' own trust domain (inner services, Triton, and what the gateway dials
+    # them with); None: the files above. ``allowed_peers``: the identity inner services accept.
+    internal_tls: TlsFiles | None = None
+    allowed_peers: str = ""
+
+    def use_dev_pki(self, pki: DevPki) -> None:
+        """Edge certificates for the gateway's public port, internal ones behind it."""
+        self.tls = TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert)
+        self.internal_tls = TlsFiles(pki.internal_cert, pki.internal_key, pki.internal_ca_cert)
+        self.allowed_peers = INTERNAL_COMMON_NAME
+
+    @property
+    def inner_tls(self) -> TlsFiles:
+        return self.internal_tls if self.internal_tls is not None else self.tls
 
     @property
     def pixel_exchange_dir(self) -> Path:
@@ -129,21 +147,26 @@ class Stack:
         return self.run_dir / "logs" / f"{name}.log"
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = self._log(name).open("ab")
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.run_dir,
-            start_new_session=True,
-        )
+        with _private_log(self._log(name)) as log:
+            process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.run_dir,
+                start_new_session=True,
+                umask=PRIVATE_UMASK,
+            )
         self.pids[name] = process.pid
 
     def _start_triton(self) -> None:
         flags = [
+            # Loopback only, like the services: tritonserver binds every interface by default.
+            "--http-address=127.0.0.1",
             f"--http-port={self.ports.triton_http}",
+            "--grpc-address=127.0.0.1",
             f"--grpc-port={self.ports.triton_grpc}",
+            "--metrics-address=127.0.0.1",
             f"--metrics-port={self.ports.triton_metrics}",
             "--exit-on-error=true",
             *self._triton_tls_flags(),
@@ -155,10 +178,6 @@ class Stack:
         except TritonLaunchError as err:
             raise StackError(str(err)) from err
         self.pids["tritonserver"] = process.pid
-
-    @property
-    def triton_admin_key_file(self) -> Path:
-        return self.run_dir / "triton-admin-key"
 
     @property
     def audit_log(self) -> Path:
@@ -177,19 +196,19 @@ class Stack:
         return path.read_text().strip()
 
     def _triton_tls_flags(self) -> list[str]:
-        """With TLS: gRPC mutual TLS only; model control, shared memory, statistics, trace and
-        logging need the admin key on both endpoints (HTTP stays plaintext for health)."""
-        files = self.tls
+        """With TLS: gRPC mutual TLS with the internal CA, so only the services' certificate
+        gets in (no client of the gateway), and no HTTP endpoint at all. Triton's HTTP has no
+        TLS, and its restricted APIs take a key only on the command line, where any local
+        user reads it (/proc/PID/cmdline): so the local stack has no admin key and runs with
+        model control off, and the chart keeps the key for its pods (README "Security")."""
+        files = self.inner_tls
         if not files.serves_tls:
             return []
-        admin = f"admin-key={self._secret(self.triton_admin_key_file)}"
-        restricted = "model-repository,shared-memory,statistics,trace,logging"
         flags = [
+            "--allow-http=false",
             "--grpc-use-ssl=true",
             f"--grpc-server-cert={files.cert}",
             f"--grpc-server-key={files.key}",
-            f"--grpc-restricted-protocol={restricted}:{admin}",
-            f"--http-restricted-api={restricted}:{admin}",
         ]
         if files.ca is not None:
             flags += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={files.ca}"]
@@ -210,6 +229,22 @@ class Stack:
             if time.monotonic() > deadline:
                 raise StackError(f"tritonserver not ready after {timeout:.0f} s")
             time.sleep(0.25)
+        self._private_shared_memory()
+
+    def _private_shared_memory(self) -> None:
+        """Triton's python backend creates its shared-memory regions 0644 whatever the umask
+        (boost.interprocess sets the mode): tighten those its processes map to 0600 once the
+        models are loaded (with model control off, no region is made later unless a stub is
+        restarted)."""
+        pid = self.pids.get("tritonserver")
+        if pid is None:
+            return
+        for path in _shared_memory_of(pid):
+            try:
+                if path.stat().st_uid == os.getuid():
+                    os.chmod(path, 0o600)
+            except OSError:
+                continue  # gone meanwhile
 
     def _service_env(self, service: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -226,6 +261,14 @@ class Stack:
             IMAGING_PIXEL_EXCHANGE_DIR=str(self.pixel_exchange_dir),
             IMAGING_HEALTH_PORT=str(self.ports.health[service]),
         )
+        files = self.tls if service == "gateway" else self.inner_tls
+        if service == "gateway" and self.internal_tls is not None:
+            internal = self.internal_tls
+            for part, path in (("CERT", internal.cert), ("KEY", internal.key), ("CA", internal.ca)):
+                if path is not None:
+                    env[f"IMAGING_PEER_TLS_{part}"] = str(path)
+        if service != "gateway" and self.allowed_peers:
+            env["IMAGING_ALLOWED_PEERS"] = self.allowed_peers
         if service == "gateway":
             self._secret(self.audit_key_file)
             env.update(
@@ -234,9 +277,9 @@ class Stack:
                 IMAGING_AUDIT_CHAIN=f"gateway-{self.ports.gateway}",
             )
         for name, path in (
-            ("IMAGING_TLS_CERT", self.tls.cert),
-            ("IMAGING_TLS_KEY", self.tls.key),
-            ("IMAGING_TLS_CA", self.tls.ca),
+            ("IMAGING_TLS_CERT", files.cert),
+            ("IMAGING_TLS_KEY", files.key),
+            ("IMAGING_TLS_CA", files.ca),
         ):
             if path is None:
                 env.pop(name, None)
@@ -246,7 +289,10 @@ class Stack:
         return env
 
     def start(self, timeout: float = 180.0) -> None:
-        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Logs, secrets and state are the stack's user's alone (0700 folders, 0600 files).
+        for folder in (self.run_dir, self.run_dir / "logs"):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
         self.pixel_exchange_dir.mkdir(mode=0o700, exist_ok=True)
         try:
             self._start_triton()
@@ -289,7 +335,10 @@ class Stack:
                 time.sleep(0.25)
 
     def _triton_ready(self) -> bool:
-        """HTTP ready and the gRPC port accepting (it can open after the HTTP one)."""
+        """HTTP ready and the gRPC port accepting (it can open after the HTTP one); with TLS
+        (no HTTP) gRPC ServerReady over the services' own mutual TLS."""
+        if self.inner_tls.serves_tls:
+            return self._triton_ready_over_tls()
         url = f"http://127.0.0.1:{self.ports.triton_http}/v2/health/ready"
         try:
             with urllib.request.urlopen(url, timeout=1) as reply:
@@ -299,6 +348,19 @@ class Stack:
                 return True
         except OSError:
             return False
+
+    def _triton_ready_over_tls(self) -> bool:
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        credentials = channel_credentials(self.inner_tls)
+        with grpc.secure_channel(self.triton_grpc_address, credentials) as channel:
+            try:
+                reply = service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerReady(
+                    service_pb2.ServerReadyRequest(), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+            return bool(reply.ready)
 
     @staticmethod
     def _grpc_serving(port: int) -> bool:
@@ -329,6 +391,48 @@ class Stack:
     def from_state(cls, run_dir: Path) -> Stack:
         state = json.loads((run_dir / "stack.json").read_text())
         return cls(run_dir=run_dir, ports=Ports(**state["ports"]), pids=state["pids"])
+
+
+# Files the stack's processes create (logs, Triton's shared-memory regions, the pixel
+# exchange) are their user's alone.
+PRIVATE_UMASK = 0o077
+
+
+@contextmanager
+def _private_log(path: Path) -> Iterator[BinaryIO]:
+    """``path`` opened for appending, created 0600 (a log may name a failing file)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
+        yield log
+
+
+def _shared_memory_of(root: int) -> set[Path]:
+    """The /dev/shm files mapped by ``root`` and its descendants (the backend stubs)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            number, rest = stat.read_text().split(" (", 1)
+            parents[int(number)] = int(rest.rsplit(") ", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree = {root}
+    grown = True
+    while grown:
+        found = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grown = bool(found)
+    regions: set[Path] = set()
+    for pid in tree:
+        try:
+            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/dev/shm/"):
+                regions.add(Path(fields[5].removesuffix(" (deleted)")))
+    return regions
 
 
 def _signal(pid: int, sig: int) -> bool:

@@ -174,6 +174,20 @@ def from_kind(kind: str, code: grpc.StatusCode) -> type[PlatformError] | None:
     return None
 
 
+def quote_prefix(value: str, limit: int = 32) -> str:
+    """``value`` quoted for a reason or a log line, at most its first ``limit`` characters.
+
+    A caller's string (a pipeline name, say) may be megabytes long or hold newlines: it is
+    repr()'d, so control characters show escaped, and cut, saying how long it was, so it can
+    neither grow a status nor forge or flood a log line."""
+    shown = value[:limit]
+    while len(repr(shown)) > 2 * limit + 2:  # escapes (\x00, \U0001f600) lengthen a repr
+        shown = shown[:-1]
+    if len(shown) == len(value):
+        return repr(shown)
+    return f"{shown!r}... ({len(value)} characters)"
+
+
 def public_reason(err: PlatformError, request_id: str) -> str:
     """What the caller may read: the reason, or for platform faults only where to look."""
     if err.public:

@@ -24,7 +24,13 @@ from grpc_status import rpc_status
 
 from services.common import logs
 from services.common.admission import Limiter
-from services.common.errors import DOMAIN, InternalError, PlatformError, public_reason
+from services.common.errors import (
+    DOMAIN,
+    InternalError,
+    PermissionDenied,
+    PlatformError,
+    public_reason,
+)
 from services.common.metrics import RPC_LATENCY, RPC_TOTAL
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -69,6 +75,16 @@ class _Rpc:
         return current
 
 
+_HEALTH = "/grpc.health.v1.Health/"
+
+
+def peer_identities(context: grpc.ServicerContext) -> set[str]:
+    """The CN and subject alternative names of the certificate the TLS handshake verified."""
+    auth = context.auth_context()
+    names = [*auth.get("x509_common_name", ()), *auth.get("x509_subject_alternative_name", ())]
+    return {n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names}
+
+
 def _request_id(details: grpc.HandlerCallDetails) -> str:
     metadata = dict(details.invocation_metadata or ())
     given = str(metadata.get(REQUEST_ID_HEADER) or "")
@@ -95,8 +111,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Wraps unary-response handlers of one service; streaming responses pass through. The
     service's own methods run within ``limiter`` (health and reflection never wait)."""
 
-    def __init__(self, service: str, limiter: Limiter | None = None) -> None:
-        self._service, self._limiter = service, limiter
+    def __init__(
+        self,
+        service: str,
+        limiter: Limiter | None = None,
+        allowed_peers: frozenset[str] = frozenset(),
+    ) -> None:
+        self._service, self._limiter, self._allowed = service, limiter, allowed_peers
 
     def intercept_service(
         self,
@@ -108,6 +129,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return handler  # reflection and health Watch: not ours to wrap
         method, rid = details.method.rsplit("/", 1)[-1], _request_id(details)
         limiter = None if details.method.startswith("/grpc.") else self._limiter
+        allowed = None if details.method.startswith(_HEALTH) else self._allowed
 
         def wrap(
             behavior: Callable[[Any, grpc.ServicerContext], Any],
@@ -115,6 +137,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
                 rpc = _Rpc(self._service, method, rid)
                 try:
+                    if allowed and not peer_identities(context) & allowed:
+                        raise PermissionDenied(
+                            "this service answers the platform's own services only "
+                            "(the caller's certificate names none of IMAGING_ALLOWED_PEERS)"
+                        )
                     with limiter.slot() if limiter is not None else nullcontext():
                         response = behavior(request, context)
                 except Exception as err:

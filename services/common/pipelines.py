@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.common.errors import NoMatchingPipeline, NotFound
+from services.common.errors import NoMatchingPipeline, NotFound, quote_prefix
 from services.common.grids import VolumeIssue
 from services.common.images import ImageAttributes
 from services.common.results import Caveat, CaveatReason, CodedConcept, TriagePriority
+
+# What a pipeline may be called: the specs' ``name`` and every name a caller asks for. A name
+# outside it is unknown without a lookup, and only a short prefix of it is ever quoted.
+PIPELINE_NAME = r"[a-z0-9][a-z0-9_-]{0,63}"
+_PIPELINE_NAME = re.compile(PIPELINE_NAME)
+
+
+def is_pipeline_name(name: str) -> bool:
+    """Whether ``name`` could name a pipeline (lower-case letters, digits, ``_`` and ``-``,
+    at most 64 characters)."""
+    return _PIPELINE_NAME.fullmatch(name) is not None
 
 
 class _Spec(BaseModel):
@@ -279,7 +291,7 @@ class Postprocess(_Spec):
 
 
 class Pipeline(_Spec):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    name: str = Field(pattern=f"^{PIPELINE_NAME}$")
     description: str = ""
     kind: Literal["image", "volume"] = Field(
         "image", description="image: each instance is a model input; volume: the series is"
@@ -351,11 +363,14 @@ class PipelineRegistry:
         return list(self._by_name.values())
 
     def get(self, name: str) -> Pipeline:
-        try:
-            return self._by_name[name]
-        except KeyError:
+        """The pipeline a caller named; a name outside PIPELINE_NAME is unknown, quoted short."""
+        pipeline = self._by_name.get(name) if is_pipeline_name(name) else None
+        if pipeline is None:
             known = ", ".join(sorted(self._by_name))
-            raise NotFound(f"unknown pipeline {name!r}; this deployment serves: {known}") from None
+            raise NotFound(
+                f"unknown pipeline {quote_prefix(name)}; this deployment serves: {known}"
+            )
+        return pipeline
 
     def route(self, images: list[ImageAttributes]) -> Pipeline:
         """The first auto-routed pipeline (by name) accepting every image, else why none did."""

@@ -1,7 +1,13 @@
-"""A throwaway CA and certificates for the local stack (``imaging-platform up --tls``).
+"""Throwaway CAs and certificates for the local stack (``imaging-platform up --tls``).
 
-Development only: each call mints a fresh CA whose private key is never written anywhere, so
-nothing else can ever be signed by it, and a stale directory can never be trusted by a new one.
+Two trust domains, so that a client's certificate opens the gateway and nothing behind it:
+the *edge* CA signs the gateway's public certificate and the clients' certificates; the
+*internal* CA signs the one certificate the services and Triton present to each other. The
+inner services and Triton trust only the internal CA, which no client certificate chains to
+(a red team's workstation certificate once called the decoder and Triton directly).
+
+Development only: each call mints fresh CAs whose private keys are never written anywhere, so
+nothing else can ever be signed by them, and a stale directory can never be trusted by a new one.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SERVER_COMMON_NAME = "imaging-platform"
 CA_COMMON_NAME = "imaging-platform dev CA"
+INTERNAL_CA_COMMON_NAME = "imaging-platform dev internal CA"
+# The services' identity (CN and a DNS SAN): what inner services accept as a caller.
+INTERNAL_COMMON_NAME = "imaging-internal"
 # Validity starts this far in the past, so that a peer whose clock runs a little behind
 # does not reject a certificate minted a second ago.
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
@@ -35,6 +44,9 @@ class DevPki:
     server_key: Path
     client_cert: Path
     client_key: Path
+    internal_ca_cert: Path
+    internal_cert: Path
+    internal_key: Path
 
 
 def create_dev_pki(
@@ -43,7 +55,8 @@ def create_dev_pki(
     days: int = 7,
     client_name: str = "imaging-cli",
 ) -> DevPki:
-    """Mint a fresh CA, a server pair for ``hosts`` and a client pair; write them as PEM.
+    """Mint the edge CA with the gateway's server pair for ``hosts`` and a client pair, and the
+    internal CA with the services' pair; write them as PEM.
 
     ``directory`` is created (or tightened) to 0700; keys are 0600 from the moment they exist.
     Files already there are replaced atomically, never rewritten in place.
@@ -63,26 +76,26 @@ def create_dev_pki(
     now = datetime.datetime.now(datetime.UTC)
     not_before, not_after = now - _CLOCK_SKEW, now + datetime.timedelta(days=days)
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name(CA_COMMON_NAME)
-    ca_cert = (
-        _builder(ca_name, ca_name, ca_key.public_key(), not_before, not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(key_cert_sign=True), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key, ca_cert = _ca(CA_COMMON_NAME, not_before, not_after)
+    internal_ca_key, internal_ca_cert = _ca(INTERNAL_CA_COMMON_NAME, not_before, not_after)
 
     server_key, server_cert = _leaf(
         ca_cert,
         ca_key,
         SERVER_COMMON_NAME,
-        # The services present this certificate to each other too (gateway -> decoder, ...).
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        # The gateway's public port; the services present the internal one to each other.
+        [ExtendedKeyUsageOID.SERVER_AUTH],
         [_general_name(host) for host in hosts],
+        not_before,
+        not_after,
+    )
+    internal_key, internal_cert = _leaf(
+        internal_ca_cert,
+        internal_ca_key,
+        INTERNAL_COMMON_NAME,
+        # The services present it to each other (gateway -> decoder, ...) and serve with it.
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        [x509.DNSName(INTERNAL_COMMON_NAME), *(_general_name(host) for host in hosts)],
         not_before,
         not_after,
     )
@@ -102,12 +115,18 @@ def create_dev_pki(
         server_key=directory / "server-key.pem",
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
+        internal_ca_cert=directory / "internal-ca.pem",
+        internal_cert=directory / "internal.pem",
+        internal_key=directory / "internal-key.pem",
     )
     _write(pki.ca_cert, _cert_pem(ca_cert), 0o644)
     _write(pki.server_key, _key_pem(server_key), 0o600)
     _write(pki.server_cert, _cert_pem(server_cert), 0o644)
     _write(pki.client_key, _key_pem(client_key), 0o600)
     _write(pki.client_cert, _cert_pem(client_cert), 0o644)
+    _write(pki.internal_ca_cert, _cert_pem(internal_ca_cert), 0o644)
+    _write(pki.internal_key, _key_pem(internal_key), 0o600)
+    _write(pki.internal_cert, _cert_pem(internal_cert), 0o644)
     return pki
 
 
@@ -120,6 +139,25 @@ def common_name(cert_pem: bytes) -> str:
         raise ValueError(f"expected exactly one subject CN, found {len(attributes)}")
     value = attributes[0].value
     return value if isinstance(value, str) else value.decode()
+
+
+def _ca(
+    common_name: str, not_before: datetime.datetime, not_after: datetime.datetime
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA that signs leaves only (its key lives in memory alone)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(common_name)
+    cert = (
+        _builder(name, name, key.public_key(), not_before, not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
 
 
 def _leaf(

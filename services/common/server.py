@@ -210,13 +210,15 @@ def start(
 
     ``stages`` are the pipeline stages this service times (see metrics.stage_timer).
     """
+    if settings.peer_identities() and settings.tls().ca is None:
+        raise ValueError(f"{name}: IMAGING_ALLOWED_PEERS needs mutual TLS (IMAGING_TLS_CA)")
     limiter = Limiter(name, settings.workers, settings.max_queued_rpcs)
     # A thread for every call the limiter holds, so none waits unseen in the pool's queue;
     # the headroom answers health checks and refusals. gRPC itself rejects beyond that.
     threads = limiter.capacity + _HEADROOM
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name),
-        interceptors=[ServiceInterceptor(name, limiter)],
+        interceptors=[ServiceInterceptor(name, limiter, settings.peer_identities())],
         options=_options(settings),
         maximum_concurrent_rpcs=threads,
     )

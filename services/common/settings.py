@@ -66,6 +66,11 @@ class ServiceSettings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate of this service")
     tls_key: Path | None = Field(None, description="PEM private key of this service")
     tls_ca: Path | None = Field(None, description="PEM CA: trust peers, require client certs")
+    # Inner services: who may call, by the certificate's CN or a DNS SAN (the internal
+    # certificate the gateway presents); empty: any certificate IMAGING_TLS_CA signed.
+    allowed_peers: str = Field(
+        "", description="comma-separated caller identities (certificate CN or DNS SAN)"
+    )
     health_port: int = Field(
         0, ge=0, le=65535, description="plaintext port serving grpc.health.v1 only; 0: none"
     )
@@ -81,6 +86,9 @@ class ServiceSettings(BaseSettings):
 
     def tls(self) -> TlsFiles:
         return TlsFiles(self.tls_cert, self.tls_key, self.tls_ca)
+
+    def peer_identities(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.allowed_peers.split(",") if name.strip())
 
     def pixel_exchange(self) -> PixelExchange | None:
         if self.pixel_exchange_dir is None:
@@ -128,6 +136,12 @@ class GatewaySettings(PipelineServiceSettings):
     max_study_decoded_bytes: int = Field(
         2 * 1024**3, gt=0, description="decoded pixel bytes per study (all its instances)"
     )
+    # The gateway's side of the internal trust domain: the pair it presents to its peers and
+    # Triton and the CA it trusts in them (services/common/pki.py); unset: IMAGING_TLS_*. Its
+    # own IMAGING_TLS_* then belong to its public port and its clients' CA alone.
+    peer_tls_cert: Path | None = Field(None, description="PEM certificate shown to peers")
+    peer_tls_key: Path | None = Field(None, description="PEM private key of that certificate")
+    peer_tls_ca: Path | None = Field(None, description="PEM CA the peers' certificates chain to")
     api_keys_file: Path | None = Field(
         None, description="'<client> <sha256 hex of key>' lines; set: every call needs a key"
     )
@@ -161,6 +175,12 @@ class GatewaySettings(PipelineServiceSettings):
     max_queued_studies: int = Field(
         128, ge=0, description="studies waiting for a slot; beyond: RESOURCE_EXHAUSTED at once"
     )
+
+    def peer_tls(self) -> TlsFiles:
+        """What the gateway dials its peers and Triton with."""
+        if (self.peer_tls_cert, self.peer_tls_key, self.peer_tls_ca) == (None, None, None):
+            return self.tls()
+        return TlsFiles(self.peer_tls_cert, self.peer_tls_key, self.peer_tls_ca)
 
     @model_validator(mode="after")
     def _no_default_reflection_behind_credentials(self) -> GatewaySettings:

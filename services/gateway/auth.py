@@ -7,6 +7,12 @@ call except grpc.health.v1 needs a valid key; without one, a mutual-TLS client c
 common name identifies the caller, and without either the gateway is open (the local demo).
 Identity comes only from the key or the certificate the TLS handshake verified, never from
 a header that an entry point in front could forge.
+
+Only the grpc.health.v1 methods are open, named in full; every other method, streaming or not
+(server reflection included: a gateway with credentials serves it only when
+IMAGING_REFLECTION=true, and then to callers with credentials), is checked before its handler
+runs. A call with more than one ``authorization`` header is refused: which one counts would
+depend on who reads it.
 """
 
 from __future__ import annotations
@@ -14,25 +20,30 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import inspect
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import jwt
 
+from services.common import logs
 from services.common.errors import Unauthenticated
-from services.common.interceptor import rewrap
+from services.common.interceptor import REQUEST_ID_HEADER, rewrap, status
 
 log = logging.getLogger(__name__)
 
 # The caller of the RPC being served ("" when the gateway is open), for logs and the audit.
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 
-_OPEN = ("/grpc.health.v1.Health/",)
+# The methods anyone may call, by full name (a prefix would also open whatever is added to
+# the service later).
+OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 _LINE = re.compile(r"(?P<name>[A-Za-z0-9._@:-]{1,64})\s+(?P<digest>[0-9a-fA-F]{64})")
 _RECHECK_SECONDS = 1.0
 
@@ -82,6 +93,13 @@ class ApiKeys:
             if hmac.compare_digest(digest, expected):
                 found = name
         return found
+
+
+def _metadata(pairs: Sequence[tuple[str, str | bytes]]) -> dict[str, str]:
+    """The call's text headers; more than one ``authorization`` header is refused."""
+    if sum(1 for key, _ in pairs if key == "authorization") > 1:
+        raise Unauthenticated("more than one authorization header")
+    return {key: value for key, value in pairs if isinstance(value, str)}
 
 
 def _bearer(metadata: dict[str, str]) -> str | None:
@@ -146,8 +164,10 @@ class Authenticator:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Runs inside the error seam (services/common/interceptor.py), so a refusal is logged and
-    answered like every other error; health checks stay open."""
+    """Runs inside the error seam (services/common/interceptor.py), so a refusal of a
+    unary-response call is logged and answered like every other error; the seam passes
+    response streams through, so those are refused here (UNAUTHENTICATED, the same reason).
+    Only OPEN_METHODS skip the check."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
@@ -158,18 +178,78 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(_OPEN) or handler.response_streaming:
+        if handler is None or details.method in OPEN_METHODS:
             return handler
-        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        pairs = tuple(details.invocation_metadata or ())
         authenticator = self._authenticator
+
+        def identify(context: grpc.aio.ServicerContext) -> None:
+            # Not reset: the call's own context (one task per RPC) keeps it for the audit
+            # record written around this interceptor.
+            caller.set(authenticator.identify(_metadata(pairs), context))
+
+        if handler.response_streaming:
+            return _streaming(handler, identify, details.method, _request_id(pairs))
 
         def wrap(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                # Not reset: the call's own context (one task per RPC) keeps it for the audit
-                # record written around this interceptor.
-                caller.set(authenticator.identify(metadata, context))
+                identify(context)
                 return await behavior(request, context)
 
             return wrapped
 
         return rewrap(handler, wrap)
+
+
+def _request_id(pairs: Sequence[tuple[str, str | bytes]]) -> str:
+    given = next((v for k, v in pairs if k == REQUEST_ID_HEADER and isinstance(v, str)), "")
+    return given if logs.is_safe_request_id(given) else uuid.uuid4().hex
+
+
+def _streaming(
+    handler: grpc.RpcMethodHandler,
+    identify: Callable[[grpc.aio.ServicerContext], None],
+    method: str,
+    request_id: str,
+) -> grpc.RpcMethodHandler:
+    """``handler`` (unary-stream or stream-stream) running only after ``identify`` accepts the
+    caller. The error seam does not wrap response streams, so a refusal is logged and answered
+    here, in the seam's wire form (status code, reason, ErrorInfo, request id)."""
+
+    async def check(context: grpc.aio.ServicerContext) -> None:
+        try:
+            identify(context)
+        except Unauthenticated as err:
+            log.info("%s %s %s: %s", method, err.code.name, err.kind, err.reason)
+            wire = status(err, request_id)
+            await context.abort(wire.code, wire.details, wire.trailing_metadata)
+
+    behavior = handler.unary_stream or handler.stream_stream
+    wrapped: Callable[..., Any]
+    if inspect.isasyncgenfunction(behavior):
+
+        async def responses(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await check(context)
+            async for response in behavior(request, context):
+                yield response
+
+        wrapped = responses
+    elif inspect.iscoroutinefunction(behavior):
+
+        async def writes(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await check(context)  # the handler writes its responses with context.write
+            return await behavior(request, context)
+
+        wrapped = writes
+    else:  # a plain generator: no event loop to abort on, so never served unchecked
+        raise TypeError(f"{method}: response-streaming handlers must be async here")
+    factory = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.errors import PermissionDenied, RateLimited
+from services.common.errors import PermissionDenied, RateLimited, quote_prefix
 from services.common.results import RequestPriority
 
 _RANK = {RequestPriority.ROUTINE: 0, RequestPriority.DEFAULT: 1, RequestPriority.URGENT: 2}
@@ -115,4 +115,4 @@ class PolicyBook:
         """Whether the client may run ``pipeline`` (checked again after routing)."""
         _, policy = self._policy(client)
         if policy.pipelines is not None and pipeline not in policy.pipelines:
-            raise PermissionDenied(f"this client may not run pipeline {pipeline!r}")
+            raise PermissionDenied(f"this client may not run pipeline {quote_prefix(pipeline)}")

@@ -35,10 +35,11 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
     timeout, cap = settings.call_timeout_seconds, settings.max_message_bytes
     registry = PipelineRegistry.load(settings.pipelines_dir)
 
-    files = settings.tls()
+    files = settings.peer_tls()
     policies = PolicyBook.load(settings.client_policy_file)
     probes: dict[str, readiness.Probe] = {}
     tasks: list[asyncio.Task[None]] = []
+    trails: list[AuditLog] = []  # closed last: the trail's final checkpoint is logged
 
     async def register(srv: grpc.aio.Server) -> Callable[[], Awaitable[None]]:
         exchange = settings.pixel_exchange()
@@ -88,6 +89,8 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
             await asyncio.gather(*tasks, return_exceptions=True)
             for client in (decoder, preprocessor, inference, postprocessor):
                 await client.close()
+            for trail in trails:
+                trail.close()
 
         return close
 
@@ -117,6 +120,7 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
         # each record is one write(2), so only a machine crash (not the process) can lose one.
         key = AuditKey.from_file(settings.audit_key_file)
         trail = AuditLog(settings.audit_log, key, settings.audit_chain, fsync=False)
+        trails.append(trail)
         interceptors.insert(0, AuditInterceptor(trail))  # outside auth: refusals are audited
     return server.start_async(
         "gateway", settings, register, [SERVICE_NAME], STAGES, interceptors, started

@@ -83,7 +83,9 @@ def start_tritonserver(
         *flags,
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
+    descriptor = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(descriptor, 0o600)  # its log is its user's alone, like the services'
+    with os.fdopen(descriptor, "ab") as out:
         process = subprocess.Popen(
             argv,
             stdout=out,
@@ -91,5 +93,7 @@ def start_tritonserver(
             env=_environment(env or {}),
             cwd=run_dir,
             start_new_session=True,
+            # Its shared-memory regions (python backend, /dev/shm) are this user's alone.
+            umask=0o077,
         )
     return process, repository

@@ -391,9 +391,23 @@ def test_mtls_secret_is_mounted_into_all_services(values: dict[str, Any]) -> Non
         spec = pod_spec(pod_of(objs, svc))
         c = service_container(objs, svc)
         env = env_of(c)
-        assert env["IMAGING_TLS_CERT"] == "/etc/imaging/tls/tls.crt"
-        assert env["IMAGING_TLS_KEY"] == "/etc/imaging/tls/tls.key"
-        assert env["IMAGING_TLS_CA"] == "/etc/imaging/tls/ca.crt"
+        # The gateway serves its public certificate and trusts its clients' CA; every
+        # service (the gateway towards its peers) uses the services' own.
+        own = "/etc/imaging/tls-gateway" if svc == "gateway" else "/etc/imaging/tls"
+        assert env["IMAGING_TLS_CERT"] == f"{own}/tls.crt"
+        assert env["IMAGING_TLS_KEY"] == f"{own}/tls.key"
+        assert env["IMAGING_TLS_CA"] == f"{own}/ca.crt"
+        if svc == "gateway":
+            assert env["IMAGING_PEER_TLS_CERT"] == "/etc/imaging/tls/tls.crt"
+            assert env["IMAGING_PEER_TLS_KEY"] == "/etc/imaging/tls/tls.key"
+            assert env["IMAGING_PEER_TLS_CA"] == "/etc/imaging/tls/ca.crt"
+            assert "IMAGING_ALLOWED_PEERS" not in env
+            edge = next(v for v in spec["volumes"] if v["name"] == "tls-gateway")
+            assert edge["secret"]["secretName"] == "imaging-gateway-tls"
+        else:
+            assert env["IMAGING_ALLOWED_PEERS"] == "imaging-services"
+            assert not [k for k in env if k.startswith("IMAGING_PEER_TLS")]
+            assert not any(m["name"] == "tls-gateway" for m in c["volumeMounts"])
         tls = next(v for v in spec["volumes"] if v["name"] == "tls")
         assert tls["secret"]["secretName"] == "imaging-platform-mtls"
         assert any(m["name"] == "tls" and m["readOnly"] for m in c["volumeMounts"])
@@ -736,7 +750,7 @@ def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
 
 
 _TLS_ON: dict[str, Any] = {
-    "tls": {"enabled": True, "secretName": "mtls"},
+    "tls": {"enabled": True, "secretName": "mtls", "gateway": {"secretName": "edge"}},
     "triton": {"adminKey": {"secretName": "triton-admin"}},
 }
 
@@ -785,8 +799,12 @@ TEMPLATE_CHECKS = {
         {"dataPlane": {"exchange": {"mountPath": "/etc/imaging/pipelines"}}},
         "dataPlane.exchange.mountPath",
     ),
+    "mTLS without the gateway's own certificate": (
+        {"tls": {"enabled": True, "secretName": "mtls"}, **{"triton": _TLS_ON["triton"]}},
+        "tls.gateway.secretName is required when tls.enabled is true",
+    ),
     "mTLS without Triton's admin key": (
-        {"tls": {"enabled": True, "secretName": "mtls"}},
+        {"tls": _TLS_ON["tls"]},
         "triton.adminKey.secretName is required when tls.enabled is true",
     ),
     "audit trail without its key": (
@@ -836,7 +854,7 @@ TEMPLATE_CHECKS = {
         "ports.health must be distinct",
     ),
     "TLS Secret over Triton's model repository": (
-        {**_TLS_ON, "tls": {"enabled": True, "secretName": "mtls", "mountPath": "/models"}},
+        {**_TLS_ON, "tls": {**_TLS_ON["tls"], "mountPath": "/models"}},
         "tls.mountPath (/models) must differ",
     ),
     "admission limit through env": (

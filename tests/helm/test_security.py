@@ -108,10 +108,18 @@ def test_with_tls_every_service_serves_tls_and_has_a_health_port(layout: dict[st
         deploy = pod_of(objs, svc)
         c = container(deploy, svc)
         env = env_of(c)
+        # The gateway's API port: its public certificate and its clients' CA; behind it, the
+        # services' certificate and CA (which the gateway dials them with).
+        own = tls["gateway"] if svc == "gateway" else tls
         for name, key in zip(TLS_ENV, ("certKey", "keyKey", "caKey"), strict=True):
-            assert env[name] == f"{tls['mountPath']}/{tls[key]}", (svc, name)
+            assert env[name] == f"{own['mountPath']}/{tls[key]}", (svc, name)
             _, secret = _secret_volume(deploy, c, env[name])
-            assert secret["secretName"] == tls["secretName"]
+            assert secret["secretName"] == own["secretName"]
+            if svc == "gateway":
+                peer = env[name.replace("IMAGING_TLS", "IMAGING_PEER_TLS")]
+                assert peer == f"{tls['mountPath']}/{tls[key]}"
+                assert _secret_volume(deploy, c, peer)[1]["secretName"] == tls["secretName"]
+        assert own["secretName"] != tls["gateway"]["secretName"] or svc == "gateway"
         health = expected_health_port(values, svc)
         assert health is not None
         assert env["IMAGING_HEALTH_PORT"] == str(health)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -127,6 +128,31 @@ def test_bad_input_gets_status_and_reason_and_serving_goes_on(
     assert phrase in (caught.value.details() or "")
     after = gateway.Analyze(gateway_pb2.AnalyzeRequest(instances=[chest_image(OK_IMAGE)]))
     assert len(after.findings) == 1
+
+
+def test_a_huge_pipeline_name_is_not_found_and_stays_out_of_the_log(
+    stack: Stack, gateway: gateway_pb2_grpc.GatewayStub
+) -> None:
+    """A 1 MB name once came back as RESOURCE_EXHAUSTED (the quoted name overflowed the
+    status) and added a megabyte to the gateway log."""
+    log = stack.run_dir / "logs" / "gateway.log"
+    start = log.stat().st_size
+    request = gateway_pb2.AnalyzeRequest(instances=[chest_image(OK_IMAGE)], pipeline="z" * 2**20)
+    with pytest.raises(grpc.RpcError) as caught:
+        gateway.Analyze(request)
+    details = caught.value.details() or ""
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND, details[:200]
+    assert len(details.encode()) < 1024 and "unknown pipeline 'zzz" in details
+    deadline = time.monotonic() + 10
+    while True:
+        with log.open("rb") as lines:
+            lines.seek(start)
+            written = lines.read().splitlines()
+        if any(b"NOT_FOUND" in line for line in written) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert any(b"Analyze NOT_FOUND" in line for line in written), written[-5:]
+    assert all(len(line) < 1024 for line in written), max(len(line) for line in written)
 
 
 def test_stream_must_start_with_a_header(gateway: gateway_pb2_grpc.GatewayStub) -> None:

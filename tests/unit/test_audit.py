@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
 from services.common.audit import (
+    EXIT_ERROR,
+    EXIT_NO_RECORDS,
+    EXIT_OK,
+    EXIT_TAIL_UNVERIFIED,
+    EXIT_TAMPERED,
     AuditEvent,
     AuditFinding,
     AuditKey,
     AuditLog,
+    Checkpoint,
+    check,
     main_verify,
+    read_checkpoints,
     verify,
 )
 
@@ -267,12 +278,21 @@ def test_main_verify_prints_and_returns(
     key_file.write_bytes(SECRET)
     write(path, key, "gw-a", 2)
     write(path, key, "gw-b", 1)
-    assert main_verify(str(path), str(key_file), ["gw-a=2"]) == 0
-    assert capsys.readouterr().out == "ok: 3 records in 2 chain(s)\n"
-    assert main_verify(str(path), str(key_file), ["gw-a=4"]) == 1
+    assert main_verify(str(path), str(key_file), ["gw-a=2", "gw-b=1"]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines() == [
+        "chain gw-a: seq 1-2 intact, tail anchored at seq 2 (--expect)",
+        "chain gw-b: seq 1 intact, tail anchored at seq 1 (--expect)",
+        "ok: 3 records in 2 chain(s), every chain's tail anchored",
+    ]
+    # gw-b's end is pinned by nothing: its chain is intact, its tail unverified.
+    assert main_verify(str(path), str(key_file), ["gw-a=2"]) == EXIT_TAIL_UNVERIFIED
+    out = capsys.readouterr().out.splitlines()
+    assert "chain gw-b: seq 1 intact, tail NOT anchored" in out[1]
+    assert out[-1].startswith("tail not verified: 3 records in 2 chain(s)")
+    assert main_verify(str(path), str(key_file), ["gw-a=4"]) == EXIT_TAMPERED
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and "chain gw-a" in out[0] and "seq 4" in out[0]
-    assert main_verify(str(path), str(key_file), ["gw-a"]) == 2
+    assert main_verify(str(path), str(key_file), ["gw-a"]) == EXIT_ERROR
     assert "CHAIN=SEQ" in capsys.readouterr().err
 
 
@@ -297,3 +317,251 @@ def test_a_stream_such_as_stdout_is_written_without_reading_it_back(
     copy.write_bytes(received[0])
     assert len(lines(copy)) == 2
     assert verify(copy, key) == []
+
+
+# --- The tail: anchored outside the file by --expect or by checkpoints in the service log ---
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> str:
+    path = tmp_path / "audit.key"
+    path.write_bytes(SECRET)
+    return str(path)
+
+
+@pytest.fixture
+def service_log(tmp_path: Path) -> Iterator[Path]:
+    """The gateway's log file, kept apart from the audit file, as services.common.logs
+    formats it: checkpoint lines are found behind any prefix."""
+    path = tmp_path / "gateway.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [-] %(message)s"))
+    logger = logging.getLogger("imaging.audit")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
+def checkpoints_in(log: Path) -> list[tuple[str, int]]:
+    return [(c.chain, c.seq) for c in read_checkpoints([log], AuditKey(SECRET))[0]]
+
+
+def test_without_an_anchor_a_removed_last_record_is_not_ok(
+    tmp_path: Path, key: AuditKey, key_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, key, "gw-0", 3)
+    path.write_bytes(b"".join(lines(path)[:-1]))
+    assert main_verify(str(path), key_file, []) == EXIT_TAIL_UNVERIFIED
+    out = capsys.readouterr().out
+    assert "chain gw-0: seq 1-2 intact, tail NOT anchored" in out
+    assert "tail not verified" in out and "ok" not in out.split()
+
+
+def test_without_an_anchor_a_rolled_back_file_is_not_ok(
+    tmp_path: Path, key: AuditKey, key_file: str, service_log: Path
+) -> None:
+    path, backup = tmp_path / "audit.jsonl", tmp_path / "earlier.jsonl"
+    write(path, key, "gw-0", 2)
+    shutil.copy(path, backup)
+    write(path, key, "gw-0", 3)
+    shutil.copy(backup, path)  # the earlier copy put back: a valid, shorter chain
+    assert verify(path, key) == []
+    assert main_verify(str(path), key_file, []) == EXIT_TAIL_UNVERIFIED
+    assert main_verify(str(path), key_file, [], [str(service_log)]) == EXIT_TAMPERED
+
+
+def test_an_emptied_file_is_not_ok(
+    tmp_path: Path, key: AuditKey, key_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, key, "gw-0", 3)
+    path.write_bytes(b"")
+    assert main_verify(str(path), key_file, []) == EXIT_NO_RECORDS
+    assert "holds no audit record" in capsys.readouterr().out
+
+
+def test_the_writer_logs_unforgeable_checkpoints_at_open_every_n_records_and_at_close(
+    tmp_path: Path, key: AuditKey, service_log: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, key, "gw-0", checkpoint_records=2) as log:
+        for n in range(5):
+            log.record(event(n))
+    assert checkpoints_in(service_log) == [("gw-0", 2), ("gw-0", 4), ("gw-0", 5)]
+    with AuditLog(path, key, "gw-0"):
+        pass  # a resumed chain is anchored at open; nothing new to log at close
+    assert checkpoints_in(service_log)[3:] == [("gw-0", 5)]
+    records = [json.loads(line) for line in lines(path)]
+    text = service_log.read_text()
+    line = text.splitlines()[-1]
+    match = re.search(
+        r"audit checkpoint chain=gw-0 seq=5 mac=([0-9a-f]{64}) cmac=([0-9a-f]{64})$", line
+    )
+    assert match and match[1] == records[4]["mac"]
+    assert match[2] == key.checkpoint_mac("gw-0", 5, records[4]["mac"])
+    assert match[2] != AuditKey(b"o" * 40).checkpoint_mac("gw-0", 5, records[4]["mac"])
+    assert STUDY_UID not in text and "3680043" not in text
+
+
+def test_a_checkpoint_is_logged_after_the_interval_by_the_injected_clock(
+    tmp_path: Path, key: AuditKey, service_log: Path
+) -> None:
+    now = [1000.0]
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, key, "gw-0", checkpoint_seconds=300, clock=lambda: now[0])
+    log.record(event(1))
+    now[0] += 299
+    log.record(event(2))
+    assert checkpoints_in(service_log) == []
+    now[0] += 1
+    log.record(event(3))
+    assert checkpoints_in(service_log) == [("gw-0", 3)]
+    now[0] += 299
+    log.record(event(4))
+    assert checkpoints_in(service_log) == [("gw-0", 3)]  # the interval restarts
+    log.close()
+    assert checkpoints_in(service_log) == [("gw-0", 3), ("gw-0", 4)]
+
+
+def test_a_clean_file_and_its_checkpoints_verify_ok(
+    tmp_path: Path,
+    key: AuditKey,
+    key_file: str,
+    service_log: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, key, "gw-a", 3)
+    write(path, key, "gw-b", 2)
+    assert main_verify(str(path), key_file, [], [str(service_log)]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines() == [
+        "checkpoints: 2 read from 1 file(s)",
+        "chain gw-a: seq 1-3 intact, tail anchored at seq 3 (checkpoint)",
+        "chain gw-b: seq 1-2 intact, tail anchored at seq 2 (checkpoint)",
+        "ok: 5 records in 2 chain(s), every chain's tail anchored",
+    ]
+    # A writer still running: records after its last checkpoint are said to be unanchored.
+    with AuditLog(path, key, "gw-a") as log:
+        log.record(event(7))
+        assert main_verify(str(path), key_file, [], [str(service_log)]) == EXIT_OK
+    assert "seq 4 after it not anchored yet" in capsys.readouterr().out
+
+
+def test_checkpoints_catch_a_cut_off_tail(
+    tmp_path: Path,
+    key: AuditKey,
+    key_file: str,
+    service_log: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, key, "gw-0", 5)
+    path.write_bytes(b"".join(lines(path)[:-1]))
+    assert main_verify(str(path), key_file, [], [str(service_log)]) == EXIT_TAMPERED
+    out = capsys.readouterr().out
+    assert "checkpoint at seq 5 but the chain ends at seq 4 (line 4)" in out
+
+
+def test_checkpoints_catch_a_cut_off_tail_rewritten_by_a_restarted_writer(
+    tmp_path: Path,
+    key: AuditKey,
+    key_file: str,
+    service_log: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, key, "gw-0", checkpoint_records=2) as log:
+        for n in range(5):
+            log.record(event(n))
+    path.write_bytes(b"".join(lines(path)[:3]))  # seq 4 and 5 cut off...
+    with AuditLog(path, key, "gw-0", checkpoint_records=2) as log:
+        assert log.last_sequence == 3  # ...the restarted writer resumes from seq 3...
+        for n in range(3):
+            log.record(event(100 + n))  # ...and writes other records as seq 4, 5, 6
+    # A valid chain that reaches past every checkpoint and the writer's gauge.
+    assert verify(path, key, {"gw-0": 6}) == []
+    assert max(seq for _, seq in checkpoints_in(service_log)) == 6
+    assert main_verify(str(path), key_file, [], [str(service_log)]) == EXIT_TAMPERED
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        "line 4, chain gw-0, seq 4: not the record the checkpoint logged (records replaced, "
+        "e.g. cut off and rewritten by a restarted writer); 1 more checkpoint(s) differ"
+    ]
+
+
+def test_a_checkpointed_chain_missing_from_the_file_is_tampering(
+    tmp_path: Path,
+    key: AuditKey,
+    key_file: str,
+    service_log: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, key, "gw-a", 2)
+    write(path, key, "gw-b", 2)
+    path.write_bytes(b"".join(line for line in lines(path) if b'"chain":"gw-b"' not in line))
+    assert main_verify(str(path), key_file, []) == EXIT_TAIL_UNVERIFIED
+    assert main_verify(str(path), key_file, [], [str(service_log)]) == EXIT_TAMPERED
+    assert "chain gw-b: checkpoint at seq 2 but the file holds no record" in (
+        capsys.readouterr().out
+    )
+    path.write_bytes(b"")
+    assert main_verify(str(path), key_file, [], [str(service_log)]) == EXIT_TAMPERED
+
+
+def test_a_forged_checkpoint_line_is_ignored_and_counted(
+    tmp_path: Path,
+    key: AuditKey,
+    key_file: str,
+    service_log: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, key, "gw-0", 2)
+    genuine = service_log.read_text()
+    mac = json.loads(lines(path)[-1])["mac"]
+    forged = Checkpoint("gw-0", 9, mac).line(AuditKey(b"o" * 40))  # the wrong key
+    retargeted = Checkpoint("gw-0", 2, mac).line(key).replace("seq=2", "seq=9")
+    service_log.write_text(f"{genuine}x INFO imaging.audit [-] {forged}\nnoise\n{retargeted}\n")
+    assert main_verify(str(path), key_file, [], [str(service_log)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("checkpoints: 1 read from 1 file(s), 2 ignored (cmac wrong")
+    assert read_checkpoints([service_log], key) == ([Checkpoint("gw-0", 2, mac)], 2)
+    # Forged lines alone anchor nothing.
+    only_forged = tmp_path / "forged.log"
+    only_forged.write_text(f"{forged}\n")
+    assert main_verify(str(path), key_file, [], [str(only_forged)]) == EXIT_TAIL_UNVERIFIED
+
+
+def test_checkpoints_and_expect_anchor_chains_together(
+    tmp_path: Path, key: AuditKey, service_log: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, key, "gw-a", 2)
+    marks, _ = read_checkpoints([service_log], key)
+    write(path, key, "gw-b", 3)
+    result = check(path, key, {"gw-b": 3}, marks)
+    assert result.problems == [] and result.unanchored == []
+    assert result.anchors == {"gw-a": (2, "checkpoint"), "gw-b": (3, "--expect")}
+
+
+def test_the_cli_passes_checkpoint_files(
+    tmp_path: Path, key: AuditKey, key_file: str, service_log: Path
+) -> None:
+    from services.cli.main import main
+
+    path = tmp_path / "audit.jsonl"
+    write(path, key, "gw-0", 2)
+    args = ["audit", "verify", str(path), "--key-file", key_file]
+    assert main(args) == EXIT_TAIL_UNVERIFIED
+    assert main([*args, "--checkpoints", str(service_log)]) == EXIT_OK
+    other = tmp_path / "other.log"
+    other.write_text("")
+    assert main([*args, "--checkpoints", str(other), "--checkpoints", str(service_log)]) == 0

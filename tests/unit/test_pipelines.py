@@ -1,12 +1,18 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from services.common.errors import NoMatchingPipeline, NotFound
+from services.common.errors import NoMatchingPipeline, NotFound, quote_prefix
 from services.common.images import ImageAttributes
-from services.common.pipelines import Pipeline, PipelineRegistry
+from services.common.pipelines import (
+    PIPELINE_NAME,
+    Pipeline,
+    PipelineRegistry,
+    is_pipeline_name,
+)
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 
@@ -91,3 +97,48 @@ def test_pipeline_threshold_is_the_model_cards_operating_point(registry: Pipelin
     )
     [rule] = pipeline.postprocess.findings
     assert rule.threshold == pytest.approx(metrics["operating_threshold"], abs=1e-6)
+
+
+def test_a_huge_pipeline_name_is_not_found_and_quoted_short(registry: PipelineRegistry) -> None:
+    with pytest.raises(NotFound) as caught:
+        registry.get("a" * 2**20)
+    reason = caught.value.reason
+    assert len(reason) < 200, len(reason)
+    assert reason.startswith("unknown pipeline 'aaaa") and f"({2**20} characters)" in reason
+
+
+def test_a_pipeline_name_with_a_newline_is_not_found_and_cannot_forge_a_log_line(
+    registry: PipelineRegistry,
+) -> None:
+    assert not is_pipeline_name("cxr_pneumonia\n")  # fullmatch: "$" would allow a final newline
+    with pytest.raises(NotFound):
+        registry.get("cxr_pneumonia\n")
+    forged = "cxr_pneumonia\n2024-01-01 12:00:00 INFO imaging.rpc Analyze OK " + "x" * 300
+    with pytest.raises(NotFound) as caught:
+        registry.get(forged)
+    assert "\n" not in caught.value.reason and len(caught.value.reason) < 200
+
+
+def test_shipped_pipeline_names_match_the_pattern_callers_are_held_to(
+    registry: PipelineRegistry,
+) -> None:
+    names = [yaml.safe_load(p.read_text())["name"] for p in sorted(PIPELINES.glob("*.yaml"))]
+    assert names and all(re.fullmatch(PIPELINE_NAME, n) for n in names), names
+    for name in names:
+        assert registry.get(name).name == name
+    for bad in ("x" * 65, "CXR_pneumonia", "cxr.pneumonia", "-cxr", "cxr pneumonia", "cxr\n"):
+        spec = _spec()
+        spec["name"] = bad
+        with pytest.raises(ValueError, match="name"):
+            Pipeline.model_validate(spec)
+    spec = _spec()
+    spec["name"] = "x" * 64
+    assert Pipeline.model_validate(spec).name == "x" * 64
+
+
+def test_quote_prefix_bounds_what_it_quotes() -> None:
+    assert quote_prefix("mammo_v9") == "'mammo_v9'"
+    assert quote_prefix("a" * 100, 8) == "'aaaaaaaa'... (100 characters)"
+    assert quote_prefix("a\nb") == "'a\\nb'"
+    for nasty in ("\x00" * 1000, "\U0001f600" * 1000, "\udcff" * 1000):
+        assert len(quote_prefix(nasty)) < 100 and "(1000 characters)" in quote_prefix(nasty)

@@ -48,14 +48,24 @@ def test_files_have_tight_permissions_whatever_the_umask(tmp_path: Path) -> None
     assert _mode(tmp_path / "a" / "pki") == 0o700
     assert _mode(pki.server_key) == 0o600
     assert _mode(pki.client_key) == 0o600
-    for cert in (pki.ca_cert, pki.server_cert, pki.client_cert):
+    assert _mode(pki.internal_key) == 0o600
+    for cert in (
+        pki.ca_cert,
+        pki.server_cert,
+        pki.client_cert,
+        pki.internal_ca_cert,
+        pki.internal_cert,
+    ):
         assert cert.is_file() and _mode(cert) == 0o644
     assert b"PRIVATE KEY" in pki.server_key.read_bytes()
-    # Only the five PEM files: no CA key, no leftover temp files.
+    # Only the eight PEM files: no CA key, no leftover temp files.
     assert sorted(p.name for p in pki.ca_cert.parent.iterdir()) == [
         "ca.pem",
         "client-key.pem",
         "client.pem",
+        "internal-ca.pem",
+        "internal-key.pem",
+        "internal.pem",
         "server-key.pem",
         "server.pem",
     ]
@@ -89,13 +99,29 @@ def test_chains_usages_and_names(pki: DevPki) -> None:
 
     server_ekus = list(server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     client_ekus = list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    assert server_ekus == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert server_ekus == [ExtendedKeyUsageOID.SERVER_AUTH]
     assert client_ekus == [ExtendedKeyUsageOID.CLIENT_AUTH]
 
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     assert common_name(pki.server_cert.read_bytes()) == "imaging-platform"
+
+
+def test_the_services_have_a_ca_of_their_own_that_no_client_chains_to(pki: DevPki) -> None:
+    """A client's certificate must open the gateway and nothing behind it."""
+    internal_ca, internal = _cert(pki.internal_ca_cert), _cert(pki.internal_cert)
+    internal.verify_directly_issued_by(internal_ca)
+    for edge in (pki.client_cert, pki.server_cert):
+        with pytest.raises((InvalidSignature, ValueError, TypeError)):
+            _cert(edge).verify_directly_issued_by(internal_ca)
+    with pytest.raises((InvalidSignature, ValueError, TypeError)):
+        internal.verify_directly_issued_by(_cert(pki.ca_cert))
+    ekus = list(internal.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    assert ekus == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    san = internal.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["imaging-internal", "localhost"]
+    assert common_name(pki.internal_cert.read_bytes()) == "imaging-internal"
 
 
 def test_validity_starts_in_the_past_and_lasts_the_given_days(tmp_path: Path) -> None:
@@ -137,9 +163,10 @@ def test_chains_pass_a_strict_rfc5280_verifier(pki: DevPki) -> None:
     )
     client = _cert(pki.client_cert)
     assert clients.verify(client, []).chain == [client, _cert(pki.ca_cert)]
-    # The services' certificate also authenticates them as clients of each other; a client
-    # certificate is never a server's.
-    assert clients.verify(server, []).chain == [server, _cert(pki.ca_cert)]
+    # The gateway's public certificate is a server's only; a client certificate is never a
+    # server's.
+    with pytest.raises(verification.VerificationError):
+        clients.verify(server, [])
     localhost = x509.DNSName("localhost")
     with pytest.raises(verification.VerificationError, match="subjectAltName"):
         verification.PolicyBuilder().store(store).build_server_verifier(localhost).verify(

@@ -81,3 +81,9 @@ def test_a_malformed_policy_is_refused_at_start(tmp_path: Path) -> None:
     path.write_text("reading-room:\n  rate: {per_second: 0, burst: 1}\n")
     with pytest.raises(ValueError, match="per_second"):
         PolicyBook.load(path)
+
+
+def test_a_refused_pipeline_name_is_quoted_short(book: PolicyBook) -> None:
+    with pytest.raises(PermissionDenied) as caught:
+        book.admit("reading-room", RequestPriority.DEFAULT, "b" * 2**20)
+    assert len(caught.value.reason) < 200 and f"({2**20} characters)" in caught.value.reason

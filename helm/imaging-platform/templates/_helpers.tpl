@@ -201,7 +201,7 @@ with subPath, so that the kubelet's updates reach the files). */}}
 {{/* Environment variables the chart sets itself; a service's `env` must not repeat them (a
 duplicate would silently hide one of the two values). */}}
 {{- define "imaging-platform.reservedEnv" -}}
-IMAGING_HOST IMAGING_PORT IMAGING_METRICS_PORT IMAGING_HEALTH_PORT IMAGING_REFLECTION IMAGING_LOG_LEVEL IMAGING_WORKERS IMAGING_MAX_QUEUED_RPCS IMAGING_GRACE_SECONDS IMAGING_MAX_MESSAGE_BYTES IMAGING_PIPELINES_DIR IMAGING_PIXEL_EXCHANGE_DIR IMAGING_DECODER_ADDRESS IMAGING_PREPROCESSOR_ADDRESS IMAGING_POSTPROCESSOR_ADDRESS IMAGING_TRITON_ADDRESS IMAGING_TLS_CERT IMAGING_TLS_KEY IMAGING_TLS_CA IMAGING_API_KEYS_FILE IMAGING_AUDIT_LOG IMAGING_AUDIT_KEY_FILE IMAGING_AUDIT_CHAIN IMAGING_MAX_CONCURRENT_STUDIES IMAGING_MAX_QUEUED_STUDIES IMAGING_MAX_STUDIES_PER_CLIENT IMAGING_STREAM_IDLE_SECONDS IMAGING_STREAM_RECEIVE_SECONDS IMAGING_CLIENT_POLICY_FILE IMAGING_OIDC_ISSUER IMAGING_OIDC_AUDIENCE IMAGING_OIDC_JWKS_FILE IMAGING_MAX_STUDY_DECODED_BYTES IMAGING_PEER_UNREACHABLE_SECONDS IMAGING_PEER_PROBE_INTERVAL_SECONDS
+IMAGING_HOST IMAGING_PORT IMAGING_METRICS_PORT IMAGING_HEALTH_PORT IMAGING_REFLECTION IMAGING_LOG_LEVEL IMAGING_WORKERS IMAGING_MAX_QUEUED_RPCS IMAGING_GRACE_SECONDS IMAGING_MAX_MESSAGE_BYTES IMAGING_PIPELINES_DIR IMAGING_PIXEL_EXCHANGE_DIR IMAGING_DECODER_ADDRESS IMAGING_PREPROCESSOR_ADDRESS IMAGING_POSTPROCESSOR_ADDRESS IMAGING_TRITON_ADDRESS IMAGING_TLS_CERT IMAGING_TLS_KEY IMAGING_TLS_CA IMAGING_PEER_TLS_CERT IMAGING_PEER_TLS_KEY IMAGING_PEER_TLS_CA IMAGING_ALLOWED_PEERS IMAGING_API_KEYS_FILE IMAGING_AUDIT_LOG IMAGING_AUDIT_KEY_FILE IMAGING_AUDIT_CHAIN IMAGING_MAX_CONCURRENT_STUDIES IMAGING_MAX_QUEUED_STUDIES IMAGING_MAX_STUDIES_PER_CLIENT IMAGING_STREAM_IDLE_SECONDS IMAGING_STREAM_RECEIVE_SECONDS IMAGING_CLIENT_POLICY_FILE IMAGING_OIDC_ISSUER IMAGING_OIDC_AUDIENCE IMAGING_OIDC_JWKS_FILE IMAGING_MAX_STUDY_DECODED_BYTES IMAGING_PEER_UNREACHABLE_SECONDS IMAGING_PEER_PROBE_INTERVAL_SECONDS
 {{- end }}
 
 {{/* DNS names the one TLS certificate must carry (besides IP 127.0.0.1): the names the gateway
@@ -355,6 +355,9 @@ gateway preprocessor postprocessor
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.secretName is required when tls.enabled is true" }}
 {{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.gateway.secretName) }}
+{{- fail "tls.gateway.secretName is required when tls.enabled is true: the gateway's public certificate and the CA of its clients, apart from the services' CA (tls.secretName), so that no client certificate opens an inner service or Triton" }}
+{{- end }}
 {{- if and .Values.tls.enabled (not .Values.triton.adminKey.secretName) }}
 {{- fail "triton.adminKey.secretName is required when tls.enabled is true: Triton then restricts model control (model-repository), shared-memory, statistics, trace and logging to callers sending the header admin-key, whose value comes from that Secret (key triton.adminKey.key)" }}
 {{- end }}
@@ -410,7 +413,7 @@ gateway preprocessor postprocessor
 {{- end }}
 {{- $mounts := list "/tmp" .Values.pipelines.mountPath }}
 {{- if .Values.dataPlane.colocated }}{{ $mounts = append $mounts .Values.dataPlane.exchange.mountPath }}{{ end }}
-{{- if .Values.tls.enabled }}{{ $mounts = append $mounts .Values.tls.mountPath }}{{ end }}
+{{- if .Values.tls.enabled }}{{ $mounts = concat $mounts (list .Values.tls.mountPath .Values.tls.gateway.mountPath) }}{{ end }}
 {{- if .Values.gateway.auth.apiKeysSecret }}{{ $mounts = append $mounts (include "imaging-platform.apiKeysDir" .) }}{{ end }}
 {{- if $audit.enabled }}
 {{- $mounts = append $mounts (include "imaging-platform.auditKeyDir" .) }}

@@ -93,14 +93,29 @@ and study limits and the dependency-readiness settings.
       value: {{ include "imaging-platform.peersTarget" (dict "root" $root "component" "triton" "port" $root.Values.triton.ports.grpc) | quote }}
     {{- end }}
     {{- if $tls }}
+    {{- $t := $root.Values.tls }}
+    {{- $own := ternary $t.gateway.mountPath $t.mountPath (eq $svc "gateway") }}
     # Mutual TLS: the API port serves TLS only and requires client certificates signed by the
-    # CA; the gateway dials its peers and Triton with the same pair and CA.
+    # CA: the clients' CA on the gateway, the services' CA on the others.
     - name: IMAGING_TLS_CERT
-      value: {{ printf "%s/%s" $root.Values.tls.mountPath $root.Values.tls.certKey | quote }}
+      value: {{ printf "%s/%s" $own $t.certKey | quote }}
     - name: IMAGING_TLS_KEY
-      value: {{ printf "%s/%s" $root.Values.tls.mountPath $root.Values.tls.keyKey | quote }}
+      value: {{ printf "%s/%s" $own $t.keyKey | quote }}
     - name: IMAGING_TLS_CA
-      value: {{ printf "%s/%s" $root.Values.tls.mountPath $root.Values.tls.caKey | quote }}
+      value: {{ printf "%s/%s" $own $t.caKey | quote }}
+    {{- if eq $svc "gateway" }}
+    # The services' certificate and CA: what the gateway dials its peers and Triton with.
+    - name: IMAGING_PEER_TLS_CERT
+      value: {{ printf "%s/%s" $t.mountPath $t.certKey | quote }}
+    - name: IMAGING_PEER_TLS_KEY
+      value: {{ printf "%s/%s" $t.mountPath $t.keyKey | quote }}
+    - name: IMAGING_PEER_TLS_CA
+      value: {{ printf "%s/%s" $t.mountPath $t.caKey | quote }}
+    {{- else if $t.allowedPeers }}
+    # Callers this service answers (certificate CN or DNS SAN).
+    - name: IMAGING_ALLOWED_PEERS
+      value: {{ join "," $t.allowedPeers | quote }}
+    {{- end }}
     {{- end }}
     {{- if eq $svc "gateway" }}
     - name: IMAGING_MAX_CONCURRENT_STUDIES
@@ -192,6 +207,11 @@ and study limits and the dependency-readiness settings.
     - name: tls
       mountPath: {{ $root.Values.tls.mountPath }}
       readOnly: true
+    {{- if eq $svc "gateway" }}
+    - name: tls-gateway
+      mountPath: {{ $root.Values.tls.gateway.mountPath }}
+      readOnly: true
+    {{- end }}
     {{- end }}
     {{- if eq $svc "gateway" }}
     {{- if $gw.auth.apiKeysSecret }}
