@@ -169,8 +169,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack.start()
     scheme = "grpcs" if stack.tls.serves_tls else "grpc"
     print(f"gateway        {scheme}://{stack.gateway_address}")
+    inner = "grpcs" if stack.inner_tls.serves_tls else "grpc"  # the services' own CA
     for service in ("decoder", "preprocessor", "postprocessor"):
-        print(f"{service:<14} grpc://127.0.0.1:{stack.ports.grpc(service)}")
+        print(f"{service:<14} {inner}://127.0.0.1:{stack.ports.grpc(service)}")
     if stack.tls.serves_tls:  # mutual TLS with the services' internal certificate only
         print(f"tritonserver   grpcs://{stack.triton_grpc_address} (no HTTP)")
     else:
