@@ -27,10 +27,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.pki import INTERNAL_COMMON_NAME, DevPki
+from services.common.settings import ServiceSettings
 from services.common.tls import TlsFiles, channel_credentials
-from services.triton_local.launch import TritonLaunchError, start_tritonserver
+from services.triton_local.launch import TritonLaunchError, connection_flags, start_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The connection policy every server of the stack shares, Triton included (defaults, unread
+# from the environment: the stack's own processes get theirs from IMAGING_*).
+_SERVICE_DEFAULTS = ServiceSettings.model_construct()
 SERVICES = ("decoder", "preprocessor", "postprocessor", "gateway")
 
 
@@ -169,6 +173,11 @@ class Stack:
             "--metrics-address=127.0.0.1",
             f"--metrics-port={self.ports.triton_metrics}",
             "--exit-on-error=true",
+            *connection_flags(
+                _SERVICE_DEFAULTS.max_connection_age_seconds,
+                _SERVICE_DEFAULTS.max_connection_age_grace_seconds,
+                _SERVICE_DEFAULTS.min_ping_interval_seconds,
+            ),
             *self._triton_tls_flags(),
         ]
         try:
@@ -221,6 +230,17 @@ class Stack:
             _wait_exit(old, 10)
         self._start_triton()
         self._wait_for_triton(timeout)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one process of the stack and wait for it to exit (fault and probe tests)."""
+        pid = self.pids.pop(name, None)
+        if pid is not None and _signal(pid, sig):
+            _wait_exit(pid, 30)
+
+    def start_service(self, service: str) -> None:
+        """Start one platform service (again) without waiting for it to be ready."""
+        argv = [sys.executable, "-m", f"services.{service}.server"]
+        self._spawn(service, argv, self._service_env(service))
 
     def _wait_for_triton(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -299,8 +319,7 @@ class Stack:
             # Triton first: the gateway reports NOT_SERVING while it cannot reach it.
             self._wait_for_triton(timeout)
             for service in self.services:
-                argv = [sys.executable, "-m", f"services.{service}.server"]
-                self._spawn(service, argv, self._service_env(service))
+                self.start_service(service)
             self.wait_ready(timeout)
         except BaseException:
             self.stop()

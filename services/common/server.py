@@ -23,6 +23,10 @@ from services.common.interceptor import AsyncServiceInterceptor, ServiceIntercep
 from services.common.settings import ServiceSettings
 
 _log = logging.getLogger("imaging.server")
+# The health service name a liveness (and startup) probe asks: SERVING while the process
+# answers at all, never tied to a dependency (the overall status "" follows them for
+# readiness), so an outage of Triton or a peer takes pods out of rotation, never restarts them.
+LIVENESS_SERVICE = "liveness"
 _HEADROOM = 8
 
 
@@ -89,6 +93,13 @@ def _options(settings: ServiceSettings) -> list[tuple[str, int]]:
         # re-resolve; ending connections after a while (in-flight calls finish) makes them.
         ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
+        # The gateway's keepalive pings (also between calls) must not be answered GOAWAY.
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            int(settings.min_ping_interval_seconds * 1000),
+        ),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 
@@ -168,7 +179,7 @@ def start_async(
             await health_server.start()
         metrics_port = _metrics(name, settings, service_names, stages)
         await server.start()
-        for service in ["", *service_names]:
+        for service in ["", LIVENESS_SERVICE, *service_names]:
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         if started is not None:  # e.g. the gateway's dependency watch
             await started(health_servicer)
@@ -235,7 +246,7 @@ def start(
         health_server.start()
     metrics_port = _metrics(name, settings, service_names, stages)
     server.start()
-    for service in ["", *service_names]:
+    for service in ["", LIVENESS_SERVICE, *service_names]:
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     _log.info(
         "%s serving gRPC on %s:%d, metrics on :%d",

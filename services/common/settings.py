@@ -60,6 +60,12 @@ class ServiceSettings(BaseSettings):
     max_connection_age_grace_seconds: float = Field(
         65.0, ge=0, description="in-flight calls on an aged connection may finish this long"
     )
+    # Clients ping to find dead peers (the gateway: every keepalive_seconds); a server answers
+    # pings this often or more rarely with GOAWAY too_many_pings. Triton takes the same value
+    # (--grpc-http2-min-recv-ping-interval-without-data), below every client's keepalive.
+    min_ping_interval_seconds: float = Field(
+        5.0, gt=0, description="accept client keepalive pings this often (no calls in flight)"
+    )
     log_level: str = Field("INFO", description="root log level")
     # mTLS (services/common/tls.py): cert + key serve TLS only; a CA requires client certificates
     # signed by it. Clients use the same files to dial their peers.
@@ -131,6 +137,17 @@ class GatewaySettings(PipelineServiceSettings):
     postprocessor_address: str = "127.0.0.1:50054"
     triton_address: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint")
     call_timeout_seconds: float = Field(60.0, gt=0, description="deadline of each inner call")
+    # services/gateway/clients.py ChannelTuning: keepalive finds a frozen peer or a dead node in
+    # keepalive + timeout seconds; re-resolution lets Triton pods added by the HPA get traffic.
+    keepalive_seconds: float = Field(
+        10.0, gt=0, description="ping peers this often (above their min ping interval)"
+    )
+    keepalive_timeout_seconds: float = Field(
+        5.0, gt=0, description="a ping unanswered this long closes the connection"
+    )
+    dns_refresh_seconds: float = Field(
+        5.0, gt=0, description="resolve a peer's name again at most this often"
+    )
     max_instances: int = Field(64, gt=0, description="instances per study")
     max_study_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="bytes per study")
     max_study_decoded_bytes: int = Field(

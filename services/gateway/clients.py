@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -66,7 +67,27 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
+@dataclass(frozen=True)
+class ChannelTuning:
+    """How the gateway's channels notice dead peers and new ones (GatewaySettings).
+
+    Keepalive pings find a peer that stopped answering (a frozen process, a dead node) within
+    ``keepalive_seconds + keepalive_timeout_seconds`` instead of leaving calls to wait out
+    their deadline; the peers must accept pings that often (ServiceSettings
+    .min_ping_interval_seconds, Triton's --grpc-http2-min-recv-ping-interval-without-data),
+    or they answer GOAWAY too_many_pings. ``dns_refresh_seconds`` bounds how often a target
+    is resolved again: gRPC re-resolves when a connection ends (the peers' max connection age
+    ends them), at most this often, so new pods get traffic that soon after they are in DNS.
+    """
+
+    keepalive_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 5.0
+    dns_refresh_seconds: float = 5.0
+
+
+def channel_options(
+    max_message_bytes: int, tuning: ChannelTuning = ChannelTuning()
+) -> list[tuple[str, int | str]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -75,14 +96,28 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.keepalive_time_ms", int(tuning.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(tuning.keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Without this, gRPC waits minutes between pings when no data came back since the
+        # last one: exactly the case of a frozen peer.
+        ("grpc.http2.min_time_between_pings_ms", int(tuning.keepalive_seconds * 1000)),
+        # A keepalive ping can ride on a flow-control (BDP) ping already in flight; this
+        # bounds the wait for any ping's answer, so that case times out too.
+        ("grpc.http2.ping_timeout_ms", int(tuning.keepalive_timeout_seconds * 1000)),
+        ("grpc.dns_min_time_between_resolutions_ms", int(tuning.dns_refresh_seconds * 1000)),
     ]
 
 
 def aio_channel(
-    address: str, max_message_bytes: int, files: TlsFiles = PLAINTEXT
+    address: str,
+    max_message_bytes: int,
+    files: TlsFiles = PLAINTEXT,
+    tuning: ChannelTuning = ChannelTuning(),
 ) -> grpc.aio.Channel:
     """A channel to a peer: mutual TLS when IMAGING_TLS_CA is set, else plaintext."""
-    options = channel_options(max_message_bytes)
+    options = channel_options(max_message_bytes, tuning)
     credentials = tls.channel_credentials(files)
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=options)
@@ -99,10 +134,11 @@ class _ServiceClient:
         timeout: float,
         max_message_bytes: int,
         files: TlsFiles = PLAINTEXT,
+        tuning: ChannelTuning = ChannelTuning(),
     ) -> None:
         self._peer = peer
         self._timeout = timeout
-        self.channel = aio_channel(address, max_message_bytes, files)
+        self.channel = aio_channel(address, max_message_bytes, files, tuning)
 
     async def call(
         self, method: Callable[..., Awaitable[T]], request: object, request_id: str
@@ -138,8 +174,9 @@ class DecoderClient(_ServiceClient):
         max_message_bytes: int,
         exchange: PixelExchange | None = None,
         files: TlsFiles = PLAINTEXT,
+        tuning: ChannelTuning = ChannelTuning(),
     ) -> None:
-        super().__init__("decoder", address, timeout, max_message_bytes, files)
+        super().__init__("decoder", address, timeout, max_message_bytes, files, tuning)
         self._stub = decoder_pb2_grpc.DicomDecoderStub(self.channel)
         self._exchange = exchange
 
@@ -162,9 +199,14 @@ class DecoderClient(_ServiceClient):
 
 class PreprocessorClient(_ServiceClient):
     def __init__(
-        self, address: str, timeout: float, max_message_bytes: int, files: TlsFiles = PLAINTEXT
+        self,
+        address: str,
+        timeout: float,
+        max_message_bytes: int,
+        files: TlsFiles = PLAINTEXT,
+        tuning: ChannelTuning = ChannelTuning(),
     ) -> None:
-        super().__init__("preprocessor", address, timeout, max_message_bytes, files)
+        super().__init__("preprocessor", address, timeout, max_message_bytes, files, tuning)
         self._stub = preprocessor_pb2_grpc.PreprocessorStub(self.channel)
 
     async def preprocess(
@@ -178,9 +220,14 @@ class PreprocessorClient(_ServiceClient):
 
 class PostprocessorClient(_ServiceClient):
     def __init__(
-        self, address: str, timeout: float, max_message_bytes: int, files: TlsFiles = PLAINTEXT
+        self,
+        address: str,
+        timeout: float,
+        max_message_bytes: int,
+        files: TlsFiles = PLAINTEXT,
+        tuning: ChannelTuning = ChannelTuning(),
     ) -> None:
-        super().__init__("postprocessor", address, timeout, max_message_bytes, files)
+        super().__init__("postprocessor", address, timeout, max_message_bytes, files, tuning)
         self._stub = postprocessor_pb2_grpc.PostprocessorStub(self.channel)
 
     async def postprocess(
@@ -212,12 +259,18 @@ def _triton_errors(address: str, model: str) -> Iterator[None]:
 class TritonClient:
     """Inference through Triton's gRPC API, split into batches the model config allows."""
 
-    def __init__(self, address: str, timeout: float, files: TlsFiles = PLAINTEXT) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float,
+        files: TlsFiles = PLAINTEXT,
+        tuning: ChannelTuning = ChannelTuning(),
+    ) -> None:
         self._address = address
         self._timeout = timeout
         credentials = tls.channel_credentials(files)
         self._client = triton_aio.InferenceServerClient(
-            address, channel_args=channel_options(2**31 - 1), creds=credentials
+            address, channel_args=channel_options(2**31 - 1, tuning), creds=credentials
         )
         # One event loop: no lock is needed, and none is held across a network call (two first
         # callers may both fetch, and both get the same config).

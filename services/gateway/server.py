@@ -17,6 +17,7 @@ from services.gateway import readiness
 from services.gateway.auditing import AuditInterceptor
 from services.gateway.auth import ApiKeys, Authenticator, AuthInterceptor, OidcTokens
 from services.gateway.clients import (
+    ChannelTuning,
     DecoderClient,
     PostprocessorClient,
     PreprocessorClient,
@@ -43,10 +44,19 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
 
     async def register(srv: grpc.aio.Server) -> Callable[[], Awaitable[None]]:
         exchange = settings.pixel_exchange()
-        decoder = DecoderClient(settings.decoder_address, timeout, cap, exchange, files)
-        preprocessor = PreprocessorClient(settings.preprocessor_address, timeout, cap, files)
-        inference = TritonClient(settings.triton_address, timeout, files)
-        postprocessor = PostprocessorClient(settings.postprocessor_address, timeout, cap, files)
+        tuning = ChannelTuning(
+            settings.keepalive_seconds,
+            settings.keepalive_timeout_seconds,
+            settings.dns_refresh_seconds,
+        )
+        decoder = DecoderClient(settings.decoder_address, timeout, cap, exchange, files, tuning)
+        preprocessor = PreprocessorClient(
+            settings.preprocessor_address, timeout, cap, files, tuning
+        )
+        inference = TritonClient(settings.triton_address, timeout, files, tuning)
+        postprocessor = PostprocessorClient(
+            settings.postprocessor_address, timeout, cap, files, tuning
+        )
         analyzer = StudyAnalyzer(
             registry=registry,
             decoder=decoder,

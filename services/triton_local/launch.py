@@ -58,6 +58,27 @@ def _environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def connection_flags(
+    max_age_seconds: float | None, grace_seconds: float, min_ping_interval_seconds: float
+) -> list[str]:
+    """Triton's gRPC connection policy, as the platform's own servers have it
+    (services/common/server.py): connections end after ``max_age_seconds`` (in-flight calls get
+    ``grace_seconds``) so that clients resolve the name again and reach pods added since; the
+    gateway's keepalive pings, also between calls, are accepted this often. None: no age."""
+    flags = [
+        "--grpc-keepalive-permit-without-calls=true",
+        "--grpc-http2-max-pings-without-data=0",
+        f"--grpc-http2-min-recv-ping-interval-without-data={int(min_ping_interval_seconds * 1000)}",
+        "--grpc-http2-max-ping-strikes=0",
+    ]
+    if max_age_seconds is not None:
+        flags += [
+            f"--grpc-max-connection-age={int(max_age_seconds * 1000)}",
+            f"--grpc-max-connection-age-grace={int(grace_seconds * 1000)}",
+        ]
+    return flags
+
+
 def start_tritonserver(
     run_dir: Path,
     model_repository: Path,
