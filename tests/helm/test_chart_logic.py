@@ -285,7 +285,7 @@ def test_every_deployment_has_probes(scenario: str) -> None:
                 assert int(env_of(c)["IMAGING_PORT"]) == grpc
                 health = expected_health_port(values, c["name"])
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    assert c[probe]["grpc"] == {"port": grpc if health is None else health}
+                    assert c[probe]["grpc"]["port"] == (grpc if health is None else health)
             assert c["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
             assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
             assert c["resources"]["limits"]["memory"]
@@ -641,11 +641,10 @@ def test_keda_scenario_reuses_the_adapter_query() -> None:
     assert so["spec"]["scaleTargetRef"]["name"] == component_name("triton")
     (trigger,) = so["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
-    assert trigger["metricType"] == "Value"
+    # A total over the release's pods, which KEDA divides over the replicas.
+    assert trigger["metricType"] == "AverageValue"
     rule = next(
-        r
-        for r in adapter_rules_file()["rules"]
-        if r["name"]["as"] == "triton_queue_time_per_request_us"
+        r for r in adapter_rules_file()["rules"] if r["name"]["as"] == "triton_inflight_requests"
     )
     matchers = f'namespace="{NAMESPACE}",pod=~"{component_name("triton")}-[a-z0-9]+-[a-z0-9]+"'
     expected = (
@@ -739,6 +738,19 @@ BAD_VALUES = {
     "audit volume on /tmp": {"gateway": {"audit": {"volume": {"mountPath": "/tmp"}}}},
     "Triton admin key name with a colon": {"triton": {"adminKey": {"key": "admin:key"}}},
     "misspelt Triton admin key field": {"triton": {"adminKey": {"secret": "admin"}}},
+    "negative Triton connection age": {"triton": {"grpc": {"maxConnectionAgeSeconds": -1}}},
+    "Triton connection age as a duration string": {
+        "triton": {"grpc": {"maxConnectionAgeSeconds": "30s"}}
+    },
+    "zero ping interval": {"triton": {"grpc": {"minPingIntervalSeconds": 0}}},
+    "misspelt Triton gRPC key": {"triton": {"grpc": {"maxConnectionAge": 30}}},
+    "negative progress deadline": {"triton": {"progressDeadlineSeconds": -1}},
+    "unknown PVC access mode": {"triton": {"modelRepository": {"pvc": {"accessMode": "RWX"}}}},
+    "priority above the user range": {"priorityClass": {"value": 2000000000}},
+    "priority class with a bad name": {"priorityClass": {"name": "Imaging_Critical"}},
+    "unknown preemption policy": {"priorityClass": {"preemptionPolicy": "Always"}},
+    "monitor label with a bad key": {"monitoring": {"labels": {"bad key": "x"}}},
+    "adapter resource rules as a list": {"prometheusAdapter": {"rules": {"resourceRules": []}}},
 }
 
 
@@ -770,12 +782,20 @@ TEMPLATE_CHECKS = {
     "HPA metric without adapter rule": (
         {
             "prometheusAdapter": {"rules": {"enabled": True}},
-            "triton": {"autoscaling": {"hpa": {"enabled": True, "metricName": "gpu_busy"}}},
+            "triton": {
+                "modelRepository": {"pvc": {"accessMode": "ReadOnlyMany"}},
+                "autoscaling": {"hpa": {"enabled": True, "metricName": "gpu_busy"}},
+            },
         },
         "not exposed by the prometheus-adapter rules",
     ),
     "KEDA metric without adapter rule": (
-        {"triton": {"autoscaling": {"keda": {"enabled": True, "metricName": "gpu_busy"}}}},
+        {
+            "triton": {
+                "modelRepository": {"pvc": {"accessMode": "ReadOnlyMany"}},
+                "autoscaling": {"keda": {"enabled": True, "metricName": "gpu_busy"}},
+            }
+        },
         "not exposed by files/adapter-rules.yaml",
     ),
     "minReplicas above maxReplicas": (
@@ -864,6 +884,58 @@ TEMPLATE_CHECKS = {
     "health port through env": (
         {"decoder": {"env": {"IMAGING_HEALTH_PORT": "9999"}}},
         "decoder.env must not set IMAGING_HEALTH_PORT",
+    ),
+    "connection-age grace shorter than the gateway's call timeout": (
+        {"triton": {"grpc": {"maxConnectionAgeGraceSeconds": 30}}},
+        "triton.grpc.maxConnectionAgeGraceSeconds (30) must be at least the gateway's per-call",
+    ),
+    "grace shorter than a raised call timeout": (
+        {"gateway": {"env": {"IMAGING_CALL_TIMEOUT_SECONDS": "120"}}},
+        "per-call timeout (gateway.env IMAGING_CALL_TIMEOUT_SECONDS, 120 s)",
+    ),
+    "Triton refusing the gateway's keepalive pings": (
+        {"triton": {"grpc": {"minPingIntervalSeconds": 10}}},
+        "triton.grpc.minPingIntervalSeconds (10) must be below the gateway's keepalive",
+    ),
+    "gateway pinging faster than Triton accepts": (
+        {"gateway": {"env": {"IMAGING_KEEPALIVE_SECONDS": "4"}}},
+        "keepalive interval (gateway.env IMAGING_KEEPALIVE_SECONDS, 4 s)",
+    ),
+    "progress deadline inside the start-up budget": (
+        {"triton": {"progressDeadlineSeconds": 300}},
+        "triton.progressDeadlineSeconds (300) must be at least Triton's start-up budget (600 s",
+    ),
+    "ReadWriteOnce model repository with two replicas": (
+        {"triton": {"replicas": 2}},
+        "claim imaging-model-repository is ReadWriteOnce, which attaches to one node",
+    ),
+    "ReadWriteOncePod model repository under the HPA": (
+        {
+            "triton": {
+                "modelRepository": {"pvc": {"accessMode": "ReadWriteOncePod"}},
+                "autoscaling": {"hpa": {"enabled": True}},
+            }
+        },
+        "but Triton may run 4 replicas",
+    ),
+    "ReadWriteOnce model repository under KEDA": (
+        {"triton": {"autoscaling": {"keda": {"enabled": True}}}},
+        "use a ReadOnlyMany or ReadWriteMany claim",
+    ),
+    "KEDA in-flight total as a Value": (
+        {"triton": {"autoscaling": {"keda": {"enabled": True, "metricType": "Value"}}}},
+        "triton_inflight_requests is a total over the release's Triton pods",
+    ),
+    "KEDA queue time as an AverageValue": (
+        {
+            "triton": {
+                "modelRepository": {"pvc": {"accessMode": "ReadOnlyMany"}},
+                "autoscaling": {
+                    "keda": {"enabled": True, "metricName": "triton_queue_time_per_request_us"}
+                },
+            }
+        },
+        "triton_queue_time_per_request_us is a per-request average",
     ),
 }
 

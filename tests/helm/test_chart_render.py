@@ -30,6 +30,8 @@ REQUIRED_LABELS = (
     "app.kubernetes.io/part-of",
 )
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Kinds that live outside namespaces (the PriorityClass a scenario asks the chart to create).
+CLUSTER_SCOPED = {"PriorityClass"}
 # Helm lint INFO findings that are accepted: the chart has no icon to point at.
 ACCEPTED_INFO = {"icon is recommended"}
 
@@ -68,13 +70,17 @@ def test_every_object_is_labelled_and_namespaced(scenario: str) -> None:
         assert meta["labels"]["app.kubernetes.io/part-of"] == "imaging-platform"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
         assert DNS_LABEL.match(meta["name"]) and len(meta["name"]) <= 63, where
-        assert meta.get("namespace"), f"{where} has no namespace"
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in meta, f"{where} is cluster-scoped"
+        else:
+            assert meta.get("namespace"), f"{where} has no namespace"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_names_are_unique_per_kind(scenario: str) -> None:
     keys = [
-        (o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects(scenario)
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+        for o in objects(scenario)
     ]
     assert len(keys) == len(set(keys))
 
@@ -109,6 +115,7 @@ def test_pod_templates_carry_the_object_labels(scenario: str) -> None:
 
 def test_everything_lands_in_the_release_namespace_by_default() -> None:
     for obj in objects("default"):
+        assert obj["kind"] not in CLUSTER_SCOPED
         assert obj["metadata"]["namespace"] == NAMESPACE
 
 

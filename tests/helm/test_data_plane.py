@@ -123,7 +123,7 @@ def test_every_container_probes_its_own_port() -> None:
     for c in pod_spec(gateway)["containers"]:
         port = int(env_of(c)["IMAGING_PORT"])
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"] == {"port": port}, (c["name"], probe)
+            assert c[probe]["grpc"]["port"] == port, (c["name"], probe)
 
 
 def test_only_the_preprocessor_sidecar_mounts_pipelines() -> None:

@@ -219,6 +219,7 @@ def _adapter_query(metric: str, group_by: str, matchers: str) -> str:
 def test_adapter_rules_are_well_formed(tmp_path: Path) -> None:
     rules = adapter_rules_file()["rules"]
     assert {r["name"]["as"] for r in rules} == {
+        "triton_inflight_requests",
         "triton_queue_time_per_request_us",
         "triton_pending_requests",
     }
@@ -265,13 +266,27 @@ TRITON_SERIES = [
     {"series": f'nv_inference_request_success{{{TRITON_A},model="y"}}', "values": "0+15x40"},
     {"series": f'nv_inference_pending_request_count{{{TRITON_A},model="x"}}', "values": "5x40"},
     {"series": f'nv_inference_pending_request_count{{{TRITON_A},model="y"}}', "values": "3x40"},
+    # triton-a in flight: model x 1 request/s taking 2.5 s, model y 1 request/s taking 0.5 s.
+    {
+        "series": f'nv_inference_request_duration_us{{{TRITON_A},model="x"}}',
+        "values": "0+37500000x40",
+    },
+    {
+        "series": f'nv_inference_request_duration_us{{{TRITON_A},model="y"}}',
+        "values": "0+7500000x40",
+    },
     # triton-b: idle.
     {"series": f'nv_inference_queue_duration_us{{{TRITON_B},model="x"}}', "values": "0x40"},
     {"series": f'nv_inference_request_success{{{TRITON_B},model="x"}}', "values": "0x40"},
     {"series": f'nv_inference_pending_request_count{{{TRITON_B},model="x"}}', "values": "0x40"},
+    {"series": f'nv_inference_request_duration_us{{{TRITON_B},model="x"}}', "values": "0x40"},
     # Another namespace's pod of the same name must not leak in.
     {"series": f'nv_inference_queue_duration_us{{{OTHER_NS},model="x"}}', "values": "0+9000000x40"},
     {"series": f'nv_inference_request_success{{{OTHER_NS},model="x"}}', "values": "0+15x40"},
+    {
+        "series": f'nv_inference_request_duration_us{{{OTHER_NS},model="x"}}',
+        "values": "0+900000000x40",
+    },
 ]
 
 
@@ -280,6 +295,7 @@ def test_adapter_metrics_compute_per_pod_values(tmp_path: Path) -> None:
     matchers = 'namespace="imaging",pod=~"triton-a|triton-b"'
     queue = _adapter_query("triton_queue_time_per_request_us", "pod", matchers)
     pending = _adapter_query("triton_pending_requests", "pod", matchers)
+    inflight = _adapter_query("triton_inflight_requests", "pod", matchers)
     _run_expr_test(
         tmp_path,
         TRITON_SERIES,
@@ -301,6 +317,15 @@ def test_adapter_metrics_compute_per_pod_values(tmp_path: Path) -> None:
                     {"labels": '{pod="triton-b"}', "value": 0},
                 ],
             },
+            {
+                # Little's law: 2.5 + 0.5 requests in flight on triton-a; the idle pod: 0.
+                "expr": f"round(10 * ({inflight}))",
+                "eval_time": "5m",
+                "exp_samples": [
+                    {"labels": '{pod="triton-a"}', "value": 30},
+                    {"labels": '{pod="triton-b"}', "value": 0},
+                ],
+            },
         ],
     )
 
@@ -313,14 +338,14 @@ def test_keda_query_is_scoped_to_the_release(tmp_path: Path) -> None:
     mine = f'namespace="{NAMESPACE}",pod="{triton}-5d8c7b9f4d-x7k2q"'
     other_release = f'namespace="{NAMESPACE}",pod="other-imaging-platform-triton-5d8c7b9f4d-x7k2q"'
     other_namespace = f'namespace="staging",pod="{triton}-5d8c7b9f4d-x7k2q"'
+    # 300 request-seconds per 15 s: 20 requests in flight, summed over the release's pods
+    # (KEDA's AverageValue divides the sum over the replicas).
     series = [
-        {"series": f"nv_inference_queue_duration_us{{{mine}}}", "values": "0+300000x40"},
-        {"series": f"nv_inference_request_success{{{mine}}}", "values": "0+15x40"},
+        {"series": f"nv_inference_request_duration_us{{{mine}}}", "values": "0+300000000x40"},
     ]
     for noise in (other_release, other_namespace):
         series += [
-            {"series": f"nv_inference_queue_duration_us{{{noise}}}", "values": "0+9000000x40"},
-            {"series": f"nv_inference_request_success{{{noise}}}", "values": "0+15x40"},
+            {"series": f"nv_inference_request_duration_us{{{noise}}}", "values": "0+9000000000x40"},
         ]
     _run_expr_test(
         tmp_path,
@@ -329,7 +354,7 @@ def test_keda_query_is_scoped_to_the_release(tmp_path: Path) -> None:
             {
                 "expr": f"round({query})",
                 "eval_time": "5m",
-                "exp_samples": [{"labels": f'{{namespace="{NAMESPACE}"}}', "value": 20000}],
+                "exp_samples": [{"labels": f'{{namespace="{NAMESPACE}"}}', "value": 20}],
             }
         ],
     )

@@ -136,8 +136,8 @@ def test_with_tls_probes_use_the_health_port_not_the_tls_port(layout: dict[str, 
         env = env_of(c)
         health, api = int(env["IMAGING_HEALTH_PORT"]), int(env["IMAGING_PORT"])
         assert health != api
-        for probe in PROBES:
-            assert c[probe]["grpc"] == {"port": health}, (svc, probe)
+        for probe in PROBES:  # the probed health service: test_resilience.py
+            assert c[probe]["grpc"]["port"] == health, (svc, probe)
 
 
 def test_health_ports_are_distinct_in_the_colocated_pod() -> None:
@@ -181,8 +181,8 @@ def test_without_tls_probes_stay_on_the_grpc_port(scenario: str) -> None:
         assert not [k for k in env if k.startswith("IMAGING_TLS")]
         assert not [p for p in c["ports"] if p["name"].startswith("health")]
         grpc = expected_ports(values, svc)[0]
-        for probe in PROBES:
-            assert c[probe]["grpc"] == {"port": grpc}, (svc, probe)
+        for probe in PROBES:  # the probed health service: test_resilience.py
+            assert c[probe]["grpc"]["port"] == grpc, (svc, probe)
         assert "tls" not in {m["name"] for m in c["volumeMounts"]}
 
 

@@ -90,6 +90,13 @@ naming "value" (the schema refuses it first, this is the template's own guard). 
 {{- printf "%s.%s.svc.%s" (include "imaging-platform.componentName" .) .root.Release.Namespace .root.Values.clusterDomain }}
 {{- end }}
 
+{{/* grpc.health.v1 service name of the services' startup and liveness probes: every service
+process sets it SERVING at start and never ties it to a dependency (LIVENESS_SERVICE in
+services/common/server.py). Readiness probes ask the overall status "" instead. */}}
+{{- define "imaging-platform.livenessService" -}}
+liveness
+{{- end }}
+
 {{/* The four platform services, in start order. */}}
 {{- define "imaging-platform.services" -}}
 decoder preprocessor postprocessor gateway
@@ -311,6 +318,42 @@ gateway preprocessor postprocessor
 {{- end }}
 {{- end }}
 
+{{/* Triton's start-up budget in seconds: how long its startupProbe lets a pod load its models. */}}
+{{- define "imaging-platform.tritonStartupBudget" -}}
+{{- $p := .Values.triton.startupProbe }}
+{{- add (int (default 0 $p.initialDelaySeconds)) (mul (int $p.periodSeconds) (int $p.failureThreshold)) }}
+{{- end }}
+
+{{/* Triton's progressDeadlineSeconds: triton.progressDeadlineSeconds, or (0) the start-up budget
+plus 300 s for scheduling and the image pull. */}}
+{{- define "imaging-platform.tritonProgressDeadline" -}}
+{{- if .Values.triton.progressDeadlineSeconds }}
+{{- int .Values.triton.progressDeadlineSeconds }}
+{{- else }}
+{{- add (int (include "imaging-platform.tritonStartupBudget" .)) 300 }}
+{{- end }}
+{{- end }}
+
+{{/* The most Triton replicas the release may ask for: autoscaling.maxReplicas when the HPA or
+KEDA manages Triton, triton.replicas otherwise. */}}
+{{- define "imaging-platform.tritonMaxReplicas" -}}
+{{- $t := .Values.triton }}
+{{- if or $t.autoscaling.hpa.enabled $t.autoscaling.keda.enabled }}
+{{- int $t.autoscaling.maxReplicas }}
+{{- else }}
+{{- int $t.replicas }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of a ServiceMonitor, PodMonitor or PrometheusRule beyond the standard ones:
+monitoring.labels (by default release: kube-prometheus-stack, what a default kube-prometheus-stack
+selects on) with the kind's own extra labels over them. Takes (dict "root" $ "extra" map). */}}
+{{- define "imaging-platform.monitorLabels" -}}
+{{- with merge (deepCopy (default dict .extra)) (deepCopy (default dict .root.Values.monitoring.labels)) }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* Pod template spec fragments shared by the four services: securityContext, scheduling. */}}
 {{- define "imaging-platform.topologySpread" -}}
 {{- $root := .root }}
@@ -339,6 +382,42 @@ gateway preprocessor postprocessor
 {{- end }}
 {{- if gt (int $as.minReplicas) (int $as.maxReplicas) }}
 {{- fail "triton.autoscaling.minReplicas must not exceed triton.autoscaling.maxReplicas" }}
+{{- end }}
+{{- $keda := $as.keda }}
+{{- if and $keda.enabled (not $keda.query) }}
+{{- if and (has $keda.metricName (list "triton_inflight_requests" "triton_pending_requests")) (ne $keda.metricType "AverageValue") }}
+{{- fail (printf "triton.autoscaling.keda.metricName %s is a total over the release's Triton pods: use triton.autoscaling.keda.metricType AverageValue (KEDA divides it over the replicas); with Value every added pod would raise the replica count again" $keda.metricName) }}
+{{- end }}
+{{- if and (eq $keda.metricName "triton_queue_time_per_request_us") (ne $keda.metricType "Value") }}
+{{- fail "triton.autoscaling.keda.metricName triton_queue_time_per_request_us is a per-request average, not a total: use triton.autoscaling.keda.metricType Value" }}
+{{- end }}
+{{- end }}
+{{- $budget := int (include "imaging-platform.tritonStartupBudget" .) }}
+{{- with .Values.triton.progressDeadlineSeconds }}
+{{- if lt (int .) $budget }}
+{{- fail (printf "triton.progressDeadlineSeconds (%d) must be at least Triton's start-up budget (%d s: triton.startupProbe initialDelaySeconds + periodSeconds x failureThreshold), or a pod still loading its models fails the rollout; 0 derives it" (int .) $budget) }}
+{{- end }}
+{{- end }}
+{{- $tg := .Values.triton.grpc }}
+{{- $gwEnv := .Values.gateway.env }}
+{{- $callTimeout := float64 (default "60" (index $gwEnv "IMAGING_CALL_TIMEOUT_SECONDS")) }}
+{{- if and $tg.maxConnectionAgeSeconds (lt (float64 $tg.maxConnectionAgeGraceSeconds) $callTimeout) }}
+{{- fail (printf "triton.grpc.maxConnectionAgeGraceSeconds (%v) must be at least the gateway's per-call timeout (gateway.env IMAGING_CALL_TIMEOUT_SECONDS, %v s): calls still running on a connection past its age are cut when the grace ends" $tg.maxConnectionAgeGraceSeconds $callTimeout) }}
+{{- end }}
+{{- $keepalive := float64 (default "10" (index $gwEnv "IMAGING_KEEPALIVE_SECONDS")) }}
+{{- if ge (float64 $tg.minPingIntervalSeconds) $keepalive }}
+{{- fail (printf "triton.grpc.minPingIntervalSeconds (%v) must be below the gateway's keepalive interval (gateway.env IMAGING_KEEPALIVE_SECONDS, %v s): Triton answers pings that come more often than it allows with GOAWAY too_many_pings" $tg.minPingIntervalSeconds $keepalive) }}
+{{- end }}
+{{- $repo := .Values.triton.modelRepository }}
+{{- if eq $repo.source "pvc" }}
+{{- $modes := list $repo.pvc.accessMode }}
+{{- /* On a live cluster the claim's own access modes win (lookup is empty offline). */}}
+{{- $claim := lookup "v1" "PersistentVolumeClaim" .Release.Namespace $repo.pvc.claimName }}
+{{- if and $claim $claim.spec $claim.spec.accessModes }}{{ $modes = $claim.spec.accessModes }}{{ end }}
+{{- $most := int (include "imaging-platform.tritonMaxReplicas" .) }}
+{{- if and (gt $most 1) (not (or (has "ReadOnlyMany" $modes) (has "ReadWriteMany" $modes))) }}
+{{- fail (printf "triton.modelRepository.pvc: claim %s is %s, which attaches to one node (ReadWriteOncePod: one pod), but Triton may run %d replicas (triton.replicas, or triton.autoscaling.maxReplicas with the HPA or KEDA), and the others would hang in ContainerCreating: use a ReadOnlyMany or ReadWriteMany claim (and set triton.modelRepository.pvc.accessMode to match), or ship the models as an image (triton.modelRepository.source image) or from an object store (objectStore)" $repo.pvc.claimName (join "," $modes) $most) }}
+{{- end }}
 {{- end }}
 {{- if and $as.hpa.enabled .Values.prometheusAdapter.rules.enabled }}
 {{- $names := splitList " " (include "imaging-platform.adapterMetricNames" .) }}

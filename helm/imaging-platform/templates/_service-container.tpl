@@ -171,9 +171,13 @@ and study limits and the dependency-readiness settings.
     - name: {{ $name }}
       value: {{ $value | quote }}
     {{- end }}
+  # Startup and liveness ask the health service "liveness": SERVING from the process's start,
+  # never tied to a dependency. Readiness asks the overall status, which follows them (the
+  # gateway's: Triton and its peers), so an outage drains pods but never restarts them.
   startupProbe:
     grpc:
       port: {{ $probePort }}
+      service: {{ include "imaging-platform.livenessService" $root }}
     {{- toYaml $root.Values.probes.startup | nindent 4 }}
   readinessProbe:
     grpc:
@@ -182,6 +186,7 @@ and study limits and the dependency-readiness settings.
   livenessProbe:
     grpc:
       port: {{ $probePort }}
+      service: {{ include "imaging-platform.livenessService" $root }}
     {{- toYaml $root.Values.probes.liveness | nindent 4 }}
   lifecycle:
     preStop:
