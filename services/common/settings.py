@@ -143,7 +143,7 @@ class GatewaySettings(PipelineServiceSettings):
         10.0, gt=0, description="ping peers this often (above their min ping interval)"
     )
     keepalive_timeout_seconds: float = Field(
-        5.0, gt=0, description="a ping unanswered this long closes the connection"
+        10.0, gt=0, description="a ping unanswered this long closes the connection"
     )
     dns_refresh_seconds: float = Field(
         5.0, gt=0, description="resolve a peer's name again at most this often"

@@ -81,7 +81,9 @@ class ChannelTuning:
     """
 
     keepalive_seconds: float = 10.0
-    keepalive_timeout_seconds: float = 5.0
+    # Generous: the same timeout bounds every ping's answer (flow-control pings included),
+    # and a gateway saturated by uploads processes answers late.
+    keepalive_timeout_seconds: float = 10.0
     dns_refresh_seconds: float = 5.0
 
 
