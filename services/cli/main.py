@@ -28,6 +28,7 @@ from services.common.audit import (
     main_verify,
 )
 from services.common.pki import create_dev_pki
+from services.common.settings import DEFAULT_PIPELINES_DIR
 from services.common.tls import TlsFiles
 from services.fleet.core import DEFAULT_GRPC_PORT
 from services.fleet.rollout import DEFAULT_RELEASE, DEFAULT_TIMEOUT, rollout_command
@@ -295,9 +296,12 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
 
 
 def cmd_models_rollout(args: argparse.Namespace) -> int:
+    retire = args.models_command == "retire"
     return rollout_command(
         args.name,
         version=args.version,
+        retire=retire,
+        pipelines_dir=args.pipelines_dir if retire else DEFAULT_PIPELINES_DIR,
         namespace=args.namespace,
         release=args.release,
         timeout=args.timeout,
@@ -415,36 +419,58 @@ def parser() -> argparse.ArgumentParser:
         "rollout",
         help="load a model (version) on every ready Triton pod; roll back everywhere on failure",
     )
+    retire = models_sub.add_parser(
+        "retire",
+        help="stop serving one version on every ready Triton pod (refused while a pipeline "
+        "pins it); roll back everywhere on failure",
+    )
+    retire.add_argument("name", help="model name in the Triton repository")
+    retire.add_argument("version", type=int, help="the version to stop serving")
+    retire.add_argument(
+        "--pipelines-dir",
+        type=Path,
+        default=_env_path("IMAGING_PIPELINES_DIR") or DEFAULT_PIPELINES_DIR,
+        help="the live pipelines configuration (IMAGING_PIPELINES_DIR)",
+    )
     rollout.add_argument("name", help="model name in the Triton repository")
-    rollout.add_argument("--version", type=int, default=None, help="serve exactly this version")
-    rollout.add_argument("--namespace", default=None, help="default: the kubeconfig context's")
-    rollout.add_argument("--release", default=DEFAULT_RELEASE, help="Helm release name")
     rollout.add_argument(
+        "--version", type=int, default=None, help="serve this version beside those served"
+    )
+    for command in (rollout, retire):
+        _fleet_options(command)
+    rollout.set_defaults(func=cmd_models_rollout)
+    retire.set_defaults(func=cmd_models_rollout)
+    return root
+
+
+def _fleet_options(command: argparse.ArgumentParser) -> None:
+    """Where the Triton pods are and how to reach them (models rollout and retire)."""
+    command.add_argument("--namespace", default=None, help="default: the kubeconfig context's")
+    command.add_argument("--release", default=DEFAULT_RELEASE, help="Helm release name")
+    command.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
         help="seconds each pod may take to load and be READY",
     )
-    rollout.add_argument(
+    command.add_argument(
         "--grpc-port",
         type=int,
         default=DEFAULT_GRPC_PORT,
         help="Triton gRPC port of pods without a containerPort named grpc",
     )
-    rollout.add_argument("--context", default=None, help="kubeconfig context")
-    rollout.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
-    rollout.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
-    rollout.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
-    rollout.add_argument(
+    command.add_argument("--context", default=None, help="kubeconfig context")
+    command.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
+    command.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
+    command.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
+    command.add_argument(
         "--admin-key-file", type=Path, default=None, help="Triton's model-control admin key"
     )
-    rollout.add_argument(
+    command.add_argument(
         "--tls-server-name",
         default="",
         help="name in Triton's certificate (pods are dialled by IP), e.g. its Service's DNS name",
     )
-    rollout.set_defaults(func=cmd_models_rollout)
-    return root
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from services.fleet.errors import NoReadyPods, NoTritonPods, RollbackIncomplete, RolloutFailed
+from services.fleet.errors import (
+    ModelControlOff,
+    NoReadyPods,
+    NoTritonPods,
+    RollbackIncomplete,
+    RolloutFailed,
+)
 
 DEFAULT_GRPC_PORT = 8001
 GRPC_PORT_NAME = "grpc"  # the containerPort name that overrides DEFAULT_GRPC_PORT per pod
@@ -32,6 +38,9 @@ class PodInfo:
     ready: bool
     terminating: bool = False
     grpc_port: int | None = None
+    # Triton's --model-control-mode from the pod spec ("none" when absent, Triton's default);
+    # None: not known (a PodInfo not read from Kubernetes).
+    model_control: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,8 @@ def select_targets(
     Raises when there is no pod, or no pod to roll out to: a rollout to nobody is a mistake.
     """
     targets = []
-    for pod in sorted(pods, key=lambda p: p.name):
+    pods_by_name = {p.name: p for p in pods}
+    for pod in sorted(pods_by_name.values(), key=lambda p: p.name):
         address = grpc_address(pod.ip, pod.grpc_port or default_port) if pod.ip else None
         if pod.terminating:
             reason: str | None = "terminating"
@@ -80,6 +90,15 @@ def select_targets(
         targets.append(Target(pod.name, address, reason))
     if not targets:
         raise NoTritonPods(f"no Triton pod found {where}")
+    fixed = sorted(
+        p.name for p in pods_by_name.values() if p.model_control not in (None, "explicit")
+    )
+    if fixed:
+        raise ModelControlOff(
+            f"Triton runs without explicit model control {where} ({', '.join(fixed)}), so it "
+            "would refuse every load and unload: set the chart value "
+            "triton.modelControlMode=explicit (helm upgrade) and run this again"
+        )
     if not any(t.active for t in targets):
         skipped = ", ".join(f"{t.pod} ({t.skip_reason})" for t in targets)
         raise NoReadyPods(f"no ready Triton pod {where}: {skipped}")
@@ -112,14 +131,23 @@ def model_label(model: str, version: int | None) -> str:
     return f"{model} v{version}" if version is not None else model
 
 
-def with_version(config: Mapping[str, Any], version: int) -> dict[str, Any]:
-    """The same model config serving exactly ``version`` (Triton's load-time override)."""
+def with_versions(config: Mapping[str, Any], versions: Iterable[int]) -> dict[str, Any]:
+    """The same model config serving exactly ``versions`` (Triton's load-time override)."""
     pinned = copy.deepcopy(dict(config))
-    pinned["version_policy"] = {"specific": {"versions": [version]}}
+    pinned["version_policy"] = {"specific": {"versions": sorted(set(versions))}}
     return pinned
 
 
+def alongside(served: Iterable[int], version: int) -> tuple[int, ...]:
+    """What a pod serves once ``version`` is rolled out: the new version *beside* the ones it
+    serves, never instead of them. Pipelines pin a version (pipelines/*.yaml model.version) and
+    live traffic asks Triton for exactly that one; replacing the set once unloaded the version
+    every chest study asked for. Only ``models retire`` takes a version away."""
+    return tuple(sorted({*served, version}))
+
+
 class LoadKind(enum.Enum):
+    UNCHANGED = "nothing to do: the pod already serves what is wanted"
     REPOSITORY = "load with the repository's config"
     OVERRIDE = "load with a version-pinned config"
     BOOTSTRAP = "load from the repository, then pin the version"
@@ -134,10 +162,19 @@ class LoadStep:
     expect: tuple[int, ...]  # () means "some version is READY"
 
 
+def plan_retire(version: int, previous: ModelState) -> LoadStep:
+    """Serve every version the pod serves but ``version`` (the only way one is unloaded)."""
+    if version not in previous.versions or previous.config is None:
+        return LoadStep(LoadKind.UNCHANGED, None, previous.versions)
+    remaining = tuple(v for v in previous.versions if v != version)
+    return LoadStep(LoadKind.OVERRIDE, with_versions(previous.config, remaining), remaining)
+
+
 def plan_load(
     version: int | None, previous: ModelState, template: Mapping[str, Any] | None
 ) -> LoadStep:
-    """Pin ``version`` onto the config the pod serves now, else onto a sibling pod's config.
+    """Add ``version`` to the versions the pod serves, on the config it serves now, else on a
+    sibling pod's config.
 
     Triton takes a load-time config as the whole config, so the override must start from a
     complete one. Only when no pod has the model loaded is there none to start from: then the
@@ -148,7 +185,8 @@ def plan_load(
     base = previous.config if previous.config is not None else template
     if base is None:
         return LoadStep(LoadKind.BOOTSTRAP, None, (version,))
-    return LoadStep(LoadKind.OVERRIDE, with_version(base, version), (version,))
+    versions = alongside(previous.versions, version)
+    return LoadStep(LoadKind.OVERRIDE, with_versions(base, versions), versions)
 
 
 class RollbackKind(enum.Enum):
@@ -211,9 +249,18 @@ class Rollout:
     Loading one pod at a time keeps the rest of the fleet serving if the new version is bad.
     """
 
-    def __init__(self, model: str, version: int | None, targets: Iterable[Target]) -> None:
+    def __init__(
+        self,
+        model: str,
+        version: int | None,
+        targets: Iterable[Target],
+        retire: bool = False,
+    ) -> None:
+        if retire and version is None:
+            raise ValueError("retiring needs a version")
         self.model = model
         self.version = version
+        self.retire = retire  # take ``version`` away instead of adding it
         self.pods = [
             PodRollout(t, Status.PENDING, detail="")
             if t.active
@@ -241,6 +288,13 @@ class Rollout:
         if not state.known:
             self.failed(pod, f"model {self.model} is not in this pod's model repository")
             return False
+        if self.retire and state.versions == (self.version,):
+            self.failed(
+                pod,
+                f"v{self.version} is the only version of {self.model} this pod serves: "
+                "roll out the version that replaces it first",
+            )
+            return False
         return True
 
     def template(self) -> Mapping[str, Any] | None:
@@ -257,6 +311,9 @@ class Rollout:
         for pod in self.pods:
             if pod.status is Status.INSPECTED:
                 assert pod.previous is not None
+                if self.retire:
+                    assert self.version is not None  # checked in __init__
+                    return pod, plan_retire(self.version, pod.previous)
                 return pod, plan_load(self.version, pod.previous, self.template())
         return None
 
@@ -293,7 +350,8 @@ class Rollout:
         failed = self.failure
         where = f"{failed.target.pod} ({failed.target.address})"
         reason = failed.detail.rstrip(".")
-        head = f"rollout of {self.target_label} stopped at pod {where}: {reason}"
+        what = "retiring" if self.retire else "rollout of"
+        head = f"{what} {self.target_label} stopped at pod {where}: {reason}"
         touched = self.to_roll_back()
         broken = [p for p in touched if p.status is Status.ROLLBACK_FAILED]
         if broken:
@@ -315,7 +373,10 @@ class Rollout:
     def summary(self) -> str:
         """One line for a successful rollout."""
         ready = [p for p in self.pods if p.status is Status.READY]
-        text = f"{self.target_label} is READY on {len(ready)} pod(s)"
+        if self.retire:
+            text = f"{self.target_label} is retired on {len(ready)} pod(s)"
+        else:
+            text = f"{self.target_label} is READY on {len(ready)} pod(s)"
         if self.skipped:
             reasons = ", ".join(f"{p.target.pod}: {p.detail}" for p in self.skipped)
             text += f"; {len(self.skipped)} skipped ({reasons})"

@@ -43,3 +43,11 @@ class RollbackIncomplete(RolloutFailed):
 
     code = grpc.StatusCode.INTERNAL
     exit_code = 3
+
+
+class ModelControlOff(PlatformError):
+    """Triton runs without explicit model control, so it would refuse every load: said before
+    anything is touched, naming the chart value that turns it on."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    kind = "MODEL_CONTROL_OFF"

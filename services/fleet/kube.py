@@ -88,21 +88,29 @@ def _labels(metadata: client.V1ObjectMeta | None) -> dict[str, str]:
     return dict(metadata.labels or {}) if metadata else {}
 
 
+_CONTROL_FLAG = "--model-control-mode="
+
+
 def _pod_info(pod: client.V1Pod) -> PodInfo:
     metadata = pod.metadata or client.V1ObjectMeta()
     status = pod.status or client.V1PodStatus()
     ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
     port = None
+    model_control = None
     for container in pod.spec.containers if pod.spec else []:
         for declared in container.ports or []:
             if declared.name == GRPC_PORT_NAME:
                 port = declared.container_port
+                words = [*(container.command or []), *(container.args or [])]
+                modes = [w.split("=", 1)[1] for w in words if w.startswith(_CONTROL_FLAG)]
+                model_control = modes[-1] if modes else "none"  # Triton's default
     return PodInfo(
         name=metadata.name or "",
         ip=status.pod_ip,
         ready=ready,
         terminating=metadata.deletion_timestamp is not None,
         grpc_port=port,
+        model_control=model_control,
     )
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from services.common.errors import InvalidInput, PlatformError
+from services.common.pipelines import PipelineRegistry
+from services.common.settings import DEFAULT_PIPELINES_DIR
 from services.common.tls import PLAINTEXT, TlsFiles
 from services.fleet.core import (
     DEFAULT_GRPC_PORT,
@@ -27,10 +30,11 @@ from services.fleet.core import (
     Row,
     Status,
     Target,
+    alongside,
     model_label,
     plan_rollback,
     versions_label,
-    with_version,
+    with_versions,
 )
 from services.fleet.errors import PodCallFailed, RolloutFailed
 from services.fleet.triton import TritonPod
@@ -80,6 +84,11 @@ class _Deadline:
 
 def _load(pod: Pod, rollout: Rollout, step: LoadStep, deadline: _Deadline) -> ModelState:
     model = rollout.model
+    if step.kind is LoadKind.UNCHANGED:
+        return pod.state(model)
+    if rollout.retire:
+        pod.load(model, step.config, deadline.left())
+        return _wait_retired(pod, rollout, step.expect, deadline)
     if step.kind is LoadKind.BOOTSTRAP:
         # No pod serves the model, so there is no complete config to pin the version on:
         # load the repository's, then pin if its version policy serves something else.
@@ -88,10 +97,30 @@ def _load(pod: Pod, rollout: Rollout, step: LoadStep, deadline: _Deadline) -> Mo
         if loaded.versions == step.expect or loaded.config is None:
             return pod.wait_ready(model, step.expect, deadline.left())
         assert rollout.version is not None  # BOOTSTRAP is only planned for a given version
-        pod.load(model, with_version(loaded.config, rollout.version), deadline.left())
+        versions = alongside(loaded.versions, rollout.version)
+        pod.load(model, with_versions(loaded.config, versions), deadline.left())
+        return pod.wait_ready(model, versions, deadline.left())
     else:
         pod.load(model, step.config, deadline.left())
     return pod.wait_ready(model, step.expect, deadline.left())
+
+
+def _wait_retired(
+    pod: Pod, rollout: Rollout, remaining: tuple[int, ...], deadline: _Deadline
+) -> ModelState:
+    """The remaining versions READY and the retired one gone (Triton unloads it in the
+    background once the new config is loaded)."""
+    model = rollout.model
+    state = pod.wait_ready(model, remaining, deadline.left())
+    end = time.monotonic() + deadline.left()
+    while rollout.version in state.versions:
+        if time.monotonic() >= end:
+            raise PodCallFailed(
+                f"retiring {model} v{rollout.version}", "", "still READY after the load"
+            )
+        time.sleep(0.2)
+        state = pod.state(model)
+    return state
 
 
 def _roll_back(
@@ -127,7 +156,8 @@ def _roll_back(
 def execute(rollout: Rollout, connect: Connect, report: Report, timeout: float) -> None:
     """Carry out ``rollout``, reporting each step; raises RolloutFailed if it did not land."""
     model = rollout.model
-    action = f"load {versions_label([rollout.version])}" if rollout.version is not None else "load"
+    verb = "retire" if rollout.retire else "load"
+    action = f"{verb} {versions_label([rollout.version])}" if rollout.version is not None else verb
     clients: dict[str, Pod] = {}
     try:
         for entry in rollout.skipped:
@@ -172,6 +202,15 @@ def execute(rollout: Rollout, connect: Connect, report: Report, timeout: float) 
         raise error
 
 
+def pinned_by(pipelines_dir: Path, model: str, version: int) -> list[str]:
+    """The pipelines of ``pipelines_dir`` (the live pipelines configuration) whose model is
+    ``model`` at ``version``: live traffic asks Triton for exactly that version."""
+    registry = PipelineRegistry.load(pipelines_dir)
+    return sorted(
+        p.name for p in registry.all() if p.model.name == model and p.model.version == str(version)
+    )
+
+
 def roll_out(
     targets: list[Target],
     model: str,
@@ -179,9 +218,11 @@ def roll_out(
     out: TextIO,
     timeout: float = DEFAULT_TIMEOUT,
     connect: Connect | None = None,
+    retire: bool = False,
 ) -> Rollout:
-    """Roll ``model`` out to ``targets``, printing the progress table to ``out``."""
-    rollout = Rollout(model, version, targets)
+    """Roll ``model`` out to ``targets`` (or retire ``version`` from them), printing the
+    progress table to ``out``."""
+    rollout = Rollout(model, version, targets, retire)
     execute(rollout, connect or TritonPod, ProgressTable(targets, out), timeout)
     return rollout
 
@@ -199,9 +240,12 @@ def rollout_command(
     files: TlsFiles = PLAINTEXT,
     admin_key: str = "",
     server_name: str = "",
+    retire: bool = False,
+    pipelines_dir: Path = DEFAULT_PIPELINES_DIR,
 ) -> int:
-    """The CLI command: 0 when READY everywhere, else the error's exit code (1, or 3 when
-    the rollback itself failed and the fleet is left inconsistent)."""
+    """The CLI commands `models rollout` and (``retire``) `models retire`: 0 when done
+    everywhere, else the error's exit code (1, or 3 when the rollback itself failed and the
+    fleet is left inconsistent)."""
     from services.fleet.kube import Cluster, connect
 
     out = out or sys.stdout  # looked up now, so redirection after import is honoured
@@ -210,13 +254,22 @@ def rollout_command(
     try:
         if version is not None and version < 1:
             raise InvalidInput(f"--version must be a positive model version, not {version}")
+        if retire:
+            assert version is not None  # the CLI requires it
+            pinned = pinned_by(pipelines_dir, model, version)
+            if pinned:
+                raise InvalidInput(
+                    f"{label} is what pipeline(s) {', '.join(pinned)} ask Triton for "
+                    f"({pipelines_dir}): point them at another version before retiring it"
+                )
         api, default_namespace = connect(context)
         namespace = namespace or default_namespace
         with api:
             targets = Cluster(api).targets(namespace, release, grpc_port)
         ready = sum(t.active for t in targets)
         print(
-            f"rolling out {label} to release {release} in namespace {namespace}: "
+            f"{'retiring' if retire else 'rolling out'} {label} "
+            f"{'from' if retire else 'to'} release {release} in namespace {namespace}: "
             f"{ready} of {len(targets)} Triton pod(s) ready",
             file=out,
         )
@@ -229,6 +282,7 @@ def rollout_command(
             lambda address: TritonPod(
                 address, files=files, admin_key=admin_key, server_name=server_name
             ),
+            retire,
         )
     except RolloutFailed as error:
         print(f"error: {error.reason}", file=err)

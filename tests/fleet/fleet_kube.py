@@ -115,6 +115,7 @@ def triton_pod(
     release: str = RELEASE,
     component: str = "triton",
     terminating: bool = False,
+    model_control: str = "explicit",
 ) -> dict[str, Any]:
     """A Triton pod as the chart runs it; its gRPC containerPort is the local server's port."""
     metadata: dict[str, Any] = {
@@ -143,6 +144,8 @@ def triton_pod(
                 {
                     "name": "tritonserver",
                     "image": "nvcr.io/nvidia/tritonserver:24.10-py3",
+                    "command": ["tritonserver"],
+                    "args": ["--model-repository=/models", f"--model-control-mode={model_control}"],
                     "ports": [
                         {"name": "http", "containerPort": 8000},
                         {"name": "grpc", "containerPort": port},

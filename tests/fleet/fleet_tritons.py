@@ -86,13 +86,13 @@ class LocalTriton:
         with self.client() as client:
             return [v for v in VERSIONS if client.is_model_ready(MODEL, str(v))]
 
-    def infer_offset(self) -> float:
-        """y - x of one inference: the version that answered."""
+    def infer_offset(self, version: str = "") -> float:
+        """y - x of one inference (of ``version``, else Triton's choice): who answered."""
         with self.client() as client:
             x = np.array([[10.0, 20.0]], dtype=np.float32)
             request = triton_grpc.InferInput("x", list(x.shape), "FP32")
             request.set_data_from_numpy(x)
-            result = client.infer(MODEL, [request]).as_numpy("y")
+            result = client.infer(MODEL, [request], model_version=version).as_numpy("y")
         offsets = set((result - x).ravel().tolist())
         assert len(offsets) == 1, offsets
         return float(offsets.pop())

@@ -19,12 +19,14 @@ from services.fleet.core import (
     Row,
     Status,
     Target,
+    alongside,
     plan_load,
     plan_rollback,
     select_targets,
-    with_version,
+    with_versions,
 )
 from services.fleet.errors import (
+    ModelControlOff,
     NoReadyPods,
     NoTritonPods,
     PodCallFailed,
@@ -167,8 +169,20 @@ def test_pod_info_reads_readiness_deletion_and_the_grpc_container_port() -> None
             pod_ip="10.1.2.3", conditions=[client.V1PodCondition(type="Ready", status="True")]
         ),
     )
-    assert _pod_info(pod) == PodInfo("p", "10.1.2.3", True, True, 9001)
+    # No --model-control-mode flag: Triton's default, none.
+    assert _pod_info(pod) == PodInfo("p", "10.1.2.3", True, True, 9001, "none")
     assert _pod_info(client.V1Pod()) == PodInfo("", None, False, False, None)
+    assert pod.spec is not None
+    pod.spec.containers[0].args = ["--model-control-mode=poll", "--model-control-mode=explicit"]
+    assert _pod_info(pod).model_control == "explicit"  # the last flag wins, as in Triton
+
+
+def test_pods_without_explicit_model_control_stop_the_rollout_before_it_starts() -> None:
+    pods = [PodInfo("a", "10.0.0.1", True, model_control="explicit")]
+    pods.append(PodInfo("b", "10.0.0.2", True, model_control="none"))
+    with pytest.raises(ModelControlOff, match=r"\(b\).*triton\.modelControlMode=explicit"):
+        select_targets(pods, {}, 8001, "in release r")
+    assert select_targets(pods[:1], {}, 8001, "in release r")[0].active
 
 
 def test_service_name_follows_the_chart_helpers() -> None:
@@ -180,19 +194,21 @@ def test_service_name_follows_the_chart_helpers() -> None:
 # --- pure planning ---------------------------------------------------------------------------
 
 
-def test_load_pins_the_version_on_the_pods_own_config_else_a_siblings() -> None:
+def test_load_adds_the_version_beside_the_served_ones_on_the_pods_own_config() -> None:
     own = ModelState((1,), {"name": MODEL, "max_batch_size": 8})
     step = plan_load(2, own, template={"name": "other"})
-    assert step.kind is LoadKind.OVERRIDE and step.expect == (2,)
+    assert step.kind is LoadKind.OVERRIDE and step.expect == (1, 2)  # alongside, never instead
     assert step.config == {
         "name": MODEL,
         "max_batch_size": 8,
-        "version_policy": {"specific": {"versions": [2]}},
+        "version_policy": {"specific": {"versions": [1, 2]}},
     }
     assert own.config == {"name": MODEL, "max_batch_size": 8}  # not mutated
 
     from_sibling = plan_load(2, ModelState(), template=REPOSITORY_CONFIG)
-    assert from_sibling.config == with_version(REPOSITORY_CONFIG, 2)
+    assert from_sibling.config == with_versions(REPOSITORY_CONFIG, [2])
+    assert plan_load(1, own, None).expect == (1,)  # already served: the set is unchanged
+    assert alongside((3, 1), 2) == (1, 2, 3)
     assert plan_load(2, ModelState(), template=None).kind is LoadKind.BOOTSTRAP
     assert plan_load(None, own, None) == plan_load(None, ModelState(), None)
     assert plan_load(None, own, None).kind is LoadKind.REPOSITORY
@@ -216,13 +232,13 @@ def test_success_loads_every_ready_pod_and_leaves_skipped_ones_alone() -> None:
 
     rollout, rows = _run(targets, pods)
 
-    assert [p.versions for p in pods.values()] == [(2,), (2,)]
+    assert [p.versions for p in pods.values()] == [(1, 2), (1, 2)]  # v1 still served
     for pod in pods.values():
-        assert pod.calls == [("load", with_version(REPOSITORY_CONFIG, 2))]
+        assert pod.calls == [("load", with_versions(REPOSITORY_CONFIG, [1, 2]))]
     assert [(r.pod, r.action, r.result.split(" (")[0]) for r in rows] == [
         ("triton-x", "skip", "not ready"),
-        ("triton-0", "load v2", "READY v2"),
-        ("triton-1", "load v2", "READY v2"),
+        ("triton-0", "load v2", "READY v1,v2"),
+        ("triton-1", "load v2", "READY v1,v2"),
     ]
     assert rollout.error() is None
     assert rollout.summary() == "m v2 is READY on 2 pod(s); 1 skipped (triton-x: not ready)"
@@ -236,8 +252,9 @@ def test_a_failed_pod_rolls_back_every_touched_pod_and_stops_the_rest() -> None:
 
     a, b, c = pods.values()
     assert a.versions == b.versions == c.versions == (1,)
-    assert a.calls == [("load", with_version(REPOSITORY_CONFIG, 2)), ("load", REPOSITORY_CONFIG)]
-    assert b.calls == [("load", with_version(REPOSITORY_CONFIG, 2))]  # Triton kept v1
+    alongside_v2 = with_versions(REPOSITORY_CONFIG, [1, 2])
+    assert a.calls == [("load", alongside_v2), ("load", REPOSITORY_CONFIG)]
+    assert b.calls == [("load", alongside_v2)]  # Triton kept v1
     assert c.calls == []
     assert failure.value.exit_code == 1
     assert failure.value.reason == (
@@ -253,7 +270,7 @@ def test_failure_rows_show_rollback_newest_first_and_not_attempted_pods() -> Non
     with pytest.raises(RolloutFailed):
         execute(rollout, pods.__getitem__, rows.append, timeout=5)
     assert [(r.pod, r.action, r.result.split(" (")[0]) for r in rows] == [
-        ("triton-0", "load v2", "READY v2"),
+        ("triton-0", "load v2", "READY v1,v2"),
         ("triton-1", "load v2", "FAILED: version 2 broken"),
         ("triton-2", "load v2", "not attempted"),
         ("triton-1", "rollback to v1", "unchanged: still v1"),
@@ -320,7 +337,7 @@ def test_pods_without_the_model_get_a_siblings_config_and_are_unloaded_on_rollba
         _run(targets, pods)
 
     a = pods["a:1"]
-    assert a.calls == [("load", with_version(REPOSITORY_CONFIG, 2)), ("unload", None)]
+    assert a.calls == [("load", with_versions(REPOSITORY_CONFIG, [2])), ("unload", None)]
     assert a.versions == ()
 
 
@@ -329,8 +346,9 @@ def test_when_no_pod_serves_the_model_the_repository_config_is_loaded_then_pinne
 
     _run(targets, pods)
 
-    assert pods["a:1"].calls == [("load", None), ("load", with_version(REPOSITORY_CONFIG, 2))]
-    assert pods["a:1"].versions == (2,)
+    pinned = with_versions(REPOSITORY_CONFIG, [1, 2])  # the repository's v1, and v2 beside it
+    assert pods["a:1"].calls == [("load", None), ("load", pinned)]
+    assert pods["a:1"].versions == (1, 2)
 
 
 def test_without_a_version_the_repository_config_is_loaded() -> None:
@@ -351,5 +369,27 @@ def test_progress_table_aligns_columns_and_keeps_rows_on_one_line() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["POD", "ADDRESS", "PREVIOUS", "ACTION", "RESULT"]
     assert lines[1].index("10.0.0.1:8001") == lines[0].index("ADDRESS")
-    assert lines[1].index("READY v2") == lines[0].index("RESULT")
+    assert lines[1].index("READY v1,v2") == lines[0].index("RESULT")
     assert len(lines) == 4 and lines[3].endswith("...") and len(lines[3]) < 200
+
+
+# --- retire ----------------------------------------------------------------------------------
+
+
+def test_retire_takes_one_version_away_and_leaves_pods_without_it_alone() -> None:
+    targets, pods = _fleet(FakePod("a:1", versions=(1, 2)), FakePod("b:1", versions=(2,)))
+    rollout = Rollout(MODEL, 1, targets, retire=True)
+    rows: list[Row] = []
+    execute(rollout, pods.__getitem__, rows.append, timeout=5)
+    a, b = pods.values()
+    assert a.versions == (2,) and a.calls == [("load", with_versions(REPOSITORY_CONFIG, [2]))]
+    assert b.versions == (2,) and b.calls == []  # it never served v1
+    assert [r.action for r in rows] == ["retire v1", "retire v1"]
+    assert rollout.summary() == "m v1 is retired on 2 pod(s)"
+
+
+def test_retiring_the_only_version_a_pod_serves_is_refused_before_anything_changes() -> None:
+    targets, pods = _fleet(FakePod("a:1", versions=(1, 2)), FakePod("b:1", versions=(1,)))
+    with pytest.raises(RolloutFailed, match="v1 is the only version of m this pod serves"):
+        execute(Rollout(MODEL, 1, targets, retire=True), pods.__getitem__, lambda _: None, 5)
+    assert [p.calls for p in pods.values()] == [[], []]

@@ -7,6 +7,7 @@ Kubernetes API emulator (no kube-apiserver can run here), reached through a kube
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -49,15 +50,44 @@ def test_rollout_serves_the_new_version_on_every_pod(
 
     out = capsys.readouterr().out
     for server in fleet:
-        assert server.ready_versions() == [2], server.name
+        assert server.ready_versions() == [1, 2], server.name  # beside v1, never instead
         assert server.infer_offset() == 2.0, server.name
+        assert server.infer_offset("1") == 1.0, server.name
         row = next(line for line in out.splitlines() if line.startswith(server.name))
-        assert server.address in row and "load v2" in row and "READY v2" in row
+        assert server.address in row and "load v2" in row and "READY v1,v2" in row
     assert "gateway-0" not in out
     assert f"{MODEL} v2 is READY on 2 pod(s)" in out
     # Namespace from the kubeconfig context; pods found by the chart's labels.
     query = {"labelSelector": selector(pod_labels(RELEASE))}
     assert (f"/api/v1/namespaces/{NAMESPACE}/pods", query) in kube_api.requests(PODS)
+
+
+def test_live_traffic_on_the_pinned_version_never_fails_during_a_rollout(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path
+) -> None:
+    """Eight clients call v1 (the version a pipeline pins) on both pods while v2 rolls out:
+    not one call fails, because v2 is loaded beside v1 (it once replaced it)."""
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def client(server: LocalTriton) -> None:
+        while not stop.is_set():
+            try:
+                outcomes.append("v1" if server.infer_offset("1") == 1.0 else "other")
+            except Exception as err:  # any failure of the pinned version counts
+                outcomes.append(f"{type(err).__name__}: {str(err)[:80]}")
+
+    threads = [threading.Thread(target=client, args=(fleet[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert _rollout("--version", "2") == 0
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert len(outcomes) > 8 and set(outcomes) == {"v1"}, sorted(set(outcomes))[:5]
 
 
 def test_failed_load_rolls_every_pod_back(
@@ -81,7 +111,7 @@ def test_failed_load_rolls_every_pod_back(
     assert "Rolled back 2 pod(s) to their previous versions" in captured.err
     rows = [line for line in captured.out.splitlines() if line.startswith("triton-")]
     assert [r.split()[0] for r in rows] == ["triton-a", "triton-b", "triton-b", "triton-a"]
-    assert "READY v2" in rows[0]
+    assert "READY v1,v2" in rows[0]
     assert "FAILED" in rows[1]
     assert "rollback to v1" in rows[2] and "unchanged: still v1" in rows[2]
     assert "rollback to v1" in rows[3] and "READY v1" in rows[3]
@@ -96,7 +126,7 @@ def test_pod_not_ready_in_the_api_is_skipped(
     assert _rollout("--version", "2") == 0
 
     out = capsys.readouterr().out
-    assert fleet[0].ready_versions() == [2]
+    assert fleet[0].ready_versions() == [1, 2]
     assert fleet[1].ready_versions() == [1]
     skipped = next(line for line in out.splitlines() if line.startswith("triton-b"))
     assert "skip" in skipped and "not ready" in skipped
@@ -149,5 +179,42 @@ def test_a_model_missing_from_the_repositories_changes_nothing(
     assert main(["models", "rollout", "no_such_model", "--release", RELEASE]) == 1
 
     assert "no_such_model is not in this pod's model repository" in capsys.readouterr().err
+    for server in fleet:
+        assert server.ready_versions() == [1], server.name
+
+
+def test_retire_unloads_one_version_everywhere_and_refuses_a_pinned_one(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After v2 is rolled out beside v1, `models retire` takes v1 away on both pods; a
+    version a shipped pipeline pins (cxr_pneumonia v2) is refused before any pod is touched."""
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+    assert _rollout("--version", "2") == 0
+    retire = ["models", "retire", MODEL, "1", "--release", RELEASE, "--timeout", "60"]
+    assert main(retire) == 0
+    out = capsys.readouterr().out
+    for server in fleet:
+        assert server.ready_versions() == [2], server.name
+    assert f"{MODEL} v1 is retired on 2 pod(s)" in out
+    requests_before = len(kube_api.requests(PODS))
+    assert main(["models", "retire", "cxr_pneumonia", "2", "--release", RELEASE]) == 1
+    err = capsys.readouterr().err
+    assert "pipeline(s) cxr_pneumonia ask Triton for" in err
+    assert len(kube_api.requests(PODS)) == requests_before  # refused before the cluster
+
+
+def test_without_explicit_model_control_the_rollout_stops_before_touching_a_pod(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chart's default (triton.modelControlMode: none) refuses every load deep inside a
+    rollout; the pod spec says so, and the tool stops at once naming the value to change."""
+    for server in fleet:
+        kube_api.add(triton_pod(server.name, server.grpc_port, model_control="none"))
+    kube_api.add(endpoint_slice(f"{RELEASE}-triton-x1", {"triton-a": True, "triton-b": True}))
+
+    assert _rollout("--version", "2") == 1
+
+    err = capsys.readouterr().err
+    assert "triton.modelControlMode=explicit" in err and "triton-a, triton-b" in err
     for server in fleet:
         assert server.ready_versions() == [1], server.name

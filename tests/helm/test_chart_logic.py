@@ -321,12 +321,15 @@ def test_topology_spread_targets_own_pods(scenario: str) -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_security_context_defaults_on_every_container(scenario: str) -> None:
-    for deploy in of_kind(objects(scenario), "Deployment"):
+    objs = objects(scenario)
+    # The model-rollout Job's pods too; they alone mount an API token (they read pods and
+    # EndpointSlices), as the rollout ServiceAccount (test_rollout_job.py).
+    for deploy in [*of_kind(objs, "Deployment"), *of_kind(objs, "Job")]:
         spec = pod_spec(deploy)
         pod_sc = spec["securityContext"]
         assert pod_sc["runAsNonRoot"] is True
         assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert spec["automountServiceAccountToken"] is False
+        assert spec["automountServiceAccountToken"] is (deploy["kind"] == "Job")
         for c in containers(deploy):
             where = f"{deploy['metadata']['name']}/{c['name']}"
             sc = c["securityContext"]
@@ -465,8 +468,8 @@ def test_network_policies_select_the_pods_they_mean(scenario: str) -> None:
     for component in components:
         assert pods_selected(objs, policies[component]["spec"]["podSelector"]) == {component}
     if rollout:
-        # The rollout Job is not rendered here: its policy must select no platform pod, and
-        # exactly the labels the Job's pods are documented to carry.
+        # The rollout Job's pods are no Deployment's: its policy must select no platform pod,
+        # and exactly the labels the Job's pods carry (test_rollout_job.py renders them).
         selector = policies["model-rollout"]["spec"]["podSelector"]
         assert pods_selected(objs, selector) == set()
         assert selector["matchLabels"] == _release_labels("model-rollout")

@@ -60,6 +60,35 @@ helm.sh/chart: {{ include "imaging-platform.chart" .root }}
 {{- default (include "imaging-platform.componentName" (dict "root" . "component" "model-rollout")) .Values.rollout.serviceAccount.name }}
 {{- end }}
 
+{{/* The model-rollout Job's name: <fullname>-<action>-<model>-v<version>, lower case, every run
+of characters other than [a-z0-9-] turned into "-" (model names may hold "_" and "."), and
+the part before "-v<version>" cut so that the whole stays within the 63 characters of the
+job-name label: the version always survives. */}}
+{{- define "imaging-platform.rolloutJobName" -}}
+{{- $job := .Values.rollout.job }}
+{{- $suffix := printf "-v%d" (int64 $job.version) }}
+{{- $base := regexReplaceAll "[^a-z0-9-]+" (printf "%s-%s-%s" (include "imaging-platform.fullname" .) $job.action $job.model | lower) "-" }}
+{{- printf "%s%s" (regexReplaceAll "-+$" ($base | trunc (int (sub 63 (len $suffix)))) "") $suffix }}
+{{- end }}
+
+{{/* activeDeadlineSeconds of the model-rollout Job: rollout.job.activeDeadlineSeconds, or (0)
+2 x timeoutSeconds (a load and its rollback) per Triton pod the release may run + 300 s for
+scheduling and the image pull. */}}
+{{- define "imaging-platform.rolloutJobDeadline" -}}
+{{- $job := .Values.rollout.job }}
+{{- if $job.activeDeadlineSeconds }}
+{{- int64 $job.activeDeadlineSeconds }}
+{{- else }}
+{{- add 300 (mul 2 (int64 $job.timeoutSeconds) (int64 (include "imaging-platform.tritonMaxReplicas" .))) }}
+{{- end }}
+{{- end }}
+
+{{/* The name the model-rollout Job checks Triton's certificate against (it dials each pod by
+IP): the DNS name of Triton's headless peers Service, one of imaging-platform.tlsDnsNames. */}}
+{{- define "imaging-platform.tritonTlsServerName" -}}
+{{- printf "%s.%s.svc.%s" (include "imaging-platform.peersName" (dict "root" . "component" "triton")) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
 {{/* image reference from (dict "image" .Values.x.image "default" "tag" "value" "x.image"): digest
 wins over tag; "default" is the tag when image.tag is empty, and with neither rendering fails
 naming "value" (the schema refuses it first, this is the template's own guard). */}}
