@@ -41,6 +41,8 @@ WORKDIR /app
 # pipelines/ beside services/ (the chart mounts its ConfigMap at IMAGING_PIPELINES_DIR instead).
 COPY services/ services/
 COPY pipelines/ pipelines/
+# The models' golden answers alone (.dockerignore): `models rollout` checks every pod against them.
+COPY model_repository/ model_repository/
 # protos/ stays out: the generated modules in services/api carry the descriptors.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \

@@ -31,6 +31,7 @@ from services.common.pki import create_dev_pki
 from services.common.settings import DEFAULT_PIPELINES_DIR
 from services.common.tls import TlsFiles
 from services.fleet.core import DEFAULT_GRPC_PORT
+from services.fleet.golden import DEFAULT_REPOSITORY
 from services.fleet.rollout import DEFAULT_RELEASE, DEFAULT_TIMEOUT, rollout_command
 
 DEFAULT_RUN_DIR = REPO_ROOT / ".run"
@@ -302,6 +303,7 @@ def cmd_models_rollout(args: argparse.Namespace) -> int:
         version=args.version,
         retire=retire,
         pipelines_dir=args.pipelines_dir if retire else DEFAULT_PIPELINES_DIR,
+        golden_repository=args.golden_dir if not retire else DEFAULT_REPOSITORY,
         namespace=args.namespace,
         release=args.release,
         timeout=args.timeout,
@@ -435,6 +437,12 @@ def parser() -> argparse.ArgumentParser:
     rollout.add_argument("name", help="model name in the Triton repository")
     rollout.add_argument(
         "--version", type=int, default=None, help="serve this version beside those served"
+    )
+    rollout.add_argument(
+        "--golden-dir",
+        type=Path,
+        default=DEFAULT_REPOSITORY,
+        help="model repository holding <model>/golden.json (the version's golden answer)",
     )
     for command in (rollout, retire):
         _fleet_options(command)

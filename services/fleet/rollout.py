@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+import numpy as np
+
 from services.common.errors import InvalidInput, PlatformError
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import DEFAULT_PIPELINES_DIR
@@ -37,6 +39,7 @@ from services.fleet.core import (
     with_versions,
 )
 from services.fleet.errors import PodCallFailed, RolloutFailed
+from services.fleet.golden import DEFAULT_REPOSITORY, GOLDEN_FILE, GoldenAnswer, answer
 from services.fleet.triton import TritonPod
 
 DEFAULT_RELEASE = "imaging-platform"
@@ -55,6 +58,10 @@ class Pod(Protocol):
     def wait_ready(self, model: str, versions: tuple[int, ...], timeout: float) -> ModelState: ...
 
     def wait_unloaded(self, model: str, timeout: float) -> None: ...
+
+    def infer(
+        self, model: str, version: int, inputs: Mapping[str, np.ndarray], timeout: float
+    ) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
 
@@ -153,8 +160,26 @@ def _roll_back(
     report(_row(entry, action, result))
 
 
-def execute(rollout: Rollout, connect: Connect, report: Report, timeout: float) -> None:
-    """Carry out ``rollout``, reporting each step; raises RolloutFailed if it did not land."""
+def _check_golden(
+    pod: Pod, rollout: Rollout, golden: GoldenAnswer, deadline: _Deadline, address: str
+) -> None:
+    """The new version, as this pod serves it, must give the golden answer."""
+    assert rollout.version is not None  # goldens are per version
+    outputs = pod.infer(rollout.model, rollout.version, golden.input_arrays(), deadline.left())
+    why = golden.mismatch(outputs)
+    if why is not None:
+        raise PodCallFailed(f"checking {rollout.target_label}", address, f"golden check: {why}")
+
+
+def execute(
+    rollout: Rollout,
+    connect: Connect,
+    report: Report,
+    timeout: float,
+    golden: GoldenAnswer | None = None,
+) -> None:
+    """Carry out ``rollout``, reporting each step; raises RolloutFailed if it did not land.
+    With ``golden``, a pod counts as done only when the new version answers it."""
     model = rollout.model
     verb = "retire" if rollout.retire else "load"
     action = f"{verb} {versions_label([rollout.version])}" if rollout.version is not None else verb
@@ -180,6 +205,9 @@ def execute(rollout: Rollout, connect: Connect, report: Report, timeout: float) 
             rollout.started(entry)
             try:
                 state = _load(clients[entry.target.pod], rollout, plan, deadline)
+                if golden is not None:
+                    pod = clients[entry.target.pod]
+                    _check_golden(pod, rollout, golden, deadline, entry.target.address or "")
             except PodCallFailed as err:
                 rollout.failed(entry, f"{err.what}: {err.detail}")
                 report(_row(entry, action, f"FAILED: {err.detail}"))
@@ -219,11 +247,12 @@ def roll_out(
     timeout: float = DEFAULT_TIMEOUT,
     connect: Connect | None = None,
     retire: bool = False,
+    golden: GoldenAnswer | None = None,
 ) -> Rollout:
     """Roll ``model`` out to ``targets`` (or retire ``version`` from them), printing the
     progress table to ``out``."""
     rollout = Rollout(model, version, targets, retire)
-    execute(rollout, connect or TritonPod, ProgressTable(targets, out), timeout)
+    execute(rollout, connect or TritonPod, ProgressTable(targets, out), timeout, golden)
     return rollout
 
 
@@ -242,6 +271,7 @@ def rollout_command(
     server_name: str = "",
     retire: bool = False,
     pipelines_dir: Path = DEFAULT_PIPELINES_DIR,
+    golden_repository: Path = DEFAULT_REPOSITORY,
 ) -> int:
     """The CLI commands `models rollout` and (``retire``) `models retire`: 0 when done
     everywhere, else the error's exit code (1, or 3 when the rollback itself failed and the
@@ -261,6 +291,14 @@ def rollout_command(
                 raise InvalidInput(
                     f"{label} is what pipeline(s) {', '.join(pinned)} ask Triton for "
                     f"({pipelines_dir}): point them at another version before retiring it"
+                )
+        golden = None
+        if version is not None and not retire:
+            golden = answer(golden_repository, model, version)
+            if golden is None:
+                raise InvalidInput(
+                    f"{label} has no golden answer in {golden_repository / model / GOLDEN_FILE} "
+                    "(scripts/make_goldens.py): a version without one cannot be rolled out"
                 )
         api, default_namespace = connect(context)
         namespace = namespace or default_namespace
@@ -283,6 +321,7 @@ def rollout_command(
                 address, files=files, admin_key=admin_key, server_name=server_name
             ),
             retire,
+            golden,
         )
     except RolloutFailed as error:
         print(f"error: {error.reason}", file=err)

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
+import numpy as np
 import tritonclient.grpc as triton_grpc
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from services.common import tls
 from services.common.remote_errors import triton_code
@@ -67,6 +68,30 @@ class TritonPod:
 
     def close(self) -> None:
         self._client.close()
+
+    def infer(
+        self, model: str, version: int, inputs: Mapping[str, np.ndarray], timeout: float
+    ) -> dict[str, np.ndarray]:
+        """Every output of one inference of ``model`` ``version`` (the golden check)."""
+        requests = []
+        for name, array in inputs.items():
+            request = triton_grpc.InferInput(
+                name, list(array.shape), np_to_triton_dtype(array.dtype)
+            )
+            request.set_data_from_numpy(array)
+            requests.append(request)
+        try:
+            result = self._client.infer(
+                model,
+                requests,
+                model_version=str(version),
+                headers=self._headers,
+                client_timeout=timeout,
+            )
+        except InferenceServerException as err:
+            raise self._fail(f"asking {model} v{version} the golden input", err) from err
+        names = [output.name for output in result.get_response().outputs]
+        return {name: result.as_numpy(name) for name in names}
 
     def _fail(self, what: str, err: InferenceServerException) -> PodCallFailed:
         return PodCallFailed(what, self.address, _reason(err))

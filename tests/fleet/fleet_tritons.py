@@ -20,6 +20,7 @@ from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from services.cli.stack import free_port
+from services.fleet import golden
 from services.triton_local import launch
 
 MODEL = "fleet_tiny"
@@ -34,22 +35,39 @@ instance_group [ {{ kind: KIND_GPU count: 1 }} ]
 """
 
 
+def _tiny_model(offset: float) -> onnx.ModelProto:
+    """y = x + offset."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    constant = helper.make_tensor("offset", TensorProto.FLOAT, [2], [offset] * 2)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "offset"], ["y"])], MODEL, [x], [y], [constant]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8  # readable by any onnxruntime the python backend may run
+    onnx.checker.check_model(model)
+    return model
+
+
 def write_source_repository(root: Path) -> Path:
-    """A production-style repository: onnxruntime config serving v1, versions 1 and 2."""
+    """A production-style repository: onnxruntime config serving v1, versions 1 and 2, and
+    each version's golden answer (services/fleet/golden.py)."""
     model_dir = root / MODEL
+    answers = {}
     for version in VERSIONS:
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
-        offset = helper.make_tensor("offset", TensorProto.FLOAT, [2], [float(version)] * 2)
-        graph = helper.make_graph(
-            [helper.make_node("Add", ["x", "offset"], ["y"])], MODEL, [x], [y], [offset]
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-        model.ir_version = 8  # readable by any onnxruntime the python backend may run
-        onnx.checker.check_model(model)
         (model_dir / str(version)).mkdir(parents=True)
-        onnx.save(model, model_dir / str(version) / "model.onnx")
+        onnx.save(_tiny_model(float(version)), model_dir / str(version) / "model.onnx")
+        question = golden.GoldenAnswer(
+            seed=version,
+            inputs=(golden.InputSpec(name="x", shape=(1, 2), datatype="FP32"),),
+            outputs={},
+            atol=1e-3,
+            rtol=1e-3,
+        )
+        y = question.input_arrays()["x"] + np.float32(version)
+        answers[version] = question.model_copy(update={"outputs": {"y": golden.sample(y)}})
     (model_dir / "config.pbtxt").write_text(CONFIG)
+    golden.write(root, MODEL, golden.GoldenFile(versions=answers))
     return root
 
 
@@ -76,6 +94,12 @@ class LocalTriton:
         target = self.repository / MODEL / str(version) / "model.onnx"
         target.unlink()
         target.write_bytes(b"not an onnx model")
+
+    def shift_version(self, version: int, by: float) -> None:
+        """Make ``version`` a deliberately wrong copy here: it loads, and answers x + v + by."""
+        target = self.repository / MODEL / str(version) / "model.onnx"
+        target.unlink()
+        onnx.save(_tiny_model(version + by), target)
 
     def heal_version(self, version: int) -> None:
         target = self.repository / MODEL / str(version) / "model.onnx"

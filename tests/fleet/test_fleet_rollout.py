@@ -36,8 +36,11 @@ def _publish(kube_api: KubeApi, fleet: list[LocalTriton], ready: dict[str, bool]
     kube_api.add(triton_pod("gateway-0", fleet[0].grpc_port, component="gateway"))
 
 
-def _rollout(*extra: str) -> int:
-    return main(["models", "rollout", MODEL, "--release", RELEASE, "--timeout", "60", *extra])
+def _rollout(fleet: list[LocalTriton], *extra: str) -> int:
+    """`models rollout` of the fleet's model, its golden answers in the source repository."""
+    golden_dir = str(fleet[0].source)
+    command = ["models", "rollout", MODEL, "--release", RELEASE, "--timeout", "60"]
+    return main([*command, "--golden-dir", golden_dir, *extra])
 
 
 def test_rollout_serves_the_new_version_on_every_pod(
@@ -46,7 +49,7 @@ def test_rollout_serves_the_new_version_on_every_pod(
     """Pods and EndpointSlices come from the kmock API emulator: both pods end on v2."""
     _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
 
-    assert _rollout("--version", "2") == 0
+    assert _rollout(fleet, "--version", "2") == 0
 
     out = capsys.readouterr().out
     for server in fleet:
@@ -82,7 +85,7 @@ def test_live_traffic_on_the_pinned_version_never_fails_during_a_rollout(
     for thread in threads:
         thread.start()
     try:
-        assert _rollout("--version", "2") == 0
+        assert _rollout(fleet, "--version", "2") == 0
     finally:
         stop.set()
         for thread in threads:
@@ -101,7 +104,7 @@ def test_failed_load_rolls_every_pod_back(
     _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
     fleet[1].break_version(2)
 
-    assert _rollout("--version", "2", "--namespace", NAMESPACE) == 1
+    assert _rollout(fleet, "--version", "2", "--namespace", NAMESPACE) == 1
 
     captured = capsys.readouterr()
     for server in fleet:
@@ -123,7 +126,7 @@ def test_pod_not_ready_in_the_api_is_skipped(
     """Pods come from the kmock API emulator, which reports triton-b not Ready: only a loads."""
     _publish(kube_api, fleet, {"triton-a": True, "triton-b": False})
 
-    assert _rollout("--version", "2") == 0
+    assert _rollout(fleet, "--version", "2") == 0
 
     out = capsys.readouterr().out
     assert fleet[0].ready_versions() == [1, 2]
@@ -145,7 +148,7 @@ def test_rollback_unloads_where_the_model_was_not_loaded(
     fleet[0].reset(loaded=False)
     fleet[1].break_version(2)
 
-    assert _rollout("--version", "2") == 1
+    assert _rollout(fleet, "--version", "2") == 1
 
     out = capsys.readouterr().out
     assert fleet[0].ready_versions() == []
@@ -161,7 +164,7 @@ def test_unreachable_pod_stops_the_rollout_before_any_change(
     _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
     kube_api.add(triton_pod("triton-c", port=1))
 
-    assert _rollout("--version", "2") == 1
+    assert _rollout(fleet, "--version", "2") == 1
 
     captured = capsys.readouterr()
     for server in fleet:
@@ -189,7 +192,7 @@ def test_retire_unloads_one_version_everywhere_and_refuses_a_pinned_one(
     """After v2 is rolled out beside v1, `models retire` takes v1 away on both pods; a
     version a shipped pipeline pins (cxr_pneumonia v2) is refused before any pod is touched."""
     _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
-    assert _rollout("--version", "2") == 0
+    assert _rollout(fleet, "--version", "2") == 0
     retire = ["models", "retire", MODEL, "1", "--release", RELEASE, "--timeout", "60"]
     assert main(retire) == 0
     out = capsys.readouterr().out
@@ -212,9 +215,38 @@ def test_without_explicit_model_control_the_rollout_stops_before_touching_a_pod(
         kube_api.add(triton_pod(server.name, server.grpc_port, model_control="none"))
     kube_api.add(endpoint_slice(f"{RELEASE}-triton-x1", {"triton-a": True, "triton-b": True}))
 
-    assert _rollout("--version", "2") == 1
+    assert _rollout(fleet, "--version", "2") == 1
 
     err = capsys.readouterr().err
     assert "triton.modelControlMode=explicit" in err and "triton-a, triton-b" in err
     for server in fleet:
         assert server.ready_versions() == [1], server.name
+
+
+def test_a_version_whose_golden_answer_differs_is_rolled_back_on_the_first_pod(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """triton-a's v2 is a deliberately shifted copy (it loads and is READY, and answers
+    x + 2.5): the golden check fails on that first pod, it goes back to v1, and triton-b is
+    never touched."""
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+    fleet[0].shift_version(2, by=0.5)
+
+    assert _rollout(fleet, "--version", "2") == 1
+
+    captured = capsys.readouterr()
+    assert "golden check: output 'y' differs from the golden answer by up to 0.5" in captured.err
+    for server in fleet:
+        assert server.ready_versions() == [1], server.name
+    rows = [line for line in captured.out.splitlines() if line.startswith("triton-")]
+    assert [r.split()[0] for r in rows] == ["triton-a", "triton-b", "triton-a"]
+    assert "not attempted" in rows[1] and "READY v1" in rows[2]
+
+
+def test_a_version_without_a_golden_answer_is_not_rolled_out(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+    assert _rollout(fleet, "--version", "3") == 1
+    assert "v3 has no golden answer" in capsys.readouterr().err
+    assert not kube_api.requests(PODS)  # refused before the cluster was asked anything

@@ -167,8 +167,15 @@ def test_build_context_holds_only_what_is_copied() -> None:
         *srcs, _dest = instr.args.split()
         sources += [s.rstrip("/") for s in srcs if not s.startswith("--")]
     assert sources
+
+    def covers(src: str, inc: str) -> bool:
+        """``inc`` lets ``src`` in whole, or only some files under it (a narrowed folder)."""
+        return fnmatch.fnmatch(src, inc) or inc.startswith(f"{src}/")
+
     for src in sources:
-        assert any(fnmatch.fnmatch(src, inc) for inc in included), f"{src} not in the context"
+        assert any(covers(src, inc) for inc in included), f"{src} not in the context"
         assert (REPO_ROOT / src).exists(), src
     for inc in included:
-        assert any(fnmatch.fnmatch(src, inc) for src in sources), f"{inc} is never copied"
+        assert any(covers(src, inc) for src in sources), f"{inc} is never copied"
+    narrowed = [inc for inc in included if inc.startswith("model_repository")]
+    assert narrowed == ["model_repository/*/golden.json"]  # no model file enters the image
