@@ -269,6 +269,42 @@ class Rollout:
         ]
         self.failure: PodRollout | None = None
 
+    def record(self) -> dict[str, Any]:
+        """The plan and progress as JSON-able data (services/fleet/journal.py): enough for a
+        later run to restore every pod a load was sent to."""
+        return {
+            "model": self.model,
+            "version": self.version,
+            "retire": self.retire,
+            "pods": [
+                {
+                    "pod": p.target.pod,
+                    "address": p.target.address,
+                    "versions": list(p.previous.versions),
+                    "config": p.previous.config,
+                    "touched": p.touched,
+                }
+                for p in self.pods
+                if p.previous is not None
+            ],
+        }
+
+    @classmethod
+    def recorded(cls, plan: Mapping[str, Any]) -> Rollout:
+        """A rollout as :meth:`record` left it, to roll its touched pods back."""
+        pods = plan["pods"]
+        rollout = cls(
+            plan["model"],
+            plan["version"],
+            [Target(p["pod"], p["address"]) for p in pods],
+            bool(plan["retire"]),
+        )
+        for entry, saved in zip(rollout.pods, pods, strict=True):
+            entry.previous = ModelState(tuple(saved["versions"]), saved["config"])
+            entry.touched = bool(saved["touched"])
+            entry.status = Status.FAILED if entry.touched else Status.INSPECTED
+        return rollout
+
     @property
     def target_label(self) -> str:
         return model_label(self.model, self.version)

@@ -51,3 +51,10 @@ class ModelControlOff(PlatformError):
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     kind = "MODEL_CONTROL_OFF"
+
+
+class RolloutLocked(PlatformError):
+    """Another rollout holds the release's Lease: two would interleave their loads."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    kind = "ROLLOUT_LOCKED"

@@ -8,9 +8,11 @@ each. When any pod fails, every pod already touched is put back on its previous 
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -38,8 +40,9 @@ from services.fleet.core import (
     versions_label,
     with_versions,
 )
-from services.fleet.errors import PodCallFailed, RolloutFailed
+from services.fleet.errors import PodCallFailed, RollbackIncomplete, RolloutFailed
 from services.fleet.golden import DEFAULT_REPOSITORY, GOLDEN_FILE, GoldenAnswer, answer
+from services.fleet.journal import FleetLock
 from services.fleet.triton import TritonPod
 
 DEFAULT_RELEASE = "imaging-platform"
@@ -177,9 +180,16 @@ def execute(
     report: Report,
     timeout: float,
     golden: GoldenAnswer | None = None,
+    journal: Journal | None = None,
 ) -> None:
     """Carry out ``rollout``, reporting each step; raises RolloutFailed if it did not land.
-    With ``golden``, a pod counts as done only when the new version answers it."""
+    With ``golden``, a pod counts as done only when the new version answers it; ``journal``
+    is given the plan and progress before anything changes and after every step."""
+
+    def note() -> None:
+        if journal is not None:
+            journal(rollout.record())
+
     model = rollout.model
     verb = "retire" if rollout.retire else "load"
     action = f"{verb} {versions_label([rollout.version])}" if rollout.version is not None else verb
@@ -199,10 +209,12 @@ def execute(
             if not rollout.inspected(entry, state):
                 report(_row(entry, "inspect", f"FAILED: {entry.detail}"))
                 break
+        note()
         while (step := rollout.next_load()) is not None:
             entry, plan = step
             deadline = _Deadline(timeout)
             rollout.started(entry)
+            note()  # touched from here on: a later run must be able to undo it
             try:
                 state = _load(clients[entry.target.pod], rollout, plan, deadline)
                 if golden is not None:
@@ -220,14 +232,41 @@ def execute(
         for entry in rollout.pods:
             if entry.status is Status.NOT_ATTEMPTED:
                 report(_row(entry, action, "not attempted"))
+            note()
         for entry in rollout.to_roll_back():
             _roll_back(clients[entry.target.pod], rollout, entry, timeout, report)
+            note()
     finally:
         for client in clients.values():
             client.close()
     error = rollout.error()
     if error is not None:
         raise error
+
+
+Journal = Callable[[dict[str, Any]], None]
+
+
+def recover(plan: dict[str, Any], connect: Connect, report: Report, timeout: float) -> int:
+    """Put every pod an interrupted run touched back on what it served before; the number
+    of pods restored. Raises RollbackIncomplete (the record stays) if one cannot be."""
+    rollout = Rollout.recorded(plan)
+    touched = [p for p in rollout.pods if p.touched]
+    for entry in reversed(touched):
+        assert entry.target.address is not None
+        pod = connect(entry.target.address)
+        try:
+            _roll_back(pod, rollout, entry, timeout, report)
+        finally:
+            pod.close()
+    broken = [p for p in touched if p.status is Status.ROLLBACK_FAILED]
+    if broken:
+        listed = "; ".join(f"{p.target.pod}: {p.rollback_error}" for p in broken)
+        raise RollbackIncomplete(
+            f"an interrupted rollout of {rollout.target_label} could not be undone on "
+            f"{listed}; the fleet is inconsistent until this succeeds (run again)"
+        )
+    return len(touched)
 
 
 def pinned_by(pipelines_dir: Path, model: str, version: int) -> list[str]:
@@ -248,11 +287,12 @@ def roll_out(
     connect: Connect | None = None,
     retire: bool = False,
     golden: GoldenAnswer | None = None,
+    journal: Journal | None = None,
 ) -> Rollout:
     """Roll ``model`` out to ``targets`` (or retire ``version`` from them), printing the
     progress table to ``out``."""
     rollout = Rollout(model, version, targets, retire)
-    execute(rollout, connect or TritonPod, ProgressTable(targets, out), timeout, golden)
+    execute(rollout, connect or TritonPod, ProgressTable(targets, out), timeout, golden, journal)
     return rollout
 
 
@@ -302,27 +342,27 @@ def rollout_command(
                 )
         api, default_namespace = connect(context)
         namespace = namespace or default_namespace
-        with api:
+        with api, _sigterm_interrupts():
             targets = Cluster(api).targets(namespace, release, grpc_port)
-        ready = sum(t.active for t in targets)
-        print(
-            f"{'retiring' if retire else 'rolling out'} {label} "
-            f"{'from' if retire else 'to'} release {release} in namespace {namespace}: "
-            f"{ready} of {len(targets)} Triton pod(s) ready",
-            file=out,
-        )
-        rollout = roll_out(
-            targets,
-            model,
-            version,
-            out,
-            timeout,
-            lambda address: TritonPod(
-                address, files=files, admin_key=admin_key, server_name=server_name
-            ),
-            retire,
-            golden,
-        )
+            ready = sum(t.active for t in targets)
+            print(
+                f"{'retiring' if retire else 'rolling out'} {label} "
+                f"{'from' if retire else 'to'} release {release} in namespace {namespace}: "
+                f"{ready} of {len(targets)} Triton pod(s) ready",
+                file=out,
+            )
+
+            def pod_connect(address: str) -> Pod:
+                return TritonPod(address, files=files, admin_key=admin_key, server_name=server_name)
+
+            lock = FleetLock(api, namespace, release, lease_seconds=int(2 * timeout + 60))
+            lock.acquire()
+            try:
+                rollout = _locked(
+                    lock, targets, model, version, out, timeout, pod_connect, retire, golden
+                )
+            finally:
+                lock.release()
     except RolloutFailed as error:
         print(f"error: {error.reason}", file=err)
         return error.exit_code
@@ -331,3 +371,56 @@ def rollout_command(
         return 1
     print(rollout.summary(), file=out)
     return 0
+
+
+def _locked(
+    lock: FleetLock,
+    targets: list[Target],
+    model: str,
+    version: int | None,
+    out: TextIO,
+    timeout: float,
+    connect: Connect,
+    retire: bool,
+    golden: GoldenAnswer | None,
+) -> Rollout:
+    """Under the Lease: undo what an interrupted run left, then do this one, recorded."""
+    interrupted = lock.recorded()
+    if interrupted is not None:
+        print(
+            f"an interrupted run left {interrupted['model']} half changed: restoring the pods "
+            "it touched first",
+            file=out,
+        )
+        recover(interrupted, connect, ProgressTable(targets, out), timeout)
+        lock.clear()
+    try:
+        rollout = roll_out(
+            targets, model, version, out, timeout, connect, retire, golden, lock.record
+        )
+    except RollbackIncomplete:
+        raise  # the record stays: the next run finishes the rollback
+    except RolloutFailed:
+        lock.clear()  # rolled back cleanly: nothing to undo later
+        raise
+    lock.clear()
+    return rollout
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a Job's deadline, an eviction) as Ctrl-C: a load in flight is rolled back
+    everywhere; anywhere else the record lets the next run undo it."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -20,8 +20,10 @@ from fleet_kube import (
     triton_pod,
 )
 from fleet_tritons import MODEL, LocalTriton
+from kubernetes import client
 
 from services.cli.main import main
+from services.fleet import journal
 from services.fleet.kube import pod_labels, selector
 
 pytest_plugins = ("fleet_fixtures",)
@@ -250,3 +252,83 @@ def test_a_version_without_a_golden_answer_is_not_rolled_out(
     assert _rollout(fleet, "--version", "3") == 1
     assert "v3 has no golden answer" in capsys.readouterr().err
     assert not kube_api.requests(PODS)  # refused before the cluster was asked anything
+
+
+def _api(kube_api: KubeApi) -> client.ApiClient:
+    configuration = client.Configuration()
+    configuration.host = kube_api.url
+    return client.ApiClient(configuration)
+
+
+def test_a_second_rollout_is_refused_by_the_lease_naming_its_holder(
+    fleet: list[LocalTriton], kube_api: KubeApi, kube_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another rollout (a Job's pod) holds the release's Lease: this one changes nothing."""
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+    other = journal.FleetLock(_api(kube_api), NAMESPACE, RELEASE, lease_seconds=600)
+    other.holder = "rollout-job-7f9c/1"
+    other.acquire()
+
+    assert _rollout(fleet, "--version", "2") == 1
+
+    err = capsys.readouterr().err
+    assert "another model rollout holds Lease demo-model-rollout: rollout-job-7f9c/1" in err
+    for server in fleet:
+        assert server.ready_versions() == [1], server.name
+    other.release()
+    assert _rollout(fleet, "--version", "2") == 0  # free again
+
+
+@pytest.mark.parametrize("steps", [2, 3, 4], ids=["after-a-started", "after-a-loaded", "after-b"])
+def test_a_rollout_killed_between_steps_is_undone_by_the_next_run(
+    steps: int,
+    fleet: list[LocalTriton],
+    kube_api: KubeApi,
+    kube_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGTERM (turned into KeyboardInterrupt, as the tool's handler does) right after the
+    ``steps``-th recorded step: the plan stays in the ConfigMap, and the next run first puts
+    every touched pod back, then rolls out. Every pod ends on the old set or the new one."""
+    _publish(kube_api, fleet, {"triton-a": True, "triton-b": True})
+    record = journal.FleetLock.record
+    calls = [0]
+
+    def killed_after(lock: journal.FleetLock, plan: dict[str, object]) -> None:
+        record(lock, plan)
+        calls[0] += 1
+        if calls[0] == steps:
+            raise KeyboardInterrupt  # what SIGTERM becomes in the tool
+
+    monkeypatch.setattr(journal.FleetLock, "record", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        _rollout(fleet, "--version", "2")
+    lock = journal.FleetLock(_api(kube_api), NAMESPACE, RELEASE, lease_seconds=60)
+    left = lock.recorded()
+    assert left is not None and left["model"] == MODEL  # the record outlived the process
+    sets = [server.ready_versions() for server in fleet]
+    assert all(s in ([1], [1, 2]) for s in sets), sets
+
+    monkeypatch.setattr(journal.FleetLock, "record", record)
+    capsys.readouterr()
+    assert _rollout(fleet, "--version", "2") == 0
+    out = capsys.readouterr().out
+    assert "an interrupted run left fleet_tiny half changed" in out
+    for server in fleet:
+        assert server.ready_versions() == [1, 2], server.name
+    assert lock.recorded() is None  # finished: nothing left to undo
+
+
+def test_sigterm_becomes_an_interrupt_while_the_tool_runs() -> None:
+    import os
+    import signal
+    import time
+
+    from services.fleet.rollout import _sigterm_interrupts
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # not reached: the handler raises as soon as the signal arrives
+    assert signal.getsignal(signal.SIGTERM) == before  # restored afterwards

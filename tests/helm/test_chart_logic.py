@@ -47,6 +47,7 @@ from chart_support import (
 )
 
 from services.common.pipelines import PipelineRegistry
+from services.fleet.journal import object_name
 
 GPU = "nvidia.com/gpu"
 INNER = ("decoder", "preprocessor", "postprocessor")
@@ -366,6 +367,21 @@ def test_rollout_rbac_only_when_asked_and_least_privilege() -> None:
             "resources": ["endpointslices"],
             "verbs": ["get", "list", "watch"],
         },
+        # The Lease and the journal ConfigMap of services/fleet/journal.py, by name.
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [object_name(RELEASE)],
+            "verbs": ["get", "patch", "delete"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [object_name(RELEASE)],
+            "verbs": ["get", "patch", "delete"],
+        },
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
     ]
     (binding,) = of_kind(objs, "RoleBinding")
     assert binding["roleRef"] == {
