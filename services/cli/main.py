@@ -18,7 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
 from services.cli.client import GatewayClient
 from services.cli.samples import pneumoniamnist_samples
-from services.cli.stack import REPO_ROOT, Ports, Stack
+from services.cli.stack import REPO_ROOT, Ports, Stack, StackError
 from services.common.audit import (
     EXIT_ERROR,
     EXIT_NO_RECORDS,
@@ -163,6 +163,7 @@ def write_outputs(out: Path, stem: str, response: gateway_pb2.AnalyzeResponse) -
 
 def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(run_dir=args.run_dir)
+    stack.refuse_to_disturb()  # before the certificates below overwrite a running stack's
     client_files = None
     if args.tls:
         pki = create_dev_pki(args.run_dir / "tls")
@@ -187,17 +188,45 @@ def cmd_up(args: argparse.Namespace) -> int:
         ca, cert, key = client_files
         print(f"throwaway CA   {ca}")
         print(f"client cert    --tls-ca {ca} --tls-cert {cert} --tls-key {key}")
-    print(f"logs in {args.run_dir / 'logs'}; stop with `imaging-platform down`")
+    print(
+        f"logs in {args.run_dir / 'logs'}; "
+        f"stop with `imaging-platform --run-dir {args.run_dir} down`"
+    )
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     if not (args.run_dir / "stack.json").exists():
-        print("no running stack")
+        print(f"no stack recorded in {args.run_dir}")
         return 0
-    Stack.from_state(args.run_dir).stop()
+    Stack.from_state(args.run_dir).stop()  # every pid it recorded, a half-started stack too
     print("stack stopped")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What `up` started from this run dir, where, and whether each part answers: 0 when
+    every part is up and serving, 1 otherwise."""
+    if not (args.run_dir / "stack.json").exists():
+        print(f"no stack recorded in {args.run_dir}")
+        return 1
+    stack = Stack.from_state(args.run_dir)
+    alive = stack.running()
+    rows = []
+    for name, pid in stack.pids.items():
+        if name == "tritonserver":
+            address = stack.triton_grpc_address
+            healthy = name in alive and stack.triton_ready()
+        else:
+            address = f"127.0.0.1:{stack.ports.grpc(name)}"
+            healthy = name in alive and stack.serving(name)
+        state = "SERVING" if healthy else ("NOT_SERVING" if name in alive else "EXITED")
+        rows.append((name, str(pid), address, state))
+    print(f"{'PROCESS':<14} {'PID':<8} {'ADDRESS':<22} STATE")
+    for row in rows:
+        print(f"{row[0]:<14} {row[1]:<8} {row[2]:<22} {row[3]}")
+    print(f"run dir {args.run_dir}; logs in {args.run_dir / 'logs'}")
+    return 0 if rows and all(r[3] == "SERVING" for r in rows) else 1
 
 
 def _client(args: argparse.Namespace) -> GatewayClient:
@@ -348,13 +377,22 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_RUN_DIR,
         help="where the local stack keeps logs, state and its Triton repository",
     )
+    # --run-dir also after the subcommand (`imaging-platform down --run-dir X`); SUPPRESS
+    # keeps the value given before it when it is not repeated.
+    run_dir = argparse.ArgumentParser(add_help=False)
+    run_dir.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS, help="as above")
     sub = root.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start Triton and the four services")
+    up = sub.add_parser("up", parents=[run_dir], help="start Triton and the four services")
     up.add_argument(
         "--tls", action="store_true", help="mutual TLS with a throwaway CA in the run dir"
     )
     up.set_defaults(func=cmd_up)
-    sub.add_parser("down", help="stop the stack started by `up`").set_defaults(func=cmd_down)
+    sub.add_parser("down", parents=[run_dir], help="stop the stack started by `up`").set_defaults(
+        func=cmd_down
+    )
+    sub.add_parser(
+        "status", parents=[run_dir], help="what `up` started, where, and each part's health"
+    ).set_defaults(func=cmd_status)
     analyze = sub.add_parser("analyze", help="analyze DICOM files (one study per file)")
     analyze.add_argument("files", nargs="+", type=Path)
     analyze.add_argument("--pipeline", default="", help="pipeline name; default routes by tags")
@@ -484,7 +522,11 @@ def _fleet_options(command: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except StackError as err:  # the stack's own refusals and start-up failures: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -162,6 +162,7 @@ class Stack:
                 umask=PRIVATE_UMASK,
             )
         self.pids[name] = process.pid
+        self._save_state()
 
     def _start_triton(self) -> None:
         flags = [
@@ -187,6 +188,7 @@ class Stack:
         except TritonLaunchError as err:
             raise StackError(str(err)) from err
         self.pids["tritonserver"] = process.pid
+        self._save_state()
 
     @property
     def audit_log(self) -> Path:
@@ -236,6 +238,7 @@ class Stack:
         pid = self.pids.pop(name, None)
         if pid is not None and _signal(pid, sig):
             _wait_exit(pid, 30)
+        self._save_state()
 
     def start_service(self, service: str) -> None:
         """Start one platform service (again) without waiting for it to be ready."""
@@ -308,7 +311,67 @@ class Stack:
         env.update(self.extra_env)
         return env
 
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "stack.json"
+
+    def _save_state(self) -> None:
+        """The processes started so far, their ports and TLS files: written at every spawn,
+        so that `down` and `status` find even those of a start that failed half way."""
+        tls = {
+            "tls": [str(p) if p else None for p in (self.tls.cert, self.tls.key, self.tls.ca)],
+            "internal_tls": (
+                None
+                if self.internal_tls is None
+                else [
+                    str(p) if p else None
+                    for p in (self.internal_tls.cert, self.internal_tls.key, self.internal_tls.ca)
+                ]
+            ),
+        }
+        state = {"pids": self.pids, "ports": asdict(self.ports), **tls}
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def running(self) -> dict[str, int]:
+        """The processes a stack recorded in this run dir that are still alive."""
+        if not self.state_file.exists():
+            return {}
+        recorded = json.loads(self.state_file.read_text()).get("pids", {})
+        return {name: int(pid) for name, pid in recorded.items() if _alive(int(pid))}
+
+    def refuse_to_disturb(self) -> None:
+        """Another stack's run dir or ports: refuse before touching any file or process."""
+        alive = self.running()
+        if alive:
+            listed = ", ".join(f"{name} (pid {pid})" for name, pid in sorted(alive.items()))
+            raise StackError(
+                f"a stack is already running from {self.run_dir}: {listed}; "
+                f"stop it first with `imaging-platform --run-dir {self.run_dir} down`"
+            )
+        busy = sorted(
+            {name: port for name, port in self._all_ports().items() if _listening(port)}.items()
+        )
+        if busy:
+            listed = ", ".join(f"{port} ({name})" for name, port in busy)
+            raise StackError(
+                f"port(s) {listed} on 127.0.0.1 are in use (another stack or program); stop it "
+                "or start this one with another run dir and ports"
+            )
+
+    def _all_ports(self) -> dict[str, int]:
+        ports = {
+            "triton http": self.ports.triton_http,
+            "triton grpc": self.ports.triton_grpc,
+            "triton metrics": self.ports.triton_metrics,
+        }
+        for service in self.services:
+            ports[service] = self.ports.grpc(service)
+            ports[f"{service} metrics"] = self.ports.metrics[service]
+            ports[f"{service} health"] = self.ports.health[service]
+        return ports
+
     def start(self, timeout: float = 180.0) -> None:
+        self.refuse_to_disturb()
         # Logs, secrets and state are the stack's user's alone (0700 folders, 0600 files).
         for folder in (self.run_dir, self.run_dir / "logs"):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -324,9 +387,7 @@ class Stack:
         except BaseException:
             self.stop()
             raise
-        (self.run_dir / "stack.json").write_text(
-            json.dumps({"pids": self.pids, "ports": asdict(self.ports)}, indent=2)
-        )
+        self._save_state()
 
     def _check_alive(self) -> None:
         for name, pid in self.pids.items():
@@ -352,6 +413,13 @@ class Stack:
                 raise StackError(f"not ready after {timeout:.0f} s: {sorted(pending)}")
             if pending:
                 time.sleep(0.25)
+
+    def triton_ready(self) -> bool:
+        return self._triton_ready()
+
+    def serving(self, service: str) -> bool:
+        """The service's own health (grpc.health.v1 on its plaintext health port)."""
+        return self._grpc_serving(self.ports.health[service])
 
     def _triton_ready(self) -> bool:
         """HTTP ready and the gRPC port accepting (it can open after the HTTP one); with TLS
@@ -409,7 +477,16 @@ class Stack:
     @classmethod
     def from_state(cls, run_dir: Path) -> Stack:
         state = json.loads((run_dir / "stack.json").read_text())
-        return cls(run_dir=run_dir, ports=Ports(**state["ports"]), pids=state["pids"])
+
+        def files(paths: list[str | None] | None) -> TlsFiles | None:
+            if paths is None:
+                return None
+            return TlsFiles(*(Path(p) if p else None for p in paths))
+
+        stack = cls(run_dir=run_dir, ports=Ports(**state["ports"]), pids=state["pids"])
+        stack.tls = files(state.get("tls")) or TlsFiles()
+        stack.internal_tls = files(state.get("internal_tls"))
+        return stack
 
 
 # Files the stack's processes create (logs, Triton's shared-memory regions, the pixel
@@ -452,6 +529,21 @@ def _shared_memory_of(root: int) -> set[Path]:
             if len(fields) == 6 and fields[5].startswith("/dev/shm/"):
                 regions.add(Path(fields[5].removesuffix(" (deleted)")))
     return regions
+
+
+def _alive(pid: int) -> bool:
+    """A process with this pid exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[1].split()[0] != "Z"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _signal(pid: int, sig: int) -> bool:
