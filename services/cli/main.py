@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
-from services.cli.client import GatewayClient
+from services.cli.client import DOCUMENTS, GatewayClient
 from services.cli.samples import pneumoniamnist_samples
 from services.cli.stack import REPO_ROOT, Ports, Stack, StackError
 from services.common.audit import (
@@ -94,6 +94,10 @@ def _routing(info: gateway_pb2.PipelineInfo) -> str:
     return f"accepts {info.accepts}{how}{intended}"
 
 
+# Answers about the connection or the caller, not about one study: every study would get them.
+_NOT_THIS_STUDY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+
+
 def _analyze_files(
     client: GatewayClient,
     files: list[Path],
@@ -120,6 +124,8 @@ def _analyze_files(
                 report_refusal=report_refusal,
             )
         except grpc.RpcError as err:
+            if err.code() in _NOT_THIS_STUDY:  # the gateway, not the study: say it once
+                raise
             failures += 1
             print(f"{label:<48} {err.code().name}: {err.details()}")
             continue
@@ -229,15 +235,54 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if rows and all(r[3] == "SERVING" for r in rows) else 1
 
 
+class UsageError(Exception):
+    """A user's mistake: said in one line on stderr, exit 2, never a traceback."""
+
+
 def _client(args: argparse.Namespace) -> GatewayClient:
     files = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    try:
+        files.check()
+    except ValueError as err:  # half a TLS configuration, a file that is not there
+        raise UsageError(str(err)) from None
     return GatewayClient(args.gateway, files=files, api_key=args.api_key)
 
 
+def _rpc_error(err: grpc.RpcError, gateway: str) -> str:
+    """One line for a failed call to the gateway, with what the user can do about it."""
+    code, details = err.code(), (err.details() or "").splitlines()[0][:300]
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"cannot reach the gateway at {gateway} ({details}): is the stack up "
+            "(`imaging-platform status`)? A gateway serving TLS needs --tls-ca, --tls-cert "
+            "and --tls-key"
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"{details} (pass --api-key or set IMAGING_API_KEY)"
+    return f"{code.name}: {details}"
+
+
+def _study_files(paths: Sequence[Path]) -> None:
+    """Every path an existing file, checked before the first call: one line per mistake."""
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"{path} is a directory: name its files (e.g. {path}/*.dcm)")
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    documents = [d for d in args.documents.split(",") if d]
+    unknown = sorted(set(documents) - set(DOCUMENTS))
+    if unknown:
+        raise UsageError(
+            f"unknown document kind(s) {', '.join(unknown)}; choose from {', '.join(DOCUMENTS)}"
+        )
+    _study_files(args.files)
+    if args.out is not None and args.out.is_dir() and any(args.out.iterdir()) and not args.force:
+        raise UsageError(f"{args.out} is not empty: name a new folder, or pass --force")
     client = _client(args)
     try:
-        documents = [d for d in args.documents.split(",") if d]
         failed = _analyze_files(
             client,
             args.files,
@@ -399,6 +444,9 @@ def parser() -> argparse.ArgumentParser:
     _connection_flags(analyze)
     analyze.add_argument("--out", type=Path, default=None, help="write findings JSON here")
     analyze.add_argument(
+        "--force", action="store_true", help="write into --out even when it holds files"
+    )
+    analyze.add_argument(
         "--documents",
         default="",
         help="comma-separated result documents to ask for and write: sr (DICOM SR TID 1500), "
@@ -522,11 +570,22 @@ def _fleet_options(command: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parser().parse_args(argv)
+    # The one seam where a user's mistakes become a line on stderr instead of a traceback.
     try:
         return int(args.func(args))
-    except StackError as err:  # the stack's own refusals and start-up failures: no traceback
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except StackError as err:  # the stack's own refusals and start-up failures
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except grpc.RpcError as err:
+        print(f"error: {_rpc_error(err, getattr(args, 'gateway', ''))}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a file named on the command line: missing, a folder, unreadable
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
