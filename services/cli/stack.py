@@ -27,7 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.pki import INTERNAL_COMMON_NAME, DevPki
-from services.common.settings import ServiceSettings
+from services.common.settings import DEFAULT_MODEL_REPOSITORY, ServiceSettings
 from services.common.tls import TlsFiles, channel_credentials
 from services.triton_local.launch import TritonLaunchError, connection_flags, start_tritonserver
 
@@ -99,7 +99,7 @@ class StackError(RuntimeError):
 class Stack:
     run_dir: Path
     ports: Ports = field(default_factory=Ports)
-    model_repository: Path = REPO_ROOT / "model_repository"
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
     pipelines_dir: Path = REPO_ROOT / "pipelines"
     log_level: str = "INFO"
     extra_env: dict[str, str] = field(default_factory=dict)

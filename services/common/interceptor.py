@@ -85,7 +85,8 @@ def peer_identities(context: grpc.ServicerContext) -> set[str]:
     return {n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names}
 
 
-def _request_id(details: grpc.HandlerCallDetails) -> str:
+def request_id(details: grpc.HandlerCallDetails) -> str:
+    """The caller's x-request-id when it is a safe one, else a new id."""
     metadata = dict(details.invocation_metadata or ())
     given = str(metadata.get(REQUEST_ID_HEADER) or "")
     return given if logs.is_safe_request_id(given) else uuid.uuid4().hex
@@ -127,7 +128,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None or handler.response_streaming:
             return handler  # reflection and health Watch: not ours to wrap
-        method, rid = details.method.rsplit("/", 1)[-1], _request_id(details)
+        method, rid = details.method.rsplit("/", 1)[-1], request_id(details)
         limiter = None if details.method.startswith("/grpc.") else self._limiter
         allowed = None if details.method.startswith(_HEALTH) else self._allowed
 
@@ -172,7 +173,7 @@ class AsyncServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or handler.response_streaming:
             return handler
-        method, rid = details.method.rsplit("/", 1)[-1], _request_id(details)
+        method, rid = details.method.rsplit("/", 1)[-1], request_id(details)
 
         def wrap(
             behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],

@@ -13,6 +13,7 @@ from services.common.exchange import PixelExchange
 from services.common.tls import TlsFiles
 
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
+DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 _MiB = 2**20
 
 
@@ -142,6 +143,8 @@ class GatewaySettings(PipelineServiceSettings):
     keepalive_seconds: float = Field(
         10.0, gt=0, description="ping peers this often (above their min ping interval)"
     )
+    # Generous: the same timeout bounds every ping's answer (flow-control pings included),
+    # and a gateway saturated by uploads processes answers late.
     keepalive_timeout_seconds: float = Field(
         10.0, gt=0, description="a ping unanswered this long closes the connection"
     )

@@ -379,6 +379,11 @@ class Rollout:
         pod.status = Status.ROLLED_BACK if error is None else Status.ROLLBACK_FAILED
         pod.rollback_error = error
 
+    def failed_rollbacks(self) -> str:
+        """Each pod whose rollback failed, with why ("" when none did)."""
+        broken = [p for p in self.pods if p.status is Status.ROLLBACK_FAILED]
+        return "; ".join(f"{p.target.pod}: {p.rollback_error}" for p in broken)
+
     def error(self) -> RolloutFailed | None:
         """The error to report once the rollout (and any rollback) has finished."""
         if self.failure is None:
@@ -389,9 +394,8 @@ class Rollout:
         what = "retiring" if self.retire else "rollout of"
         head = f"{what} {self.target_label} stopped at pod {where}: {reason}"
         touched = self.to_roll_back()
-        broken = [p for p in touched if p.status is Status.ROLLBACK_FAILED]
-        if broken:
-            listed = "; ".join(f"{p.target.pod}: {p.rollback_error}" for p in broken)
+        listed = self.failed_rollbacks()
+        if listed:
             return RollbackIncomplete(
                 f"{head}. Rollback FAILED on {listed}. The fleet is inconsistent: check those "
                 f"pods and load the model there by hand."

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.common.settings import DEFAULT_MODEL_REPOSITORY
+
 GOLDEN_FILE = "golden.json"
 MAX_SAMPLES = 4096
-DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+DEFAULT_REPOSITORY = DEFAULT_MODEL_REPOSITORY
 _DTYPES = {"FP32": np.float32, "FP16": np.float16, "INT32": np.int32, "INT64": np.int64}
 
 

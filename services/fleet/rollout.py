@@ -259,9 +259,8 @@ def recover(plan: dict[str, Any], connect: Connect, report: Report, timeout: flo
             _roll_back(pod, rollout, entry, timeout, report)
         finally:
             pod.close()
-    broken = [p for p in touched if p.status is Status.ROLLBACK_FAILED]
-    if broken:
-        listed = "; ".join(f"{p.target.pod}: {p.rollback_error}" for p in broken)
+    listed = rollout.failed_rollbacks()
+    if listed:
         raise RollbackIncomplete(
             f"an interrupted rollout of {rollout.target_label} could not be undone on "
             f"{listed}; the fleet is inconsistent until this succeeds (run again)"

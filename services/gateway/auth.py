@@ -24,7 +24,6 @@ import inspect
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,8 @@ from typing import Any
 import grpc
 import jwt
 
-from services.common import logs
 from services.common.errors import Unauthenticated
-from services.common.interceptor import REQUEST_ID_HEADER, rewrap, status
+from services.common.interceptor import request_id, rewrap, status
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +187,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             caller.set(authenticator.identify(_metadata(pairs), context))
 
         if handler.response_streaming:
-            return _streaming(handler, identify, details.method, _request_id(pairs))
+            return _streaming(handler, identify, details.method, request_id(details))
 
         def wrap(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -199,11 +197,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return wrapped
 
         return rewrap(handler, wrap)
-
-
-def _request_id(pairs: Sequence[tuple[str, str | bytes]]) -> str:
-    given = next((v for k, v in pairs if k == REQUEST_ID_HEADER and isinstance(v, str)), "")
-    return given if logs.is_safe_request_id(given) else uuid.uuid4().hex
 
 
 def _streaming(

@@ -36,6 +36,7 @@ from services.common.images import Decoded, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
 from services.common.remote_errors import from_rpc_error, from_triton_error
 from services.common.results import Assessment, Caveat, OutputOptions
+from services.common.settings import GatewaySettings
 from services.common.tls import PLAINTEXT, TlsFiles
 from services.gateway import auditing, deadlines
 
@@ -67,6 +68,9 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
+_DEFAULTS = GatewaySettings.model_fields
+
+
 @dataclass(frozen=True)
 class ChannelTuning:
     """How the gateway's channels notice dead peers and new ones (GatewaySettings).
@@ -80,11 +84,10 @@ class ChannelTuning:
     ends them), at most this often, so new pods get traffic that soon after they are in DNS.
     """
 
-    keepalive_seconds: float = 10.0
-    # Generous: the same timeout bounds every ping's answer (flow-control pings included),
-    # and a gateway saturated by uploads processes answers late.
-    keepalive_timeout_seconds: float = 10.0
-    dns_refresh_seconds: float = 5.0
+    # The defaults are GatewaySettings' (IMAGING_KEEPALIVE_SECONDS, ...), declared there once.
+    keepalive_seconds: float = _DEFAULTS["keepalive_seconds"].default
+    keepalive_timeout_seconds: float = _DEFAULTS["keepalive_timeout_seconds"].default
+    dns_refresh_seconds: float = _DEFAULTS["dns_refresh_seconds"].default
 
 
 def channel_options(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -957,16 +955,6 @@ TEMPLATE_CHECKS = {
         "triton_queue_time_per_request_us is a per-request average",
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def schemaless_chart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helm.Chart]:
-    """The chart without values.schema.json, to prove the template checks hold on their own."""
-    copy_dir = tmp_path_factory.mktemp("chart") / "imaging-platform"
-    shutil.copytree(CHART_DIR, copy_dir, symlinks=False)
-    (copy_dir / "values.schema.json").unlink()
-    with helm.Chart.load(copy_dir) as chart:
-        yield chart
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import functools
 import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,16 +180,6 @@ def test_job_without_rollout_rbac_fails_naming_the_value() -> None:
     values["rollout"]["rbac"]["create"] = False
     with pytest.raises(helm.HelmRenderError, match=r"needs rollout\.rbac\.create=true"):
         render(values)
-
-
-@pytest.fixture(scope="module")
-def schemaless_chart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helm.Chart]:
-    """The chart without values.schema.json: the template's own checks must hold."""
-    copy_dir = tmp_path_factory.mktemp("chart") / "imaging-platform"
-    shutil.copytree(CHART_DIR, copy_dir, symlinks=False)
-    (copy_dir / "values.schema.json").unlink()
-    with helm.Chart.load(copy_dir) as chart:
-        yield chart
 
 
 @pytest.mark.parametrize(
