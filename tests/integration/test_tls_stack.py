@@ -331,11 +331,16 @@ def test_the_rollout_tool_reaches_a_tls_triton_with_the_services_certificate_onl
     tls_stack: Stack, pki: DevPki
 ) -> None:
     from services.fleet.errors import PodCallFailed
+    from services.fleet.golden import DEFAULT_REPOSITORY, answer
     from services.fleet.triton import TritonPod
 
     internal = _internal_files(pki)
     pod = TritonPod(tls_stack.triton_grpc_address, files=internal, server_name="localhost")
     assert pod.state("cxr_pneumonia").versions == (1, 2)
+    # The golden check's inference goes over the same mutual TLS, and the served v2 passes it.
+    golden = answer(DEFAULT_REPOSITORY, "cxr_pneumonia", 2)
+    assert golden is not None
+    assert golden.mismatch(pod.infer("cxr_pneumonia", 2, golden.input_arrays(), 30)) is None
     pod.close()
     elsewhere = TritonPod(
         tls_stack.triton_grpc_address, files=internal, server_name="other.example"
