@@ -7,6 +7,7 @@ rendered once per test session.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import shutil
@@ -249,3 +250,14 @@ def promtool() -> str:
             "(apt-get install -y prometheus) to run the alerting-rule tests"
         )
     return path
+
+
+@contextlib.contextmanager
+def schemaless(folder: Path) -> Iterator[helm.Chart]:
+    """The chart copied into ``folder`` without values.schema.json, to prove the template
+    checks hold on their own."""
+    copy_dir = folder / "imaging-platform"
+    shutil.copytree(CHART_DIR, copy_dir, symlinks=False)
+    (copy_dir / "values.schema.json").unlink()
+    with helm.Chart.load(copy_dir) as chart:
+        yield chart

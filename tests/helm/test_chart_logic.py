@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from chart_support import (
     pods_selected,
     render,
     scenario_values,
+    schemaless,
     service_container,
 )
 
@@ -955,6 +957,12 @@ TEMPLATE_CHECKS = {
         "triton_queue_time_per_request_us is a per-request average",
     ),
 }
+
+
+@pytest.fixture(scope="module")
+def schemaless_chart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helm.Chart]:
+    with schemaless(tmp_path_factory.mktemp("chart")) as chart:
+        yield chart
 
 
 @pytest.mark.parametrize(

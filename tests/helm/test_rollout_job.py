@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from chart_support import (
     pods_selected,
     render,
     scenario_values,
+    schemaless,
     selector_matches,
     service_container,
 )
@@ -180,6 +182,12 @@ def test_job_without_rollout_rbac_fails_naming_the_value() -> None:
     values["rollout"]["rbac"]["create"] = False
     with pytest.raises(helm.HelmRenderError, match=r"needs rollout\.rbac\.create=true"):
         render(values)
+
+
+@pytest.fixture(scope="module")
+def schemaless_chart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helm.Chart]:
+    with schemaless(tmp_path_factory.mktemp("chart")) as chart:
+        yield chart
 
 
 @pytest.mark.parametrize(
