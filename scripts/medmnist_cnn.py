@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cpu_kernels  # noqa: F401  (first: pins the kernels numpy and torch load)
 import numpy as np
 import onnxruntime as ort
 import torch
