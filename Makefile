@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup protos check-protos lint typecheck up down clean train train-deps reproduce bench lock
+.PHONY: demo test setup test-packages bench-packages protos check-protos lint typecheck up down clean train train-deps reproduce bench lock
 
 # torch's CPU build (torch==2.13.0+cpu in requirements/train.lock) is published on the PyTorch
 # CPU index, not on PyPI. Where pip's configuration does not already find it, pass that index:
@@ -15,12 +15,20 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 demo: setup
 	$(BIN)/imaging-platform demo
 
-test: setup check-protos lint typecheck
+test: setup test-packages check-protos lint typecheck
 	$(BIN)/pytest
+
+# Debian packages only the tests use (dciodvfy, dsrdump, Orthanc, Prometheus), installed with
+# no daemon started or enabled; the main job (make demo) needs none. See the README's list.
+test-packages:
+	bash scripts/system-packages.sh test
+
+bench-packages:
+	bash scripts/system-packages.sh bench
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/dev.lock scripts/setup.sh
+$(STAMP): pyproject.toml requirements/dev.lock requirements/grpcurl.txt scripts/setup.sh
 	PYTHON=$(PYTHON) bash scripts/setup.sh $(VENV)
 	touch $(STAMP)
 
@@ -59,9 +67,12 @@ reproduce: train-deps
 
 # The platform against the thin client a vendor would write (same tritonserver, same files):
 # closed loops at c=1, 4, 16, 64 for three workloads; ~10 minutes, so not part of `make test`.
-bench: setup
+# Results go to .run/bench/ (untracked); `make bench PUBLISH=1` replaces the published ones in
+# load_tests/results/, which the README quotes.
+BENCH_OUT = $(if $(PUBLISH),load_tests/results,.run/bench)
+bench: setup bench-packages
 	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/bench.lock
-	$(BIN)/python load_tests/bench_platform.py --out load_tests/results
+	$(BIN)/python load_tests/bench_platform.py --out $(BENCH_OUT)
 
 # Regenerate the hash-pinned locks (requirements/*.lock) from pyproject.toml and requirements/*.in
 # with pip-tools, which runs from a venv of its own (installed from requirements/lock-tools.lock).
