@@ -178,6 +178,10 @@ class AuditEvent:
     findings: tuple[AuditFinding, ...]
     status: str  # gRPC status code name, e.g. "OK"
     latency_ms: float
+    # The caller named the pipeline, and the keywords (never values) of the routing tags
+    # (BodyPartExamined, ViewPosition) that naming it overrode: services/common/pipelines.py.
+    pipeline_named: bool = False
+    routing_overridden: tuple[str, ...] = ()
 
 
 def _canonical(record: dict[str, Any]) -> bytes:
@@ -213,6 +217,8 @@ def _event_fields(event: AuditEvent, key: AuditKey) -> dict[str, Any]:
         ],
         "status": event.status,
         "latency_ms": _finite(event.latency_ms, 3),
+        "pipeline_named": event.pipeline_named,
+        "routing_overridden": list(event.routing_overridden),
     }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +32,16 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Match tags that only choose a pipeline for a study, and which a caller who names the
+# pipeline overrides (audited, and warned about in the answer). BodyPartExamined is Type 3 in
+# the General Series module (PS3.3 C.7.3.1.1) and its values are site-specific in practice
+# (THORAX, LUNG, or nothing at all); ViewPosition (PS3.3 C.8.11.5) is often empty too, and
+# where the view matters to the model IntendedUse.view_position checks it whatever the route.
+# Modality (Type 1) and SOPClassUID say what kind of image the pixels are: a CT is never sent
+# to a radiograph model, named or not, so those two are never overridden.
+ROUTING_ONLY_TAGS = frozenset({"BodyPartExamined", "ViewPosition"})
+
+
 class Match(_Spec):
     """Which instances a pipeline accepts; an empty list accepts any value."""
 
@@ -43,6 +55,14 @@ class Match(_Spec):
 
         Values reach here checked against their VR by the decoder; one that failed is absent
         and named "invalid", never quoted (it may hold bytes of other elements)."""
+        return [reason for _, reason in self.rejections(attrs)]
+
+    def mismatched_tags(self, attrs: ImageAttributes) -> list[str]:
+        """Keywords of the tags that reject ``attrs`` (never their values)."""
+        return [tag for tag, _ in self.rejections(attrs)]
+
+    def rejections(self, attrs: ImageAttributes) -> list[tuple[str, str]]:
+        """(keyword, reason) of each tag that rejects ``attrs``."""
         wanted = {
             "Modality": (self.modality, attrs.modality),
             "BodyPartExamined": (self.body_part_examined, attrs.body_part_examined),
@@ -50,7 +70,7 @@ class Match(_Spec):
             "ViewPosition": (self.view_position, attrs.view_position),
         }
         return [
-            f"{tag} is {_shown(tag, value, attrs)}, wants one of {allowed}"
+            (tag, f"{tag} is {_shown(tag, value, attrs)}, wants one of {allowed}")
             for tag, (allowed, value) in wanted.items()
             if allowed and value.upper() not in {a.upper() for a in allowed}
         ]
@@ -73,6 +93,64 @@ def _shown(keyword: str, value: str, attrs: ImageAttributes) -> str:
     if keyword in attrs.invalid:
         return f"invalid (its {keyword} value fails the DICOM rules for its type)"
     return repr(value) if value else "empty"
+
+
+# A Code String (PS3.5 6.2, VR CS): upper-case letters, digits, space and underscore, at most
+# 16 characters; leading and trailing spaces are padding, so a value neither starts nor ends
+# with one.
+_CODE_STRING = re.compile(r"[A-Z0-9_](?:[A-Z0-9_ ]{0,14}[A-Z0-9_])?")
+
+
+class BodyPartAliases:
+    """Site-specific BodyPartExamined values -> the defined terms routing expects
+    (IMAGING_BODY_PART_ALIASES), e.g. THORAX and LUNG -> CHEST, BRST -> BREAST.
+
+    The defined terms are those of PS3.16 Annex L (CID 4031 "Common Anatomic Regions" with
+    their BodyPartExamined values); the pipelines' ``match.body_part_examined`` lists use them.
+    Both sides must be Code Strings; a key is compared upper-cased, as the decoder lets lower
+    case through (common and harmless). Mapped values are not mapped again. An empty value is
+    not mappable: it says nothing about the body part, so such a study runs only where the
+    caller names the pipeline (an audited override).
+    """
+
+    def __init__(self, mapping: Mapping[str, str] | None = None) -> None:
+        aliases: dict[str, str] = {}
+        for raw, term in (mapping or {}).items():
+            key = raw.strip().upper()
+            if not key:
+                raise ValueError(
+                    "body part aliases: an empty BodyPartExamined cannot be mapped (it names no "
+                    "body part); name the pipeline in the request instead"
+                )
+            for what, value in (("value", key), ("defined term", term)):
+                if not _CODE_STRING.fullmatch(value):
+                    raise ValueError(
+                        f"body part aliases: {what} {value[:20]!r} is not a DICOM Code String "
+                        "(CS: A-Z, 0-9, space and _, at most 16 characters, PS3.5 6.2)"
+                    )
+            if key in aliases:
+                raise ValueError(f"body part aliases: {key!r} is mapped twice")
+            aliases[key] = term
+        for key, term in aliases.items():
+            if term in aliases and aliases[term] != term:
+                raise ValueError(
+                    f"body part aliases: {key!r} maps to {term!r}, which is itself mapped; "
+                    "map every value to its defined term directly"
+                )
+        self._aliases = aliases
+
+    def __bool__(self) -> bool:
+        return bool(self._aliases)
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def apply(self, attrs: ImageAttributes) -> ImageAttributes:
+        """``attrs`` with its BodyPartExamined replaced by the defined term it stands for."""
+        term = self._aliases.get(attrs.body_part_examined.strip().upper())
+        if term is None:
+            return attrs
+        return dataclasses.replace(attrs, body_part_examined=term)
 
 
 class Range(_Spec):
@@ -98,6 +176,36 @@ class Range(_Spec):
         return f"at most {self.max:g} {unit}"
 
 
+class Coverage(_Spec):
+    """How much of the anatomy a volume pipeline's series must span along the slice normal
+    (the slice count and the extent, slices x slice spacing, of the assembled volume).
+
+    Checked by the preprocessor once the series is assembled. A series below it (a slab: a few
+    slices of an EPI run, a localizer) is always refused (OutsideIntendedUse), whatever
+    IntendedUse.outside says: a measurement of a whole organ from part of it is not an
+    uncertain value but a wrong one, and a measurement carries no INDETERMINATE status.
+    """
+
+    min_slices: int = Field(0, ge=0, description="fewest slices the assembled volume may have")
+    min_extent_mm: float = Field(
+        0.0, ge=0, description="shortest extent along the slice normal (slices x spacing, mm)"
+    )
+
+    def shortfalls(self, slices: int, spacing_mm: float) -> list[str]:
+        """Why a volume of ``slices`` slices ``spacing_mm`` apart is too short (empty: it is
+        not)."""
+        found = []
+        if slices < self.min_slices:
+            found.append(f"{slices} slice(s), fewer than the {self.min_slices} it needs")
+        extent = slices * spacing_mm
+        if extent < self.min_extent_mm:
+            found.append(
+                f"it spans {extent:.1f} mm along the slice normal ({slices} x "
+                f"{spacing_mm:.3g} mm), less than the {self.min_extent_mm:g} mm it needs"
+            )
+        return found
+
+
 class IntendedUse(_Spec):
     """Who and what the model was trained for, checked on every image before inference.
 
@@ -114,6 +222,9 @@ class IntendedUse(_Spec):
     photometric_interpretation: list[str] = []
     pixel_spacing_mm: Range | None = None
     min_matrix: int = Field(0, ge=0, description="smallest rows and columns an image may have")
+    coverage: Coverage | None = Field(
+        None, description="volume pipelines: the extent the series must span (see Coverage)"
+    )
     outside: Literal["refuse", "flag"] = "flag"
 
     def judge(self, attrs: ImageAttributes, rows: int, columns: int) -> tuple[list[Caveat], bool]:
@@ -321,6 +432,8 @@ class Pipeline(_Spec):
             raise ValueError("a pipeline needs at least one finding or measurement rule")
         if self.refuse_volume_issues and self.kind != "volume":
             raise ValueError("refuse_volume_issues applies to volume pipelines only")
+        if self.intended_use and self.intended_use.coverage and self.kind != "volume":
+            raise ValueError("intended_use.coverage applies to volume pipelines only")
         allowed = VOLUME_STEPS if self.kind == "volume" else IMAGE_STEPS
         for step in self.preprocess:
             if not isinstance(step, allowed):
@@ -342,13 +455,16 @@ class Pipeline(_Spec):
 class PipelineRegistry:
     """All pipelines of a deployment, loaded once at start-up from a folder of YAML files."""
 
-    def __init__(self, pipelines: list[Pipeline]) -> None:
+    def __init__(
+        self, pipelines: list[Pipeline], body_parts: BodyPartAliases | None = None
+    ) -> None:
         self._by_name = {p.name: p for p in pipelines}
         if len(self._by_name) != len(pipelines):
             raise ValueError("two pipeline files use the same name")
+        self._body_parts = body_parts or BodyPartAliases()
 
     @classmethod
-    def load(cls, folder: Path) -> PipelineRegistry:
+    def load(cls, folder: Path, body_parts: BodyPartAliases | None = None) -> PipelineRegistry:
         pipelines = []
         for path in sorted(folder.glob("*.yaml")):
             try:
@@ -357,7 +473,7 @@ class PipelineRegistry:
                 raise ValueError(f"invalid pipeline spec {path.name}: {err}") from err
         if not pipelines:
             raise ValueError(f"no pipeline specs (*.yaml) in {folder}")
-        return cls(pipelines)
+        return cls(pipelines, body_parts)
 
     def all(self) -> list[Pipeline]:
         return list(self._by_name.values())
@@ -374,6 +490,7 @@ class PipelineRegistry:
 
     def route(self, images: list[ImageAttributes]) -> Pipeline:
         """The first auto-routed pipeline (by name) accepting every image, else why none did."""
+        images = [self._body_parts.apply(a) for a in images]
         reasons = []
         routed = (p for p in self._by_name.values() if p.auto_route)
         for pipeline in sorted(routed, key=lambda p: p.name):
@@ -384,13 +501,34 @@ class PipelineRegistry:
         raise NoMatchingPipeline("no pipeline accepts this study (" + " | ".join(reasons) + ")")
 
     def check(self, pipeline: Pipeline, images: list[ImageAttributes]) -> Pipeline:
-        """A pipeline named by the caller still only runs on studies it accepts."""
-        problems = _problems(pipeline, images)
+        """A pipeline named by the caller runs on studies of the kind it accepts; its routing
+        tags may differ (see :meth:`override`)."""
+        self.override(pipeline, images)
+        return pipeline
+
+    def override(self, pipeline: Pipeline, images: list[ImageAttributes]) -> list[str]:
+        """Keywords of the routing tags (ROUTING_ONLY_TAGS) on which naming ``pipeline``
+        overrides its match, sorted; empty when the study matches as it is.
+
+        Naming a pipeline is the way out for studies whose BodyPartExamined is empty or
+        site-specific: the caller vouches for the anatomy. It never overrides Modality or
+        SOPClassUID (NoMatchingPipeline), and the pipeline's IntendedUse is judged as for a
+        routed study; the gateway audits and warns about every override."""
+        images = [self._body_parts.apply(a) for a in images]
+        problems = sorted(
+            {
+                reason
+                for a in images
+                for tag, reason in pipeline.match.rejections(a)
+                if tag not in ROUTING_ONLY_TAGS
+            }
+        )
         if problems:
             raise NoMatchingPipeline(
-                f"pipeline {pipeline.name!r} does not accept this study: {'; '.join(problems)}"
+                f"pipeline {pipeline.name!r} does not accept this study: {'; '.join(problems)} "
+                "(naming a pipeline overrides only BodyPartExamined and ViewPosition)"
             )
-        return pipeline
+        return sorted({t for a in images for t in pipeline.match.mismatched_tags(a)})
 
 
 def _problems(pipeline: Pipeline, images: list[ImageAttributes]) -> list[str]:

@@ -6,10 +6,11 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.exchange import PixelExchange
+from services.common.pipelines import BodyPartAliases
 from services.common.tls import TlsFiles
 
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
@@ -195,6 +196,23 @@ class GatewaySettings(PipelineServiceSettings):
     max_queued_studies: int = Field(
         128, ge=0, description="studies waiting for a slot; beyond: RESOURCE_EXHAUSTED at once"
     )
+    # JSON object, e.g. {"THORAX": "CHEST", "LUNG": "CHEST", "BRST": "BREAST"}: site-specific
+    # BodyPartExamined values -> the PS3.16 CID 4031 defined terms the pipelines route on
+    # (BodyPartAliases in services/common/pipelines.py). Checked here, so a bad one stops the
+    # gateway at start-up.
+    body_part_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="BodyPartExamined value -> defined term, applied before routing",
+    )
+
+    @field_validator("body_part_aliases")
+    @classmethod
+    def _body_part_aliases_are_code_strings(cls, value: dict[str, str]) -> dict[str, str]:
+        """IMAGING_BODY_PART_ALIASES: refused unless both sides are DICOM Code Strings."""
+        return BodyPartAliases(value).as_dict()
+
+    def body_parts(self) -> BodyPartAliases:
+        return BodyPartAliases(self.body_part_aliases)
 
     def peer_tls(self) -> TlsFiles:
         """What the gateway dials its peers and Triton with."""

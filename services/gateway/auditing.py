@@ -38,6 +38,9 @@ class CallFacts:
     # A stream's running digests, made hex once at the end of the call.
     digests: list[Any] = field(default_factory=list)
     findings: list[AuditFinding] = field(default_factory=list)
+    # The caller named the pipeline; keywords of the routing tags that naming overrode.
+    pipeline_named: bool = False
+    routing_overridden: list[str] = field(default_factory=list)
 
 
 _current: ContextVar[CallFacts | None] = ContextVar("audit_facts", default=None)
@@ -124,6 +127,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             instance_sha256=tuple(facts.instance_sha256),
                             study_uid=facts.study_uid,
                             findings=tuple(facts.findings),
+                            pipeline_named=facts.pipeline_named,
+                            routing_overridden=tuple(facts.routing_overridden),
                             status=status,
                             latency_ms=(time.perf_counter() - start) * 1e3,
                         )

@@ -267,7 +267,7 @@ class StudyAnalyzer:
                 model=ModelRef(pipeline.model.name, pipeline.model.version),
                 assessment=_as_asked(assessment, options),
                 timings_ms={},
-                warnings=prepared.warnings,
+                warnings=[*prepared.warnings, *_outputs_not_made(pipeline, options)],
             )
             if options.documents and self._reporter is not None:
                 with stage_timer("gateway", "report", seconds):
@@ -319,14 +319,25 @@ class StudyAnalyzer:
         with stage_timer("gateway", "decode", seconds):
             images = await _all([decode(d) for d in request.instances], self._fan_out)
         attributes = [i.attributes for i in images]
-        pipeline = (
-            self.registry.check(named, attributes) if named else self.registry.route(attributes)
+        # A named pipeline overrides the routing tags only (PipelineRegistry.override); which
+        # ones is audited by keyword and told to the caller in the answer's warnings.
+        overridden: list[str] = []
+        if named is not None:
+            auditing.note(pipeline_named=True)
+            overridden = self.registry.override(named, attributes)
+        pipeline = named if named is not None else self.registry.route(attributes)
+        auditing.note(
+            pipeline=pipeline.name,
+            study_uid=attributes[0].study_instance_uid,
+            routing_overridden=overridden,
         )
-        auditing.note(pipeline=pipeline.name, study_uid=attributes[0].study_instance_uid)
         self._policy.allow_pipeline(request.client, pipeline.name)  # a routed pipeline too
         caveats = _intended_use(pipeline, images)
         with stage_timer("gateway", "preprocess", seconds):
             prepared = await self._preprocess(pipeline, images, rid)
+        if overridden:
+            warning = _override_warning(pipeline, overridden)
+            prepared = dataclasses.replace(prepared, warnings=[warning, *prepared.warnings])
         model = pipeline.model
         with stage_timer("gateway", "infer", seconds):
             outputs = await self._inference.infer(
@@ -384,6 +395,35 @@ class StudyAnalyzer:
         return card_from_parameters(pipeline.model.name, pipeline.model.version, parameters)
 
 
+def _outputs_not_made(pipeline: Pipeline, options: OutputOptions) -> list[str]:
+    """A warning for each output the caller asked for that this pipeline cannot make, so that
+    its absence is not read as "nothing found": heatmaps need a finding with a class activation
+    map (FindingRule.heatmap_output), masks and DICOM Segmentations a measurement that keeps
+    its mask (MeasurementRule.segmentation_label)."""
+    rules = pipeline.postprocess
+    heatmaps = any(rule.heatmap_output for rule in rules.findings)
+    masks = any(rule.segmentation_label for rule in rules.measurements)
+    why_heatmaps = "none of its findings has a class activation map" + (
+        " (a volume pipeline: its results are measurements)" if pipeline.kind == "volume" else ""
+    )
+    why_masks = "none of its results is a segmentation" + (
+        " (an image pipeline: its results are findings per image)"
+        if pipeline.kind == "image"
+        else ""
+    )
+    asked = (
+        (options.heatmaps, heatmaps, "heatmaps", why_heatmaps),
+        (options.dicom_heatmap, heatmaps, "DICOM heatmap images", why_heatmaps),
+        (options.masks, masks, "masks", why_masks),
+        (options.dicom_seg, masks, "a DICOM Segmentation", why_masks),
+    )
+    return [
+        f"{what} asked for, but pipeline {pipeline.name!r} cannot make any: {why}; none is returned"
+        for wanted, possible, what, why in asked
+        if wanted and not possible
+    ]
+
+
 def _as_asked(assessment: Assessment, options: OutputOptions) -> Assessment:
     """Without the heatmaps and masks computed only for the documents."""
     findings = assessment.findings
@@ -391,6 +431,16 @@ def _as_asked(assessment: Assessment, options: OutputOptions) -> Assessment:
         findings = [dataclasses.replace(f, heatmap_png=b"") for f in findings]
     masks = assessment.segmentations if options.masks else []
     return dataclasses.replace(assessment, findings=findings, segmentations=masks)
+
+
+def _override_warning(pipeline: Pipeline, tags: Sequence[str]) -> str:
+    """What the caller is told when naming the pipeline overrode its routing tags: keywords
+    and the pipeline's own rule only, never a value read from the study."""
+    return (
+        f"pipeline {pipeline.name!r} was named by the caller: the study's {', '.join(tags)} "
+        f"did not match its routing rule ({pipeline.match.describe()}), which the name "
+        "overrides; its intended-use checks applied as for a routed study"
+    )
 
 
 def _intended_use(pipeline: Pipeline, images: Sequence[Decoded]) -> list[Caveat]:

@@ -34,7 +34,7 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 def start(settings: GatewaySettings) -> server.AsyncRunningServer:
     """Wire the analyzer to its peers and start serving (tests call this in-process)."""
     timeout, cap = settings.call_timeout_seconds, settings.max_message_bytes
-    registry = PipelineRegistry.load(settings.pipelines_dir)
+    registry = PipelineRegistry.load(settings.pipelines_dir, settings.body_parts())
 
     files = settings.peer_tls()
     policies = PolicyBook.load(settings.client_policy_file)

@@ -10,7 +10,7 @@ from services.common.exchange import PixelExchange
 from services.common.metrics import stage_timer
 from services.common.pipelines import PipelineRegistry
 from services.preprocessor.core import prepare_batch
-from services.preprocessor.volume import prepare_volume
+from services.preprocessor.volume import prepare_series
 
 
 class PreprocessorServicer(preprocessor_pb2_grpc.PreprocessorServicer):
@@ -23,7 +23,7 @@ class PreprocessorServicer(preprocessor_pb2_grpc.PreprocessorServicer):
     ) -> preprocessor_pb2.PreprocessResponse:
         pipeline = self._registry.get(request.pipeline)
         images = [convert.image_from_proto(image, self._exchange) for image in request.images]
-        prepare = prepare_volume if pipeline.kind == "volume" else prepare_batch
+        prepare = prepare_series if pipeline.kind == "volume" else prepare_batch
         with stage_timer("preprocessor", "preprocess"):
             prepared = prepare(images, pipeline)
         return convert.preprocessed_to_proto(prepared)

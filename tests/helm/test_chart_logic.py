@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,7 @@ from chart_support import (
 )
 
 from services.common.pipelines import PipelineRegistry
+from services.common.settings import GatewaySettings
 from services.fleet.journal import object_name
 
 GPU = "nvidia.com/gpu"
@@ -1054,3 +1056,34 @@ def test_gateway_balances_over_headless_peer_services(scenario: str) -> None:
         assert service["spec"]["clusterIP"] == "None"
         assert int(match.group(3)) in {p["port"] for p in service["spec"]["ports"]}
         assert pods_selected(objs, {"matchLabels": service["spec"]["selector"]}) == {peer}
+
+
+# --- Routing ----------------------------------------------------------------------------------
+
+
+def test_body_part_aliases_reach_the_gateway_as_settings_it_accepts() -> None:
+    assert "IMAGING_BODY_PART_ALIASES" not in env_of(service_container(_parse(render()), "gateway"))
+    aliases = {"THORAX": "CHEST", "Lung": "CHEST", "BRST": "BREAST"}
+    objs = _parse(render({"gateway": {"routing": {"bodyPartAliases": aliases}}}))
+    gateway = service_container(objs, "gateway")
+    raw = env_of(gateway)["IMAGING_BODY_PART_ALIASES"]
+    others = [
+        c
+        for deploy in of_kind(objs, "Deployment")
+        for c in containers(deploy)
+        if c["name"] != "gateway"
+    ]
+    assert others and all("IMAGING_BODY_PART_ALIASES" not in env_of(c) for c in others)
+    # The rendered string is what the gateway parses at start-up (JSON, pydantic-settings).
+    parsed = GatewaySettings.model_validate({"body_part_aliases": json.loads(raw)})
+    assert parsed.body_part_aliases == {"THORAX": "CHEST", "LUNG": "CHEST", "BRST": "BREAST"}
+
+
+@pytest.mark.parametrize(
+    "aliases",
+    [{"THORAX": "chest"}, {"THORAX": "A" * 17}, {"": "CHEST"}, {"THORAX": "CHEST\n"}],
+    ids=["lower-case term", "term over 16", "empty value", "control character"],
+)
+def test_body_part_aliases_outside_code_strings_fail_the_schema(aliases: dict[str, str]) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        render({"gateway": {"routing": {"bodyPartAliases": aliases}}})

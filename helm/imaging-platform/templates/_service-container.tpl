@@ -148,6 +148,11 @@ and study limits and the dependency-readiness settings.
     {{- end }}
     - name: IMAGING_MAX_STUDY_DECODED_BYTES
       value: {{ $gw.limits.maxStudyDecodedBytes | int64 | quote }}
+    {{- if $gw.routing.bodyPartAliases }}
+    # Site BodyPartExamined values -> the defined terms the pipelines route on (JSON object).
+    - name: IMAGING_BODY_PART_ALIASES
+      value: {{ toJson $gw.routing.bodyPartAliases | quote }}
+    {{- end }}
     # Readiness follows Triton and the peers: NOT_SERVING until all answered once, and after
     # one failed its probes for this long.
     - name: IMAGING_PEER_UNREACHABLE_SECONDS
