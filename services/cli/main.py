@@ -16,9 +16,12 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
-from services.cli.client import DOCUMENTS, GatewayClient
-from services.cli.samples import pneumoniamnist_samples
+from services.cli import chart
+from services.cli.client import DOCUMENTS, GatewayClient, Study, find_studies
+from services.cli.quicklook import caveat_text, status_name, write_quicklooks
+from services.cli.samples import pneumoniamnist_samples, write_samples
 from services.cli.stack import REPO_ROOT, Ports, Stack, StackError
+from services.cli.usage import UsageError
 from services.common.audit import (
     EXIT_ERROR,
     EXIT_NO_RECORDS,
@@ -34,7 +37,8 @@ from services.fleet.core import DEFAULT_GRPC_PORT
 from services.fleet.golden import DEFAULT_REPOSITORY
 from services.fleet.rollout import DEFAULT_RELEASE, DEFAULT_TIMEOUT, rollout_command
 
-DEFAULT_RUN_DIR = REPO_ROOT / ".run"
+# IMAGING_RUN_DIR: a second stack (or a test) without --run-dir on every command.
+DEFAULT_RUN_DIR = Path(os.environ.get("IMAGING_RUN_DIR") or REPO_ROOT / ".run")
 SAMPLE_DIR = REPO_ROOT.parent / "shared" / "data" / "dicom"
 # Real frontal chest radiographs of the shared corpus: CR uncompressed, CR JPEG 2000 lossy,
 # DX JPEG 2000 lossless; and a tibia CR that no pipeline accepts.
@@ -51,35 +55,46 @@ PNEUMONIAMNIST = (
 DEMO_NAMED = "cxr_pneumonia_ensemble"
 
 
-def _status(finding: findings_pb2.Finding) -> str:
-    name = findings_pb2.FindingStatus.Name(finding.status).removeprefix("FINDING_STATUS_")
-    return name if name != "UNSPECIFIED" else ("POSITIVE" if finding.positive else "NEGATIVE")
+def _verdict(finding: findings_pb2.Finding) -> str:
+    """The status and why: the caveats of an INDETERMINATE finding, else the threshold."""
+    status = status_name(finding)
+    if status == "INDETERMINATE":
+        return f"INDETERMINATE ({'; '.join(caveat_text(c) for c in finding.caveats)})"
+    return f"{status} (p {'>=' if status == 'POSITIVE' else '<'} threshold)"
 
 
-def _table(path: str, response: gateway_pb2.AnalyzeResponse) -> str:
-    lines = []
+def _table(label: str, response: gateway_pb2.AnalyzeResponse) -> str:
+    """A study's answer for a person: a line naming the study, pipeline, model and triage,
+    then one indented line per finding, measurement, caveat, warning and document."""
     priority = findings_pb2.TriagePriority.Name(response.triage_priority)
+    model = f"{response.model.name}/{response.model.version or 'latest'}"
+    lines = [
+        f"{label}  [pipeline {response.pipeline or '-'}, model {model}, "
+        f"triage {priority.removeprefix('TRIAGE_PRIORITY_')}]"
+    ]
+    if response.HasField("refusal"):
+        lines.append(f"  REFUSED ({response.refusal.kind}): {response.refusal.reason}")
     for f in response.findings:
         ood = f" ood={f.ood_score:.2f}/{f.ood_threshold:.2f}" if f.ood_threshold else ""
         lines.append(
-            f"{path:<48} {f.display_name:<12} p={f.probability:.4f} thr={f.threshold:.2f}{ood} "
-            f"{_status(f):<13} {priority.removeprefix('TRIAGE_PRIORITY_')}"
+            f"  {f.display_name:<20} p={f.probability:.4f} thr={f.threshold:.4f}{ood}  "
+            f"{_verdict(f)}"
         )
-    for caveat in response.caveats:
-        reason = findings_pb2.CaveatReason.Name(caveat.reason).removeprefix("CAVEAT_REASON_")
-        lines.append(f"{'':<48} {reason}: {caveat.detail}")
-    timings = " ".join(f"{t.stage}={t.milliseconds:.1f}ms" for t in response.timings)
-    lines.append(
-        f"{'':<48} pipeline={response.pipeline} model={response.model.name}/"
-        f"{response.model.version or 'latest'} {timings}"
-    )
-    lines.extend(f"{'':<48} warning: {w}" for w in response.warnings)
-    if response.HasField("refusal"):
-        lines.append(f"{path:<48} refused ({response.refusal.kind}): {response.refusal.reason}")
+    for m in response.measurements:
+        lines.append(f"  {m.display_name:<20} {m.value:.1f} {m.unit}".rstrip())
+    # Caveats a finding already showed are not repeated; a volume's (no finding) are here.
+    shown = {(c.reason, c.detail) for f in response.findings for c in f.caveats}
     lines.extend(
-        f"{'':<48} {o.kind}: {len(o.data):,} bytes {o.media_type} {o.sop_class_uid}".rstrip()
+        f"  caveat: {caveat_text(c)}" for c in response.caveats if (c.reason, c.detail) not in shown
+    )
+    lines.extend(f"  warning: {w}" for w in response.warnings)
+    lines.extend(
+        f"  output {o.kind}: {len(o.data):,} bytes {o.media_type} {o.sop_class_uid}".rstrip()
         for o in response.outputs
     )
+    if response.timings:
+        timings = " ".join(f"{t.stage}={t.milliseconds:.1f}ms" for t in response.timings)
+        lines.append(f"  timings: {timings}")
     return "\n".join(lines)
 
 
@@ -100,26 +115,28 @@ _NOT_THIS_STUDY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
 
 def _analyze_files(
     client: GatewayClient,
-    files: list[Path],
+    studies: Sequence[Study],
     pipeline: str,
     out: Path | None,
     documents: Sequence[str] = (),
     report_refusal: bool = False,
-    one_study: bool = False,
+    quicklook: bool = True,
 ) -> int:
+    """One Analyze per study, its table printed and, with ``out``, its outputs written: the
+    number of studies that failed."""
     failures = 0
-    studies = [files] if one_study else [[path] for path in files]
+    stems: set[str] = set()
     for study in studies:
-        label = (
-            study[0].name if len(study) == 1 else f"{study[0].parent.name}/ ({len(study)} files)"
-        )
+        label = study.label
         try:
-            # Overlays are asked for only when they will be written.
-            heatmaps = out is not None
+            # Overlays (and masks, for the quick looks) are asked for only when written.
             response = client.analyze(
-                [path.read_bytes() for path in study],
+                [path.read_bytes() for path in study.files],
                 pipeline=pipeline,
-                heatmaps=heatmaps,
+                heatmaps=out is not None,
+                # A series may be a volume: its mask for the quick look (a 2-D pipeline would
+                # warn that it has none, so a single file never asks).
+                masks=out is not None and quicklook and len(study.files) > 1,
                 documents=documents,
                 report_refusal=report_refusal,
             )
@@ -127,18 +144,32 @@ def _analyze_files(
             if err.code() in _NOT_THIS_STUDY:  # the gateway, not the study: say it once
                 raise
             failures += 1
-            print(f"{label:<48} {err.code().name}: {err.details()}")
+            print(f"{label}  {err.code().name}: {err.details()}")
             continue
         print(_table(label, response))
         if out is not None:
-            write_outputs(out, study[0].stem, response)
+            # Two studies whose first files share a name (IM0001 in two folders) stay apart.
+            stem, number = study.files[0].stem, 2
+            while stem in stems:
+                stem, number = f"{study.files[0].stem}-{number}", number + 1
+            stems.add(stem)
+            sources = study.files if quicklook else ()
+            write_outputs(out, stem, response, sources)
     return failures
 
 
-def write_outputs(out: Path, stem: str, response: gateway_pb2.AnalyzeResponse) -> list[Path]:
-    """Findings as JSON, each heatmap as its own PNG (referenced from the JSON)."""
+def write_outputs(
+    out: Path,
+    stem: str,
+    response: gateway_pb2.AnalyzeResponse,
+    sources: Sequence[Path | bytes] = (),
+) -> list[Path]:
+    """Findings as JSON, each heatmap as its own PNG (referenced from the JSON), and, when the
+    study's ``sources`` are given, a quick-look PNG per heatmap and mask drawn over them."""
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
+    looks = write_quicklooks(out, stem, response, sources) if sources else {}
+    written.extend(looks.values())
     record = gateway_pb2.AnalyzeResponse()
     record.CopyFrom(response)
     heatmaps: dict[int, str] = {}
@@ -149,6 +180,8 @@ def write_outputs(out: Path, stem: str, response: gateway_pb2.AnalyzeResponse) -
             heatmaps[index] = png.name
             written.append(png)
             finding.ClearField("heatmap_png")
+    for seg in record.segmentations:  # the mask's bytes are no JSON: its quick look shows it
+        seg.mask.ClearField("data")
     files: list[str] = []
     for obj in record.outputs:
         suffix = ".json" if obj.media_type == "application/fhir+json" else ".dcm"
@@ -160,6 +193,12 @@ def write_outputs(out: Path, stem: str, response: gateway_pb2.AnalyzeResponse) -
     document = MessageToDict(record)
     for index, name in heatmaps.items():
         document["findings"][index]["heatmapFile"] = name
+    for key, path in looks.items():
+        if isinstance(key, int):
+            document["findings"][key]["quicklookFile"] = path.name
+        else:
+            labels = [seg.label for seg in record.segmentations]
+            document["segmentations"][labels.index(key)]["quicklookFile"] = path.name
     for index, name in enumerate(files):
         document["outputs"][index]["file"] = name
     target = out / f"{stem}.findings.json"
@@ -235,10 +274,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if rows and all(r[3] == "SERVING" for r in rows) else 1
 
 
-class UsageError(Exception):
-    """A user's mistake: said in one line on stderr, exit 2, never a traceback."""
-
-
 def _client(args: argparse.Namespace) -> GatewayClient:
     files = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
     try:
@@ -263,12 +298,13 @@ def _rpc_error(err: grpc.RpcError, gateway: str) -> str:
 
 
 def _study_files(paths: Sequence[Path]) -> None:
-    """Every path an existing file, checked before the first call: one line per mistake."""
+    """Every path an existing file or folder, checked before the first call: one line per
+    mistake."""
     for path in paths:
-        if path.is_dir():
-            raise UsageError(f"{path} is a directory: name its files (e.g. {path}/*.dcm)")
-        if not path.is_file():
-            raise UsageError(f"{path}: no such file")
+        if not path.exists():
+            raise UsageError(f"{path}: no such file or folder")
+        if not (path.is_file() or path.is_dir()):
+            raise UsageError(f"{path}: not a file or a folder")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -278,23 +314,111 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError(
             f"unknown document kind(s) {', '.join(unknown)}; choose from {', '.join(DOCUMENTS)}"
         )
-    _study_files(args.files)
+    _study_files(args.paths)
     if args.out is not None and args.out.is_dir() and any(args.out.iterdir()) and not args.force:
         raise UsageError(f"{args.out} is not empty: name a new folder, or pass --force")
+    scan = find_studies(args.paths, per_file=args.per_file)
+    studies = scan.studies
+    if args.one_study and studies:
+        files = [path for study in studies for path in study.files]
+        studies = [Study(files, series=sum(study.series for study in studies))]
+    if not studies:
+        raise UsageError(
+            f"no DICOM image in {', '.join(str(p) for p in args.paths)} ({scan.skipped()})"
+        )
+    count = sum(len(study.files) for study in studies)
+    print(
+        f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, {count} file(s)"
+        + (f"; {scan.skipped()}" if scan.skipped() else "")
+    )
     client = _client(args)
     try:
         failed = _analyze_files(
             client,
-            args.files,
+            studies,
             args.pipeline,
             args.out,
             documents,
             args.report_refusal,
-            args.one_study,
+            quicklook=not args.no_quicklook,
         )
         return 1 if failed else 0
     finally:
         client.close()
+
+
+# PneumoniaMNIST's labels as the demo's sample names end (services/cli/samples.py).
+_LABEL_POSITIVE = {"pneumonia": True, "normal": False}
+
+
+def _operating_rates(
+    response: gateway_pb2.AnalyzeResponse, listed: Sequence[gateway_pb2.PipelineInfo]
+) -> tuple[float, float, float | None] | None:
+    """The model's test-split sensitivity and specificity at its operating threshold, and that
+    threshold: from the card ListPipelines returned where it carries them, else from the
+    model's metrics file in the repository (``metrics_v<N>.json`` or ``metrics.json``)."""
+    for info in listed:
+        if info.model.name == response.model.name and info.card.metrics:
+            metrics = info.card.metrics
+            keys = (
+                "test_sensitivity_at_operating_threshold",
+                "test_specificity_at_operating_threshold",
+            )
+            if all(k in metrics for k in keys):
+                return metrics[keys[0]], metrics[keys[1]], metrics.get("operating_threshold")
+    folder = DEFAULT_REPOSITORY / response.model.name
+    version = response.model.version
+    for path in (folder / f"metrics_v{version}.json", folder / "metrics.json"):
+        if not path.is_file():
+            continue
+        metrics = json.loads(path.read_text())
+        if str(metrics.get("version", version)) != version:
+            continue  # another version's numbers
+        rates = metrics.get("test_at_operating_threshold") or {}
+        if "sensitivity" in rates and "specificity" in rates:
+            threshold = metrics.get("operating_threshold")
+            return (
+                float(rates["sensitivity"]),
+                float(rates["specificity"]),
+                None if threshold is None else float(threshold),
+            )
+    return None
+
+
+def _honesty(
+    name: str, response: gateway_pb2.AnalyzeResponse, listed: Sequence[gateway_pb2.PipelineInfo]
+) -> str:
+    """For an in-population sample with a known label: whether the answer is a true or false
+    positive or negative, and the card's rates that say how often each is to be expected."""
+    truth = _LABEL_POSITIVE.get(name.rsplit("-", 1)[-1])
+    rates = _operating_rates(response, listed)
+    lines = []
+    for finding in response.findings:
+        status = status_name(finding)
+        if truth is None:
+            lines.append(f"  known label: none; {status} cannot be checked")
+        elif status == "INDETERMINATE":
+            lines.append(f"  known label {name.rsplit('-', 1)[-1]}: no decision to check")
+        else:
+            called = status == "POSITIVE"
+            verdict = f"{'TRUE' if called == truth else 'FALSE'} {status}"
+            lines.append(f"  known label {name.rsplit('-', 1)[-1]}: {verdict}")
+        if rates is None:
+            lines.append("  (the model card states no sensitivity/specificity to compare)")
+            continue
+        sensitivity, specificity, threshold = rates
+        at = f"{threshold:.3f}" if threshold is not None else f"{finding.threshold:.3f}"
+        lines.append(
+            f"  model card, test split at threshold {at}: sensitivity {sensitivity:.1%}, "
+            f"specificity {specificity:.1%}: about {1 - specificity:.0%} of negative cases are "
+            f"called POSITIVE and {1 - sensitivity:.0%} of positive ones NEGATIVE"
+        )
+        if threshold is not None and abs(threshold - finding.threshold) > 1e-4:
+            lines.append(
+                f"  (the pipeline's threshold {finding.threshold:.3f} is not the card's: "
+                "the rates above are for the card's)"
+            )
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -310,28 +434,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"stack ready in {time.perf_counter() - started:.1f} s (gateway {stack.gateway_address})")
     client = GatewayClient(stack.gateway_address)
     try:
-        for info in client.pipelines().pipelines:
+        listed = list(client.pipelines().pipelines)
+        for info in listed:
             print(
                 f"pipeline {info.name}: model {info.model.name}/{info.model.version}; "
                 f"{_routing(info)}"
             )
         print()
         print("Adult radiographs (outside the chest models' intended use) and a tibia:")
-        _analyze_files(client, files, "", args.out)
+        _analyze_files(client, [Study([f]) for f in files], "", args.out)
         print("\nChildren's chest radiographs from the PneumoniaMNIST test split (in population):")
         children = pneumoniamnist_samples(PNEUMONIAMNIST)
         for name, dicom in children:
             # With the documents a PACS and an EHR read (docs/conformance.md).
             response = client.analyze([dicom], heatmaps=True, documents=("sr", "heatmap", "fhir"))
             print(_table(name, response))
-            write_outputs(args.out, name, response)
+            print(_honesty(name, response, listed))
+            write_outputs(args.out, name, response, [dicom])
         # An opt-in pipeline runs only when the request names it; this one refuses studies
         # outside its intended use instead of flagging them.
         print(f"\nNaming the opt-in pipeline {DEMO_NAMED} (it refuses outside its intended use):")
         name, dicom = children[-1]
         named = client.analyze([dicom], pipeline=DEMO_NAMED)
         print(_table(name, named))
-        write_outputs(args.out, f"{name}.{DEMO_NAMED}", named)
+        print(_honesty(name, named, listed))
+        write_outputs(args.out, f"{name}.{DEMO_NAMED}", named, [dicom])
         try:
             client.analyze([files[0].read_bytes()], pipeline=DEMO_NAMED)
         except grpc.RpcError as err:
@@ -367,6 +494,19 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
             )
     finally:
         client.close()
+    return 0
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    if not PNEUMONIAMNIST.is_file():
+        raise UsageError(f"{PNEUMONIAMNIST} not found: shared data must sit beside the checkout")
+    for folder, files in write_samples(args.out, PNEUMONIAMNIST).items():
+        print(f"{args.out / folder}/  {len(files)} files")
+    return 0
+
+
+def cmd_chart_render(args: argparse.Namespace) -> int:
+    sys.stdout.write(chart.render(args.values, args.name, args.namespace))
     return 0
 
 
@@ -438,11 +578,21 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "status", parents=[run_dir], help="what `up` started, where, and each part's health"
     ).set_defaults(func=cmd_status)
-    analyze = sub.add_parser("analyze", help="analyze DICOM files (one study per file)")
-    analyze.add_argument("files", nargs="+", type=Path)
+    analyze = sub.add_parser(
+        "analyze",
+        help="analyze DICOM files and folders, one request per study (Study Instance UID)",
+        description="Folders are searched recursively; files in them that are not DICOM, or "
+        "hold no pixel data, are skipped and counted. Files named are always sent.",
+    )
+    analyze.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="file or folder")
     analyze.add_argument("--pipeline", default="", help="pipeline name; default routes by tags")
     _connection_flags(analyze)
-    analyze.add_argument("--out", type=Path, default=None, help="write findings JSON here")
+    analyze.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write findings JSON, heatmaps and quick-look PNGs (result over the image) here",
+    )
     analyze.add_argument(
         "--force", action="store_true", help="write into --out even when it holds files"
     )
@@ -457,8 +607,19 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="answer a refused study with the reason (and an SR/FHIR report) instead of an error",
     )
+    grouping = analyze.add_mutually_exclusive_group()
+    grouping.add_argument(
+        "--one-study",
+        action="store_true",
+        help="send all files as one study, whatever their Study Instance UIDs",
+    )
+    grouping.add_argument(
+        "--per-file", action="store_true", help="send each file as a study of its own"
+    )
     analyze.add_argument(
-        "--one-study", action="store_true", help="send all files as one study (e.g. an MR series)"
+        "--no-quicklook",
+        action="store_true",
+        help="with --out: no quick-look PNGs (and no masks asked for them)",
     )
     analyze.set_defaults(func=cmd_analyze)
     demo = sub.add_parser("demo", help="start the stack, analyze sample chest X-rays, stop")
@@ -468,6 +629,22 @@ def parser() -> argparse.ArgumentParser:
     pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines")
     _connection_flags(pipelines)
     pipelines.set_defaults(func=cmd_pipelines)
+    samples = sub.add_parser(
+        "sample-data", help="write sample studies to try: two children's chest X-rays, a brain MR"
+    )
+    samples.add_argument("--out", type=Path, required=True, help="folder to write them into")
+    samples.set_defaults(func=cmd_sample_data)
+    chart_command = sub.add_parser("chart", help="the Helm chart without a helm binary")
+    chart_sub = chart_command.add_subparsers(dest="chart_command", required=True)
+    template = chart_sub.add_parser(
+        "render", help="print the manifests `helm template` would (Helm's engine, in-process)"
+    )
+    template.add_argument(
+        "-f", "--values", type=Path, action="append", default=[], help="values file (repeatable)"
+    )
+    template.add_argument("--name", default="imaging", help="release name")
+    template.add_argument("--namespace", default="imaging", help="release namespace")
+    template.set_defaults(func=cmd_chart_render)
     audit = sub.add_parser("audit", help="the gateway's audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser(
@@ -570,6 +747,9 @@ def _fleet_options(command: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parser().parse_args(argv)
+    # Absolute from here on: Triton and the services run from other working directories, and
+    # `down` may be typed from another folder than `up`.
+    args.run_dir = args.run_dir.resolve()
     # The one seam where a user's mistakes become a line on stderr instead of a traceback.
     try:
         return int(args.func(args))

@@ -52,7 +52,10 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], expecte
 
 MISTAKES: dict[str, Callable[[Path], tuple[list[str], str]]] = {
     "a missing file": lambda d: (["analyze", str(d / "chest.dcm")], "chest.dcm: no such file"),
-    "a folder": lambda d: (["analyze", str(d)], "is a directory: name its files"),
+    "a folder without DICOM images": lambda d: (
+        ["analyze", str(d)],
+        "no DICOM image in",  # its one file is JSON: skipped and counted, nothing to send
+    ),
     "an unknown document kind": lambda d: (
         ["analyze", str(SAMPLE), "--documents", "sr,pdf"],
         "unknown document kind(s) pdf; choose from sr, seg, heatmap, fhir",

@@ -10,16 +10,22 @@ PACS as what it is: a picture derived from the source image (Source Image Sequen
 The overlay is composited onto the source image itself when its pixels come cheaply (native,
 uncompressed, single-frame grayscale pixel data in the given dataset: no codec runs here), and
 onto black otherwise.
+
+A PACS shows pixels, often without the header: the finding's status and "not a diagnosis" are
+burned into a text band over the top rows (and said again in the Series Description), so the
+picture cannot be taken for a positive read or a diagnosis on its own.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from functools import cache
 from io import BytesIO
 
 import highdicom as hd
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import (
@@ -87,6 +93,84 @@ def composite(source: Dataset, png: bytes) -> tuple[np.ndarray, bool]:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), gray is not None
 
 
+# Burned-in text: light on an opaque dark band, the size a 256 px picture stays legible at.
+BAND_FONT_PX = 11
+_BAND_PAD = 3
+_BAND_INK = (255, 255, 255)
+_BAND_PAPER = (0, 0, 0)
+NOT_A_DIAGNOSIS = "AI output, not a diagnosis"
+
+
+@cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's own font (no system font needed): scalable where Pillow has FreeType."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, width: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> list[str]:
+    """``text`` in lines no wider than ``width`` px, broken at spaces (a word wider than that
+    gets a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def text_band(width: int, texts: Sequence[str], font_px: int = BAND_FONT_PX) -> np.ndarray:
+    """RGB uint8 rows (height x ``width``) with ``texts`` wrapped to the width, light on dark:
+    a band to put above or over a picture so what it means travels with its pixels."""
+    font = _font(font_px)
+    lines = [line for text in texts for line in _wrap(text, width - 2 * _BAND_PAD, font)]
+    top, bottom = font.getbbox("Ag")[1::2]
+    step = int(bottom) + 2
+    height = 2 * _BAND_PAD + step * len(lines) - int(top)
+    band = Image.new("RGB", (width, height), _BAND_PAPER)
+    draw = ImageDraw.Draw(band)
+    for number, line in enumerate(lines):
+        draw.text((_BAND_PAD, _BAND_PAD - int(top) + number * step), line, _BAND_INK, font=font)
+    return np.asarray(band)
+
+
+def status_texts(finding: Finding) -> list[str]:
+    """What the burned-in band says: the finding, its status, and that it is no diagnosis."""
+    status = (finding.status or FindingStatus.NEGATIVE).value
+    return [f"{finding.concept.display_name}: {status}", "AI heatmap - not a diagnosis"]
+
+
+# A smaller picture (a 28 px image gives a 28 px heatmap) is scaled up to this long side
+# first: its burned-in text would not fit otherwise.
+MIN_SIDE = 256
+
+
+def burn_in(pixels: np.ndarray, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+    """``pixels`` (RGB) with ``texts`` burned into a band over its top rows, and the band's
+    height. Over, not above: the picture keeps the image's aspect ratio and, from MIN_SIDE px
+    on the long side, its size (the heatmap's)."""
+    rows, cols = pixels.shape[:2]
+    if max(rows, cols) < MIN_SIDE:
+        scale = MIN_SIDE / max(rows, cols)
+        size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+        resized = Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR)
+        pixels = np.asarray(resized)
+    band = text_band(pixels.shape[1], texts)
+    rows = min(band.shape[0], pixels.shape[0])
+    out = pixels.copy()
+    out[:rows] = band[:rows]
+    return out, rows
+
+
+def series_description(finding: Finding) -> str:
+    """The status first, so that the 64 characters of LO never cut it off."""
+    status = (finding.status or FindingStatus.NEGATIVE).value
+    return truncate(f"{status} - not a diagnosis - AI heatmap {finding.concept.display_name}", 64)
+
+
 def _orientation(source: Dataset) -> list[str]:
     """The source's Patient Orientation, or one derived from its Image Orientation (Patient),
     or none."""
@@ -115,6 +199,7 @@ def heatmap_image(
     """Finding ``number``'s heatmap over its image, as an SC image in a new series of the
     source study (one series for all heatmaps of a result)."""
     pixels, over_source = composite(source, finding.heatmap_png)
+    pixels, band_rows = burn_in(pixels, status_texts(finding))
     status = finding.status or FindingStatus.NEGATIVE
     orientation = _orientation(source)
     # highdicom wants one letter per axis; the source's own value is copied below.
@@ -134,7 +219,9 @@ def heatmap_image(
         manufacturer=ctx.manufacturer,
         patient_orientation=placeholder,
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=truncate(f"AI heatmaps: {ctx.pipeline} ({ctx.algorithm})", 64),
+        # One series holds a result's heatmaps; every pipeline has one heatmapped finding, so
+        # the status this names is the series'.
+        series_description=series_description(finding),
         manufacturer_model_name=truncate(ctx.manufacturer, 64),
         software_versions=ctx.software_version,
     )
@@ -150,12 +237,18 @@ def heatmap_image(
         f"over {'the source image' if over_source else 'black'}: where the model looked, "
         f"scaled to its own maximum, not how sure it is. Finding status {status.value}, "
         f"probability {finding.probability:.3f}, threshold {finding.threshold:.3f}"
-        + (f"; not a decision: {caveats}" if caveats else ""),
+        + (f"; not a decision: {caveats}" if caveats else "")
+        + f". The top {band_rows} rows carry burned-in text: the status and that this is "
+        "not a diagnosis (no patient identity)",
         1024,
     )
     sc.ImageComments = truncate(
         f"{finding.concept.display_name}: {status.value} (heatmap, {ctx.pipeline})", 10240
     )
+    # The band burns in the status, never the patient's identity or a date. Burned In
+    # Annotation (PS3.3 General Image Module) says whether the pixels hold "sufficient burned
+    # in annotation to identify the patient and date the image was acquired": NO, so that
+    # de-identification tools need not blank the picture. Derivation Description names the band.
     sc.BurnedInAnnotation = "NO"
     # Laterality is Type 2C (paired body parts): the source's where it has one; absent for a
     # body part the source names (its laterality is then its own business), empty (unknown)
