@@ -50,6 +50,7 @@ from torch import nn
 
 from services.common.cards import intended_use_facts, intended_use_markdown
 from services.common.pipelines import PipelineRegistry
+from services.postprocessor.core import sigmoid
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -367,10 +368,9 @@ def predict_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
     return logits
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """Probability of the positive class, as the platform's postprocessor computes it."""
-    prob: np.ndarray = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
-    return prob
+def probability(z: np.ndarray) -> np.ndarray:
+    """Probability of the positive class: the platform's postprocessor's sigmoid, in float64."""
+    return sigmoid(z.astype(np.float64))
 
 
 def train(
@@ -647,7 +647,7 @@ def evaluate(
     seed: int,
 ) -> dict[str, Any]:
     """Operating threshold on val, then every test-split metric the card reports."""
-    p_val, p_test = sigmoid(val_logits), sigmoid(test_logits)
+    p_val, p_test = probability(val_logits), probability(test_logits)
     threshold = youden_threshold(y_val, p_val)
     ci = bootstrap_ci(y_test, p_test, threshold, seed)
     ece, table = calibration(y_test, p_test)
@@ -745,11 +745,12 @@ def flip_rates(
     onnx_path: Path, x: np.ndarray, threshold: float, perturbed: dict[str, np.ndarray]
 ) -> dict[str, float]:
     """Share of images whose thresholded decision changes under each perturbation."""
-    base = sigmoid(onnx_logits(onnx_path, x)) >= threshold
-    return {
-        name: round(float(((sigmoid(onnx_logits(onnx_path, xp)) >= threshold) != base).mean()), 6)
+    base = probability(onnx_logits(onnx_path, x)) >= threshold
+    flipped = {
+        name: (probability(onnx_logits(onnx_path, xp)) >= threshold) != base
         for name, xp in perturbed.items()
     }
+    return {name: round(float(flips.mean()), 6) for name, flips in flipped.items()}
 
 
 def sha256(path: Path) -> str:

@@ -17,12 +17,7 @@ from google.protobuf.json_format import MessageToDict
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
 from services.cli import chart
-from services.cli.client import DOCUMENTS, GatewayClient, Study, find_studies
-from services.cli.quicklook import caveat_text, status_name, write_quicklooks
-from services.cli.samples import pneumoniamnist_samples, write_samples
-from services.cli.stack import REPO_ROOT, Ports, Stack, StackError
-from services.cli.usage import UsageError
-from services.common.audit import (
+from services.cli.audit_verify import (
     EXIT_ERROR,
     EXIT_NO_RECORDS,
     EXIT_OK,
@@ -30,7 +25,12 @@ from services.common.audit import (
     EXIT_TAMPERED,
     main_verify,
 )
-from services.common.pki import create_dev_pki
+from services.cli.client import DOCUMENTS, GatewayClient, Study, find_studies
+from services.cli.pki import create_dev_pki
+from services.cli.quicklook import caveat_text, status_name, write_quicklooks
+from services.cli.samples import pneumoniamnist_samples, write_samples
+from services.cli.stack import REPO_ROOT, Ports, Stack, StackError
+from services.cli.usage import UsageError
 from services.common.settings import DEFAULT_PIPELINES_DIR
 from services.common.tls import TlsFiles
 from services.fleet.core import DEFAULT_GRPC_PORT

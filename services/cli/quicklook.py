@@ -25,7 +25,7 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from services.api.imaging.v1 import findings_pb2, gateway_pb2, tensor_pb2
 from services.cli.client import quiet_pydicom
 from services.common import tensors
-from services.common.reports.capture import NOT_A_DIAGNOSIS, _font, text_band
+from services.common.textband import NOT_A_DIAGNOSIS, font, text_band
 
 # The image part is drawn at its own size within these bounds (long side, px): a 28 px image is
 # scaled up so the text and colour bar stay legible, a 3000 px one down to stay a quick look.
@@ -139,12 +139,12 @@ def _colour_bar(height: int) -> np.ndarray:
     bar = np.repeat(ramp(levels), BAR_WIDTH, axis=1)
     panel.paste(Image.fromarray(np.rint(bar).astype(np.uint8)), (BAR_LEFT, top))
     draw = ImageDraw.Draw(panel)
-    font = _font(11)
+    face = font(11)
     x = BAR_LEFT + BAR_WIDTH + 4
     for value, label in ((1.0, "1 peak"), (0.5, "0.5"), (0.0, "0")):
         y = top + (1.0 - value) * (bottom - top - 1)
         draw.line([(BAR_LEFT + BAR_WIDTH, y), (x - 1, y)], fill=(255, 255, 255))
-        draw.text((x, y - 6), label, (255, 255, 255), font=font)
+        draw.text((x, y - 6), label, (255, 255, 255), font=face)
     return np.asarray(panel)
 
 

@@ -7,6 +7,7 @@ period. Nothing here fakes a component: the local Triton is the bundled CPU buil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ from typing import BinaryIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.pki import INTERNAL_COMMON_NAME, DevPki
+from services.cli.pki import INTERNAL_COMMON_NAME, DevPki
 from services.common.settings import DEFAULT_MODEL_REPOSITORY, ServiceSettings
 from services.common.tls import TlsFiles, channel_credentials
 from services.triton_local.launch import TritonLaunchError, connection_flags, start_tritonserver
@@ -39,14 +40,24 @@ SERVICES = ("decoder", "preprocessor", "postprocessor", "gateway")
 
 
 def free_port() -> int:
+    """A port free a moment ago. Another process may take it before it is bound again: only
+    for programs that cannot bind port 0 and report it (tritonserver, whose start the stack
+    retries on a taken port, and external tools in tests)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+# tritonserver's words when one of its ports is taken (it then exits: --exit-on-error).
+_TRITON_PORT_TAKEN = "already in use"
+TRITON_START_ATTEMPTS = 3
+
+
 @dataclass
 class Ports:
-    """Every port of the stack; ``Ports.free()`` picks unused ones (tests, demo)."""
+    """Every port of the stack; ``Ports.free()`` lets each service bind any free one (tests,
+    demo). A service port of 0 means "any free one": the service binds port 0 and reports
+    the port it got (IMAGING_PORTS_FILE), and the stack records it in stack.json."""
 
     triton_http: int = 8000
     triton_grpc: int = 8001
@@ -73,19 +84,24 @@ class Ports:
         }
     )
 
+    # Triton's ports were picked (free_port), not chosen: on a taken one, pick again.
+    triton_picked: bool = False
+
     @classmethod
     def free(cls) -> Ports:
-        return cls(
+        """Services: port 0 (bound, then reported). Triton cannot report a port it bound, so
+        its three are picked here and its start retried with new ones if one was taken."""
+        ports = cls(0, 0, 0, 0, 0, 0, 0, dict.fromkeys(SERVICES, 0), dict.fromkeys(SERVICES, 0))
+        ports.pick_triton()
+        return ports
+
+    def pick_triton(self) -> None:
+        self.triton_http, self.triton_grpc, self.triton_metrics = (
             free_port(),
             free_port(),
             free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            {name: free_port() for name in SERVICES},
-            {name: free_port() for name in SERVICES},
         )
+        self.triton_picked = True
 
     def grpc(self, service: str) -> int:
         return int(getattr(self, service))
@@ -120,6 +136,9 @@ class Stack:
     # them with); None: the files above. ``allowed_peers``: the identity inner services accept.
     internal_tls: TlsFiles | None = None
     allowed_peers: str = ""
+    # More addresses behind a service's name, as a headless Service has several replicas:
+    # the gateway dials ``ipv4:`` the stack's own and these (tests of draining replicas).
+    replicas: dict[str, list[str]] = field(default_factory=dict)
 
     def use_dev_pki(self, pki: DevPki) -> None:
         """Edge certificates for the gateway's public port, internal ones behind it."""
@@ -137,7 +156,12 @@ class Stack:
         machine has it (the services run side by side here)."""
         shm = Path("/dev/shm")
         base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.run_dir
-        return base / f"imaging-exchange-{self.ports.decoder}"
+        return base / f"imaging-exchange-{self.tag}"
+
+    @property
+    def tag(self) -> str:
+        """A name of this stack that is known before any port is bound: its run dir's."""
+        return hashlib.sha256(str(self.run_dir.resolve()).encode()).hexdigest()[:12]
 
     @property
     def gateway_address(self) -> str:
@@ -242,8 +266,34 @@ class Stack:
 
     def start_service(self, service: str) -> None:
         """Start one platform service (again) without waiting for it to be ready."""
+        self._ports_file(service).unlink(missing_ok=True)  # a stale one would be believed
         argv = [sys.executable, "-m", f"services.{service}.server"]
         self._spawn(service, argv, self._service_env(service))
+
+    def _ports_file(self, service: str) -> Path:
+        return self.run_dir / "ports" / f"{service}.json"
+
+    def _await_ports(self, services: list[str], timeout: float) -> None:
+        """Record the ports each service bound, once it has written them (polled until a
+        deadline; a service that exits meanwhile fails the start with its log)."""
+        deadline = time.monotonic() + timeout
+        pending = list(services)
+        while pending:
+            self._check_alive()
+            for service in list(pending):
+                path = self._ports_file(service)
+                if not path.exists():
+                    continue
+                bound = json.loads(path.read_text())
+                setattr(self.ports, service, int(bound["port"]))
+                self.ports.metrics[service] = int(bound["metrics_port"])
+                self.ports.health[service] = int(bound["health_port"])
+                pending.remove(service)
+            if pending and time.monotonic() > deadline:
+                raise StackError(f"no ports reported after {timeout:.0f} s: {pending}")
+            if pending:
+                time.sleep(0.1)
+        self._save_state()
 
     def _wait_for_triton(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -277,12 +327,14 @@ class Stack:
             IMAGING_METRICS_PORT=str(self.ports.metrics[service]),
             IMAGING_PIPELINES_DIR=str(self.pipelines_dir),
             IMAGING_LOG_LEVEL=self.log_level,
-            IMAGING_DECODER_ADDRESS=f"127.0.0.1:{self.ports.decoder}",
-            IMAGING_PREPROCESSOR_ADDRESS=f"127.0.0.1:{self.ports.preprocessor}",
-            IMAGING_POSTPROCESSOR_ADDRESS=f"127.0.0.1:{self.ports.postprocessor}",
+            IMAGING_DECODER_ADDRESS=self._peer_address("decoder"),
+            IMAGING_PREPROCESSOR_ADDRESS=self._peer_address("preprocessor"),
+            IMAGING_POSTPROCESSOR_ADDRESS=self._peer_address("postprocessor"),
             IMAGING_TRITON_ADDRESS=self.triton_grpc_address,
             IMAGING_PIXEL_EXCHANGE_DIR=str(self.pixel_exchange_dir),
-            IMAGING_HEALTH_PORT=str(self.ports.health[service]),
+            # A health port is always served here; 0 (any free one) is -1 to the service.
+            IMAGING_HEALTH_PORT=str(self.ports.health[service] or -1),
+            IMAGING_PORTS_FILE=str(self._ports_file(service)),
         )
         files = self.tls if service == "gateway" else self.inner_tls
         if service == "gateway" and self.internal_tls is not None:
@@ -297,7 +349,7 @@ class Stack:
             env.update(
                 IMAGING_AUDIT_LOG=str(self.audit_log),
                 IMAGING_AUDIT_KEY_FILE=str(self.audit_key_file),
-                IMAGING_AUDIT_CHAIN=f"gateway-{self.ports.gateway}",
+                IMAGING_AUDIT_CHAIN=f"gateway-{self.tag}",
             )
         for name, path in (
             ("IMAGING_TLS_CERT", files.cert),
@@ -310,6 +362,11 @@ class Stack:
                 env[name] = str(path)
         env.update(self.extra_env)
         return env
+
+    def _peer_address(self, service: str) -> str:
+        own = f"127.0.0.1:{self.ports.grpc(service)}"
+        more = self.replicas.get(service, [])
+        return f"ipv4:{','.join([own, *more])}" if more else own
 
     @property
     def state_file(self) -> Path:
@@ -349,7 +406,11 @@ class Stack:
                 f"stop it first with `imaging-platform --run-dir {self.run_dir} down`"
             )
         busy = sorted(
-            {name: port for name, port in self._all_ports().items() if _listening(port)}.items()
+            {
+                name: port
+                for name, port in self._all_ports().items()
+                if port and _listening(port)  # 0: any free port, bound later
+            }.items()
         )
         if busy:
             listed = ", ".join(f"{port} ({name})" for name, port in busy)
@@ -373,21 +434,45 @@ class Stack:
     def start(self, timeout: float = 180.0) -> None:
         self.refuse_to_disturb()
         # Logs, secrets and state are the stack's user's alone (0700 folders, 0600 files).
-        for folder in (self.run_dir, self.run_dir / "logs"):
+        for folder in (self.run_dir, self.run_dir / "logs", self.run_dir / "ports"):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
         self.pixel_exchange_dir.mkdir(mode=0o700, exist_ok=True)
         try:
-            self._start_triton()
             # Triton first: the gateway reports NOT_SERVING while it cannot reach it.
-            self._wait_for_triton(timeout)
-            for service in self.services:
+            self._start_triton_until_bound(timeout)
+            # The gateway last: it dials the inner services at the ports they reported.
+            inner = [s for s in self.services if s != "gateway"]
+            for service in inner:
                 self.start_service(service)
+            self._await_ports(inner, timeout)
+            if "gateway" in self.services:
+                self.start_service("gateway")
+                self._await_ports(["gateway"], timeout)
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
         self._save_state()
+
+    def _start_triton_until_bound(self, timeout: float) -> None:
+        """Start Triton and wait for it; if its ports were picked and one was taken before it
+        bound them (it exits saying so), pick new ones and start it again."""
+        for attempt in range(1, TRITON_START_ATTEMPTS + 1):
+            self._start_triton()
+            try:
+                self._wait_for_triton(timeout)
+                return
+            except StackError as err:
+                taken = _TRITON_PORT_TAKEN in str(err)
+                if not (self.ports.triton_picked and taken) or attempt == TRITON_START_ATTEMPTS:
+                    raise
+            pid = self.pids.pop("tritonserver")
+            if _signal(pid, signal.SIGKILL):
+                _wait_exit(pid, 10)
+            _wait_group_exit(pid, 30)  # its backend stubs hold files the next start replaces
+            self.ports.pick_triton()
+            self._save_state()
 
     def _check_alive(self) -> None:
         for name, pid in self.pids.items():
@@ -552,6 +637,17 @@ def _signal(pid: int, sig: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def _wait_group_exit(pgid: int, timeout: float) -> None:
+    """Until every process of the group (a tritonserver and its backend stubs) is gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 def _wait_exit(pid: int, timeout: float) -> None:

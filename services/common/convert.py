@@ -1,16 +1,18 @@
 """Every domain object <-> protobuf message mapping, for the servicers and clients (the only users).
 
 Protobuf stops here: the services' core modules see only the dataclasses of services/common.
+Each inner RPC's request and response has one ``*_to_proto`` / ``*_from_proto`` pair (the
+gateway's client calls one side, the service's servicer the other), and each enum one explicit
+table, so that a field or a value is mapped in one place. Tensors travel as raw bytes: nothing
+here copies pixels beyond the one serialisation tensors.to_proto makes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import cast
-
 import numpy as np
 
 from services.api.imaging.v1 import (
+    decoder_pb2,
     findings_pb2,
     gateway_pb2,
     postprocessor_pb2,
@@ -32,6 +34,7 @@ from services.common.images import (
     SharedImage,
     SharedPixels,
 )
+from services.common.jobs import DecodeJob, PostprocessJob, PreprocessJob
 from services.common.pipelines import IntendedUse, Pipeline, Range
 from services.common.results import (
     Assessment,
@@ -170,7 +173,12 @@ def image_from_proto(
     msg: tensor_pb2.DecodedImage, exchange: PixelExchange | None = None
 ) -> DecodedImage:
     """The image with its pixels, read from the pixel exchange when they wait there."""
-    image = decoded_from_proto(msg)
+    return take_pixels(decoded_from_proto(msg), exchange)
+
+
+def take_pixels(image: Decoded, exchange: PixelExchange | None) -> DecodedImage:
+    """The image with its pixels: taken from the pixel exchange when they wait there (once:
+    the exchange deletes them), else as they came."""
     if isinstance(image, DecodedImage):
         return image
     if exchange is None:
@@ -182,7 +190,14 @@ def image_from_proto(
 
 
 def geometry_to_proto(geometry: Geometry) -> tensor_pb2.ImageGeometry:
-    return tensor_pb2.ImageGeometry(**vars(geometry))
+    return tensor_pb2.ImageGeometry(
+        rows=geometry.rows,
+        cols=geometry.cols,
+        region_top=geometry.region_top,
+        region_left=geometry.region_left,
+        region_rows=geometry.region_rows,
+        region_cols=geometry.region_cols,
+    )
 
 
 def geometry_from_proto(msg: tensor_pb2.ImageGeometry) -> Geometry:
@@ -223,18 +238,48 @@ def segmentation_from_proto(msg: tensor_pb2.Segmentation) -> Segmentation:
     return Segmentation(msg.label, grid_from_proto(msg.geometry), tensors.from_proto(msg.mask))
 
 
-# --- preprocessing ---------------------------------------------------------------------------
+# --- decoding (DicomDecoder.Decode) ----------------------------------------------------------
 
 
-def preprocess_request(
-    pipeline: str, images: Sequence[Decoded]
-) -> preprocessor_pb2.PreprocessRequest:
-    return preprocessor_pb2.PreprocessRequest(
-        pipeline=pipeline, images=[image_to_proto(i) for i in images]
+def decode_request_to_proto(job: DecodeJob) -> decoder_pb2.DecodeRequest:
+    msg = decoder_pb2.DecodeRequest(dicom=job.dicom, shared_output=job.shared_output)
+    if job.shared_dicom is not None:
+        msg.shared_dicom.CopyFrom(shared_to_proto(job.shared_dicom))
+    return msg
+
+
+def decode_request_from_proto(msg: decoder_pb2.DecodeRequest) -> DecodeJob:
+    return DecodeJob(
+        dicom=msg.dicom,
+        shared_output=msg.shared_output,
+        shared_dicom=shared_from_proto(msg.shared_dicom) if msg.HasField("shared_dicom") else None,
     )
 
 
-def preprocessed_to_proto(prepared: Preprocessed) -> preprocessor_pb2.PreprocessResponse:
+def decode_response_to_proto(image: Decoded) -> decoder_pb2.DecodeResponse:
+    return decoder_pb2.DecodeResponse(image=image_to_proto(image))
+
+
+def decode_response_from_proto(msg: decoder_pb2.DecodeResponse) -> Decoded:
+    """Pixels left where they are: the gateway only forwards them."""
+    return decoded_from_proto(msg.image)
+
+
+# --- preprocessing (Preprocessor.Preprocess) -------------------------------------------------
+
+
+def preprocess_request_to_proto(job: PreprocessJob) -> preprocessor_pb2.PreprocessRequest:
+    return preprocessor_pb2.PreprocessRequest(
+        pipeline=job.pipeline, images=[image_to_proto(i) for i in job.images]
+    )
+
+
+def preprocess_request_from_proto(msg: preprocessor_pb2.PreprocessRequest) -> PreprocessJob:
+    """Pixels in the pixel exchange stay there (take_pixels takes them)."""
+    return PreprocessJob(msg.pipeline, tuple(decoded_from_proto(i) for i in msg.images))
+
+
+def preprocess_response_to_proto(prepared: Preprocessed) -> preprocessor_pb2.PreprocessResponse:
     msg = preprocessor_pb2.PreprocessResponse(
         batch=tensors.to_proto(prepared.batch),
         geometries=[geometry_to_proto(g) for g in prepared.geometries],
@@ -245,7 +290,7 @@ def preprocessed_to_proto(prepared: Preprocessed) -> preprocessor_pb2.Preprocess
     return msg
 
 
-def preprocessed_from_proto(msg: preprocessor_pb2.PreprocessResponse) -> Preprocessed:
+def preprocess_response_from_proto(msg: preprocessor_pb2.PreprocessResponse) -> Preprocessed:
     return Preprocessed(
         tensors.from_proto(msg.batch),
         [geometry_from_proto(g) for g in msg.geometries],
@@ -257,26 +302,64 @@ def preprocessed_from_proto(msg: preprocessor_pb2.PreprocessResponse) -> Preproc
 # --- findings ----------------------------------------------------------------------------------
 
 
+# One table per enum, domain member -> proto value; every member and every proto value but
+# UNSPECIFIED appears once (tests/unit/test_convert_wire.py checks both ways).
+TRIAGE_PRIORITIES: dict[TriagePriority, findings_pb2.TriagePriority] = {
+    TriagePriority.ROUTINE: findings_pb2.TRIAGE_PRIORITY_ROUTINE,
+    TriagePriority.URGENT: findings_pb2.TRIAGE_PRIORITY_URGENT,
+    TriagePriority.STAT: findings_pb2.TRIAGE_PRIORITY_STAT,
+}
+FINDING_STATUSES: dict[FindingStatus, findings_pb2.FindingStatus] = {
+    FindingStatus.POSITIVE: findings_pb2.FINDING_STATUS_POSITIVE,
+    FindingStatus.NEGATIVE: findings_pb2.FINDING_STATUS_NEGATIVE,
+    FindingStatus.INDETERMINATE: findings_pb2.FINDING_STATUS_INDETERMINATE,
+}
+CAVEAT_REASONS: dict[CaveatReason, findings_pb2.CaveatReason] = {
+    CaveatReason.OUTSIDE_INTENDED_USE: findings_pb2.CAVEAT_REASON_OUTSIDE_INTENDED_USE,
+    CaveatReason.OUT_OF_DISTRIBUTION: findings_pb2.CAVEAT_REASON_OUT_OF_DISTRIBUTION,
+    CaveatReason.IMAGE_QUALITY: findings_pb2.CAVEAT_REASON_IMAGE_QUALITY,
+}
+_TRIAGE_FROM_PROTO = {number: member for member, number in TRIAGE_PRIORITIES.items()}
+_STATUS_FROM_PROTO = {number: member for member, number in FINDING_STATUSES.items()}
+_REASON_FROM_PROTO = {number: member for member, number in CAVEAT_REASONS.items()}
+
+
 def triage_to_proto(priority: TriagePriority) -> findings_pb2.TriagePriority:
-    number = findings_pb2.TriagePriority.Value(f"TRIAGE_PRIORITY_{priority.value}")
-    return cast(findings_pb2.TriagePriority, number)
+    return TRIAGE_PRIORITIES[priority]
 
 
 def triage_from_proto(value: findings_pb2.TriagePriority) -> TriagePriority:
     if value == findings_pb2.TRIAGE_PRIORITY_UNSPECIFIED:
         raise InvalidInput("the triage priority is unspecified")
-    return TriagePriority(findings_pb2.TriagePriority.Name(value).removeprefix("TRIAGE_PRIORITY_"))
+    if value not in _TRIAGE_FROM_PROTO:
+        raise InvalidInput(f"unknown triage priority {value}")
+    return _TRIAGE_FROM_PROTO[value]
+
+
+def status_to_proto(status: FindingStatus | None) -> findings_pb2.FindingStatus:
+    """None (only before a Finding derives it) is UNSPECIFIED: derived again on the way back."""
+    return findings_pb2.FINDING_STATUS_UNSPECIFIED if status is None else FINDING_STATUSES[status]
+
+
+def status_from_proto(value: findings_pb2.FindingStatus) -> FindingStatus | None:
+    if value == findings_pb2.FINDING_STATUS_UNSPECIFIED:
+        return None  # the Finding derives it from `positive`
+    if value not in _STATUS_FROM_PROTO:
+        raise InvalidInput(f"unknown finding status {value}")
+    return _STATUS_FROM_PROTO[value]
 
 
 def finding_to_proto(finding: Finding) -> findings_pb2.Finding:
     return findings_pb2.Finding(
-        **finding.concept.model_dump(),  # code, coding_scheme, display_name: the proto's names
+        code=finding.concept.code,
+        coding_scheme=finding.concept.coding_scheme,
+        display_name=finding.concept.display_name,
         probability=finding.probability,
         threshold=finding.threshold,
         positive=finding.positive,
         sop_instance_uid=finding.sop_instance_uid,
         heatmap_png=finding.heatmap_png,
-        status=getattr(findings_pb2, f"FINDING_STATUS_{finding.status}"),
+        status=status_to_proto(finding.status),
         caveats=[caveat_to_proto(c) for c in finding.caveats],
         ood_score=finding.ood_score,
         ood_threshold=finding.ood_threshold,
@@ -285,7 +368,7 @@ def finding_to_proto(finding: Finding) -> findings_pb2.Finding:
 
 def caveat_to_proto(caveat: Caveat) -> findings_pb2.Caveat:
     return findings_pb2.Caveat(
-        reason=getattr(findings_pb2, f"CAVEAT_REASON_{caveat.reason}"),
+        reason=CAVEAT_REASONS[caveat.reason],
         detail=caveat.detail,
         sop_instance_uid=caveat.sop_instance_uid,
     )
@@ -294,8 +377,9 @@ def caveat_to_proto(caveat: Caveat) -> findings_pb2.Caveat:
 def caveat_from_proto(msg: findings_pb2.Caveat) -> Caveat:
     if msg.reason == findings_pb2.CAVEAT_REASON_UNSPECIFIED:
         raise InvalidInput("a caveat's reason is unspecified")
-    name = findings_pb2.CaveatReason.Name(msg.reason).removeprefix("CAVEAT_REASON_")
-    return Caveat(CaveatReason(name), msg.detail, msg.sop_instance_uid)
+    if msg.reason not in _REASON_FROM_PROTO:
+        raise InvalidInput(f"unknown caveat reason {msg.reason}")
+    return Caveat(_REASON_FROM_PROTO[msg.reason], msg.detail, msg.sop_instance_uid)
 
 
 def _concept(msg: findings_pb2.Finding | findings_pb2.Measurement) -> CodedConcept:
@@ -306,19 +390,13 @@ def _concept(msg: findings_pb2.Finding | findings_pb2.Measurement) -> CodedConce
 
 def finding_from_proto(msg: findings_pb2.Finding) -> Finding:
     return Finding(
-        _concept(msg),
-        msg.probability,
-        msg.threshold,
-        msg.positive,
-        msg.sop_instance_uid,
-        msg.heatmap_png,
-        status=(
-            FindingStatus(
-                findings_pb2.FindingStatus.Name(msg.status).removeprefix("FINDING_STATUS_")
-            )
-            if msg.status != findings_pb2.FINDING_STATUS_UNSPECIFIED
-            else None
-        ),
+        concept=_concept(msg),
+        probability=msg.probability,
+        threshold=msg.threshold,
+        positive=msg.positive,
+        sop_instance_uid=msg.sop_instance_uid,
+        heatmap_png=msg.heatmap_png,
+        status=status_from_proto(msg.status),
         caveats=tuple(caveat_from_proto(c) for c in msg.caveats),
         ood_score=msg.ood_score,
         ood_threshold=msg.ood_threshold,
@@ -327,7 +405,9 @@ def finding_from_proto(msg: findings_pb2.Finding) -> Finding:
 
 def measurement_to_proto(measurement: Measurement) -> findings_pb2.Measurement:
     return findings_pb2.Measurement(
-        **measurement.concept.model_dump(),
+        code=measurement.concept.code,
+        coding_scheme=measurement.concept.coding_scheme,
+        display_name=measurement.concept.display_name,
         value=measurement.value,
         unit=measurement.unit,
         series_instance_uid=measurement.series_instance_uid,
@@ -338,33 +418,39 @@ def measurement_from_proto(msg: findings_pb2.Measurement) -> Measurement:
     return Measurement(_concept(msg), msg.value, msg.unit, msg.series_instance_uid)
 
 
-# --- postprocessing ----------------------------------------------------------------------------
+# --- postprocessing (Postprocessor.Postprocess) ----------------------------------------------
 
 
-def postprocess_request(
-    pipeline: str,
-    outputs: Mapping[str, np.ndarray],
-    sop_instance_uids: Sequence[str],
-    prepared: Preprocessed,
-    options: OutputOptions,
-    caveats: Sequence[Caveat] = (),
-) -> postprocessor_pb2.PostprocessRequest:
+def postprocess_request_to_proto(job: PostprocessJob) -> postprocessor_pb2.PostprocessRequest:
     """The model outputs plus the geometry postprocessing maps them back onto (no pixels)."""
     msg = postprocessor_pb2.PostprocessRequest(
-        pipeline=pipeline,
-        outputs={name: tensors.to_proto(array) for name, array in outputs.items()},
-        sop_instance_uids=list(sop_instance_uids),
-        geometries=[geometry_to_proto(g) for g in prepared.geometries],
-        heatmaps=options.heatmaps,
-        masks=options.masks,
-        caveats=[caveat_to_proto(c) for c in caveats],
+        pipeline=job.pipeline,
+        outputs={name: tensors.to_proto(array) for name, array in job.outputs.items()},
+        sop_instance_uids=list(job.sop_instance_uids),
+        geometries=[geometry_to_proto(g) for g in job.geometries],
+        heatmaps=job.heatmaps,
+        masks=job.masks,
+        caveats=[caveat_to_proto(c) for c in job.caveats],
     )
-    if prepared.grid is not None:
-        msg.volume.CopyFrom(grid_to_proto(prepared.grid))
+    if job.grid is not None:
+        msg.volume.CopyFrom(grid_to_proto(job.grid))
     return msg
 
 
-def assessment_to_proto(assessment: Assessment) -> postprocessor_pb2.PostprocessResponse:
+def postprocess_request_from_proto(msg: postprocessor_pb2.PostprocessRequest) -> PostprocessJob:
+    return PostprocessJob(
+        pipeline=msg.pipeline,
+        outputs={name: tensors.from_proto(t) for name, t in msg.outputs.items()},
+        sop_instance_uids=tuple(msg.sop_instance_uids),
+        geometries=tuple(geometry_from_proto(g) for g in msg.geometries),
+        grid=grid_from_proto(msg.volume) if msg.HasField("volume") else None,
+        heatmaps=msg.heatmaps,
+        masks=msg.masks,
+        caveats=tuple(caveat_from_proto(c) for c in msg.caveats),
+    )
+
+
+def postprocess_response_to_proto(assessment: Assessment) -> postprocessor_pb2.PostprocessResponse:
     return postprocessor_pb2.PostprocessResponse(
         findings=[finding_to_proto(f) for f in assessment.findings],
         triage_priority=triage_to_proto(assessment.triage_priority),
@@ -374,7 +460,7 @@ def assessment_to_proto(assessment: Assessment) -> postprocessor_pb2.Postprocess
     )
 
 
-def assessment_from_proto(msg: postprocessor_pb2.PostprocessResponse) -> Assessment:
+def postprocess_response_from_proto(msg: postprocessor_pb2.PostprocessResponse) -> Assessment:
     return Assessment(
         [finding_from_proto(f) for f in msg.findings],
         triage_from_proto(msg.triage_priority),
@@ -386,17 +472,18 @@ def assessment_from_proto(msg: postprocessor_pb2.PostprocessResponse) -> Assessm
 
 # --- the public API ----------------------------------------------------------------------------
 
-_REQUEST_PRIORITY: dict[int, RequestPriority] = {
+# The caller's UNSPECIFIED is a value of its own here: the model's default queue.
+REQUEST_PRIORITIES: dict[gateway_pb2.RequestPriority, RequestPriority] = {
     gateway_pb2.REQUEST_PRIORITY_UNSPECIFIED: RequestPriority.DEFAULT,
     gateway_pb2.REQUEST_PRIORITY_ROUTINE: RequestPriority.ROUTINE,
     gateway_pb2.REQUEST_PRIORITY_URGENT: RequestPriority.URGENT,
 }
 
 
-def request_priority_from_proto(value: int) -> RequestPriority:
-    if value not in _REQUEST_PRIORITY:
+def request_priority_from_proto(value: gateway_pb2.RequestPriority) -> RequestPriority:
+    if value not in REQUEST_PRIORITIES:
         raise InvalidInput(f"unknown request priority {value}")
-    return _REQUEST_PRIORITY[value]
+    return REQUEST_PRIORITIES[value]
 
 
 def study_request(

@@ -30,12 +30,14 @@ from services.common.images import SharedPixels
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"px-[0-9a-f]{32}")
+# Pixels nobody took (a request cancelled between decode and preprocess) are swept after this.
+DEFAULT_TTL_SECONDS = 120.0
 
 
 class PixelExchange:
     """One exchange directory; the decoder puts, the preprocessor takes."""
 
-    def __init__(self, directory: Path, ttl_seconds: float = 120.0) -> None:
+    def __init__(self, directory: Path, ttl_seconds: float = DEFAULT_TTL_SECONDS) -> None:
         self.directory = directory
         self.ttl_seconds = ttl_seconds
 

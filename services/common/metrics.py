@@ -5,9 +5,23 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 
 import grpc
 from prometheus_client import Counter, Histogram
+
+
+class Stage(StrEnum):
+    """The pipeline stages a timer or a metric may name: the ``stage`` label's only values, the
+    keys of a response's timings, and the dashboards' and alerts' vocabulary."""
+
+    DECODE = "decode"
+    PREPROCESS = "preprocess"
+    INFER = "infer"
+    POSTPROCESS = "postprocess"
+    REPORT = "report"
+    TOTAL = "total"
+
 
 # Buckets from 1 ms to 60 s: image decoding and CPU inference live in this range.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -29,7 +43,7 @@ STAGE_LATENCY = Histogram(
 )
 
 
-def initialise(service: str, methods: Iterable[str], stages: Iterable[str]) -> None:
+def initialise(service: str, methods: Iterable[str], stages: Iterable[Stage]) -> None:
     """Create every known series at zero, so rate() and increase() see the first requests.
 
     A labelled series appears only on first use; a counter whose first scraped value is
@@ -44,7 +58,7 @@ def initialise(service: str, methods: Iterable[str], stages: Iterable[str]) -> N
 
 
 @contextmanager
-def stage_timer(service: str, stage: str, into: dict[str, float] | None = None) -> Iterator[None]:
+def stage_timer(service: str, stage: Stage, into: dict[str, float] | None = None) -> Iterator[None]:
     """Observe a stage's wall time; optionally also record it (in seconds) into ``into``."""
     start = time.perf_counter()
     try:

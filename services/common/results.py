@@ -39,10 +39,18 @@ class RequestPriority(StrEnum):
     URGENT = "URGENT"
 
     @property
+    def rank(self) -> int:
+        """The one order of urgency (ROUTINE < DEFAULT < URGENT): client policies' ceilings."""
+        return _PRIORITY_ORDER.index(self)
+
+    @property
     def triton_priority(self) -> int:
         """Triton: 1 is the highest configured level, 0 the model's default; models configured
         without priority levels (the shipped default) ignore it."""
         return {"DEFAULT": 0, "URGENT": 1, "ROUTINE": 2}[self.value]
+
+
+_PRIORITY_ORDER = (RequestPriority.ROUTINE, RequestPriority.DEFAULT, RequestPriority.URGENT)
 
 
 class CodedConcept(BaseModel):
@@ -154,7 +162,7 @@ class OutputOptions:
 
 @dataclass(frozen=True)
 class EncodedObject:
-    """A result document: DICOM Part 10 bytes or FHIR JSON (services/common/reports)."""
+    """A result document: DICOM Part 10 bytes or FHIR JSON (services/gateway/reports)."""
 
     kind: Literal["dicom_sr", "dicom_seg", "dicom_heatmap", "fhir"]
     media_type: str

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -120,7 +122,7 @@ def _bind_health(
     name: str, server: grpc.Server | grpc.aio.Server, settings: ServiceSettings
 ) -> int:
     """Kubelet probes cannot speak TLS: grpc.health.v1 alone, plaintext, on its own port."""
-    address = f"{settings.host}:{settings.health_port}"
+    address = f"{settings.host}:{max(settings.health_port, 0)}"  # -1: any free port
     port = int(server.add_insecure_port(address))
     if port == 0:
         raise RuntimeError(f"{name}: cannot bind the health port {address}")
@@ -128,13 +130,24 @@ def _bind_health(
 
 
 def _metrics(
-    name: str, settings: ServiceSettings, names: Sequence[str], stages: Sequence[str]
+    name: str, settings: ServiceSettings, names: Sequence[str], stages: Sequence[metrics.Stage]
 ) -> int:
     pool = descriptor_pool.Default()  # type: ignore[no-untyped-call]
     methods = [m.name for s in names for m in pool.FindServiceByName(s).methods]
     metrics.initialise(name, methods, stages)
     metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
     return int(metrics_server.server_port)
+
+
+def report_ports(settings: ServiceSettings, port: int, metrics_port: int, health_port: int) -> None:
+    """Tell the launcher which ports were bound (IMAGING_PORTS_FILE): written to a temporary
+    name and renamed, so a reader sees the whole file or none."""
+    if settings.ports_file is None:
+        return
+    ports = {"port": port, "metrics_port": metrics_port, "health_port": health_port}
+    partial = settings.ports_file.with_name(f".{settings.ports_file.name}.{os.getpid()}")
+    partial.write_text(json.dumps({**ports, "pid": os.getpid()}))
+    os.replace(partial, settings.ports_file)
 
 
 def _reflection(
@@ -151,7 +164,7 @@ def start_async(
     settings: ServiceSettings,
     register: Callable[[grpc.aio.Server], Awaitable[Callable[[], Awaitable[None]]]],
     service_names: Sequence[str],
-    stages: Sequence[str] = (),
+    stages: Sequence[metrics.Stage] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     started: Callable[[health.aio.HealthServicer], Awaitable[None]] | None = None,
 ) -> AsyncRunningServer:
@@ -183,6 +196,7 @@ def start_async(
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         if started is not None:  # e.g. the gateway's dependency watch
             await started(health_servicer)
+        report_ports(settings, port, metrics_port, health_port)
         _log.info(
             "%s serving gRPC (asyncio) on %s:%d, metrics on :%d",
             name,
@@ -215,7 +229,7 @@ def start(
     settings: ServiceSettings,
     register: Callable[[grpc.Server], None],
     service_names: Sequence[str],
-    stages: Sequence[str] = (),
+    stages: Sequence[metrics.Stage] = (),
 ) -> RunningServer:
     """Build and start a server for ``register``'s servicers; returns the bound ports.
 
@@ -248,6 +262,7 @@ def start(
     server.start()
     for service in ["", LIVENESS_SERVICE, *service_names]:
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    report_ports(settings, port, metrics_port, health_port)
     _log.info(
         "%s serving gRPC on %s:%d, metrics on :%d",
         name,

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.exchange import PixelExchange
+from services.common.exchange import DEFAULT_TTL_SECONDS, PixelExchange
 from services.common.pipelines import BodyPartAliases
 from services.common.tls import TlsFiles
 
@@ -80,7 +80,16 @@ class ServiceSettings(BaseSettings):
         "", description="comma-separated caller identities (certificate CN or DNS SAN)"
     )
     health_port: int = Field(
-        0, ge=0, le=65535, description="plaintext port serving grpc.health.v1 only; 0: none"
+        0,
+        ge=-1,
+        le=65535,
+        description="plaintext port serving grpc.health.v1 only; 0: none; -1: any free one",
+    )
+    # A launcher that asks for port 0 (any free one) learns the ports bound from this file,
+    # written once they are (no port is picked, released and bound again: another process
+    # could take it in between). Unset: not written.
+    ports_file: Path | None = Field(
+        None, description="JSON file to write the bound ports to (port, metrics, health)"
     )
     reflection: bool = Field(True, description="serve gRPC server reflection")
     # Decoder and preprocessor: a directory both mount on a memory-backed filesystem, through
@@ -89,7 +98,7 @@ class ServiceSettings(BaseSettings):
         None, description="shared-memory directory for decoded pixels (decoder, preprocessor)"
     )
     pixel_exchange_ttl_seconds: float = Field(
-        120.0, gt=0, description="pixels nobody took are deleted after this long"
+        DEFAULT_TTL_SECONDS, gt=0, description="pixels nobody took are deleted after this long"
     )
 
     def tls(self) -> TlsFiles:

@@ -30,6 +30,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from services.common.dicom import PIXEL_KEYWORDS
 from services.common.errors import InvalidInput, PlatformError, TooLarge, UnsupportedInput
 from services.common.images import DecodedImage
 from services.common.settings import DecodeLimits
@@ -49,7 +50,6 @@ from services.decoder.header import CheckedHeader
 log = logging.getLogger(__name__)
 
 _MiB = 2**20
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _MAX_REASON = 200
 _INFLATE_CHUNK = 16 * _MiB
 _SAMPLES_FOR = {
@@ -160,7 +160,7 @@ def _read_dataset(data: bytes) -> Dataset:
         raise InvalidInput(f"DICOM file could not be parsed: {_trim(exc)}") from exc
     try:
         ds = pydicom.dcmread(BytesIO(data), force=True)
-        looks_like_dicom = any(k in ds for k in ("SOPClassUID", "Rows", *_PIXEL_KEYWORDS))
+        looks_like_dicom = any(k in ds for k in ("SOPClassUID", "Rows", *PIXEL_KEYWORDS))
     except Exception as exc:
         raise InvalidInput(f"not a DICOM file: {_trim(exc)}") from exc
     if not looks_like_dicom:
@@ -220,7 +220,7 @@ def _transfer_syntax(ds: Dataset) -> tuple[UID, bool]:
 
 def _pixel_keyword(header: CheckedHeader, ts: UID, raw: bytes) -> str:
     ds = header.ds
-    present = [k for k in _PIXEL_KEYWORDS if k in ds]
+    present = [k for k in PIXEL_KEYWORDS if k in ds]
     if not present:
         tag = b"\x7f\xe0\x00\x10" if ts == ExplicitVRBigEndian else b"\xe0\x7f\x10\x00"
         if tag in raw:  # pydicom drops an element that runs past the end of the file

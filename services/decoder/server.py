@@ -17,7 +17,7 @@ from services.common.settings import DecoderSettings
 from services.decoder.dispatch import Decoding
 from services.decoder.header import quiet_pydicom
 from services.decoder.pool import DecoderPool
-from services.decoder.servicer import DecoderServicer
+from services.decoder.servicer import STAGE, DecoderServicer
 
 SERVICE_NAME = decoder_pb2.DESCRIPTOR.services_by_name["DicomDecoder"].full_name
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def start(settings: DecoderSettings, pool: DecoderPool | None = None) -> Running
 
     try:
         pool.start()  # workers that cannot start fail the service now, not its first request
-        running = server.start("decoder", settings, register, [SERVICE_NAME], ("decode",))
+        running = server.start("decoder", settings, register, [SERVICE_NAME], (STAGE,))
     except BaseException:
         pool.close()
         raise

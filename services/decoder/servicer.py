@@ -6,8 +6,11 @@ import grpc
 
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common import convert
-from services.common.metrics import stage_timer
+from services.common.metrics import Stage, stage_timer
 from services.decoder.dispatch import Decoding
+
+# The one stage this service times; server.py pre-registers its metric series.
+STAGE = Stage.DECODE
 
 
 class DecoderServicer(decoder_pb2_grpc.DicomDecoderServicer):
@@ -17,9 +20,10 @@ class DecoderServicer(decoder_pb2_grpc.DicomDecoderServicer):
     def Decode(  # noqa: N802 (gRPC naming)
         self, request: decoder_pb2.DecodeRequest, context: grpc.ServicerContext
     ) -> decoder_pb2.DecodeResponse:
-        dicom = request.dicom
-        if request.HasField("shared_dicom"):
-            dicom = self._decoding.receive(convert.shared_from_proto(request.shared_dicom))
-        with stage_timer("decoder", "decode"):
-            image = self._decoding.decode(dicom, request.shared_output, context.add_callback)
-        return decoder_pb2.DecodeResponse(image=convert.image_to_proto(image))
+        job = convert.decode_request_from_proto(request)
+        dicom = job.dicom
+        if job.shared_dicom is not None:
+            dicom = self._decoding.receive(job.shared_dicom)
+        with stage_timer("decoder", STAGE):
+            image = self._decoding.decode(dicom, job.shared_output, context.add_callback)
+        return convert.decode_response_to_proto(image)

@@ -1,4 +1,9 @@
-"""Errors of fleet operations, as members of the platform's one exception tree."""
+"""Errors of fleet operations, as members of the platform's one exception tree.
+
+Each class names its own ``kind`` (unique across the tree, checked by
+tests/unit/test_error_kinds.py): a subclass that inherited its parent's would be re-raised as
+the parent by :func:`services.common.errors.from_kind`.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,19 @@ from services.common.errors import DependencyUnavailable, NotFound, PlatformErro
 class NoTritonPods(NotFound):
     """The release has no Triton pod at all (wrong release, namespace or context)."""
 
+    kind = "NO_TRITON_PODS"
+
 
 class NoReadyPods(DependencyUnavailable):
     """Triton pods exist but none is ready, so there is nothing to roll out to."""
 
+    kind = "NO_READY_PODS"
+
 
 class ClusterUnavailable(DependencyUnavailable):
     """The Kubernetes API cannot be reached or refuses the request."""
+
+    kind = "CLUSTER_UNAVAILABLE"
 
 
 class PodCallFailed(DependencyUnavailable):
@@ -24,6 +35,8 @@ class PodCallFailed(DependencyUnavailable):
 
     ``detail`` is Triton's side of it alone, for a table row that already names the pod.
     """
+
+    kind = "POD_CALL_FAILED"
 
     def __init__(self, what: str, address: str, detail: str) -> None:
         super().__init__(f"{what} on {address}: {detail}")
@@ -35,6 +48,7 @@ class RolloutFailed(PlatformError):
     """The rollout stopped on a pod; every touched pod is back on its previous versions."""
 
     code = grpc.StatusCode.ABORTED
+    kind = "ROLLOUT_FAILED"
     exit_code = 1
 
 
@@ -42,6 +56,7 @@ class RollbackIncomplete(RolloutFailed):
     """The rollout failed and some pods could not be restored: the fleet is inconsistent."""
 
     code = grpc.StatusCode.INTERNAL
+    kind = "ROLLBACK_INCOMPLETE"
     exit_code = 3
 
 

@@ -11,7 +11,7 @@ thread per call, and a cancelled study cancels the inner calls it is waiting on.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -25,7 +25,6 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from services.api.imaging.v1 import (
-    decoder_pb2,
     decoder_pb2_grpc,
     postprocessor_pb2_grpc,
     preprocessor_pb2_grpc,
@@ -34,8 +33,9 @@ from services.common import convert, errors, tls
 from services.common.exchange import PixelExchange
 from services.common.images import Decoded, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
+from services.common.jobs import DecodeJob, PostprocessJob, PreprocessJob
 from services.common.remote_errors import from_rpc_error, from_triton_error
-from services.common.results import Assessment, Caveat, OutputOptions
+from services.common.results import Assessment
 from services.common.settings import GatewaySettings
 from services.common.tls import PLAINTEXT, TlsFiles
 from services.gateway import auditing, deadlines
@@ -187,14 +187,14 @@ class DecoderClient(_ServiceClient):
 
     async def decode(self, dicom: bytes, request_id: str) -> Decoded:
         shared = self._exchange.put_bytes(dicom) if self._exchange is not None else None
-        request = decoder_pb2.DecodeRequest(shared_output=True)
-        if shared is None:
-            request.dicom = bytes(dicom)  # a streamed instance arrives as a bytearray
+        if shared is None:  # a streamed instance arrives as a bytearray
+            job = DecodeJob(dicom=bytes(dicom), shared_output=True)
         else:
-            request.shared_dicom.CopyFrom(convert.shared_to_proto(shared))
+            job = DecodeJob(shared_output=True, shared_dicom=shared)
+        request = convert.decode_request_to_proto(job)
         try:
-            return convert.decoded_from_proto(
-                (await self.call(self._stub.Decode, request, request_id)).image
+            return convert.decode_response_from_proto(
+                await self.call(self._stub.Decode, request, request_id)
             )
         finally:
             if shared is not None:
@@ -217,8 +217,8 @@ class PreprocessorClient(_ServiceClient):
     async def preprocess(
         self, pipeline: str, images: Sequence[Decoded], request_id: str
     ) -> Preprocessed:
-        request = convert.preprocess_request(pipeline, images)
-        return convert.preprocessed_from_proto(
+        request = convert.preprocess_request_to_proto(PreprocessJob(pipeline, tuple(images)))
+        return convert.preprocess_response_from_proto(
             await self.call(self._stub.Preprocess, request, request_id)
         )
 
@@ -235,20 +235,9 @@ class PostprocessorClient(_ServiceClient):
         super().__init__("postprocessor", address, timeout, max_message_bytes, files, tuning)
         self._stub = postprocessor_pb2_grpc.PostprocessorStub(self.channel)
 
-    async def postprocess(
-        self,
-        pipeline: str,
-        outputs: Mapping[str, np.ndarray],
-        sop_instance_uids: Sequence[str],
-        prepared: Preprocessed,
-        options: OutputOptions,
-        request_id: str,
-        caveats: Sequence[Caveat] = (),
-    ) -> Assessment:
-        request = convert.postprocess_request(
-            pipeline, outputs, sop_instance_uids, prepared, options, caveats
-        )
-        return convert.assessment_from_proto(
+    async def postprocess(self, job: PostprocessJob, request_id: str) -> Assessment:
+        request = convert.postprocess_request_to_proto(job)
+        return convert.postprocess_response_from_proto(
             await self.call(self._stub.Postprocess, request, request_id)
         )
 

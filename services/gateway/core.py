@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
@@ -32,7 +32,8 @@ from services.common.errors import (
     TooLarge,
 )
 from services.common.images import Decoded, Preprocessed, decoded_bytes, join_batches
-from services.common.metrics import stage_timer
+from services.common.jobs import PostprocessJob
+from services.common.metrics import Stage, stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.results import (
     Assessment,
@@ -46,13 +47,14 @@ from services.common.results import (
     StudyResult,
     TriagePriority,
 )
+from services.common.settings import GatewaySettings
 from services.gateway import auditing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Stages the gateway times for every study (metrics and AnalyzeResponse.timings).
-STAGES = ("decode", "preprocess", "infer", "postprocess", "report", "total")
+STAGES = tuple(Stage)
 
 
 class Decoder(Protocol):
@@ -84,16 +86,7 @@ class ModelMetadata(Protocol):
 
 
 class Postprocessor(Protocol):
-    async def postprocess(
-        self,
-        pipeline: str,
-        outputs: Mapping[str, np.ndarray],
-        sop_instance_uids: Sequence[str],
-        prepared: Preprocessed,
-        options: OutputOptions,
-        request_id: str,
-        caveats: Sequence[Caveat] = (),
-    ) -> Assessment: ...
+    async def postprocess(self, job: PostprocessJob, request_id: str) -> Assessment: ...
 
 
 class Reporter(Protocol):
@@ -126,10 +119,26 @@ class _Open:
 
 @dataclass(frozen=True)
 class Limits:
+    """What one study may be: built only from GatewaySettings (``from_settings``), checked
+    with one wording whether the study came whole (Analyze) or in chunks (AnalyzeStream)."""
+
     max_instances: int
     max_study_bytes: int
-    # What a study may decode to in all (64 small files of 16 MiB pixels each are 1 GiB).
-    max_decoded_bytes: int = 2**31
+    max_decoded_bytes: int  # all its instances' decoded pixels
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> Limits:
+        return cls(
+            settings.max_instances, settings.max_study_bytes, settings.max_study_decoded_bytes
+        )
+
+    def check_instances(self, count: int) -> None:
+        if count > self.max_instances:
+            raise TooLarge(f"study has {count} instances; the limit is {self.max_instances}")
+
+    def check_bytes(self, total: int) -> None:
+        if total > self.max_study_bytes:
+            raise TooLarge(f"study is {total} bytes; the limit is {self.max_study_bytes}")
 
 
 class _Budget:
@@ -155,7 +164,7 @@ class Admission:
     its upload in memory. Under overload the inner services then see a steady load, not every
     caller at once."""
 
-    def __init__(self, running: int, queued: int, per_client: int = 0) -> None:
+    def __init__(self, running: int, queued: int, per_client: int) -> None:
         self._running, self._queued, self._per_client = running, queued, per_client
         self._slots = asyncio.Semaphore(running)
         self._waiting = 0
@@ -206,7 +215,7 @@ class StudyAnalyzer:
         inference: InferenceServer,
         postprocessor: Postprocessor,
         limits: Limits,
-        fan_out: int = 8,
+        fan_out: int,
         policy: Policy | None = None,
         reporter: Reporter | None = None,
     ) -> None:
@@ -215,7 +224,7 @@ class StudyAnalyzer:
         self._preprocessor = preprocessor
         self._inference = inference
         self._postprocessor = postprocessor
-        self._limits = limits
+        self.limits = limits
         self._fan_out = fan_out  # inner calls in flight per study
         self._policy: Policy = policy if policy is not None else _Open()
         self._reporter = reporter
@@ -223,13 +232,8 @@ class StudyAnalyzer:
     def check_limits(self, instances: Sequence[bytes]) -> None:
         if not instances:
             raise InvalidInput("the request contains no DICOM instances")
-        if len(instances) > self._limits.max_instances:
-            raise TooLarge(
-                f"study has {len(instances)} instances; the limit is {self._limits.max_instances}"
-            )
-        total = sum(len(i) for i in instances)
-        if total > self._limits.max_study_bytes:
-            raise TooLarge(f"study is {total} bytes; the limit is {self._limits.max_study_bytes}")
+        self.limits.check_instances(len(instances))
+        self.limits.check_bytes(sum(len(i) for i in instances))
         for index, instance in enumerate(instances):
             if not instance:
                 raise InvalidInput(f"instance {index} is empty")
@@ -252,7 +256,7 @@ class StudyAnalyzer:
         options = request.options
         if options.documents and self._reporter is None:
             raise Misconfiguration("this gateway was started without a report builder")
-        with stage_timer("gateway", "total", seconds):
+        with stage_timer("gateway", Stage.TOTAL, seconds):
             try:
                 assessment, pipeline, prepared = await self._run(request, seconds)
             except StudyRefused as refused:
@@ -270,7 +274,7 @@ class StudyAnalyzer:
                 warnings=[*prepared.warnings, *_outputs_not_made(pipeline, options)],
             )
             if options.documents and self._reporter is not None:
-                with stage_timer("gateway", "report", seconds):
+                with stage_timer("gateway", Stage.REPORT, seconds):
                     # The documents need the heatmaps and masks even when the caller did not
                     # ask for them in the response.
                     full = dataclasses.replace(result, assessment=assessment)
@@ -311,12 +315,12 @@ class StudyAnalyzer:
         rid = request.request_id
         # Name the pipeline first so an unknown name fails before any decoding work.
         named: Pipeline | None = self.registry.get(request.pipeline) if request.pipeline else None
-        budget = _Budget(self._limits.max_decoded_bytes)
+        budget = _Budget(self.limits.max_decoded_bytes)
 
         async def decode(dicom: bytes) -> Decoded:
             return budget.spend(await self._decoder.decode(dicom, rid))
 
-        with stage_timer("gateway", "decode", seconds):
+        with stage_timer("gateway", Stage.DECODE, seconds):
             images = await _all([decode(d) for d in request.instances], self._fan_out)
         attributes = [i.attributes for i in images]
         # A named pipeline overrides the routing tags only (PipelineRegistry.override); which
@@ -333,13 +337,13 @@ class StudyAnalyzer:
         )
         self._policy.allow_pipeline(request.client, pipeline.name)  # a routed pipeline too
         caveats = _intended_use(pipeline, images)
-        with stage_timer("gateway", "preprocess", seconds):
+        with stage_timer("gateway", Stage.PREPROCESS, seconds):
             prepared = await self._preprocess(pipeline, images, rid)
         if overridden:
             warning = _override_warning(pipeline, overridden)
             prepared = dataclasses.replace(prepared, warnings=[warning, *prepared.warnings])
         model = pipeline.model
-        with stage_timer("gateway", "infer", seconds):
+        with stage_timer("gateway", Stage.INFER, seconds):
             outputs = await self._inference.infer(
                 model.name,
                 model.version,
@@ -350,14 +354,23 @@ class StudyAnalyzer:
                 rid,
             )
         uids = (
-            [prepared.grid.series_instance_uid]
+            (prepared.grid.series_instance_uid,)
             if prepared.grid is not None
-            else [i.attributes.sop_instance_uid for i in images]
+            else tuple(i.attributes.sop_instance_uid for i in images)
         )
-        with stage_timer("gateway", "postprocess", seconds):
-            assessment = await self._postprocessor.postprocess(
-                pipeline.name, outputs, uids, prepared, request.options.inner(), rid, caveats
-            )
+        inner = request.options.inner()
+        job = PostprocessJob(
+            pipeline.name,
+            outputs,
+            uids,
+            tuple(prepared.geometries),
+            prepared.grid,
+            heatmaps=inner.heatmaps,
+            masks=inner.masks,
+            caveats=tuple(caveats),
+        )
+        with stage_timer("gateway", Stage.POSTPROCESS, seconds):
+            assessment = await self._postprocessor.postprocess(job, rid)
         auditing.note(
             findings=[
                 AuditFinding(f.concept.code, f.probability, str(f.status).lower())
@@ -502,17 +515,15 @@ class InstanceAssembler:
     """Joins streamed chunks into instances, enforcing order and limits as bytes arrive, so an
     oversized stream is refused without buffering all of it."""
 
-    def __init__(self, max_instances: int, max_study_bytes: int) -> None:
-        self._max_instances = max_instances
-        self._max_study_bytes = max_study_bytes
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
         self._parts: list[bytearray] = []
         self._total = 0
 
     def add(self, index: int, data: bytes) -> None:
         parts = self._parts
         if index == len(parts):
-            if index >= self._max_instances:
-                raise TooLarge(f"study has more than {self._max_instances} instances")
+            self._limits.check_instances(index + 1)
             parts.append(bytearray())
         elif index != len(parts) - 1:
             raise InvalidInput(
@@ -520,8 +531,7 @@ class InstanceAssembler:
                 f"{len(parts) - 1} or {len(parts)})"
             )
         self._total += len(data)
-        if self._total > self._max_study_bytes:
-            raise TooLarge(f"study exceeds the limit of {self._max_study_bytes} bytes")
+        self._limits.check_bytes(self._total)
         parts[index] += data
 
     def instances(self) -> list[bytes]:

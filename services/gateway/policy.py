@@ -25,8 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.common.errors import PermissionDenied, RateLimited, quote_prefix
 from services.common.results import RequestPriority
 
-_RANK = {RequestPriority.ROUTINE: 0, RequestPriority.DEFAULT: 1, RequestPriority.URGENT: 2}
-
 
 class Rate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,7 +91,7 @@ class PolicyBook:
     def admit(self, client: str, priority: RequestPriority, pipeline: str = "") -> None:
         """A call's rate and priority (and its pipeline, when named up front)."""
         name, policy = self._policy(client)
-        if _RANK[priority] > _RANK[policy.max_priority]:
+        if priority.rank > policy.max_priority.rank:
             raise PermissionDenied(
                 f"this client may ask for priority {policy.max_priority.name} at most"
             )

@@ -1,20 +1,20 @@
 """The gateway's result documents: the study's own instances (as received) are the evidence
 the DICOM objects reference and copy their patient and study modules from, so a PACS files
 them beside the images. Built off the event loop (services/gateway/core.py runs it in a
-thread); the builders live in services/common/reports."""
+thread); the builders live in services/gateway/reports."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import metadata
 from io import BytesIO
 
 import pydicom
 from pydicom.dataset import Dataset
 
-from services.common import reports
 from services.common.errors import InvalidInput
 from services.common.results import EncodedObject, OutputOptions, Refusal, StudyResult
+from services.common.version import DISTRIBUTION, platform_version
+from services.gateway import reports
 
 
 def _sources(instances: Sequence[bytes], pixels: bool = False) -> list[Dataset]:
@@ -29,10 +29,10 @@ def _sources(instances: Sequence[bytes], pixels: bool = False) -> list[Dataset]:
 
 
 class DocumentReporter:
-    def __init__(self, manufacturer: str = "imaging-platform", version: str = "") -> None:
+    def __init__(self, manufacturer: str = DISTRIBUTION, version: str = "") -> None:
         # The installed package's own version: what the documents name as software version.
         self._manufacturer = manufacturer
-        self._version = version or metadata.version("imaging-platform")
+        self._version = version or platform_version()
 
     def outputs(
         self, instances: Sequence[bytes], result: StudyResult, options: OutputOptions

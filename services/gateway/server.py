@@ -63,9 +63,7 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
             preprocessor=preprocessor,
             inference=inference,
             postprocessor=postprocessor,
-            limits=Limits(
-                settings.max_instances, settings.max_study_bytes, settings.max_study_decoded_bytes
-            ),
+            limits=Limits.from_settings(settings),
             fan_out=settings.workers,
             policy=policies,
             reporter=DocumentReporter(),
@@ -78,8 +76,6 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
                     settings.max_queued_studies,
                     settings.max_studies_per_client,
                 ),
-                settings.max_instances,
-                settings.max_study_bytes,
                 settings.stream_idle_seconds,
                 settings.stream_receive_seconds,
             ),

@@ -21,15 +21,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self,
         analyzer: StudyAnalyzer,
         admission: Admission,
-        max_instances: int,
-        max_study_bytes: int,
-        stream_idle_seconds: float = 30.0,
-        stream_receive_seconds: float = 300.0,
+        stream_idle_seconds: float,
+        stream_receive_seconds: float,
     ) -> None:
         self._analyzer = analyzer
         self._admission = admission
-        self._max_instances = max_instances
-        self._max_study_bytes = max_study_bytes
         self._idle, self._receive = stream_idle_seconds, stream_receive_seconds
 
     async def Analyze(  # noqa: N802 (gRPC naming)
@@ -58,7 +54,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         header = convert.study_request(first.header, [], rid, caller.get())
         self._analyzer.admit(header)
         async with self._admission.slot(header.client):  # receiving a stream holds memory too
-            assembler = InstanceAssembler(self._max_instances, self._max_study_bytes)
+            assembler = InstanceAssembler(self._analyzer.limits)
             async for message in messages:
                 if message.WhichOneof("part") != "chunk":
                     raise InvalidInput("only the first message of the stream may be a header")

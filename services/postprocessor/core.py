@@ -12,8 +12,9 @@ import numpy as np
 
 from services.common import pipelines as spec
 from services.common.errors import ContractViolation
-from services.common.grids import Segmentation, VolumeGrid
+from services.common.grids import Segmentation
 from services.common.images import Geometry
+from services.common.jobs import PostprocessJob
 from services.common.results import (
     Assessment,
     Caveat,
@@ -26,10 +27,15 @@ from services.postprocessor import heatmaps
 from services.postprocessor.measurements import measure
 
 
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) computed as exp(-log(1 + e^-x)): no overflow for large |x|. The training
+    scripts call this one too, so a card's thresholds are on the served probabilities."""
+    return np.asarray(np.exp(-np.logaddexp(0.0, -values)))
+
+
 def _activate(values: np.ndarray, activation: str) -> np.ndarray:
     if activation == "sigmoid":
-        # 1 / (1 + e^-x) computed as exp(-log(1 + e^-x)): no overflow for large |x|.
-        return np.asarray(np.exp(-np.logaddexp(0.0, -values)))
+        return sigmoid(values)
     return values
 
 
@@ -73,31 +79,23 @@ def _ood(
     return [float(v) for v in scores], rule.threshold
 
 
-def assess(
-    outputs: Mapping[str, np.ndarray],
-    sop_instance_uids: Sequence[str],
-    pipeline: spec.Pipeline,
-    geometries: Sequence[Geometry] = (),
-    grid: VolumeGrid | None = None,
-    *,
-    draw_heatmaps: bool = False,
-    keep_masks: bool = False,
-    caveats: Sequence[Caveat] = (),
-) -> Assessment:
+def assess(job: PostprocessJob, pipeline: spec.Pipeline) -> Assessment:
     """Apply each finding rule to each image row; the study's priority is the most urgent
     positive's.
 
-    An image with caveats (the gateway's intended-use flags, or an out-of-distribution score
-    above the model's threshold) gets INDETERMINATE findings, which never raise the priority.
-    ``geometries`` (where each row came from in its image) is needed only for heatmaps, ``grid``
-    (the series' voxel grid) only for the measurements of volume pipelines.
+    ``pipeline`` is the one ``job.pipeline`` names. An image with caveats (the gateway's
+    intended-use flags, or an out-of-distribution score above the model's threshold) gets
+    INDETERMINATE findings, which never raise the priority. ``job.geometries`` (where each row
+    came from in its image) is needed only for heatmaps, ``job.grid`` (the series' voxel grid)
+    only for the measurements of volume pipelines.
     """
+    outputs, sop_instance_uids, grid = job.outputs, job.sop_instance_uids, job.grid
     rows = len(sop_instance_uids)
     findings: list[Finding] = []
     priority = pipeline.postprocess.default_priority
     ood_scores, ood_threshold = _ood(outputs, rows, pipeline.postprocess.ood)
     by_image: dict[str, list[Caveat]] = {uid: [] for uid in sop_instance_uids}
-    for caveat in caveats:
+    for caveat in job.caveats:
         by_image.setdefault(caveat.sop_instance_uid, []).append(caveat)
     ood = pipeline.postprocess.ood
     for uid, score in zip(sop_instance_uids, ood_scores, strict=True):
@@ -126,8 +124,8 @@ def assess(
             )
         probabilities = _activate(values[:, rule.index], rule.activation)
         maps = (
-            _heatmaps(rule, outputs, rows, geometries, pipeline.postprocess.heatmap_opacity)
-            if draw_heatmaps
+            _heatmaps(rule, outputs, rows, job.geometries, pipeline.postprocess.heatmap_opacity)
+            if job.heatmaps
             else [b""] * rows
         )
         for uid, probability, png, score in zip(
@@ -161,6 +159,6 @@ def assess(
         findings,
         priority,
         measurements,
-        segmentations if keep_masks else [],
+        segmentations if job.masks else [],
         [c for doubts in by_image.values() for c in doubts],
     )

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Gauge
 
 from services.common.pipelines import Pipeline
-from services.common.results import Assessment, CaveatReason
+from services.common.results import Assessment, CaveatReason, FindingStatus
 
 DECISIONS = Counter(
     "imaging_model_decisions_total",
@@ -37,10 +37,18 @@ def _model(pipeline: Pipeline) -> tuple[str, str]:
 
 
 def declare(pipelines: Iterable[Pipeline]) -> None:
-    """The rates each served model's card states, once at start-up (they are configuration)."""
+    """The rates each served model's card states, once at start-up (they are configuration),
+    and every counter series at zero: a series born with its first decision already at 1 has
+    no increase Prometheus can see, so the drift rules' rates stayed empty until a second
+    decision fell between two scrapes."""
     for pipeline in pipelines:
         model, version = _model(pipeline)
         rules = pipeline.postprocess
+        IMAGES.labels(model, version)
+        OUT_OF_DISTRIBUTION.labels(model, version)
+        for rule in rules.findings:
+            for status in FindingStatus:
+                DECISIONS.labels(model, version, rule.concept.code, status.value)
         if rules.ood is not None:
             EXPECTED.labels(model, version, "ood").set(1.0 - rules.ood.acceptance)
         for rule in rules.findings:

@@ -9,7 +9,7 @@ from services.common import logs, server
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import PipelineServiceSettings
 from services.postprocessor import monitoring
-from services.postprocessor.servicer import PostprocessorServicer
+from services.postprocessor.servicer import STAGE, PostprocessorServicer
 
 SERVICE_NAME = postprocessor_pb2.DESCRIPTOR.services_by_name["Postprocessor"].full_name
 
@@ -24,7 +24,7 @@ def start(settings: PipelineServiceSettings) -> server.RunningServer:
             PostprocessorServicer(registry), srv
         )
 
-    return server.start("postprocessor", settings, register, [SERVICE_NAME], ("postprocess",))
+    return server.start("postprocessor", settings, register, [SERVICE_NAME], (STAGE,))
 
 
 def main() -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import grpc
 
 from services.api.imaging.v1 import postprocessor_pb2, postprocessor_pb2_grpc
-from services.common import convert, tensors
-from services.common.metrics import stage_timer
+from services.common import convert
+from services.common.metrics import Stage, stage_timer
 from services.common.pipelines import PipelineRegistry
 from services.postprocessor import monitoring
 from services.postprocessor.core import assess
+
+# The one stage this service times; server.py pre-registers its metric series.
+STAGE = Stage.POSTPROCESS
 
 
 class PostprocessorServicer(postprocessor_pb2_grpc.PostprocessorServicer):
@@ -19,20 +22,10 @@ class PostprocessorServicer(postprocessor_pb2_grpc.PostprocessorServicer):
     def Postprocess(  # noqa: N802 (gRPC naming)
         self, request: postprocessor_pb2.PostprocessRequest, context: grpc.ServicerContext
     ) -> postprocessor_pb2.PostprocessResponse:
+        # An unknown pipeline fails first, before any tensor is read.
         pipeline = self._registry.get(request.pipeline)
-        outputs = {name: tensors.from_proto(t) for name, t in request.outputs.items()}
-        geometries = [convert.geometry_from_proto(g) for g in request.geometries]
-        grid = convert.grid_from_proto(request.volume) if request.HasField("volume") else None
-        with stage_timer("postprocessor", "postprocess"):
-            result = assess(
-                outputs,
-                list(request.sop_instance_uids),
-                pipeline,
-                geometries,
-                grid,
-                draw_heatmaps=request.heatmaps,
-                keep_masks=request.masks,
-                caveats=[convert.caveat_from_proto(c) for c in request.caveats],
-            )
+        job = convert.postprocess_request_from_proto(request)
+        with stage_timer("postprocessor", STAGE):
+            result = assess(job, pipeline)
         monitoring.record(pipeline, result)
-        return convert.assessment_to_proto(result)
+        return convert.postprocess_response_to_proto(result)

@@ -8,7 +8,7 @@ from services.api.imaging.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from services.common import logs, server
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import PipelineServiceSettings
-from services.preprocessor.servicer import PreprocessorServicer
+from services.preprocessor.servicer import STAGE, PreprocessorServicer
 
 SERVICE_NAME = preprocessor_pb2.DESCRIPTOR.services_by_name["Preprocessor"].full_name
 
@@ -22,7 +22,7 @@ def start(settings: PipelineServiceSettings) -> server.RunningServer:
             PreprocessorServicer(registry, settings.pixel_exchange()), srv
         )
 
-    return server.start("preprocessor", settings, register, [SERVICE_NAME], ("preprocess",))
+    return server.start("preprocessor", settings, register, [SERVICE_NAME], (STAGE,))
 
 
 def main() -> None:

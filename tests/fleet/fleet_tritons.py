@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import onnx
 import tritonclient.grpc as triton_grpc
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
+from waiting import eventually, wait_until
 
 from services.cli.stack import free_port
 from services.fleet import golden
@@ -129,9 +129,7 @@ class LocalTriton:
                 client.load_model(MODEL)
             else:
                 client.unload_model(MODEL)
-                deadline = time.monotonic() + 30
-                while client.is_model_ready(MODEL) and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                eventually(lambda: not client.is_model_ready(MODEL), 30)
         assert self.ready_versions() == ([1] if loaded else [])
 
     def stop(self) -> None:
@@ -163,9 +161,9 @@ def start_tritonserver(name: str, run_dir: Path, source: Path) -> LocalTriton:
 
 
 def wait_ready(servers: list[LocalTriton], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
     pending = list(servers)
-    while pending:
+
+    def all_ready() -> bool:
         for server in list(pending):
             if server.process.poll() is not None:
                 raise RuntimeError(f"{server.name} exited:\n{server.log.read_text()[-3000:]}")
@@ -175,6 +173,6 @@ def wait_ready(servers: list[LocalTriton], timeout: float = 60.0) -> None:
                         pending.remove(server)
             except InferenceServerException:
                 pass
-        if pending and time.monotonic() > deadline:
-            raise RuntimeError(f"not ready after {timeout:.0f} s: {[s.name for s in pending]}")
-        time.sleep(0.1)
+        return not pending
+
+    wait_until(all_ready, timeout, f"tritonservers {[s.name for s in servers]} not all ready")

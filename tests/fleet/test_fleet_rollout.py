@@ -21,6 +21,7 @@ from fleet_kube import (
 )
 from fleet_tritons import MODEL, LocalTriton
 from kubernetes import client
+from waiting import wait_until
 
 from services.cli.main import main
 from services.fleet import journal
@@ -323,12 +324,12 @@ def test_a_rollout_killed_between_steps_is_undone_by_the_next_run(
 def test_sigterm_becomes_an_interrupt_while_the_tool_runs() -> None:
     import os
     import signal
-    import time
 
     from services.fleet.rollout import _sigterm_interrupts
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(10)  # not reached: the handler raises as soon as the signal arrives
+        # Not reached: the handler raises as soon as the signal arrives.
+        wait_until(lambda: False, 10, "SIGTERM did not interrupt")
     assert signal.getsignal(signal.SIGTERM) == before  # restored afterwards

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mutations import Case, Mutation, cases, mutations, seed_paths
+from mutations import FRAGMENT_EDITS, Case, Mutation, cases, mutations, seed_bytes, seed_paths
 from pydicom.pixels import pixel_array
 
 from services.common.errors import InvalidInput, PlatformError
@@ -72,12 +72,76 @@ def test_seeds_cover_the_transfer_syntaxes() -> None:
 @settings(max_examples=500, deadline=None, derandomize=True, database=None)
 @given(case=cases(SEEDS), cut=st.integers(0, 2**31 - 1), more=st.lists(mutations(), max_size=3))
 def test_mutations_apply_to_any_bytes(case: Case, cut: int, more: list[Mutation]) -> None:
-    """Guards the fuzzer itself: a mutation of a cut-off or already broken file is bytes."""
+    """Guards the fuzzer itself: every edit applies to a cut-off or already broken file too,
+    replays exactly (a failing case is reproducible from its printed mutations) and does
+    what its kind says, no more: a mutation that silently rewrote the whole file, or nothing
+    ever, would fuzz something else than the report claims."""
     data = case.data()
     data = data[: cut % (len(data) + 1)]
     for mutation in more:
-        data = mutation.apply(data)
-    assert isinstance(data, bytes)
+        before, data = data, mutation.apply(data)
+        _expect_edit(mutation, before, data)
+
+
+def _common_ends(a: bytes, b: bytes) -> int:
+    """How many bytes ``a`` and ``b`` share at their start plus at their end (not overlapping)."""
+    shortest = min(len(a), len(b))
+    head = next((i for i in range(shortest) if a[i] != b[i]), shortest)
+    tail = next((i for i in range(shortest - head) if a[-1 - i] != b[-1 - i]), shortest - head)
+    return head + tail
+
+
+def _expect_edit(m: Mutation, before: bytes, after: bytes) -> None:
+    """The contract of each kind of edit, stated as properties of its input and output."""
+    assert type(after) is bytes, type(after)
+    assert m.apply(before) == after, f"{m} does not replay"
+    size = len(before)
+    changed = sum(x != y for x, y in zip(before, after, strict=False))
+    if m.kind == "flip":  # exactly one bit of one byte (nothing to flip in no bytes)
+        assert len(after) == size
+        assert sum(bin(x ^ y).count("1") for x, y in zip(before, after, strict=True)) == min(
+            size, 1
+        )
+    elif m.kind == "overwrite":  # the payload lands inside, the rest is untouched
+        assert m.payload in after
+        assert size <= len(after) <= size + len(m.payload)
+        assert _common_ends(before, after) >= len(after) - len(m.payload)
+    elif m.kind == "truncate":  # a strict prefix (of something to cut)
+        assert before.startswith(after) and len(after) < max(size, 1)
+    elif m.kind == "insert":  # the payload added, every original byte kept in order
+        assert len(after) == size + len(m.payload) and m.payload in after
+        assert _common_ends(before, after) >= size
+    elif m.kind == "delete":  # one run of bytes gone, the rest kept in order
+        assert size - max(1, m.amount) <= len(after) <= size
+        assert len(after) < size or size == 0
+        assert _common_ends(before, after) >= len(after)
+    elif m.kind == "us_field":  # one 16-bit value rewritten in place, if the file has it
+        assert len(after) == size and changed <= 2
+    elif m.kind == "text_field":  # one value (and its length) replaced, if the file has it
+        assert after == before or m.payload in after
+    else:
+        assert m.kind == "fragment", m.kind
+        assert after != before or size == 0 or m.field in ("swap", "cut", "length")
+
+
+def test_every_kind_of_mutation_changes_a_seed() -> None:
+    """Each kind of edit (and each fragment edit) does change some real file: none is a
+    no-op the fuzzer would spend its examples on."""
+    untouched = []
+    for kind, extra in [
+        ("flip", {"amount": 3}),
+        ("overwrite", {"payload": b"\xde\xad"}),
+        ("truncate", {}),
+        ("insert", {"payload": b"\x00\x01"}),
+        ("delete", {"amount": 16}),
+        *(("us_field", {"amount": 12345, "field": f}) for f in ("Rows", "Columns")),
+        ("text_field", {"field": "TransferSyntaxUID", "payload": b"1.2.3.4"}),
+        *(("fragment", {"amount": 7, "field": f}) for f in FRAGMENT_EDITS),
+    ]:
+        mutation = Mutation(kind, position=1000, **extra)  # type: ignore[arg-type]
+        if all(mutation.apply(seed_bytes(seed)) == seed_bytes(seed) for seed in SEEDS):
+            untouched.append(mutation)
+    assert untouched == []
 
 
 @settings(

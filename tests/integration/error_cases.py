@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 from synthetic import dataset, to_bytes
+from waiting import wait_until
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.cli.stack import Stack, free_port
@@ -222,12 +222,13 @@ def hold_the_only_slot(address: str, cleanup: ExitStack) -> str:
     held = stub.AnalyzeStream.future(stalled())
     cleanup.callback(held.cancel)
     cleanup.callback(release.set)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def slot_taken() -> bool:
         try:  # an empty request: INVALID_ARGUMENT while the slot is free
             stub.Analyze(gateway_pb2.AnalyzeRequest(), timeout=5)
         except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                return address
-        time.sleep(0.05)
-    raise RuntimeError("the stalled stream never took the gateway's slot")
+            return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        return False
+
+    wait_until(slot_taken, 30, "the stalled stream never took the gateway's slot")
+    return address

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from waiting import wait_until
 
 from services.cli.stack import free_port
 
@@ -74,17 +75,17 @@ def running_orthanc(folder: Path) -> Iterator[Orthanc]:
     process = subprocess.Popen([binary, str(path)], stdout=log, stderr=subprocess.STDOUT)
     orthanc = Orthanc(f"http://127.0.0.1:{http}")
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answers() -> bool:
             try:
                 orthanc.get("/system")
-                break
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"Orthanc did not start; see {folder / 'orthanc.log'}"
-                    ) from None
-                time.sleep(0.2)
+                if process.poll() is not None:
+                    raise RuntimeError(f"Orthanc exited; see {folder / 'orthanc.log'}") from None
+                return False
+            return True
+
+        wait_until(answers, 60, f"Orthanc did not start; see {folder / 'orthanc.log'}")
         yield orthanc
     finally:
         process.terminate()

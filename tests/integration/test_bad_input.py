@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 from synthetic import chest_image, dataset, to_bytes
+from waiting import wait_until
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.cli.stack import Ports, Stack
@@ -143,14 +143,14 @@ def test_a_huge_pipeline_name_is_not_found_and_stays_out_of_the_log(
     details = caught.value.details() or ""
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND, details[:200]
     assert len(details.encode()) < 1024 and "unknown pipeline 'zzz" in details
-    deadline = time.monotonic() + 10
-    while True:
+
+    def logged() -> list[bytes]:
         with log.open("rb") as lines:
             lines.seek(start)
             written = lines.read().splitlines()
-        if any(b"NOT_FOUND" in line for line in written) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        return written if any(b"NOT_FOUND" in line for line in written) else []
+
+    written = wait_until(logged, 10, "the refusal was never logged")
     assert any(b"Analyze NOT_FOUND" in line for line in written), written[-5:]
     assert all(len(line) < 1024 for line in written), max(len(line) for line in written)
 

@@ -10,7 +10,6 @@ id to quote (the reason goes to the operator's log). Afterwards that gateway goe
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from synthetic import chest_image
+from waiting import wait_until
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.cli.stack import Stack
@@ -240,14 +240,14 @@ def test_a_gateway_whose_triton_is_unreachable_is_not_ready(
     """It still answers (UNAVAILABLE, above), but tells the load balancer not to send it work
     (IMAGING_PEER_UNREACHABLE_SECONDS, 3 s by default; a generous bound here)."""
     health = health_pb2_grpc.HealthStub(channels["dead_triton"])
-    deadline = time.monotonic() + 30
-    status = None
-    while time.monotonic() < deadline:
-        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
-        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
-            break
-        time.sleep(0.2)
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    wait_until(
+        lambda: (
+            health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+            == health_pb2.HealthCheckResponse.NOT_SERVING
+        ),
+        30,
+        "the gateway without Triton still reports SERVING",
+    )
 
 
 def test_unhandled_exception_is_internal_with_request_id_only() -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,10 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from offered_load import Outcome
+from prometheus_client.parser import text_string_to_metric_families
 from synthetic import chest_image
+from waiting import eventually, wait_until
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc, postprocessor_pb2_grpc
 from services.cli.stack import Ports, Stack
@@ -51,12 +55,34 @@ def _status(stack: Stack) -> int:
 
 
 def _wait_for(stack: Stack, status: int, limit: float) -> float:
+    """Seconds until the gateway's health is ``status``."""
     start = time.monotonic()
-    while time.monotonic() - start < limit:
-        if _status(stack) == status:
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"gateway health not {status} within {limit} s")
+    wait_until(lambda: _status(stack) == status, limit, f"gateway health not {status}")
+    return time.monotonic() - start
+
+
+def _answered(outcomes: list[Outcome], since: float, count: int, code: str = "") -> None:
+    """Wait until ``count`` calls sent at or after ``since`` were answered (with ``code``)."""
+    wait_until(
+        lambda: sum(o.sent >= since and code in ("", o.code) for o in list(outcomes)) >= count,
+        60,
+        f"{count} calls sent after the mark not answered {code}".rstrip(),
+    )
+
+
+def _gateway_stage_count(stack: Stack, stage: str) -> float:
+    """How many studies the gateway has taken through ``stage`` (its own /metrics)."""
+    url = f"http://127.0.0.1:{stack.ports.metrics['gateway']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "imaging_stage_duration_seconds_count"
+                and sample.labels.get("stage") == stage
+            ):
+                return float(sample.value)
+    return 0.0
 
 
 def test_killing_triton_under_load_is_answered_in_time_not_ready_and_recovers(
@@ -66,7 +92,7 @@ def test_killing_triton_under_load_is_answered_in_time_not_ready_and_recovers(
 
     study = [chest_image(np.full((64, 64), 90, np.uint8))]
     with background_load(own_stack.gateway_address, study, 8, DEADLINE) as outcomes:
-        time.sleep(2.0)
+        _answered(outcomes, 0.0, 8, "OK")  # traffic before the kill
         assert _status(own_stack) == SERVING
         killed = time.monotonic()
         os.killpg(own_stack.pids["tritonserver"], signal.SIGKILL)
@@ -74,8 +100,8 @@ def test_killing_triton_under_load_is_answered_in_time_not_ready_and_recovers(
         own_stack.restart_triton()
         restarted = time.monotonic()
         serving_after = _wait_for(own_stack, SERVING, 30.0)
-        time.sleep(2.0)  # traffic after the recovery
-    recovered = restarted + serving_after
+        recovered = restarted + serving_after
+        _answered(outcomes, recovered + 0.5, 8)  # traffic after the recovery
     before = [o.code for o in outcomes if o.sent + o.seconds < killed]  # answered before it
     during = [o.code for o in outcomes if killed <= o.sent < recovered]
     after = [o.code for o in outcomes if o.sent >= recovered + 0.5]
@@ -97,8 +123,9 @@ def test_sigterm_to_the_gateway_finishes_every_study_in_flight(
 
     stack = Stack(run_dir=tmp_path_factory.mktemp(f"sigterm-{service}"), ports=Ports.free())
     stack.start()
+    held = False
     try:
-        series = brain_series()  # ~1 s of work per study: still running when the signal comes
+        series = brain_series()  # ~1 s of work per study
 
         channels = [grpc.insecure_channel(stack.gateway_address) for _ in range(4)]
         for channel in channels:  # connected before the studies go out
@@ -115,26 +142,34 @@ def test_sigterm_to_the_gateway_finishes_every_study_in_flight(
                     return err.code().name
                 return "OK" if reply.measurements else "EMPTY"
 
+        # The preprocessor is held (SIGSTOP) while the studies go out, so none can finish
+        # before the signal whatever this machine's speed: the gateway's own metrics say when
+        # all four are decoded and waiting for it. Held briefly: well within the gateway's
+        # keepalive timeout, so its connection to the preprocessor survives.
+        os.killpg(stack.pids["preprocessor"], signal.SIGSTOP)
+        held = True
         with ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(analyze, channel) for channel in channels]
-            # Four 64-slice studies at once take several seconds here; 1.5 s after sending,
-            # all four are inside the gateway and none is finished.
-            time.sleep(1.5)
+            wait_until(
+                lambda: _gateway_stage_count(stack, "decode") >= 4,
+                30,
+                "the four studies never reached the gateway's preprocess stage",
+            )
             assert not any(call.done() for call in calls)
+            assert _gateway_stage_count(stack, "preprocess") == 0
             os.killpg(stack.pids[service], signal.SIGTERM)
+            os.killpg(stack.pids["preprocessor"], signal.SIGCONT)
+            held = False
             codes = [call.result(timeout=120) for call in calls]
     finally:
+        if held:
+            os.killpg(stack.pids["preprocessor"], signal.SIGCONT)
         stack.stop()
     assert codes == ["OK"] * 4
 
 
 def _exited(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            return True
-        time.sleep(0.1)
-    return False
+    return eventually(lambda: os.waitpid(pid, os.WNOHANG)[0], within)
 
 
 def _replica(service: str, stack: Stack, port: int) -> server.RunningServer:
@@ -163,25 +198,19 @@ def test_sigterm_to_an_inner_service_loses_no_study(
     under c=4 load. It drains its calls, the gateway moves to the other, no study fails."""
     from offered_load import background_load
 
-    from services.cli.stack import free_port
-
-    ports, spare = Ports.free(), free_port()
-    both = f"ipv4:127.0.0.1:{ports.grpc(service)},127.0.0.1:{spare}"
-    stack = Stack(
-        run_dir=tmp_path_factory.mktemp(f"sigterm-{service}"),
-        ports=ports,
-        extra_env={f"IMAGING_{service.upper()}_ADDRESS": both},
-    )
-    replica = _replica(service, stack, spare)
+    stack = Stack(run_dir=tmp_path_factory.mktemp(f"sigterm-{service}"), ports=Ports.free())
+    replica = _replica(service, stack, 0)  # port 0: the port it got, never one picked earlier
+    stack.replicas[service] = [f"127.0.0.1:{replica.port}"]
     try:
         stack.start()
         study = [chest_image(np.full((64, 64), v, np.uint8)) for v in (60, 90, 120, 150)]
         with background_load(stack.gateway_address, study, 4, 30.0) as outcomes:
-            time.sleep(2.0)
+            _answered(outcomes, 0.0, 8)  # load before the signal
             answered_before = len(outcomes)
             os.killpg(stack.pids[service], signal.SIGTERM)
-            time.sleep(3.0)
-        exited = _exited(stack.pids[service], 30)
+            exited = _exited(stack.pids[service], 30)
+            drained = time.monotonic()
+            _answered(outcomes, drained, 8)  # and after it: the replica alone serves
     finally:
         stack.stop()
         replica.stop(0)
@@ -201,8 +230,7 @@ class _SlowPostprocessor(postprocessor_pb2_grpc.PostprocessorServicer):
 
     def Postprocess(self, request: object, context: grpc.ServicerContext) -> object:  # noqa: N802
         self.started.set()
-        while context.is_active() and self.cancelled_at is None:
-            time.sleep(0.01)
+        eventually(lambda: not context.is_active() or self.cancelled_at is not None, 60)
         self.cancelled_at = time.monotonic()
         context.abort(grpc.StatusCode.CANCELLED, "gone")
 
@@ -243,10 +271,12 @@ def test_a_hung_postprocessor_gives_deadline_exceeded_at_the_clients_deadline_an
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert slow.started.is_set()
         assert answered < 3.0 + 1.0  # at the deadline, not after the call timeout (60 s)
-        deadline = time.monotonic() + 5
-        while slow.cancelled_at is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert slow.cancelled_at is not None, "the inner call went on after the client gave up"
+        wait_until(
+            lambda: slow.cancelled_at is not None,
+            5,
+            "the inner call went on after the client gave up",
+        )
+        assert slow.cancelled_at is not None
         assert slow.cancelled_at - sent < 3.0 + 1.0
     finally:
         gateway.stop(0)

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from waiting import pause, wait_until
 
 from services.cli.stack import Ports, Stack
 
@@ -129,15 +130,24 @@ def _wait_serving(port: int, deadline: float) -> float:
     """When the gateway's overall status (its readiness) is SERVING; fails at ``deadline``."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
+
+        def serving() -> float:
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return time.monotonic()
             except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise AssertionError("the gateway never became ready")
+                return 0.0
+            return time.monotonic() if status == health_pb2.HealthCheckResponse.SERVING else 0.0
+
+        return wait_until(serving, deadline - time.monotonic(), "the gateway never became ready")
+
+
+def _samples_since(replays: list[Replay], moment: float, count: int = 2) -> None:
+    """Wait until every probe has ``count`` samples taken at or after ``moment``."""
+    wait_until(
+        lambda: all(sum(t >= moment for t, _ in r.samples) >= count for r in replays),
+        60,
+        f"not every probe sampled {count} times",
+    )
 
 
 def test_a_triton_outage_takes_the_gateway_out_of_rotation_and_never_restarts_it(
@@ -149,14 +159,14 @@ def test_a_triton_outage_takes_the_gateway_out_of_rotation_and_never_restarts_it
     running = [p for p in probes if p.kind != "startupProbe"]
     replays, stop = _polling(stack, running)
     try:
-        time.sleep(2 * max(p.period for p in running))  # samples on both sides of the outage
+        _samples_since(replays, 0.0)  # samples on both sides of the outage
         down = time.monotonic()
         stack.kill("tritonserver")
-        time.sleep(OUTAGE_SECONDS)  # the outage lasts this long, by design
+        pause(OUTAGE_SECONDS, "the outage lasts this long, by design")
         stack.restart_triton()
         answering = time.monotonic()
         ready = _wait_serving(stack.ports.health["gateway"], answering + 30)
-        time.sleep(2 * max(p.period for p in running))  # samples on both sides of the outage
+        _samples_since(replays, ready)  # samples on both sides of the outage
     finally:
         stop.set()
     assert ready - answering <= 5.0
@@ -184,10 +194,11 @@ def test_a_gateway_starting_while_triton_is_down_passes_startup_and_waits_for_re
     try:
         startups = [r for r in replays if r.probe.kind == "startupProbe"]
         budget = min(r.probe.period * r.probe.failure_threshold for r in startups)
-        deadline = time.monotonic() + budget
-        while not all(any(ok for _, ok in r.samples) for r in startups):
-            assert time.monotonic() < deadline, "startup probe failed its whole budget"
-            time.sleep(0.1)
+        wait_until(
+            lambda: all(any(ok for _, ok in r.samples) for r in startups),
+            budget,
+            "startup probe failed its whole budget",
+        )
         with grpc.insecure_channel(f"127.0.0.1:{stack.ports.health['gateway']}") as channel:
             overall = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=2

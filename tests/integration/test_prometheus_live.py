@@ -15,7 +15,6 @@ import math
 import re
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import pytest
 import yaml
 from conftest import MEDMNIST_DIR, REPO_ROOT
 from synthetic import chest_image
+from waiting import eventually, wait_until
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.cli.samples import pneumoniamnist_samples
@@ -94,15 +94,18 @@ def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"{url}/-/ready", timeout=1):
-                    break
+                    return True
             except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is not None:
                     pytest.fail((folder / "prometheus.log").read_text()[-2000:])
-                time.sleep(0.2)
+                return False
+
+        if not eventually(ready, 30):
+            pytest.fail((folder / "prometheus.log").read_text()[-2000:])
         yield url
     finally:
         process.terminate()
@@ -124,12 +127,9 @@ def traffic(prometheus: str, stack: Stack, gateway: gateway_pb2_grpc.GatewayStub
     """Real requests (accepted and refused) between scrapes, so every rate sees them."""
 
     def wait_for(promql: str, what: str) -> None:
-        deadline = time.monotonic() + 60
-        while not query(prometheus, promql):
-            if time.monotonic() > deadline:
-                seen = query(prometheus, "imaging_stage_duration_seconds_count[30s]")
-                pytest.fail(f"Prometheus: {what} not seen within 60 s; {seen}")
-            time.sleep(0.5)
+        if not eventually(lambda: query(prometheus, promql), 60):
+            seen = query(prometheus, "imaging_stage_duration_seconds_count[30s]")
+            pytest.fail(f"Prometheus: {what} not seen within 60 s; {seen}")
 
     targets = len(SERVICES) + 1
     wait_for(f"count(count_over_time(up[1m]) >= 2) == {targets}", "two scrapes of every target")
@@ -151,6 +151,11 @@ def traffic(prometheus: str, stack: Stack, gateway: gateway_pb2_grpc.GatewayStub
         "the new requests in every stage of every service",
     )
     wait_for("increase(nv_inference_request_success[1m]) > 0", "Triton's new inferences")
+    # The decision counters exist at zero from start-up, so the new decisions are an increase.
+    wait_for(
+        'increase(imaging_model_decisions_total{status="POSITIVE"}[1m]) > 0',
+        "the model decisions",
+    )
     wait_for("imaging:stage_duration_seconds:p99_5m >= 0", "the recording rules")
     return prometheus
 
@@ -191,10 +196,8 @@ def test_recording_rules_return_numbers(traffic: str, rule: str) -> None:
     assert result, f"{rule} returned no series"
     nan = [s["metric"] for s in result if math.isnan(float(s["value"][1]))]
     assert not nan, f"{rule}: NaN for {nan}"
-    deadline = time.monotonic() + 10  # the rule group may be one evaluation behind
-    while not query(traffic, rule):
-        assert time.monotonic() < deadline, f"Prometheus did not record {rule}"
-        time.sleep(0.5)
+    # The rule group may be one evaluation behind.
+    wait_until(lambda: query(traffic, rule), 10, f"Prometheus did not record {rule}")
 
 
 _COMPARISON = re.compile(r"\s(>|<|>=|<=|==|!=)\s+([0-9.eE+-]+)\s*$")

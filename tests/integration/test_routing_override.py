@@ -14,8 +14,9 @@ import pydicom
 import pytest
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2, gateway_pb2_grpc
+from services.cli.audit_verify import verify
 from services.cli.stack import Stack
-from services.common.audit import AuditKey, verify
+from services.common.audit import AuditKey
 from services.common.settings import GatewaySettings
 from services.gateway import server as gateway_server
 

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from dnslib import QTYPE, RR, A
 from dnslib.server import BaseResolver, DNSHandler, DNSRecord, DNSServer
+from waiting import pause, wait_until
 
 from services.common.errors import PlatformError
 from services.gateway.clients import ChannelTuning, TritonClient
@@ -124,11 +125,9 @@ def fleet(workdir: Path, max_age: float | None) -> Iterator[Fleet]:
                 workdir / host, MODEL_DIR, flags, workdir / f"{host}.log"
             )
             running.processes[host] = process
-        deadline = time.monotonic() + 120
-        for host in HOSTS:
-            while not _ready(host, ports[1]):
-                assert time.monotonic() < deadline, f"tritonserver on {host} not ready"
-                time.sleep(0.2)
+        wait_until(
+            lambda: all(_ready(host, ports[1]) for host in HOSTS), 120, "tritonservers not ready"
+        )
         yield running
     finally:
         for process in running.processes.values():
@@ -198,19 +197,16 @@ def _share_of_third(
     with load(target) as calls:
         wait_for(lambda: len(calls.outcomes) > 50, 30)
         records.addresses = list(HOSTS)
-        time.sleep(settle)  # the time it is given to join, by design
+        pause(settle, "the time the third pod is given to join, by design")
         before = [running.successes(h) for h in HOSTS]
-        time.sleep(window)  # the measured window
+        pause(window, "the measured window")
         after = [running.successes(h) for h in HOSTS]
     served = [b - a for a, b in zip(before, after, strict=True)]
     return served[2] / sum(served), calls
 
 
-def wait_for(condition: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+def wait_for(condition: Callable[[], object], timeout: float) -> None:
+    wait_until(condition, timeout, "condition not met in time")
 
 
 def test_a_pod_added_under_load_takes_its_share_and_one_removed_fails_no_call(
@@ -229,7 +225,7 @@ def test_a_pod_added_under_load_takes_its_share_and_one_removed_fails_no_call(
         with load(target) as calls:
             wait_for(lambda: len(calls.outcomes) > 50, 30)
             records.addresses = list(HOSTS[:2])
-            time.sleep(MAX_AGE_SECONDS + 2 * TUNING.dns_refresh_seconds)  # the preStop sleep
+            pause(MAX_AGE_SECONDS + 2 * TUNING.dns_refresh_seconds, "the pod's preStop sleep")
             os.killpg(running.pid(HOSTS[2]), signal.SIGTERM)
             running.processes[HOSTS[2]].wait(30)  # type: ignore[attr-defined]
             count = len(calls.outcomes)

@@ -15,7 +15,7 @@ from error_cases import good_chest
 
 from services.cli.client import GatewayClient
 from services.cli.main import main
-from services.cli.stack import Ports, Stack, StackError
+from services.cli.stack import SERVICES, Ports, Stack, StackError
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,12 @@ def test_a_second_up_is_refused_and_the_first_stack_serves_and_stops(
     try:
         assert _analyses(first)
         state = (run_dir / "stack.json").read_text()
+        # Every service bound port 0 and reported what it got: stack.json has the real ports.
+        recorded = Stack.from_state(run_dir).ports
+        assert recorded == first.ports
+        for service in SERVICES:
+            bound = [recorded.grpc(service), recorded.metrics[service], recorded.health[service]]
+            assert all(port > 0 and _listening(port) for port in bound), (service, bound)
         capsys.readouterr()
 
         assert main(["up", "--run-dir", str(run_dir)]) == 1  # --run-dir after the command
@@ -70,3 +76,27 @@ def test_a_stack_whose_port_is_taken_is_refused_before_it_touches_anything(
             stack.start()
     assert not (tmp_path / "other").exists()  # refused before creating anything
     assert not stack.pixel_exchange_dir.exists()
+
+
+def test_a_picked_triton_port_taken_before_triton_binds_it_is_picked_again(
+    tmp_path: Path,
+) -> None:
+    """tritonserver cannot report a port it bound, so its ports are picked; one taken between
+    the pick and its bind (here: bound, not listening, so the start's own check misses it)
+    makes it exit, and the stack starts it again on new ones."""
+    ports = Ports.free()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports.triton_grpc))
+        stack = Stack(run_dir=tmp_path / "run", ports=ports, services=())
+        stack.start()
+        try:
+            assert stack.ports.triton_grpc != taken.getsockname()[1]
+            assert stack.triton_ready()
+            assert "already in use" in (tmp_path / "run" / "logs" / "tritonserver.log").read_text()
+        finally:
+            stack.stop()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0

@@ -22,10 +22,11 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from synthetic import dataset, to_bytes
 
+from services.cli.audit_verify import EXIT_TAIL_UNVERIFIED, main_verify, verify
 from services.cli.client import GatewayClient
+from services.cli.pki import DevPki, create_dev_pki
 from services.cli.stack import Ports, Stack
-from services.common.audit import EXIT_TAIL_UNVERIFIED, AuditKey, main_verify, verify
-from services.common.pki import DevPki, create_dev_pki
+from services.common.audit import AuditKey
 from services.common.tls import TlsFiles
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,8 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
+from waiting import wait_until
 
 from services.api.imaging.v1 import postprocessor_pb2, postprocessor_pb2_grpc
 from services.common import server
@@ -16,6 +18,8 @@ from services.common.admission import Limiter
 from services.common.errors import Overloaded
 from services.common.remote_errors import error_kind
 from services.common.settings import ServiceSettings
+
+QUEUED_POSTPROCESSOR = ("imaging_rpcs_queued", {"service": "postprocessor"})
 
 
 def _hold(limiter: Limiter, entered: threading.Event, release: threading.Event) -> None:
@@ -35,9 +39,7 @@ def test_calls_beyond_running_plus_queued_are_refused_at_once() -> None:
     holders[0].start()
     assert first.wait(5)
     holders[1].start()
-    deadline = time.monotonic() + 5
-    while limiter._waiting == 0 and time.monotonic() < deadline:  # the second one queues
-        time.sleep(0.01)
+    wait_until(lambda: limiter._waiting, 5, "the second holder never queued")
     assert not second.is_set()
     with pytest.raises(Overloaded, match="the decoder is at capacity"), limiter.slot():
         pass
@@ -91,7 +93,11 @@ def test_a_full_server_refuses_with_overloaded_and_still_answers_health_checks()
             for _ in held:
                 assert blocking.entered.acquire(timeout=10)
             queued = stub.Postprocess.future(request, timeout=30)
-            time.sleep(0.2)  # in the limiter's queue, not refused
+            wait_until(  # in the limiter's queue, not refused
+                lambda: REGISTRY.get_sample_value(*QUEUED_POSTPROCESSOR) == 1,
+                10,
+                "the third call never queued",
+            )
             assert not queued.done()
             sent = time.monotonic()
             with pytest.raises(grpc.RpcError) as refused:

@@ -13,22 +13,18 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from services.common.audit import (
+from services.cli.audit_verify import (
     EXIT_ERROR,
     EXIT_NO_RECORDS,
     EXIT_OK,
     EXIT_TAIL_UNVERIFIED,
     EXIT_TAMPERED,
-    AuditEvent,
-    AuditFinding,
-    AuditKey,
-    AuditLog,
-    Checkpoint,
     check,
     main_verify,
     read_checkpoints,
     verify,
 )
+from services.common.audit import AuditEvent, AuditFinding, AuditKey, AuditLog, Checkpoint
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 SECRET = b"k" * 40

@@ -16,7 +16,6 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from services.common.reports import build_outputs, capture
 from services.common.results import (
     Assessment,
     Caveat,
@@ -29,6 +28,7 @@ from services.common.results import (
     StudyResult,
     TriagePriority,
 )
+from services.gateway.reports import build_outputs, capture
 
 PNEUMONIA = CodedConcept(code="233604007", coding_scheme="SCT", display_name="Pneumonia")
 TUMOUR = CodedConcept(

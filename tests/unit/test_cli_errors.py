@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.cli.main import main
-from services.common.pki import create_dev_pki
+from services.cli.pki import create_dev_pki
 from services.common.settings import GatewaySettings
 from services.gateway import server as gateway_server
 

@@ -28,6 +28,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ImplicitVRLittleEndian, generate_uid
+from waiting import pause, wait_until
 
 from services.common import errors
 from services.common.errors import (
@@ -84,8 +85,13 @@ def _raise_key_error() -> None:
     raise KeyError("a decoder bug")
 
 
+def _running(pool: DecoderPool) -> bool:
+    """A task of ``pool`` has reached a worker (it is no longer only queued)."""
+    return any(future.running() for future in list(pool._pending))
+
+
 def _square(value: int) -> int:
-    time.sleep(0.2)  # long enough to overlap with the crashing task
+    pause(0.2, "a task long enough to overlap with the crashing one")
     return value * value
 
 
@@ -397,7 +403,7 @@ def test_the_pool_recovers_when_its_idle_workers_die() -> None:
     with DecoderPool(workers=1, timeout_seconds=10) as small:
         first = small.run(os.getpid)
         os.kill(first, signal.SIGKILL)
-        time.sleep(0.5)  # pebble notices within 0.1 s
+        wait_until(lambda: not small._pool.active, 10, "pebble did not notice the dead worker")
 
         assert small.run(os.getpid) != first
         assert small.run(_square, 3) == 9
@@ -408,7 +414,7 @@ def test_an_abandoned_task_is_stopped() -> None:
     with DecoderPool(workers=1, timeout_seconds=30) as small, ThreadPoolExecutor(1) as thread:
         start = time.monotonic()
         waiting = thread.submit(small.run, time.sleep, 30, on_abandon=callbacks.append)
-        time.sleep(0.5)
+        wait_until(lambda: callbacks and _running(small), 10, "the task never started")
         callbacks[0]()  # what gRPC does when the caller cancels or its deadline passes
 
         assert isinstance(waiting.exception(timeout=10), DependencyUnavailable)
@@ -421,7 +427,7 @@ def test_close_stops_running_tasks_after_the_grace_and_refuses_new_ones() -> Non
     small.start()
     with ThreadPoolExecutor(1) as thread:
         waiting = thread.submit(small.run, time.sleep, 30)
-        time.sleep(0.5)
+        wait_until(lambda: _running(small), 10, "the task never started")
         start = time.monotonic()
         small.close(grace=0.5)
 

@@ -22,7 +22,6 @@ from services.common.errors import OutsideIntendedUse, StudyRefused
 from services.common.grids import Segmentation, VolumeGrid, VolumeIssue
 from services.common.images import DecodedImage, ImageAttributes
 from services.common.pipelines import Coverage, Pipeline, PipelineRegistry
-from services.common.reports import build_outputs
 from services.common.results import (
     Assessment,
     CodedConcept,
@@ -33,6 +32,7 @@ from services.common.results import (
     TriagePriority,
 )
 from services.decoder.core import decode_instance
+from services.gateway.reports import build_outputs
 from services.preprocessor.assembly import Volume
 from services.preprocessor.volume import prepare_series, series_volume
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from waiting import async_pause, async_wait_until
 
 from services.common.cards import ModelCard
 from services.common.errors import (
@@ -25,6 +26,7 @@ from services.common.errors import (
 )
 from services.common.grids import VolumeGrid
 from services.common.images import DecodedImage, Geometry, ImageAttributes, Preprocessed
+from services.common.jobs import PostprocessJob
 from services.common.pipelines import PipelineRegistry
 from services.common.results import (
     Assessment,
@@ -43,11 +45,14 @@ from services.common.results import (
 )
 from services.gateway.core import STAGES, Admission, InstanceAssembler, Limits, StudyAnalyzer
 
+# Decoded pixels per study, far above what these tests decode unless one sets its own.
+DECODED = 2**31
+
 
 def assemble_instances(
     chunks: Iterable[tuple[int, bytes]], max_instances: int, max_study_bytes: int
 ) -> list[bytes]:
-    assembler = InstanceAssembler(max_instances, max_study_bytes)
+    assembler = InstanceAssembler(Limits(max_instances, max_study_bytes, DECODED))
     for index, data in chunks:
         assembler.add(index, data)
     return assembler.instances()
@@ -72,9 +77,9 @@ def test_limits_are_enforced_while_receiving() -> None:
             yield index, b"x" * 10
             index += 1
 
-    with pytest.raises(TooLarge, match="more than 3 instances"):
+    with pytest.raises(TooLarge, match="4 instances; the limit is 3"):
         assemble_instances(endless(), 3, 10**6)
-    with pytest.raises(TooLarge, match="exceeds the limit of 25 bytes"):
+    with pytest.raises(TooLarge, match="30 bytes; the limit is 25"):
         assemble_instances(((0, b"x" * 10) for _ in range(100)), 3, 25)
 
 
@@ -163,13 +168,16 @@ class FakeDecoder:
         async def work() -> DecodedImage:
             attrs = self.attributes.get(dicom)
             if self.slow and attrs is not None and attrs.instance_number > 0:
-                await asyncio.sleep(self.slow)
+                await async_pause(self.slow, "a slow decode, simulated")
             if self.error is not None:
                 raise self.error
             assert attrs is not None
             if self.barrier is not None:
                 await meet(self.barrier)
-                await asyncio.sleep(0.01 * (len(self.attributes) - attrs.instance_number))
+                # Later instances finish first: results must be put back in order.
+                await async_pause(
+                    0.01 * (len(self.attributes) - attrs.instance_number), "finish out of order"
+                )
             return DecodedImage(np.full((1, 4, 4, 1), attrs.instance_number, np.uint16), attrs)
 
         return await self.in_flight.run(work)  # type: ignore[no-any-return]
@@ -211,7 +219,7 @@ class FakePreprocessor:
         index = int(image.pixels[0, 0, 0, 0])
         if self.barrier is not None:
             await meet(self.barrier)
-            await asyncio.sleep(0.01 * max(0, 10 - index))
+            await async_pause(0.01 * max(0, 10 - index), "finish out of order")
         return Preprocessed(
             np.full((1, 1, 2, 2), index, np.float32),
             [Geometry(4 + index, 4, 0, 0, 4, 4)],
@@ -249,7 +257,7 @@ class FakeInference:
         )
         if self.error is not None:
             raise self.error
-        await asyncio.sleep(self.delay)
+        await async_pause(self.delay, "inference time, simulated")
         self.outputs = {name: np.zeros((len(batch), 1), np.float32) for name in output_names}
         return self.outputs
 
@@ -273,36 +281,16 @@ PNEUMONIA = CodedConcept(code="233604007", display_name="Pneumonia")
 class FakePostprocessor:
     def __init__(self, error: PlatformError | None = None) -> None:
         self.error = error
-        self.calls: list[dict[str, Any]] = []
+        self.calls: list[tuple[PostprocessJob, str]] = []
 
-    async def postprocess(
-        self,
-        pipeline: str,
-        outputs: Mapping[str, np.ndarray],
-        sop_instance_uids: Sequence[str],
-        prepared: Preprocessed,
-        options: OutputOptions,
-        request_id: str,
-        caveats: Sequence[Caveat] = (),
-    ) -> Assessment:
-        self.calls.append(
-            {
-                "caveats": list(caveats),
-                "pipeline": pipeline,
-                "outputs": outputs,
-                "uids": list(sop_instance_uids),
-                "prepared": prepared,
-                "heatmaps": options.heatmaps,
-                "masks": options.masks,
-                "request_id": request_id,
-            }
-        )
+    async def postprocess(self, job: PostprocessJob, request_id: str) -> Assessment:
+        self.calls.append((job, request_id))
         if self.error is not None:
             raise self.error
-        png = b"PNG" if options.heatmaps else b""
+        png = b"PNG" if job.heatmaps else b""
         findings = [
             Finding(PNEUMONIA, 0.9, 0.68, positive=True, sop_instance_uid=uid, heatmap_png=png)
-            for uid in sop_instance_uids
+            for uid in job.sop_instance_uids
         ]
         return Assessment(findings, TriagePriority.URGENT)
 
@@ -336,7 +324,7 @@ class Backends:
     reporter: FakeReporter = field(default_factory=FakeReporter)
 
 
-LIMITS = Limits(max_instances=8, max_study_bytes=1000)
+LIMITS = Limits(8, 1000, DECODED)
 
 
 class Analyzer:
@@ -400,7 +388,7 @@ def test_studies_are_routed_by_their_tags(
     assert backends.inference.calls[0]["version"] == version
     assert {call[0] for call in backends.preprocessor.calls} == {expected}
     assert backends.inference.calls[0]["model"] == expected
-    assert backends.postprocessor.calls[0]["pipeline"] == expected
+    assert backends.postprocessor.calls[0][0].pipeline == expected
 
 
 def test_a_study_no_pipeline_accepts_is_refused_with_each_pipelines_reason(
@@ -479,7 +467,7 @@ def test_limits_are_checked_before_decoding(
     pattern: str,
 ) -> None:
     backends = Backends(FakeDecoder({}))
-    analyzer = make_analyzer(backends, Limits(max_instances=3, max_study_bytes=100))
+    analyzer = make_analyzer(backends, Limits(3, 100, DECODED))
     with pytest.raises(error, match=pattern) as excinfo:
         analyzer.analyze(StudyRequest(instances))
     assert type(excinfo.value) is error
@@ -490,7 +478,7 @@ def test_a_study_at_the_limits_is_accepted(make_analyzer: Callable[..., Analyzer
     instances, attributes = study(3)
     size = sum(len(i) for i in instances)
     backends = Backends(FakeDecoder(attributes))
-    analyzer = make_analyzer(backends, Limits(max_instances=3, max_study_bytes=size))
+    analyzer = make_analyzer(backends, Limits(3, size, DECODED))
     assert analyzer.analyze(StudyRequest(instances)).pipeline == "cxr_pneumonia"
     assert len(backends.decoder.calls) == 3
 
@@ -527,14 +515,12 @@ def test_instances_are_decoded_and_preprocessed_in_parallel_and_kept_in_order(
     np.testing.assert_array_equal(call["batch"], expected)
     assert call["batch"].shape == (n, 1, 2, 2)
 
-    (post,) = backends.postprocessor.calls
-    assert post["uids"] == [f"1.2.3.{i}" for i in range(n)]
-    assert post["outputs"] is backends.inference.outputs
-    assert post["request_id"] == "r7"
-    prepared = post["prepared"]
-    np.testing.assert_array_equal(prepared.batch, expected)
-    assert [g.rows for g in prepared.geometries] == [4 + i for i in range(n)]
-    assert prepared.grid is None
+    ((post, post_rid),) = backends.postprocessor.calls
+    assert post.sop_instance_uids == tuple(f"1.2.3.{i}" for i in range(n))
+    assert post.outputs is backends.inference.outputs
+    assert post_rid == "r7"
+    assert [g.rows for g in post.geometries] == [4 + i for i in range(n)]
+    assert post.grid is None
     assert result.warnings == [f"image {i} was cropped" for i in range(n)]
 
 
@@ -562,9 +548,9 @@ def test_a_volume_pipeline_preprocesses_the_series_in_one_call(
         ["prob"],
     )
     assert infer["batch"].shape == (1, 2, 2, 2, 1)
-    (post,) = backends.postprocessor.calls
-    assert post["uids"] == [SERIES_UID]
-    assert post["prepared"].grid.series_instance_uid == SERIES_UID
+    ((post, _),) = backends.postprocessor.calls
+    assert post.sop_instance_uids == (SERIES_UID,)
+    assert post.grid is not None and post.grid.series_instance_uid == SERIES_UID
     assert result.warnings == ["duplicates: 1 slice dropped"]
 
 
@@ -593,7 +579,7 @@ def test_inference_gets_the_pipelines_model_and_the_request_priority(
     assert call["output_names"] == ["logits", "ood"]
     assert call["priority"] == triton
     assert call["request_id"] == "p"
-    assert backends.postprocessor.calls[0]["heatmaps"] is False
+    assert backends.postprocessor.calls[0][0].heatmaps is False
 
 
 def test_heatmaps_when_asked_fetch_the_class_activation_map(
@@ -609,15 +595,15 @@ def test_heatmaps_when_asked_fetch_the_class_activation_map(
         == ["logits", "cam", "ood"]
         == list(registry.get("cxr_pneumonia").model.outputs)
     )
-    assert backends.postprocessor.calls[0]["heatmaps"] is True
-    assert backends.postprocessor.calls[0]["masks"] is False
+    assert backends.postprocessor.calls[0][0].heatmaps is True
+    assert backends.postprocessor.calls[0][0].masks is False
 
 
 def test_masks_when_asked_reach_the_postprocessor(make_analyzer: Callable[..., Analyzer]) -> None:
     instances, attributes = study(3, "MR", "HEAD")
     backends = Backends(FakeDecoder(attributes))
     make_analyzer(backends).analyze(StudyRequest(instances, options=OutputOptions(masks=True)))
-    assert backends.postprocessor.calls[0]["masks"] is True
+    assert backends.postprocessor.calls[0][0].masks is True
 
 
 # 5. the result
@@ -770,9 +756,7 @@ def test_inner_calls_in_flight_per_study_are_bounded(
 ) -> None:
     instances, attributes = study(8)
     backends = Backends(FakeDecoder(attributes, slow=0.01))
-    make_analyzer(backends, Limits(max_instances=8, max_study_bytes=1000), fan_out=3).analyze(
-        StudyRequest(instances)
-    )
+    make_analyzer(backends, Limits(8, 1000, DECODED), fan_out=3).analyze(StudyRequest(instances))
     assert len(backends.decoder.calls) == 8
     assert 1 < backends.decoder.in_flight.peak <= 3
 
@@ -805,8 +789,8 @@ def test_a_cancelled_study_cancels_its_inner_calls(make_analyzer: Callable[..., 
 
     async def give_up() -> None:
         task = asyncio.ensure_future(analyzer.analyze_async(StudyRequest(instances)))
-        while decoder.in_flight.now < 2:  # instance 0 finished; 1 and 2 are decoding
-            await asyncio.sleep(0.001)
+        # Instance 0 finished; 1 and 2 are decoding.
+        await async_wait_until(lambda: decoder.in_flight.now >= 2, 30, "1 and 2 not decoding")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -821,7 +805,7 @@ def test_a_cancelled_study_cancels_its_inner_calls(make_analyzer: Callable[..., 
 
 def test_admission_runs_a_bounded_number_and_queues_a_bounded_number() -> None:
     async def scenario() -> tuple[int, int, list[str]]:
-        admission = Admission(running=2, queued=1)
+        admission = Admission(running=2, queued=1, per_client=0)
         release = asyncio.Event()
         running = peak = 0
         outcomes: list[str] = []
@@ -858,7 +842,7 @@ def test_admission_runs_a_bounded_number_and_queues_a_bounded_number() -> None:
 
 def test_a_slot_is_released_when_the_study_fails() -> None:
     async def scenario() -> None:
-        admission = Admission(running=1, queued=0)
+        admission = Admission(running=1, queued=0, per_client=0)
         with pytest.raises(InvalidInput):
             async with admission.slot():
                 raise InvalidInput("bad study")
@@ -869,7 +853,7 @@ def test_a_slot_is_released_when_the_study_fails() -> None:
 
 
 def test_streamed_instances_are_buffered_once() -> None:
-    assembler = InstanceAssembler(4, 100)
+    assembler = InstanceAssembler(Limits(4, 100, DECODED))
     for index, data in [(0, b"ab"), (0, b"cd"), (1, b"ef")]:
         assembler.add(index, data)
     buffers = assembler._parts
@@ -895,6 +879,7 @@ def test_a_routed_pipeline_the_client_may_not_run_is_refused_before_preprocessin
         backends.inference,
         backends.postprocessor,
         LIMITS,
+        fan_out=8,
         policy=PolicyBook.load(path),
     )
     with pytest.raises(PermissionDenied, match="may not run pipeline 'cxr_pneumonia'"):
@@ -955,8 +940,8 @@ def test_a_pipeline_that_flags_hands_the_caveats_to_postprocessing(
     attributes[adult] = dataclasses.replace(attributes[adult], patient_age_years=64.0)
     backends = Backends(FakeDecoder(attributes))
     make_analyzer(backends).analyze(StudyRequest(instances))  # routed to cxr_pneumonia
-    (call,) = backends.postprocessor.calls
-    (caveat,) = call["caveats"]
+    ((call, _),) = backends.postprocessor.calls
+    (caveat,) = call.caveats
     assert caveat.sop_instance_uid == attributes[adult].sop_instance_uid
     assert caveat.reason is CaveatReason.OUTSIDE_INTENDED_USE
     assert len(backends.inference.calls) == 1  # flagged images are still analysed
@@ -968,9 +953,9 @@ def test_a_volume_pipeline_reports_one_caveat_per_kind_for_the_series(
     instances, attributes = study(4, "MR", "HEAD", age=9.0)
     backends = Backends(FakeDecoder(attributes))
     make_analyzer(backends).analyze(StudyRequest(instances))
-    (call,) = backends.postprocessor.calls
-    assert [c.sop_instance_uid for c in call["caveats"]] == [SERIES_UID]
-    assert isinstance(call["caveats"][0], Caveat)
+    ((call, _),) = backends.postprocessor.calls
+    assert [c.sop_instance_uid for c in call.caveats] == [SERIES_UID]
+    assert isinstance(call.caveats[0], Caveat)
 
 
 # --- result documents --------------------------------------------------------------------------
@@ -983,7 +968,7 @@ def test_documents_are_built_from_the_heatmaps_the_caller_did_not_ask_to_see(
     backends = Backends(FakeDecoder(attributes))
     options = OutputOptions(dicom_sr=True, dicom_heatmap=True)
     result = make_analyzer(backends).analyze(StudyRequest(instances, options=options))
-    assert backends.postprocessor.calls[0]["heatmaps"] is True  # the capture needs them
+    assert backends.postprocessor.calls[0][0].heatmaps is True  # the capture needs them
     (built,) = backends.reporter.built
     assert built.assessment.findings[0].heatmap_png == b"PNG"
     assert result.assessment.findings[0].heatmap_png == b""  # not asked for in the answer
@@ -1005,7 +990,7 @@ def test_a_segmentation_document_asks_the_postprocessor_for_masks(
     instances, attributes = study(3, "MR", "HEAD")
     backends = Backends(FakeDecoder(attributes))
     make_analyzer(backends).analyze(StudyRequest(instances, options=OutputOptions(dicom_seg=True)))
-    assert backends.postprocessor.calls[0]["masks"] is True
+    assert backends.postprocessor.calls[0][0].masks is True
 
 
 def test_a_refusal_is_an_answer_with_its_report_only_when_asked(

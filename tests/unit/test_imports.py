@@ -3,6 +3,12 @@
 A service that imports a sibling would drag the sibling's dependencies (scipy, codecs, ...)
 into its image and tie their releases together; the contract between them is the gRPC API and
 the domain types in services.common.
+
+Code lives with its users: a feature one package uses lives in that package (HOMES), and
+services.common holds what several share. There the contracts (domain types, errors,
+pipelines, settings, ...) import neither gRPC nor protobuf nor the RPC plumbing (RPC_PLUMBING:
+server, interceptor, TLS, the pixel exchange, ...), so that a tool or a test can use the
+contracts without the wire.
 """
 
 from __future__ import annotations
@@ -19,6 +25,54 @@ SERVICES = ("decoder", "preprocessor", "postprocessor", "gateway")
 TOOLS = ("cli", "fleet", "trt", "triton_local")
 # Packages no service and no shared module may import.
 PLATFORM_ONLY = tuple(f"services.{name}" for name in (*SERVICES, *TOOLS))
+
+# Features with one user: module -> the one package of services/ that may import it (tests may).
+HOMES = {
+    # DICOM SR/SEG/SC and FHIR builders (highdicom, fhir.resources): the gateway's results.
+    "services.gateway.reports": "services.gateway",
+    # Throwaway CAs for `imaging-platform up --tls`.
+    "services.cli.pki": "services.cli",
+    # `imaging-platform audit verify`; the writer (services.common.audit) is shared.
+    "services.cli.audit_verify": "services.cli",
+}
+
+# The RPC side of services.common: gRPC and protobuf, the wire and what serves it. Every other
+# module of services.common is a contract or a shared feature and imports none of these, nor
+# any RPC package.
+RPC_PLUMBING = tuple(
+    f"services.common.{name}"
+    for name in (
+        "server",  # the gRPC server: health, reflection, metrics port, graceful shutdown
+        "interceptor",  # domain errors -> gRPC statuses, per-RPC logs and metrics
+        "remote_errors",  # gRPC statuses -> domain errors
+        "admission",  # bounded concurrent RPCs
+        "metrics",  # per-RPC Prometheus metrics
+        "tls",  # gRPC credentials
+        "exchange",  # decoded pixels beside the RPC, in shared memory
+        "convert",  # domain objects <-> protobuf messages
+        "tensors",  # numpy <-> imaging.v1.Tensor
+    )
+)
+RPC_PACKAGES = (
+    "grpc",
+    "grpc_health",
+    "grpc_reflection",
+    "grpc_status",
+    "google.protobuf",
+    "google.rpc",
+    "services.api",
+)
+# Contract -> RPC imports it still has, and why. Each goes when its reason does; the test fails
+# on an entry no longer needed, so this list only shrinks.
+KNOWN_RPC_IMPORTS = {
+    # Each error class carries its grpc.StatusCode (PlatformError.code); the interceptor and
+    # remote_errors map by it.
+    ("services.common.errors", "grpc"),
+    # ServiceSettings holds TlsFiles (defined beside the grpc credentials it makes) and the
+    # PixelExchange directory.
+    ("services.common.settings", "services.common.tls"),
+    ("services.common.settings", "services.common.exchange"),
+}
 
 
 def _module_name(root: Path, path: Path) -> tuple[str, str]:
@@ -78,11 +132,87 @@ def import_violations(root: Path) -> list[str]:
     return violations
 
 
+def home_violations(root: Path) -> list[str]:
+    """'file: imported module' for each import of a HOMES module from outside its home."""
+    violations = []
+    for path in sorted((root / "services").rglob("*.py")):
+        relative = path.relative_to(root)
+        module, _ = _module_name(root, path)
+        for imported in sorted(imported_modules(root, path)):
+            for feature, home in HOMES.items():
+                if _within(imported, feature) and not _within(module, home):
+                    violations.append(f"{relative.as_posix()}: {imported}")
+    return violations
+
+
+def contract_rpc_imports(root: Path) -> set[tuple[str, str]]:
+    """(module, import) for each RPC package or RPC_PLUMBING module that a module of
+    services.common outside RPC_PLUMBING imports. Since every such module is checked, none
+    reaches gRPC through another either."""
+    found = set()
+    for path in sorted((root / "services" / "common").rglob("*.py")):
+        module, _ = _module_name(root, path)
+        if any(_within(module, plumbing) for plumbing in RPC_PLUMBING):
+            continue
+        for imported in imported_modules(root, path):
+            for rpc in (*RPC_PACKAGES, *RPC_PLUMBING):
+                if _within(imported, rpc):
+                    found.add((module, rpc))
+    return found
+
+
 def test_services_import_only_common_api_and_themselves() -> None:
     files = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "services").rglob("*.py")}
     assert {f"services/{s}/core.py" for s in SERVICES} <= files  # the walk sees the services
     violations = import_violations(REPO_ROOT)
     assert not violations, "imports across service boundaries:\n" + "\n".join(violations)
+
+
+def test_features_are_imported_only_by_their_home() -> None:
+    for feature in HOMES:
+        folder = REPO_ROOT / feature.replace(".", "/")
+        assert folder.with_suffix(".py").is_file() or (folder / "__init__.py").is_file(), feature
+    violations = home_violations(REPO_ROOT)
+    assert not violations, "imports of a feature outside its home:\n" + "\n".join(violations)
+
+
+def test_contracts_import_no_grpc_protobuf_or_rpc_plumbing() -> None:
+    common = {p.stem for p in (REPO_ROOT / "services" / "common").glob("*.py")}
+    assert {name.rsplit(".", 1)[1] for name in RPC_PLUMBING} <= common
+    found = contract_rpc_imports(REPO_ROOT)
+    new = sorted(f"{module}: {rpc}" for module, rpc in found - KNOWN_RPC_IMPORTS)
+    assert not new, "contracts that import gRPC, protobuf or RPC plumbing:\n" + "\n".join(new)
+    gone = sorted(f"{module}: {rpc}" for module, rpc in KNOWN_RPC_IMPORTS - found)
+    assert not gone, "no longer imported, remove from KNOWN_RPC_IMPORTS:\n" + "\n".join(gone)
+
+
+def test_the_walker_detects_imports_outside_a_home_and_rpc_in_contracts(tmp_path: Path) -> None:
+    services = tmp_path / "services"
+    for name in ("common", "gateway", "gateway/reports", "cli", "fleet"):
+        (services / name).mkdir(parents=True)
+        (services / name / "__init__.py").write_text("")
+    (services / "gateway" / "reporting.py").write_text("from . import reports\n")
+    (services / "gateway" / "reports" / "sr.py").write_text("from . import codes\n")
+    (services / "cli" / "main.py").write_text(
+        "from services.cli.pki import DevPki\nfrom services.gateway.reports import sr\n"
+    )
+    (services / "fleet" / "kube.py").write_text("from ..cli import audit_verify\n")
+    (services / "common" / "images.py").write_text(
+        "import grpc\nfrom google.protobuf import any_pb2\nfrom services.common import tls\n"
+    )
+    (services / "common" / "results.py").write_text("from services.common.grids import Grid\n")
+    (services / "common" / "server.py").write_text("import grpc\nfrom . import tls\n")
+
+    assert home_violations(tmp_path) == [
+        "services/cli/main.py: services.gateway.reports",
+        "services/cli/main.py: services.gateway.reports.sr",
+        "services/fleet/kube.py: services.cli.audit_verify",
+    ]
+    assert contract_rpc_imports(tmp_path) == {
+        ("services.common.images", "grpc"),
+        ("services.common.images", "google.protobuf"),
+        ("services.common.images", "services.common.tls"),
+    }
 
 
 def test_the_walker_detects_a_cross_service_import(tmp_path: Path) -> None:

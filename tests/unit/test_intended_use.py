@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset
 
 from services.common.images import ImageAttributes
+from services.common.jobs import PostprocessJob
 from services.common.pipelines import IntendedUse, PipelineRegistry, Range
 from services.common.results import Caveat, CaveatReason, FindingStatus, TriagePriority
 from services.decoder.attributes import patient_age_years
@@ -125,16 +126,20 @@ def _chest_outputs(logits: list[float], ood: list[float] | None = None) -> dict[
 def test_an_indeterminate_finding_never_raises_the_priority() -> None:
     pipeline = PipelineRegistry.load(PIPELINES).get("cxr_pneumonia")
     flagged = Caveat(CaveatReason.OUTSIDE_INTENDED_USE, "outside intended use: age", "adult")
-    assessment = assess(
-        _chest_outputs([6.0, -6.0], ood=[0.0, 0.0]), ["adult", "child"], pipeline, caveats=[flagged]
+    job = PostprocessJob(
+        pipeline.name,
+        _chest_outputs([6.0, -6.0], ood=[0.0, 0.0]),
+        ("adult", "child"),
+        caveats=(flagged,),
     )
+    assessment = assess(job, pipeline)
     adult, child = assessment.findings
     assert adult.probability > 0.99 and adult.status is FindingStatus.INDETERMINATE
     assert not adult.positive and adult.caveats == (flagged,)
     assert child.status is FindingStatus.NEGATIVE and not child.caveats
     assert assessment.triage_priority is TriagePriority.ROUTINE
     assert assessment.caveats == [flagged]
-    unflagged = assess(_chest_outputs([6.0, -6.0], ood=[0.0, 0.0]), ["adult", "child"], pipeline)
+    unflagged = assess(dataclasses.replace(job, caveats=()), pipeline)
     assert unflagged.findings[0].status is FindingStatus.POSITIVE
     assert unflagged.triage_priority is TriagePriority.URGENT
 
@@ -148,7 +153,8 @@ def test_an_out_of_distribution_score_above_threshold_makes_the_finding_indeterm
     )
     model = base.model.model_copy(update={"outputs": [*base.model.outputs, "ood"]})
     pipeline = base.model_copy(update={"postprocess": rules, "model": model})
-    assessment = assess(_chest_outputs([6.0, 6.0], ood=[3.0, 40.0]), ["in", "out"], pipeline)
+    outputs = _chest_outputs([6.0, 6.0], ood=[3.0, 40.0])
+    assessment = assess(PostprocessJob(pipeline.name, outputs, ("in", "out")), pipeline)
     inside, outside = assessment.findings
     assert inside.status is FindingStatus.POSITIVE and inside.ood_score == pytest.approx(3.0)
     assert outside.status is FindingStatus.INDETERMINATE
@@ -203,7 +209,8 @@ def test_decisions_are_counted_per_model_version_and_status() -> None:
     images = count("imaging_model_images_total")
     flagged = Caveat(CaveatReason.OUTSIDE_INTENDED_USE, "outside intended use: age", "b")
     outputs = _chest_outputs([6.0, 6.0, -6.0], ood=[0.0, 0.0, 0.0])
-    monitoring.record(pipeline, assess(outputs, ["a", "b", "c"], pipeline, caveats=[flagged]))
+    job = PostprocessJob(pipeline.name, outputs, ("a", "b", "c"), caveats=(flagged,))
+    monitoring.record(pipeline, assess(job, pipeline))
     after = [count("imaging_model_decisions_total", **finding, status=s) for s in FindingStatus]
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]  # POS, NEG, INDET
     assert count("imaging_model_images_total") == images + 3

@@ -21,7 +21,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common.pki import DevPki, common_name, create_dev_pki
+from services.cli.pki import DevPki, common_name, create_dev_pki
 
 TIMEOUT_S = 5.0
 

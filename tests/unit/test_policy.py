@@ -28,10 +28,27 @@ def book(tmp_path: Path) -> PolicyBook:
     return PolicyBook.load(path)
 
 
-def test_without_a_policy_file_everything_is_allowed() -> None:
-    book = PolicyBook.load(None)
-    for _ in range(100):
-        book.admit("anyone", RequestPriority.URGENT, "us_breast")
+def _refusals(book: PolicyBook) -> list[str]:
+    """Every client x priority x pipeline call, 20 times over (past any burst): the refusals."""
+    refused = []
+    for client in ("anyone", "reading-room", "research", ""):
+        for priority in RequestPriority:
+            for pipeline in ("", "cxr_pneumonia", "us_breast", "no_such_pipeline"):
+                for _ in range(20):
+                    try:
+                        book.admit(client, priority, pipeline)
+                        book.allow_pipeline(client, pipeline or "mri_brain_extraction")
+                    except (PermissionDenied, RateLimited) as err:
+                        refused.append(f"{client} {priority.name} {pipeline}: {err.reason}")
+    return refused
+
+
+def test_without_a_policy_file_everything_is_allowed(book: PolicyBook) -> None:
+    assert _refusals(PolicyBook.load(None)) == []
+    # The same calls do meet every kind of refusal once a policy file is loaded.
+    refused = "\n".join(_refusals(book))
+    for reason in ("no policy", "may not run pipeline", "priority DEFAULT at most", "rate limit"):
+        assert reason in refused
 
 
 def test_a_client_without_an_entry_is_refused(book: PolicyBook) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from grpc_health.v1 import health, health_pb2
+from waiting import async_wait_until
 
 from services.gateway.readiness import PeerWatch, watch
 
@@ -30,8 +31,10 @@ def test_health_turns_not_serving_and_back_with_the_peer() -> None:
         servicer = health.aio.HealthServicer()
         await servicer.set("", serving)
         up = {"triton": False}
+        probes = [0]
 
         async def triton() -> bool:
+            probes[0] += 1
             if not up["triton"]:
                 raise ConnectionError("refused")
             return True
@@ -41,14 +44,15 @@ def test_health_turns_not_serving_and_back_with_the_peer() -> None:
             return int((await servicer.Check(request, None)).status)  # type: ignore[arg-type]
 
         async def until(expected: int) -> int:  # polled: a loaded machine may be slow
-            for _ in range(500):
-                if (current := await status()) == expected:
-                    return current
-                await asyncio.sleep(0.01)
-            return await status()
+            async def reached() -> bool:
+                return await status() == expected
+
+            await async_wait_until(reached, 5, f"health never turned {expected}")
+            return expected
 
         task = asyncio.ensure_future(watch({"triton": triton}, servicer, [], 0.05, 0.02))
-        await asyncio.sleep(0.1)
+        # Two failed rounds of probes: the first set its status, the second saw it.
+        await async_wait_until(lambda: probes[0] >= 2, 5, "the watch never probed triton")
         seen = [await status()]  # not ready before its dependencies answer
         up["triton"] = True
         seen.append(await until(serving))

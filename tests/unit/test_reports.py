@@ -21,15 +21,6 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from services.common.errors import InternalError, InvalidInput, OutsideIntendedUse, PlatformError
 from services.common.grids import Segmentation, VolumeGrid
-from services.common.reports import (
-    DICOM_MEDIA_TYPE,
-    FHIR_MEDIA_TYPE,
-    EncodedObject,
-    _seam,
-    build_outputs,
-    refusal_outputs,
-)
-from services.common.reports import codes as report_codes
 from services.common.results import (
     Assessment,
     Caveat,
@@ -43,6 +34,15 @@ from services.common.results import (
     StudyResult,
     TriagePriority,
 )
+from services.gateway.reports import (
+    DICOM_MEDIA_TYPE,
+    FHIR_MEDIA_TYPE,
+    EncodedObject,
+    _seam,
+    build_outputs,
+    refusal_outputs,
+)
+from services.gateway.reports import codes as report_codes
 
 CHEST = Path(__file__).resolve().parents[2].parent / "shared/data/dicom/pydicom-data/RG1_UNCR.dcm"
 TOOLS = {"dciodvfy": "dicom3tools", "dsrdump": "dcmtk"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from services.common.audit import AuditEvent, AuditKey, AuditLog, verify
+from services.cli.audit_verify import verify
+from services.common.audit import AuditEvent, AuditKey, AuditLog
 from services.common.errors import NoMatchingPipeline, OutsideIntendedUse
 from services.common.images import DecodedImage, Geometry, ImageAttributes, Preprocessed
+from services.common.jobs import PostprocessJob
 from services.common.pipelines import (
     ROUTING_ONLY_TAGS,
     BodyPartAliases,
@@ -29,7 +31,6 @@ from services.common.results import (
     Assessment,
     Caveat,
     CaveatReason,
-    OutputOptions,
     StudyRequest,
     StudyResult,
     TriagePriority,
@@ -217,17 +218,8 @@ class _Postprocessor:
     def __init__(self) -> None:
         self.caveats: list[Caveat] = []
 
-    async def postprocess(
-        self,
-        pipeline: str,
-        outputs: Mapping[str, np.ndarray],
-        sop_instance_uids: Sequence[str],
-        prepared: Preprocessed,
-        options: OutputOptions,
-        request_id: str,
-        caveats: Sequence[Caveat] = (),
-    ) -> Assessment:
-        self.caveats = list(caveats)
+    async def postprocess(self, job: PostprocessJob, request_id: str) -> Assessment:
+        self.caveats = list(job.caveats)
         return Assessment([], TriagePriority.ROUTINE)
 
 
@@ -242,7 +234,8 @@ def _analyze(
         preprocessor,
         _Inference(),
         postprocessor,
-        Limits(max_instances=4, max_study_bytes=1000),
+        Limits(max_instances=4, max_study_bytes=1000, max_decoded_bytes=2**31),
+        fan_out=8,
     )
     facts = CallFacts()
 

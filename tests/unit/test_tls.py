@@ -12,9 +12,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import pki, tls
+from services.cli import pki
+from services.cli.pki import DevPki, create_dev_pki
+from services.common import tls
 from services.common.interceptor import ServiceInterceptor
-from services.common.pki import DevPki, create_dev_pki
 from services.common.tls import TlsFiles
 
 TIMEOUT_S = 5.0

@@ -6,6 +6,7 @@ import pytest
 from services.common.errors import ContractViolation, InvalidInput, StudyRefused
 from services.common.grids import VolumeGrid
 from services.common.images import DecodedImage, ImageAttributes
+from services.common.jobs import PostprocessJob
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.resampling import resample
 from services.postprocessor.measurements import measure
@@ -139,13 +140,14 @@ def test_volume_steps_are_refused_in_image_pipelines() -> None:
         Pipeline.model_validate(spec)
 
 
-@pytest.mark.parametrize("keep_masks", [False, True])
-def test_masks_are_returned_only_when_asked_for(brain: Pipeline, keep_masks: bool) -> None:
+@pytest.mark.parametrize("masks", [False, True])
+def test_masks_are_returned_only_when_asked_for(brain: Pipeline, masks: bool) -> None:
     from services.postprocessor.core import assess
 
     grid = VolumeGrid("1.2.3", (10, 20, 30), (2.0, 0.5, 0.5), np.eye(4))
     prob = np.zeros((1, 128, 128, 128, 1), np.float32)
     prob[0, 32:96, 32:96, 32:96] = 1.0
-    result = assess({"prob": prob}, ["1.2.3"], brain, grid=grid, keep_masks=keep_masks)
+    job = PostprocessJob(brain.name, {"prob": prob}, ("1.2.3",), grid=grid, masks=masks)
+    result = assess(job, brain)
     assert len(result.measurements) == 1 and result.measurements[0].value > 0
-    assert len(result.segmentations) == (1 if keep_masks else 0)
+    assert len(result.segmentations) == (1 if masks else 0)

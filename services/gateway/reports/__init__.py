@@ -22,15 +22,6 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 
 from services.common.errors import InternalError, PlatformError
-from services.common.reports import capture, fhir, seg, sr
-from services.common.reports._common import (
-    Context,
-    encode,
-    first_series_number,
-    headers,
-    restore_names,
-    scrub,
-)
 
 # One result object, ready to store or send (defined beside StudyResult, which carries them).
 from services.common.results import (
@@ -39,6 +30,16 @@ from services.common.results import (
     ModelRef,
     OutputOptions,
     StudyResult,
+)
+from services.common.version import DISTRIBUTION, platform_version
+from services.gateway.reports import capture, fhir, seg, sr
+from services.gateway.reports._common import (
+    Context,
+    encode,
+    first_series_number,
+    headers,
+    restore_names,
+    scrub,
 )
 
 __all__ = [
@@ -85,8 +86,8 @@ def build_outputs(
     result: StudyResult,
     requested: OutputOptions,
     *,
-    manufacturer: str = "imaging-platform",
-    software_version: str = "0.1.0",
+    manufacturer: str = DISTRIBUTION,
+    software_version: str = "",
 ) -> list[EncodedObject]:
     """The requested objects for ``result``, in the order SR, segmentations, heatmaps, FHIR.
 
@@ -98,6 +99,7 @@ def build_outputs(
     """
     if not requested.documents:
         return []
+    software_version = software_version or platform_version()
     ctx = Context(result.pipeline, result.model, manufacturer, software_version)
     outputs: list[EncodedObject] = []
     with _seam("result objects", sources):
@@ -174,8 +176,8 @@ def refusal_outputs(
     *,
     model: ModelRef | None = None,
     kind: str = "",
-    manufacturer: str = "imaging-platform",
-    software_version: str = "0.1.0",
+    manufacturer: str = DISTRIBUTION,
+    software_version: str = "",
 ) -> list[EncodedObject]:
     """For a study the platform refused (e.g. outside the pipeline's intended use): an SR and
     a cancelled FHIR DiagnosticReport, as requested, saying why and that no finding was made.
@@ -188,6 +190,7 @@ def refusal_outputs(
     """
     if not (requested.dicom_sr or requested.fhir):
         return []
+    software_version = software_version or platform_version()
     ctx = Context(
         pipeline,
         model or ModelRef(manufacturer, software_version),

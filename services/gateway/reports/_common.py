@@ -12,10 +12,10 @@ from io import BytesIO
 import pydicom
 from pydicom.dataset import Dataset
 
+from services.common.dicom import PIXEL_KEYWORDS
 from services.common.errors import InvalidInput
 from services.common.results import ModelRef
 
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Type 2 attributes highdicom reads from the first source (attribute access, no default).
 _TYPE2_KEYWORDS = (
     "PatientName",
@@ -78,7 +78,7 @@ def header(ds: Dataset) -> Dataset:
     (quoting them) given their trailing component separator."""
     out = Dataset()
     for elem in ds:
-        if elem.keyword not in _PIXEL_KEYWORDS:
+        if elem.keyword not in PIXEL_KEYWORDS:
             out.add(copy.deepcopy(elem))
     for keyword in _TYPE2_KEYWORDS:
         if keyword not in out:

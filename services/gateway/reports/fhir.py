@@ -25,8 +25,6 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from pydicom.dataset import Dataset
 
-from services.common.reports import codes
-from services.common.reports._common import Context
 from services.common.results import (
     Caveat,
     CodedConcept,
@@ -35,6 +33,8 @@ from services.common.results import (
     Measurement,
     StudyResult,
 )
+from services.gateway.reports import codes
+from services.gateway.reports._common import Context
 
 FHIR_VERSION = "4.3.0"  # R4B; R4-compatible for the resources written
 MEDIA_TYPE = "application/fhir+json"

@@ -26,13 +26,14 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
 
 from services.common import grids
 from services.common.errors import InternalError, InvalidInput, Misconfiguration, UnsupportedInput
-from services.common.reports import codes
-from services.common.reports._common import Context, truncate
+from services.gateway.reports import codes
+from services.gateway.reports._common import Context, truncate
 
-SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+SOP_CLASS_UID = SegmentationStorage
 
 # What every source needs at its top level (Image Pixel module, Frame of Reference).
 _TOP_KEYWORDS = ("Rows", "Columns", "FrameOfReferenceUID")
@@ -247,7 +248,7 @@ def segmentation(
     if mask.label not in codes.SEGMENT_CODES:
         raise Misconfiguration(
             f"no segmented-property codes for segment label {mask.label!r}; add them to "
-            "services/common/reports/codes.py SEGMENT_CODES"
+            "services/gateway/reports/codes.py SEGMENT_CODES"
         )
     category, kind = codes.SEGMENT_CODES[mask.label]
     series = [ds for ds in sources if str(ds.SeriesInstanceUID) == grid.series_instance_uid]

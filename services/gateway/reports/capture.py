@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import cache
 from io import BytesIO
 
 import highdicom as hd
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import (
@@ -36,8 +35,9 @@ from pydicom.uid import (
 )
 
 from services.common.errors import InternalError
-from services.common.reports._common import Context, header, truncate
 from services.common.results import Finding, FindingStatus
+from services.common.textband import text_band
+from services.gateway.reports._common import Context, header, truncate
 
 SOP_CLASS_UID = str(SecondaryCaptureImageStorage)  # 1.2.840.10008.5.1.4.1.1.7
 
@@ -91,50 +91,6 @@ def composite(source: Dataset, png: bytes) -> tuple[np.ndarray, bool]:
     alpha = rgba[..., 3:4] / 255.0
     rgb = base * (1.0 - alpha) + rgba[..., :3] * alpha
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), gray is not None
-
-
-# Burned-in text: light on an opaque dark band, the size a 256 px picture stays legible at.
-BAND_FONT_PX = 11
-_BAND_PAD = 3
-_BAND_INK = (255, 255, 255)
-_BAND_PAPER = (0, 0, 0)
-NOT_A_DIAGNOSIS = "AI output, not a diagnosis"
-
-
-@cache
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's own font (no system font needed): scalable where Pillow has FreeType."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _wrap(text: str, width: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> list[str]:
-    """``text`` in lines no wider than ``width`` px, broken at spaces (a word wider than that
-    gets a line of its own)."""
-    lines: list[str] = []
-    for word in text.split():
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    return lines or [""]
-
-
-def text_band(width: int, texts: Sequence[str], font_px: int = BAND_FONT_PX) -> np.ndarray:
-    """RGB uint8 rows (height x ``width``) with ``texts`` wrapped to the width, light on dark:
-    a band to put above or over a picture so what it means travels with its pixels."""
-    font = _font(font_px)
-    lines = [line for text in texts for line in _wrap(text, width - 2 * _BAND_PAD, font)]
-    top, bottom = font.getbbox("Ag")[1::2]
-    step = int(bottom) + 2
-    height = 2 * _BAND_PAD + step * len(lines) - int(top)
-    band = Image.new("RGB", (width, height), _BAND_PAPER)
-    draw = ImageDraw.Draw(band)
-    for number, line in enumerate(lines):
-        draw.text((_BAND_PAD, _BAND_PAD - int(top) + number * step), line, _BAND_INK, font=font)
-    return np.asarray(band)
 
 
 def status_texts(finding: Finding) -> list[str]:

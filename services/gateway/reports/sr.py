@@ -34,11 +34,10 @@ from collections.abc import Mapping, Sequence
 import highdicom as hd
 from highdicom.sr.templates import Template
 from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage
 
 from services.common import grids
 from services.common.errors import InternalError
-from services.common.reports import codes
-from services.common.reports._common import Context, truncate
 from services.common.results import (
     Caveat,
     CaveatReason,
@@ -47,8 +46,10 @@ from services.common.results import (
     Measurement,
     StudyResult,
 )
+from services.gateway.reports import codes
+from services.gateway.reports._common import Context, truncate
 
-SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
+SOP_CLASS_UID = Comprehensive3DSRStorage
 
 
 def _algorithm(ctx: Context) -> hd.sr.AlgorithmIdentification:
