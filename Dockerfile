@@ -49,6 +49,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 10001:10001
-# gRPC API, Prometheus metrics (the chart sets IMAGING_PORT / IMAGING_METRICS_PORT).
-EXPOSE 50051 9100
+# One image, four services: each one's gRPC API, Prometheus metrics and plaintext health port
+# (services/common/listeners.py; the chart sets IMAGING_PORT / _METRICS_PORT / _HEALTH_PORT).
+EXPOSE 50051 9100 9300 50052 9101 9301 50053 9102 9302 50054 9103 9303
 CMD ["python", "-m", "services.gateway.server"]

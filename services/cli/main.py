@@ -31,6 +31,7 @@ from services.cli.quicklook import caveat_text, status_name, write_quicklooks
 from services.cli.samples import pneumoniamnist_samples, write_samples
 from services.cli.stack import REPO_ROOT, Ports, Stack, StackError
 from services.cli.usage import UsageError
+from services.common.listeners import Service, loopback
 from services.common.settings import DEFAULT_PIPELINES_DIR
 from services.common.tls import TlsFiles
 from services.fleet.core import DEFAULT_GRPC_PORT
@@ -218,7 +219,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     scheme = "grpcs" if stack.tls.serves_tls else "grpc"
     print(f"gateway        {scheme}://{stack.gateway_address}")
     inner = "grpcs" if stack.inner_tls.serves_tls else "grpc"  # the services' own CA
-    for service in ("decoder", "preprocessor", "postprocessor"):
+    for service in (Service.DECODER, Service.PREPROCESSOR, Service.POSTPROCESSOR):
         print(f"{service:<14} {inner}://127.0.0.1:{stack.ports.grpc(service)}")
     if stack.tls.serves_tls:  # mutual TLS with the services' internal certificate only
         print(f"tritonserver   grpcs://{stack.triton_grpc_address} (no HTTP)")
@@ -227,8 +228,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"tritonserver   grpc://{stack.triton_grpc_address} "
             f"http://127.0.0.1:{stack.ports.triton_http}"
         )
-    for service, port in stack.ports.metrics.items():
-        print(f"metrics        http://127.0.0.1:{port}/metrics ({service})")
+    for name, port in stack.ports.metrics.items():
+        print(f"metrics        http://127.0.0.1:{port}/metrics ({name})")
     if client_files is not None:
         ca, cert, key = client_files
         print(f"throwaway CA   {ca}")
@@ -545,7 +546,7 @@ def _env_path(name: str) -> Path | None:
 
 def _connection_flags(command: argparse.ArgumentParser) -> None:
     """How a command reaches the gateway: address, mutual TLS, API key (env defaults)."""
-    command.add_argument("--gateway", default="127.0.0.1:50051")
+    command.add_argument("--gateway", default=loopback(Service.GATEWAY))
     command.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
     command.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
     command.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))

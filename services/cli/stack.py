@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.cli.pki import INTERNAL_COMMON_NAME, DevPki
+from services.common.listeners import LISTENERS, TRITON, Service
 from services.common.settings import DEFAULT_MODEL_REPOSITORY, ServiceSettings
 from services.common.tls import TlsFiles, channel_credentials
 from services.triton_local.launch import TritonLaunchError, connection_flags, start_tritonserver
@@ -36,7 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The connection policy every server of the stack shares, Triton included (defaults, unread
 # from the environment: the stack's own processes get theirs from IMAGING_*).
 _SERVICE_DEFAULTS = ServiceSettings.model_construct()
-SERVICES = ("decoder", "preprocessor", "postprocessor", "gateway")
+# Start order: the gateway dials the others.
+SERVICES = (Service.DECODER, Service.PREPROCESSOR, Service.POSTPROCESSOR, Service.GATEWAY)
 
 
 def free_port() -> int:
@@ -59,29 +61,19 @@ class Ports:
     demo). A service port of 0 means "any free one": the service binds port 0 and reports
     the port it got (IMAGING_PORTS_FILE), and the stack records it in stack.json."""
 
-    triton_http: int = 8000
-    triton_grpc: int = 8001
-    triton_metrics: int = 8002
-    gateway: int = 50051
-    decoder: int = 50052
-    preprocessor: int = 50053
-    postprocessor: int = 50054
+    triton_http: int = TRITON.http
+    triton_grpc: int = TRITON.grpc
+    triton_metrics: int = TRITON.metrics
+    gateway: int = LISTENERS[Service.GATEWAY].grpc
+    decoder: int = LISTENERS[Service.DECODER].grpc
+    preprocessor: int = LISTENERS[Service.PREPROCESSOR].grpc
+    postprocessor: int = LISTENERS[Service.POSTPROCESSOR].grpc
     metrics: dict[str, int] = field(
-        default_factory=lambda: {
-            "gateway": 9101,
-            "decoder": 9102,
-            "preprocessor": 9103,
-            "postprocessor": 9104,
-        }
+        default_factory=lambda: {s.value: LISTENERS[s].metrics for s in Service}
     )
     # Plaintext grpc.health.v1 of each service (used when the API ports serve TLS only).
     health: dict[str, int] = field(
-        default_factory=lambda: {
-            "gateway": 9201,
-            "decoder": 9202,
-            "preprocessor": 9203,
-            "postprocessor": 9204,
-        }
+        default_factory=lambda: {s.value: LISTENERS[s].health for s in Service}
     )
 
     # Triton's ports were picked (free_port), not chosen: on a taken one, pick again.
@@ -327,24 +319,24 @@ class Stack:
             IMAGING_METRICS_PORT=str(self.ports.metrics[service]),
             IMAGING_PIPELINES_DIR=str(self.pipelines_dir),
             IMAGING_LOG_LEVEL=self.log_level,
-            IMAGING_DECODER_ADDRESS=self._peer_address("decoder"),
-            IMAGING_PREPROCESSOR_ADDRESS=self._peer_address("preprocessor"),
-            IMAGING_POSTPROCESSOR_ADDRESS=self._peer_address("postprocessor"),
+            IMAGING_DECODER_ADDRESS=self._peer_address(Service.DECODER),
+            IMAGING_PREPROCESSOR_ADDRESS=self._peer_address(Service.PREPROCESSOR),
+            IMAGING_POSTPROCESSOR_ADDRESS=self._peer_address(Service.POSTPROCESSOR),
             IMAGING_TRITON_ADDRESS=self.triton_grpc_address,
             IMAGING_PIXEL_EXCHANGE_DIR=str(self.pixel_exchange_dir),
             # A health port is always served here; 0 (any free one) is -1 to the service.
             IMAGING_HEALTH_PORT=str(self.ports.health[service] or -1),
             IMAGING_PORTS_FILE=str(self._ports_file(service)),
         )
-        files = self.tls if service == "gateway" else self.inner_tls
-        if service == "gateway" and self.internal_tls is not None:
+        files = self.tls if service == Service.GATEWAY else self.inner_tls
+        if service == Service.GATEWAY and self.internal_tls is not None:
             internal = self.internal_tls
             for part, path in (("CERT", internal.cert), ("KEY", internal.key), ("CA", internal.ca)):
                 if path is not None:
                     env[f"IMAGING_PEER_TLS_{part}"] = str(path)
-        if service != "gateway" and self.allowed_peers:
+        if service != Service.GATEWAY and self.allowed_peers:
             env["IMAGING_ALLOWED_PEERS"] = self.allowed_peers
-        if service == "gateway":
+        if service == Service.GATEWAY:
             self._secret(self.audit_key_file)
             env.update(
                 IMAGING_AUDIT_LOG=str(self.audit_log),
@@ -442,13 +434,13 @@ class Stack:
             # Triton first: the gateway reports NOT_SERVING while it cannot reach it.
             self._start_triton_until_bound(timeout)
             # The gateway last: it dials the inner services at the ports they reported.
-            inner = [s for s in self.services if s != "gateway"]
+            inner = [s for s in self.services if s != Service.GATEWAY]
             for service in inner:
                 self.start_service(service)
             self._await_ports(inner, timeout)
-            if "gateway" in self.services:
-                self.start_service("gateway")
-                self._await_ports(["gateway"], timeout)
+            if Service.GATEWAY in self.services:
+                self.start_service(Service.GATEWAY)
+                self._await_ports([Service.GATEWAY], timeout)
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -547,7 +539,13 @@ class Stack:
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM everything (gateway first so no new work enters), then SIGKILL stragglers."""
-        order = ["gateway", "decoder", "preprocessor", "postprocessor", "tritonserver"]
+        order = [
+            Service.GATEWAY,
+            Service.DECODER,
+            Service.PREPROCESSOR,
+            Service.POSTPROCESSOR,
+            "tritonserver",
+        ]
         alive = {n: p for n, p in self.pids.items() if _signal(p, signal.SIGTERM)}
         for name in order:
             if name in alive:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.exchange import DEFAULT_TTL_SECONDS, PixelExchange
+from services.common.listeners import LISTENERS, TRITON, Service, loopback
 from services.common.pipelines import BodyPartAliases
 from services.common.tls import TlsFiles
 
@@ -46,8 +48,14 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGING_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="interface to bind (0.0.0.0 in containers)")
-    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
-    metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus /metrics port")
+    # Defaults: the gateway's listeners; each service's settings class has its own
+    # (services/common/listeners.py).
+    port: int = Field(
+        LISTENERS[Service.GATEWAY].grpc, ge=0, le=65535, description="gRPC port; 0: any free one"
+    )
+    metrics_port: int = Field(
+        LISTENERS[Service.GATEWAY].metrics, ge=0, le=65535, description="Prometheus /metrics port"
+    )
     max_message_bytes: int = Field(64 * 1024 * 1024, gt=0, description="gRPC message cap")
     workers: int = Field(8, gt=0, description="RPCs served at once")
     # Thread-pool services only (the gateway bounds whole studies instead): calls beyond
@@ -113,7 +121,17 @@ class ServiceSettings(BaseSettings):
         return PixelExchange(self.pixel_exchange_dir, self.pixel_exchange_ttl_seconds)
 
 
+def _grpc_port(service: Service) -> Any:
+    return Field(LISTENERS[service].grpc, ge=0, le=65535, description="gRPC port; 0: any free one")
+
+
+def _metrics_port(service: Service) -> Any:
+    return Field(LISTENERS[service].metrics, ge=0, le=65535, description="/metrics port")
+
+
 class DecoderSettings(ServiceSettings, DecodeLimits):  # type: ignore[misc]
+    port: int = _grpc_port(Service.DECODER)
+    metrics_port: int = _metrics_port(Service.DECODER)
     # Decoding runs in worker processes (services/decoder/pool.py): a codec that crashes,
     # hangs or runs out of memory on one file costs that request and one worker, nothing else.
     decode_workers: int = Field(
@@ -142,11 +160,21 @@ class PipelineServiceSettings(ServiceSettings):
     pipelines_dir: Path = Field(DEFAULT_PIPELINES_DIR, description="folder of pipeline YAML")
 
 
+class PreprocessorSettings(PipelineServiceSettings):
+    port: int = _grpc_port(Service.PREPROCESSOR)
+    metrics_port: int = _metrics_port(Service.PREPROCESSOR)
+
+
+class PostprocessorSettings(PipelineServiceSettings):
+    port: int = _grpc_port(Service.POSTPROCESSOR)
+    metrics_port: int = _metrics_port(Service.POSTPROCESSOR)
+
+
 class GatewaySettings(PipelineServiceSettings):
-    decoder_address: str = "127.0.0.1:50052"
-    preprocessor_address: str = "127.0.0.1:50053"
-    postprocessor_address: str = "127.0.0.1:50054"
-    triton_address: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint")
+    decoder_address: str = loopback(Service.DECODER)
+    preprocessor_address: str = loopback(Service.PREPROCESSOR)
+    postprocessor_address: str = loopback(Service.POSTPROCESSOR)
+    triton_address: str = Field(f"127.0.0.1:{TRITON.grpc}", description="Triton gRPC endpoint")
     call_timeout_seconds: float = Field(60.0, gt=0, description="deadline of each inner call")
     # services/gateway/clients.py ChannelTuning: keepalive finds a frozen peer or a dead node in
     # keepalive + timeout seconds; re-resolution lets Triton pods added by the HPA get traffic.

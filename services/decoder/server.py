@@ -13,6 +13,7 @@ import grpc
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common import logs, server
 from services.common.exchange import PixelExchange
+from services.common.listeners import Service
 from services.common.settings import DecoderSettings
 from services.decoder.dispatch import Decoding
 from services.decoder.header import quiet_pydicom
@@ -72,7 +73,7 @@ def start(settings: DecoderSettings, pool: DecoderPool | None = None) -> Running
 
     try:
         pool.start()  # workers that cannot start fail the service now, not its first request
-        running = server.start("decoder", settings, register, [SERVICE_NAME], (STAGE,))
+        running = server.start(Service.DECODER, settings, register, [SERVICE_NAME], (STAGE,))
     except BaseException:
         pool.close()
         raise

@@ -6,6 +6,7 @@ import grpc
 
 from services.api.imaging.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common import convert
+from services.common.listeners import Service
 from services.common.metrics import Stage, stage_timer
 from services.decoder.dispatch import Decoding
 
@@ -24,6 +25,6 @@ class DecoderServicer(decoder_pb2_grpc.DicomDecoderServicer):
         dicom = job.dicom
         if job.shared_dicom is not None:
             dicom = self._decoding.receive(job.shared_dicom)
-        with stage_timer("decoder", STAGE):
+        with stage_timer(Service.DECODER, STAGE):
             image = self._decoding.decode(dicom, job.shared_output, context.add_callback)
         return convert.decode_response_to_proto(image)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from services.common.listeners import TRITON
 from services.fleet.errors import (
     ModelControlOff,
     NoReadyPods,
@@ -21,7 +22,7 @@ from services.fleet.errors import (
     RolloutFailed,
 )
 
-DEFAULT_GRPC_PORT = 8001
+DEFAULT_GRPC_PORT = TRITON.grpc
 GRPC_PORT_NAME = "grpc"  # the containerPort name that overrides DEFAULT_GRPC_PORT per pod
 RESULT_WIDTH = 100  # longer reasons are cut in the table; the final error has them in full
 

@@ -34,6 +34,7 @@ from services.common.exchange import PixelExchange
 from services.common.images import Decoded, Preprocessed
 from services.common.interceptor import REQUEST_ID_HEADER
 from services.common.jobs import DecodeJob, PostprocessJob, PreprocessJob
+from services.common.listeners import Service
 from services.common.remote_errors import from_rpc_error, from_triton_error
 from services.common.results import Assessment
 from services.common.settings import GatewaySettings
@@ -181,7 +182,7 @@ class DecoderClient(_ServiceClient):
         files: TlsFiles = PLAINTEXT,
         tuning: ChannelTuning = ChannelTuning(),
     ) -> None:
-        super().__init__("decoder", address, timeout, max_message_bytes, files, tuning)
+        super().__init__(Service.DECODER, address, timeout, max_message_bytes, files, tuning)
         self._stub = decoder_pb2_grpc.DicomDecoderStub(self.channel)
         self._exchange = exchange
 
@@ -211,7 +212,7 @@ class PreprocessorClient(_ServiceClient):
         files: TlsFiles = PLAINTEXT,
         tuning: ChannelTuning = ChannelTuning(),
     ) -> None:
-        super().__init__("preprocessor", address, timeout, max_message_bytes, files, tuning)
+        super().__init__(Service.PREPROCESSOR, address, timeout, max_message_bytes, files, tuning)
         self._stub = preprocessor_pb2_grpc.PreprocessorStub(self.channel)
 
     async def preprocess(
@@ -232,7 +233,7 @@ class PostprocessorClient(_ServiceClient):
         files: TlsFiles = PLAINTEXT,
         tuning: ChannelTuning = ChannelTuning(),
     ) -> None:
-        super().__init__("postprocessor", address, timeout, max_message_bytes, files, tuning)
+        super().__init__(Service.POSTPROCESSOR, address, timeout, max_message_bytes, files, tuning)
         self._stub = postprocessor_pb2_grpc.PostprocessorStub(self.channel)
 
     async def postprocess(self, job: PostprocessJob, request_id: str) -> Assessment:

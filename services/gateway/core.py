@@ -33,6 +33,7 @@ from services.common.errors import (
 )
 from services.common.images import Decoded, Preprocessed, decoded_bytes, join_batches
 from services.common.jobs import PostprocessJob
+from services.common.listeners import Service
 from services.common.metrics import Stage, stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.results import (
@@ -256,7 +257,7 @@ class StudyAnalyzer:
         options = request.options
         if options.documents and self._reporter is None:
             raise Misconfiguration("this gateway was started without a report builder")
-        with stage_timer("gateway", Stage.TOTAL, seconds):
+        with stage_timer(Service.GATEWAY, Stage.TOTAL, seconds):
             try:
                 assessment, pipeline, prepared = await self._run(request, seconds)
             except StudyRefused as refused:
@@ -274,7 +275,7 @@ class StudyAnalyzer:
                 warnings=[*prepared.warnings, *_outputs_not_made(pipeline, options)],
             )
             if options.documents and self._reporter is not None:
-                with stage_timer("gateway", Stage.REPORT, seconds):
+                with stage_timer(Service.GATEWAY, Stage.REPORT, seconds):
                     # The documents need the heatmaps and masks even when the caller did not
                     # ask for them in the response.
                     full = dataclasses.replace(result, assessment=assessment)
@@ -320,7 +321,7 @@ class StudyAnalyzer:
         async def decode(dicom: bytes) -> Decoded:
             return budget.spend(await self._decoder.decode(dicom, rid))
 
-        with stage_timer("gateway", Stage.DECODE, seconds):
+        with stage_timer(Service.GATEWAY, Stage.DECODE, seconds):
             images = await _all([decode(d) for d in request.instances], self._fan_out)
         attributes = [i.attributes for i in images]
         # A named pipeline overrides the routing tags only (PipelineRegistry.override); which
@@ -337,13 +338,13 @@ class StudyAnalyzer:
         )
         self._policy.allow_pipeline(request.client, pipeline.name)  # a routed pipeline too
         caveats = _intended_use(pipeline, images)
-        with stage_timer("gateway", Stage.PREPROCESS, seconds):
+        with stage_timer(Service.GATEWAY, Stage.PREPROCESS, seconds):
             prepared = await self._preprocess(pipeline, images, rid)
         if overridden:
             warning = _override_warning(pipeline, overridden)
             prepared = dataclasses.replace(prepared, warnings=[warning, *prepared.warnings])
         model = pipeline.model
-        with stage_timer("gateway", Stage.INFER, seconds):
+        with stage_timer(Service.GATEWAY, Stage.INFER, seconds):
             outputs = await self._inference.infer(
                 model.name,
                 model.version,
@@ -369,7 +370,7 @@ class StudyAnalyzer:
             masks=inner.masks,
             caveats=tuple(caveats),
         )
-        with stage_timer("gateway", Stage.POSTPROCESS, seconds):
+        with stage_timer(Service.GATEWAY, Stage.POSTPROCESS, seconds):
             assessment = await self._postprocessor.postprocess(job, rid)
         auditing.note(
             findings=[

@@ -11,6 +11,7 @@ from grpc_health.v1 import health
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import logs, server
 from services.common.audit import AuditKey, AuditLog
+from services.common.listeners import Service
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import GatewaySettings
 from services.gateway import readiness
@@ -129,7 +130,7 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
         trails.append(trail)
         interceptors.insert(0, AuditInterceptor(trail))  # outside auth: refusals are audited
     return server.start_async(
-        "gateway", settings, register, [SERVICE_NAME], STAGES, interceptors, started
+        Service.GATEWAY, settings, register, [SERVICE_NAME], STAGES, interceptors, started
     )
 
 

@@ -6,8 +6,9 @@ import grpc
 
 from services.api.imaging.v1 import postprocessor_pb2, postprocessor_pb2_grpc
 from services.common import logs, server
+from services.common.listeners import Service
 from services.common.pipelines import PipelineRegistry
-from services.common.settings import PipelineServiceSettings
+from services.common.settings import PipelineServiceSettings, PostprocessorSettings
 from services.postprocessor import monitoring
 from services.postprocessor.servicer import STAGE, PostprocessorServicer
 
@@ -24,11 +25,11 @@ def start(settings: PipelineServiceSettings) -> server.RunningServer:
             PostprocessorServicer(registry), srv
         )
 
-    return server.start("postprocessor", settings, register, [SERVICE_NAME], (STAGE,))
+    return server.start(Service.POSTPROCESSOR, settings, register, [SERVICE_NAME], (STAGE,))
 
 
 def main() -> None:
-    settings = PipelineServiceSettings()
+    settings = PostprocessorSettings()
     logs.configure(settings.log_level)
     server.serve_forever(start(settings), settings.grace_seconds)
 

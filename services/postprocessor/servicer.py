@@ -6,6 +6,7 @@ import grpc
 
 from services.api.imaging.v1 import postprocessor_pb2, postprocessor_pb2_grpc
 from services.common import convert
+from services.common.listeners import Service
 from services.common.metrics import Stage, stage_timer
 from services.common.pipelines import PipelineRegistry
 from services.postprocessor import monitoring
@@ -25,7 +26,7 @@ class PostprocessorServicer(postprocessor_pb2_grpc.PostprocessorServicer):
         # An unknown pipeline fails first, before any tensor is read.
         pipeline = self._registry.get(request.pipeline)
         job = convert.postprocess_request_from_proto(request)
-        with stage_timer("postprocessor", STAGE):
+        with stage_timer(Service.POSTPROCESSOR, STAGE):
             result = assess(job, pipeline)
         monitoring.record(pipeline, result)
         return convert.postprocess_response_to_proto(result)

@@ -6,8 +6,9 @@ import grpc
 
 from services.api.imaging.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from services.common import logs, server
+from services.common.listeners import Service
 from services.common.pipelines import PipelineRegistry
-from services.common.settings import PipelineServiceSettings
+from services.common.settings import PipelineServiceSettings, PreprocessorSettings
 from services.preprocessor.servicer import STAGE, PreprocessorServicer
 
 SERVICE_NAME = preprocessor_pb2.DESCRIPTOR.services_by_name["Preprocessor"].full_name
@@ -22,11 +23,11 @@ def start(settings: PipelineServiceSettings) -> server.RunningServer:
             PreprocessorServicer(registry, settings.pixel_exchange()), srv
         )
 
-    return server.start("preprocessor", settings, register, [SERVICE_NAME], (STAGE,))
+    return server.start(Service.PREPROCESSOR, settings, register, [SERVICE_NAME], (STAGE,))
 
 
 def main() -> None:
-    settings = PipelineServiceSettings()
+    settings = PreprocessorSettings()
     logs.configure(settings.log_level)
     server.serve_forever(start(settings), settings.grace_seconds)
 

@@ -7,6 +7,7 @@ import grpc
 from services.api.imaging.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from services.common import convert
 from services.common.exchange import PixelExchange
+from services.common.listeners import Service
 from services.common.metrics import Stage, stage_timer
 from services.common.pipelines import PipelineRegistry
 from services.preprocessor.core import prepare_batch
@@ -29,6 +30,6 @@ class PreprocessorServicer(preprocessor_pb2_grpc.PreprocessorServicer):
         job = convert.preprocess_request_from_proto(request)
         images = [convert.take_pixels(image, self._exchange) for image in job.images]
         prepare = prepare_series if pipeline.kind == "volume" else prepare_batch
-        with stage_timer("preprocessor", STAGE):
+        with stage_timer(Service.PREPROCESSOR, STAGE):
             prepared = prepare(images, pipeline)
         return convert.preprocess_response_to_proto(prepared)
