@@ -19,7 +19,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import tls
-from services.common.tls import PLAINTEXT, TlsFiles
+from services.common.tls_files import PLAINTEXT, TlsFiles
 
 CHUNK_BYTES = 1024 * 1024
 # Above this a study is streamed in chunks instead of sent as one message.

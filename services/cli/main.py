@@ -33,7 +33,7 @@ from services.cli.stack import REPO_ROOT, Ports, Stack, StackError
 from services.cli.usage import UsageError
 from services.common.listeners import Service, loopback
 from services.common.settings import DEFAULT_PIPELINES_DIR
-from services.common.tls import TlsFiles
+from services.common.tls_files import TlsFiles
 from services.fleet.core import DEFAULT_GRPC_PORT
 from services.fleet.golden import DEFAULT_REPOSITORY
 from services.fleet.rollout import DEFAULT_RELEASE, DEFAULT_TIMEOUT, rollout_command

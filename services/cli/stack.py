@@ -30,7 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.cli.pki import INTERNAL_COMMON_NAME, DevPki
 from services.common.listeners import LISTENERS, TRITON, Service
 from services.common.settings import DEFAULT_MODEL_REPOSITORY, ServiceSettings
-from services.common.tls import TlsFiles, channel_credentials
+from services.common.tls import channel_credentials
+from services.common.tls_files import TlsFiles
 from services.triton_local.launch import TritonLaunchError, connection_flags, start_tritonserver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

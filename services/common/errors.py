@@ -19,17 +19,33 @@ code and kind (:func:`from_kind`), never by matching message text.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import ClassVar
 
-import grpc
-
 DOMAIN = "imaging.v1"
+
+
+class Status(StrEnum):
+    """The gRPC status codes the platform answers with, by their canonical names (google.rpc.Code):
+    an error's contract. Only the RPC plumbing (interceptor, remote_errors) turns one into a
+    grpc.StatusCode, so code that raises or inspects errors needs no gRPC."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    INTERNAL = "INTERNAL"
 
 
 class PlatformError(Exception):
     """Base of every error the platform reports to a caller."""
 
-    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    code: ClassVar[Status] = Status.INTERNAL
     kind: ClassVar[str] = "PLATFORM_ERROR"
     # False: the reason is for the operator's log; the caller gets a request id.
     public: ClassVar[bool] = True
@@ -45,7 +61,7 @@ class PlatformError(Exception):
 class InvalidInput(PlatformError):
     """The request itself is wrong: not DICOM, no pixels, bad shape, empty."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = Status.INVALID_ARGUMENT
     kind = "INVALID_INPUT"
 
 
@@ -58,49 +74,49 @@ class UnsupportedInput(InvalidInput):
 class TooLarge(PlatformError):
     """Input exceeds a configured limit (image size, study size, message size)."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = Status.RESOURCE_EXHAUSTED
     kind = "TOO_LARGE"
 
 
 class Overloaded(PlatformError):
     """The service is at capacity: every slot busy and the queue full; retry later."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = Status.RESOURCE_EXHAUSTED
     kind = "OVERLOADED"
 
 
 class Unauthenticated(PlatformError):
     """No credentials, or credentials the gateway does not know."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = Status.UNAUTHENTICATED
     kind = "UNAUTHENTICATED"
 
 
 class PermissionDenied(PlatformError):
     """A known caller asked for something its policy does not allow."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = Status.PERMISSION_DENIED
     kind = "PERMISSION_DENIED"
 
 
 class RateLimited(PlatformError):
     """The caller's rate limit is used up; retry later."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = Status.RESOURCE_EXHAUSTED
     kind = "RATE_LIMITED"
 
 
 class NotFound(PlatformError):
     """A named pipeline does not exist."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    code = Status.NOT_FOUND
     kind = "NOT_FOUND"
 
 
 class StudyRefused(PlatformError):
     """A valid study the chosen pipeline will not analyse (the reason says why)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Status.FAILED_PRECONDITION
     kind = "STUDY_REFUSED"
 
 
@@ -123,14 +139,14 @@ class OutsideIntendedUse(StudyRefused):
 class DependencyUnavailable(PlatformError):
     """A downstream service (Triton, another platform service) cannot be reached."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = Status.UNAVAILABLE
     kind = "DEPENDENCY_UNAVAILABLE"
 
 
 class DeadlineExceeded(PlatformError):
     """A downstream call ran out of time."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = Status.DEADLINE_EXCEEDED
     kind = "DEADLINE_EXCEEDED"
 
 
@@ -140,7 +156,7 @@ class DeadlineExceeded(PlatformError):
 class InternalError(PlatformError):
     """A bug or an unexpected downstream answer."""
 
-    code = grpc.StatusCode.INTERNAL
+    code = Status.INTERNAL
     kind = "INTERNAL"
     public = False
 
@@ -166,8 +182,9 @@ def all_classes() -> list[type[PlatformError]]:
     return _classes(PlatformError)
 
 
-def from_kind(kind: str, code: grpc.StatusCode) -> type[PlatformError] | None:
-    """The class an inner service raised, if ``kind`` names one with this status code."""
+def from_kind(kind: str, code: str) -> type[PlatformError] | None:
+    """The class an inner service raised, if ``kind`` names one with this status code (its
+    canonical name, as the wire's grpc.StatusCode.name)."""
     for cls in all_classes():
         if cls.kind == kind and cls.code == code:
             return cls

@@ -26,20 +26,26 @@ import numpy as np
 
 from services.common.errors import InvalidInput, Misconfiguration
 from services.common.images import SharedPixels
+from services.common.settings import PIXEL_EXCHANGE_TTL_SECONDS, ServiceSettings
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"px-[0-9a-f]{32}")
-# Pixels nobody took (a request cancelled between decode and preprocess) are swept after this.
-DEFAULT_TTL_SECONDS = 120.0
 
 
 class PixelExchange:
     """One exchange directory; the decoder puts, the preprocessor takes."""
 
-    def __init__(self, directory: Path, ttl_seconds: float = DEFAULT_TTL_SECONDS) -> None:
+    def __init__(self, directory: Path, ttl_seconds: float = PIXEL_EXCHANGE_TTL_SECONDS) -> None:
         self.directory = directory
         self.ttl_seconds = ttl_seconds
+
+    @classmethod
+    def configured(cls, settings: ServiceSettings) -> PixelExchange | None:
+        """The exchange a service's settings name; None: pixels travel inline."""
+        if settings.pixel_exchange_dir is None:
+            return None
+        return cls(settings.pixel_exchange_dir, settings.pixel_exchange_ttl_seconds)
 
     def put(self, pixels: np.ndarray) -> SharedPixels | None:
         """Write ``pixels``; None when the exchange is full or unusable (send them inline)."""

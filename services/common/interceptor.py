@@ -59,7 +59,7 @@ class _Rpc:
         if cancelled:
             code = grpc.StatusCode.CANCELLED
         elif failure is not None:
-            code, reason = failure.code, f"{failure.kind}: {failure.reason}"
+            code, reason = grpc.StatusCode[failure.code.name], f"{failure.kind}: {failure.reason}"
         elapsed = time.perf_counter() - self._start
         RPC_LATENCY.labels(self._service, self._method).observe(elapsed)
         RPC_TOTAL.labels(self._service, self._method, code.name).inc()

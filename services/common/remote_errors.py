@@ -37,7 +37,7 @@ def error_kind(err: grpc.RpcError) -> str:
 def from_rpc_error(peer: str, err: grpc.RpcError) -> errors.PlatformError:
     """An inner service's failure as the exception it raised; transport failures by code."""
     code, details = err.code(), err.details() or ""
-    cls = errors.from_kind(error_kind(err), code)
+    cls = errors.from_kind(error_kind(err), code.name)
     if cls is not None:
         if not cls.public:  # the peer's reason is only a pointer to its own log
             return cls(f"{peer} failed: {details}")

@@ -10,14 +10,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.exchange import DEFAULT_TTL_SECONDS, PixelExchange
 from services.common.listeners import LISTENERS, TRITON, Service, loopback
 from services.common.pipelines import BodyPartAliases
-from services.common.tls import TlsFiles
+from services.common.tls_files import TlsFiles
 
 DEFAULT_PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 _MiB = 2**20
+
+
+# Decoded pixels nobody took (a request cancelled between decode and preprocess) are swept
+# after this long (services/common/exchange.py).
+PIXEL_EXCHANGE_TTL_SECONDS = 120.0
 
 
 class DecodeLimits(BaseModel):
@@ -106,7 +110,7 @@ class ServiceSettings(BaseSettings):
         None, description="shared-memory directory for decoded pixels (decoder, preprocessor)"
     )
     pixel_exchange_ttl_seconds: float = Field(
-        DEFAULT_TTL_SECONDS, gt=0, description="pixels nobody took are deleted after this long"
+        PIXEL_EXCHANGE_TTL_SECONDS, gt=0, description="pixels nobody took are deleted after this"
     )
 
     def tls(self) -> TlsFiles:
@@ -114,11 +118,6 @@ class ServiceSettings(BaseSettings):
 
     def peer_identities(self) -> frozenset[str]:
         return frozenset(name.strip() for name in self.allowed_peers.split(",") if name.strip())
-
-    def pixel_exchange(self) -> PixelExchange | None:
-        if self.pixel_exchange_dir is None:
-            return None
-        return PixelExchange(self.pixel_exchange_dir, self.pixel_exchange_ttl_seconds)
 
 
 def _grpc_port(service: Service) -> Any:

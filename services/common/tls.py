@@ -10,38 +10,13 @@ certificate needs no restart.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from services.common.tls_files import TlsFiles
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    cert: Path | None = None
-    key: Path | None = None
-    ca: Path | None = None
-
-    @property
-    def serves_tls(self) -> bool:
-        return self.cert is not None and self.key is not None
-
-    @property
-    def dials_tls(self) -> bool:
-        return self.ca is not None
-
-    def check(self) -> None:
-        """Refuse half a configuration at start-up rather than serve plaintext by mistake."""
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("IMAGING_TLS_CERT and IMAGING_TLS_KEY must be set together")
-        for path in (self.cert, self.key, self.ca):
-            if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {path} does not exist")
-
-
-PLAINTEXT = TlsFiles()
 
 
 def _read(path: Path | None) -> bytes | None:

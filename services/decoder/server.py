@@ -65,7 +65,7 @@ def start(settings: DecoderSettings, pool: DecoderPool | None = None) -> Running
     # either (services/decoder/header.py checks them instead).
     quiet_pydicom()
     warnings.filterwarnings("ignore", module=r"pydicom\.")
-    exchange = settings.pixel_exchange()
+    exchange = PixelExchange.configured(settings)
 
     def register(srv: grpc.Server) -> None:
         servicer = DecoderServicer(Decoding(pool, limits, exchange))

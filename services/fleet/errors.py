@@ -7,9 +7,7 @@ the parent by :func:`services.common.errors.from_kind`.
 
 from __future__ import annotations
 
-import grpc
-
-from services.common.errors import DependencyUnavailable, NotFound, PlatformError
+from services.common.errors import DependencyUnavailable, NotFound, PlatformError, Status
 
 
 class NoTritonPods(NotFound):
@@ -47,7 +45,7 @@ class PodCallFailed(DependencyUnavailable):
 class RolloutFailed(PlatformError):
     """The rollout stopped on a pod; every touched pod is back on its previous versions."""
 
-    code = grpc.StatusCode.ABORTED
+    code = Status.ABORTED
     kind = "ROLLOUT_FAILED"
     exit_code = 1
 
@@ -55,7 +53,7 @@ class RolloutFailed(PlatformError):
 class RollbackIncomplete(RolloutFailed):
     """The rollout failed and some pods could not be restored: the fleet is inconsistent."""
 
-    code = grpc.StatusCode.INTERNAL
+    code = Status.INTERNAL
     kind = "ROLLBACK_INCOMPLETE"
     exit_code = 3
 
@@ -64,12 +62,12 @@ class ModelControlOff(PlatformError):
     """Triton runs without explicit model control, so it would refuse every load: said before
     anything is touched, naming the chart value that turns it on."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Status.FAILED_PRECONDITION
     kind = "MODEL_CONTROL_OFF"
 
 
 class RolloutLocked(PlatformError):
     """Another rollout holds the release's Lease: two would interleave their loads."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = Status.FAILED_PRECONDITION
     kind = "ROLLOUT_LOCKED"

@@ -21,7 +21,7 @@ import numpy as np
 from services.common.errors import InvalidInput, PlatformError
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import DEFAULT_PIPELINES_DIR
-from services.common.tls import PLAINTEXT, TlsFiles
+from services.common.tls_files import PLAINTEXT, TlsFiles
 from services.fleet.core import (
     DEFAULT_GRPC_PORT,
     LoadKind,

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from services.common import tls
 from services.common.remote_errors import triton_code
-from services.common.tls import PLAINTEXT, TlsFiles
+from services.common.tls_files import PLAINTEXT, TlsFiles
 from services.fleet.core import ModelState, versions_label
 from services.fleet.errors import PodCallFailed
 

@@ -38,7 +38,7 @@ from services.common.listeners import Service
 from services.common.remote_errors import from_rpc_error, from_triton_error
 from services.common.results import Assessment
 from services.common.settings import GatewaySettings
-from services.common.tls import PLAINTEXT, TlsFiles
+from services.common.tls_files import PLAINTEXT, TlsFiles
 from services.gateway import auditing, deadlines
 
 T = TypeVar("T")

@@ -11,6 +11,7 @@ from grpc_health.v1 import health
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import logs, server
 from services.common.audit import AuditKey, AuditLog
+from services.common.exchange import PixelExchange
 from services.common.listeners import Service
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import GatewaySettings
@@ -44,7 +45,7 @@ def start(settings: GatewaySettings) -> server.AsyncRunningServer:
     trails: list[AuditLog] = []  # closed last: the trail's final checkpoint is logged
 
     async def register(srv: grpc.aio.Server) -> Callable[[], Awaitable[None]]:
-        exchange = settings.pixel_exchange()
+        exchange = PixelExchange.configured(settings)
         tuning = ChannelTuning(
             settings.keepalive_seconds,
             settings.keepalive_timeout_seconds,

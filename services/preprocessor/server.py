@@ -6,6 +6,7 @@ import grpc
 
 from services.api.imaging.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from services.common import logs, server
+from services.common.exchange import PixelExchange
 from services.common.listeners import Service
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import PipelineServiceSettings, PreprocessorSettings
@@ -20,7 +21,7 @@ def start(settings: PipelineServiceSettings) -> server.RunningServer:
 
     def register(srv: grpc.Server) -> None:
         preprocessor_pb2_grpc.add_PreprocessorServicer_to_server(
-            PreprocessorServicer(registry, settings.pixel_exchange()), srv
+            PreprocessorServicer(registry, PixelExchange.configured(settings)), srv
         )
 
     return server.start(Service.PREPROCESSOR, settings, register, [SERVICE_NAME], (STAGE,))

@@ -13,14 +13,13 @@ from collections import Counter
 from collections.abc import Iterator
 from io import BytesIO
 
-import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mutations import FRAGMENT_EDITS, Case, Mutation, cases, mutations, seed_bytes, seed_paths
 from pydicom.pixels import pixel_array
 
-from services.common.errors import InvalidInput, PlatformError
+from services.common.errors import InvalidInput, PlatformError, Status
 from services.decoder.core import DecodeLimits
 from services.decoder.pool import DecoderPool
 
@@ -28,7 +27,7 @@ SEEDS = seed_paths()
 # Smaller than the service's limits: a mutated Rows or NumberOfFrames then costs a quick
 # TooLarge instead of a big allocation, and the cases stay fast.
 LIMITS = DecodeLimits(max_pixels=2**24, max_decoded_bytes=2**26)
-EXPECTED_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+EXPECTED_CODES = (Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED)
 OUTCOMES: Counter[str] = Counter()
 CONTAINED: list[str] = []
 
@@ -194,7 +193,7 @@ def test_rle_frames_shorter_than_the_header_says_are_invalid_input(pool: Decoder
     with pytest.raises(PlatformError) as caught:
         pool.decode(case.data(), LIMITS)
 
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT, caught.value.reason
+    assert caught.value.code == Status.INVALID_ARGUMENT, caught.value.reason
 
 
 def test_a_corrupt_transfer_syntax_uid_is_not_quoted_raw(pool: DecoderPool) -> None:
@@ -205,5 +204,5 @@ def test_a_corrupt_transfer_syntax_uid_is_not_quoted_raw(pool: DecoderPool) -> N
         pool.decode(case.data(), LIMITS)
 
     reason = caught.value.reason
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.code == Status.INVALID_ARGUMENT
     assert reason.isprintable() and "ISO_IR" not in reason, repr(reason)  # the next element

@@ -27,7 +27,7 @@ from services.cli.client import GatewayClient
 from services.cli.pki import DevPki, create_dev_pki
 from services.cli.stack import Ports, Stack
 from services.common.audit import AuditKey
-from services.common.tls import TlsFiles
+from services.common.tls_files import TlsFiles
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from services.cli import pki
 from services.cli.pki import DevPki, create_dev_pki
 from services.common import tls
 from services.common.interceptor import ServiceInterceptor
-from services.common.tls import TlsFiles
+from services.common.tls_files import TlsFiles
 
 TIMEOUT_S = 5.0
 
