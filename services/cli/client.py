@@ -19,11 +19,18 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common import tls
+from services.common.results import DocumentKind
 from services.common.tls_files import PLAINTEXT, TlsFiles
 
 CHUNK_BYTES = 1024 * 1024
 # Above this a study is streamed in chunks instead of sent as one message.
-DOCUMENTS = ("sr", "seg", "heatmap", "fhir")
+# --documents names (short, for a command line) -> the document kinds they ask for.
+DOCUMENTS = {
+    "sr": DocumentKind.DICOM_SR,
+    "seg": DocumentKind.DICOM_SEG,
+    "heatmap": DocumentKind.DICOM_HEATMAP,
+    "fhir": DocumentKind.FHIR,
+}
 STREAM_ABOVE_BYTES = 16 * 1024 * 1024
 
 
@@ -96,15 +103,12 @@ class GatewayClient:
         of "sr", "seg", "heatmap", "fhir" (DICOM SR, SEG, Secondary Capture, FHIR)."""
         unknown = set(documents) - set(DOCUMENTS)
         if unknown:
-            raise ValueError(f"unknown documents {sorted(unknown)}; choose from {DOCUMENTS}")
+            raise ValueError(f"unknown documents {sorted(unknown)}; choose from {list(DOCUMENTS)}")
         options = gateway_pb2.OutputOptions(
             heatmaps=heatmaps,
             masks=masks,
-            dicom_sr="sr" in documents,
-            dicom_seg="seg" in documents,
-            dicom_heatmap="heatmap" in documents,
-            fhir="fhir" in documents,
             report_refusal=report_refusal,
+            **{DOCUMENTS[name].value: True for name in documents},
         )
         if sum(len(i) for i in instances) <= STREAM_ABOVE_BYTES:
             request = gateway_pb2.AnalyzeRequest(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -160,11 +159,21 @@ class OutputOptions:
         )
 
 
+class DocumentKind(StrEnum):
+    """The result documents a caller may ask for; each value is also its OutputOptions field
+    and its name on the wire (OutputDocument.kind)."""
+
+    DICOM_SR = "dicom_sr"  # Comprehensive 3D SR, TID 1500
+    DICOM_SEG = "dicom_seg"  # Segmentation
+    DICOM_HEATMAP = "dicom_heatmap"  # Secondary Capture of the heatmap over the image
+    FHIR = "fhir"  # FHIR R4 DiagnosticReport bundle
+
+
 @dataclass(frozen=True)
 class EncodedObject:
     """A result document: DICOM Part 10 bytes or FHIR JSON (services/gateway/reports)."""
 
-    kind: Literal["dicom_sr", "dicom_seg", "dicom_heatmap", "fhir"]
+    kind: DocumentKind
     media_type: str
     data: bytes
     sop_class_uid: str = ""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -26,6 +25,7 @@ from services.common.errors import InternalError, PlatformError
 # One result object, ready to store or send (defined beside StudyResult, which carries them).
 from services.common.results import (
     CaveatReason,
+    DocumentKind,
     EncodedObject,
     ModelRef,
     OutputOptions,
@@ -53,8 +53,6 @@ __all__ = [
 DICOM_MEDIA_TYPE = "application/dicom"
 FHIR_MEDIA_TYPE = fhir.MEDIA_TYPE
 
-Kind = Literal["dicom_sr", "dicom_seg", "dicom_heatmap", "fhir"]
-
 
 @contextmanager
 def _seam(what: str, sources: Sequence[Dataset]) -> Iterator[None]:
@@ -69,7 +67,7 @@ def _seam(what: str, sources: Sequence[Dataset]) -> Iterator[None]:
         raise InternalError(f"building the {what} failed: {type(err).__name__}: {message}") from err
 
 
-def _dicom(kind: Kind, ds: Dataset, name: str, source: Dataset) -> EncodedObject:
+def _dicom(kind: DocumentKind, ds: Dataset, name: str, source: Dataset) -> EncodedObject:
     restore_names(ds, source)
     return EncodedObject(
         kind=kind,
@@ -132,10 +130,10 @@ def build_outputs(
                 report = sr.measurement_report(
                     heads, result, ctx, series_number=series_number, segmentations=linked
                 )
-                outputs.append(_dicom("dicom_sr", report, "sr", sources[0]))
+                outputs.append(_dicom(DocumentKind.DICOM_SR, report, "sr", sources[0]))
             sr_uid = str(report.SOPInstanceUID)
         outputs.extend(
-            _dicom("dicom_seg", document, f"seg-{mask.label}", sources[0])
+            _dicom(DocumentKind.DICOM_SEG, document, f"seg-{mask.label}", sources[0])
             for mask, document in segs
         )
         if requested.dicom_heatmap:
@@ -160,11 +158,12 @@ def build_outputs(
                         series_instance_uid=series_uid,
                         series_number=heatmap_series,
                     )
-                    outputs.append(_dicom("dicom_heatmap", image, f"heatmap-{number}", source))
+                    name = f"heatmap-{number}"
+                    outputs.append(_dicom(DocumentKind.DICOM_HEATMAP, image, name, source))
         if requested.fhir:
             with _seam("FHIR DiagnosticReport", sources):
                 data = fhir.report_bundle(heads, result, ctx, sr_uid=sr_uid)
-            outputs.append(EncodedObject("fhir", FHIR_MEDIA_TYPE, data, name="fhir"))
+            outputs.append(EncodedObject(DocumentKind.FHIR, FHIR_MEDIA_TYPE, data, name="fhir"))
     return outputs
 
 
@@ -207,9 +206,9 @@ def refusal_outputs(
             report = sr.refusal_report(
                 heads, reason, ctx, series_number=first_series_number(heads), caveat=caveat
             )
-            outputs.append(_dicom("dicom_sr", report, "sr", sources[0]))
+            outputs.append(_dicom(DocumentKind.DICOM_SR, report, "sr", sources[0]))
             sr_uid = str(report.SOPInstanceUID)
         if requested.fhir:
             data = fhir.refusal_bundle(heads, reason, ctx, sr_uid=sr_uid)
-            outputs.append(EncodedObject("fhir", FHIR_MEDIA_TYPE, data, name="fhir"))
+            outputs.append(EncodedObject(DocumentKind.FHIR, FHIR_MEDIA_TYPE, data, name="fhir"))
     return outputs
