@@ -11,18 +11,16 @@ from pathlib import Path
 
 import pytest
 from fleet_kube import KubeApi
-from fleet_tritons import LocalTriton, start_tritonserver, wait_ready, write_source_repository
+from fleet_tritons import LocalTriton, start_tritonservers, write_source_repository
 
 
 @pytest.fixture(scope="module")
 def fleet_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalTriton]]:
     """Two explicit-mode tritonservers, "triton-a" and "triton-b", started in parallel."""
     source = write_source_repository(tmp_path_factory.mktemp("fleet-source"))
-    servers: list[LocalTriton] = []
+    names = ("triton-a", "triton-b")
+    servers = start_tritonservers({n: tmp_path_factory.mktemp(n) for n in names}, source)
     try:
-        for name in ("triton-a", "triton-b"):
-            servers.append(start_tritonserver(name, tmp_path_factory.mktemp(name), source))
-        wait_ready(servers)
         yield servers
     finally:
         for server in servers:

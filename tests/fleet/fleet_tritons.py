@@ -2,7 +2,9 @@
 
 Each serves a tiny ONNX model (y = x + version, so a reply tells which version answered)
 through the CPU python backend, from its own copy of the derived repository so that one pod's
-version 2 can be broken without touching the other's.
+version 2 can be broken without touching the other's. tritonserver cannot bind port 0 and say
+which port it got: its port is picked, and it is started again on a new one if that was taken
+meanwhile (tests/ports.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import numpy as np
 import onnx
 import tritonclient.grpc as triton_grpc
 from onnx import TensorProto, helper
+from ports import for_attempt, pick_port, start_all
 from tritonclient.utils import InferenceServerException
-from waiting import eventually, wait_until
+from waiting import eventually
 
-from services.cli.stack import free_port
 from services.fleet import golden
 from services.triton_local import launch
 
@@ -142,37 +144,53 @@ class LocalTriton:
                 self.process.wait(5)
 
 
-def start_tritonserver(name: str, run_dir: Path, source: Path) -> LocalTriton:
-    """Spawn (without waiting) a tritonserver with v1 of the model loaded, as a pod starts."""
-    port = free_port()
-    log = run_dir / "tritonserver.log"
-    flags = [
-        "--model-control-mode=explicit",
-        f"--load-model={MODEL}",
-        f"--grpc-port={port}",
-        "--allow-http=false",
-        "--allow-metrics=false",
-        "--exit-on-error=false",
-    ]
-    process, repository = launch.start_tritonserver(
-        run_dir, source, flags, log, env={"IMAGING_ORT_THREADS": "1"}
-    )
-    return LocalTriton(name, repository, source, port, process, log)
+@dataclass
+class _TritonLaunch:
+    """One pod's tritonserver on a picked port, for ports.start_all."""
+
+    name: str
+    run_dir: Path
+    source: Path
+    triton: LocalTriton | None = None
+
+    def spawn(self, attempt: int) -> list[tuple[subprocess.Popen[bytes], Path]]:
+        """A tritonserver with v1 of the model loaded, as a pod starts; a retry in a folder of
+        its own (the stopped one's backend stubs may still hold the files of its folder)."""
+        port = pick_port()
+        run_dir = for_attempt(self.run_dir, attempt)
+        log = run_dir / "tritonserver.log"
+        flags = [
+            "--model-control-mode=explicit",
+            f"--load-model={MODEL}",
+            f"--grpc-port={port}",
+            "--allow-http=false",
+            "--allow-metrics=false",
+            "--exit-on-error=false",
+        ]
+        process, repository = launch.start_tritonserver(
+            run_dir, self.source, flags, log, env={"IMAGING_ORT_THREADS": "1"}
+        )
+        self.triton = LocalTriton(self.name, repository, self.source, port, process, log)
+        return [(process, log)]
+
+    def ready(self) -> bool:
+        assert self.triton is not None
+        try:
+            with self.triton.client() as client:
+                return bool(client.is_server_ready() and client.is_model_ready(MODEL, "1"))
+        except InferenceServerException:
+            return False
+
+    def stop(self) -> None:
+        if self.triton is not None:
+            self.triton.stop()
 
 
-def wait_ready(servers: list[LocalTriton], timeout: float = 60.0) -> None:
-    pending = list(servers)
-
-    def all_ready() -> bool:
-        for server in list(pending):
-            if server.process.poll() is not None:
-                raise RuntimeError(f"{server.name} exited:\n{server.log.read_text()[-3000:]}")
-            try:
-                with server.client() as client:
-                    if client.is_server_ready() and client.is_model_ready(MODEL, "1"):
-                        pending.remove(server)
-            except InferenceServerException:
-                pass
-        return not pending
-
-    wait_until(all_ready, timeout, f"tritonservers {[s.name for s in servers]} not all ready")
+def start_tritonservers(
+    run_dirs: dict[str, Path], source: Path, timeout: float = 60.0
+) -> list[LocalTriton]:
+    """One tritonserver per name (in its folder), started in parallel, each ready with v1 of
+    the model loaded; all stopped if one cannot start."""
+    pods = [_TritonLaunch(name, run_dir, source) for name, run_dir in run_dirs.items()]
+    start_all(pods, timeout)
+    return [pod.triton for pod in pods if pod.triton is not None]

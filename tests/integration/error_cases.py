@@ -21,13 +21,14 @@ import grpc
 import numpy as np
 import synthetic
 import yaml
+from ports import refused_port
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 from synthetic import dataset, to_bytes
 from waiting import wait_until
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
-from services.cli.stack import Stack, free_port
+from services.cli.stack import Stack
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import GatewaySettings, PipelineServiceSettings
 from services.gateway import server as gateway_server
@@ -154,6 +155,8 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
         post = postprocessor_server.start(_settings(broken_dir, stack))
         cleanup.callback(pre.stop, 0)
         cleanup.callback(post.stop, 0)
+        # Bound here and never listening while the deployments last: refused, and untakeable.
+        dead_triton = cleanup.enter_context(refused_port(local))
         yield {
             "stack": stack.gateway_address,
             "broken": serve(
@@ -161,7 +164,7 @@ def deployments(stack: Stack, workdir: Path) -> Iterator[dict[str, str]]:
                 preprocessor_address=f"{local}:{pre.port}",
                 postprocessor_address=f"{local}:{post.port}",
             ),
-            "dead_triton": serve(triton_address=f"{local}:{free_port()}"),
+            "dead_triton": serve(triton_address=f"{local}:{dead_triton}"),
             "deadline": serve(call_timeout_seconds=1e-6),
             "miswired": serve(postprocessor_address=decoder),
             "keyed": serve(api_keys_file=write_api_keys(workdir / "api-keys")),

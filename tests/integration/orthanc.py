@@ -1,5 +1,8 @@
 """A real Orthanc (Debian `orthanc` + `orthanc-dicomweb`) on loopback for the tests: started
-with its own storage folder, DICOMweb enabled, reachable from this machine only."""
+with its own storage folder, DICOMweb enabled, reachable from this machine only.
+
+Orthanc cannot bind port 0 and say which port it got, so its HTTP and DICOM ports are picked
+and it is started again on new ones if one was taken meanwhile (tests/ports.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from waiting import wait_until
-
-from services.cli.stack import free_port
+from ports import for_attempt, pick_port, start_all
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
@@ -52,46 +53,66 @@ class Orthanc:
             return answer
 
 
+class _OrthancLaunch:
+    """Orthanc on picked ports, for ports.start_all."""
+
+    name = "Orthanc"
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary = binary
+        self.folder = folder
+        self.orthanc = Orthanc("")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, attempt: int) -> list[tuple[subprocess.Popen[bytes], Path]]:
+        http = pick_port()
+        config = {
+            "Name": "imaging-platform-tests",
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "storage"),
+            "HttpPort": http,
+            "DicomPort": pick_port(),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [str(PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        path = for_attempt(self.folder / "orthanc.json", attempt)
+        path.write_text(json.dumps(config))
+        log = for_attempt(self.folder / "orthanc.log", attempt)
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [self.binary, str(path)], stdout=out, stderr=subprocess.STDOUT
+            )
+        self.orthanc = Orthanc(f"http://127.0.0.1:{http}")
+        return [(self.process, log)]
+
+    def ready(self) -> bool:
+        try:
+            self.orthanc.get("/system")
+        except OSError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 @contextmanager
 def running_orthanc(folder: Path) -> Iterator[Orthanc]:
     binary = shutil.which("Orthanc")
     if binary is None or not PLUGIN.exists():
         raise RuntimeError("Orthanc tests need the Debian packages orthanc and orthanc-dicomweb")
-    http = free_port()
-    config = {
-        "Name": "imaging-platform-tests",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "storage"),
-        "HttpPort": http,
-        "DicomPort": free_port(),
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [str(PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    path = folder / "orthanc.json"
-    path.write_text(json.dumps(config))
-    log = (folder / "orthanc.log").open("wb")
-    process = subprocess.Popen([binary, str(path)], stdout=log, stderr=subprocess.STDOUT)
-    orthanc = Orthanc(f"http://127.0.0.1:{http}")
+    launch = _OrthancLaunch(binary, folder)
+    start_all([launch], 60)
     try:
-
-        def answers() -> bool:
-            try:
-                orthanc.get("/system")
-            except OSError:
-                if process.poll() is not None:
-                    raise RuntimeError(f"Orthanc exited; see {folder / 'orthanc.log'}") from None
-                return False
-            return True
-
-        wait_until(answers, 60, f"Orthanc did not start; see {folder / 'orthanc.log'}")
-        yield orthanc
+        yield launch.orthanc
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        launch.stop()

@@ -9,13 +9,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from ports import refused_port
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 from synthetic import chest_image, dataset, to_bytes
 from waiting import wait_until
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
-from services.cli.stack import Ports, Stack
+from services.cli.stack import Stack
 from services.common.settings import GatewaySettings
 from services.gateway import server as gateway_server
 
@@ -167,24 +168,25 @@ def test_stream_must_start_with_a_header(gateway: gateway_pb2_grpc.GatewayStub) 
 
 def test_triton_down_is_unavailable(stack: Stack, dicom_dir: Path) -> None:
     """A gateway whose Triton address has nothing listening answers UNAVAILABLE, not INTERNAL."""
-    settings = GatewaySettings(
-        port=0,
-        metrics_port=0,
-        decoder_address=f"127.0.0.1:{stack.ports.decoder}",
-        preprocessor_address=f"127.0.0.1:{stack.ports.preprocessor}",
-        postprocessor_address=f"127.0.0.1:{stack.ports.postprocessor}",
-        triton_address=f"127.0.0.1:{Ports.free().triton_grpc}",
-        call_timeout_seconds=5,
-    )
-    running = gateway_server.start(settings)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
-            request = gateway_pb2.AnalyzeRequest(instances=[chest_image(OK_IMAGE)])
-            for _ in range(2):  # and it stays up after the failure
-                with pytest.raises(grpc.RpcError) as caught:
-                    stub.Analyze(request)
-                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-                assert "inference server" in (caught.value.details() or "")
-    finally:
-        running.stop(0)
+    with refused_port() as dead:
+        settings = GatewaySettings(
+            port=0,
+            metrics_port=0,
+            decoder_address=f"127.0.0.1:{stack.ports.decoder}",
+            preprocessor_address=f"127.0.0.1:{stack.ports.preprocessor}",
+            postprocessor_address=f"127.0.0.1:{stack.ports.postprocessor}",
+            triton_address=f"127.0.0.1:{dead}",
+            call_timeout_seconds=5,
+        )
+        running = gateway_server.start(settings)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                stub = gateway_pb2_grpc.GatewayStub(channel)
+                request = gateway_pb2.AnalyzeRequest(instances=[chest_image(OK_IMAGE)])
+                for _ in range(2):  # and it stays up after the failure
+                    with pytest.raises(grpc.RpcError) as caught:
+                        stub.Analyze(request)
+                    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert "inference server" in (caught.value.details() or "")
+        finally:
+            running.stop(0)

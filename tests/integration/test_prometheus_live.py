@@ -31,7 +31,7 @@ from waiting import eventually, wait_until
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.cli.samples import pneumoniamnist_samples
-from services.cli.stack import SERVICES, Stack, free_port
+from services.cli.stack import SERVICES, Stack
 from services.gateway.core import STAGES
 
 pytestmark = pytest.mark.integration
@@ -39,6 +39,8 @@ FILES = REPO_ROOT / "helm" / "imaging-platform" / "files"
 NAMESPACE = "imaging"
 TRITON_POD = "rel-imaging-platform-triton-7d9f8-abcde"
 GPU_ONLY = {"imaging:triton_gpu_utilization:avg5m"}
+# Prometheus binds port 0 (--web.listen-address) and logs the address it got.
+LISTENING = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)')
 
 
 def _scrape_config(stack: Stack, rules: Path) -> dict[str, Any]:
@@ -80,32 +82,45 @@ def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     shutil.copy(FILES / "prometheus-rules.yaml", rules)
     config = folder / "prometheus.yml"
     config.write_text(yaml.safe_dump(_scrape_config(stack, rules)))
-    port = free_port()
-    log = (folder / "prometheus.log").open("wb")
+    log_path = folder / "prometheus.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(
         [
             binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.listen-address=127.0.0.1:0",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
+
+        def exited() -> None:
+            if process.poll() is not None:
+                pytest.fail(log_path.read_text()[-2000:])
+
+        def listening() -> int:
+            found = LISTENING.search(log_path.read_text(errors="replace"))
+            if found is None:
+                exited()
+                return 0
+            return int(found[1])
+
+        if not eventually(listening, 30):
+            pytest.fail(f"Prometheus never logged its address: {log_path.read_text()[-2000:]}")
+        url = f"http://127.0.0.1:{listening()}"
 
         def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"{url}/-/ready", timeout=1):
                     return True
             except OSError:
-                if process.poll() is not None:
-                    pytest.fail((folder / "prometheus.log").read_text()[-2000:])
+                exited()
                 return False
 
         if not eventually(ready, 30):
-            pytest.fail((folder / "prometheus.log").read_text()[-2000:])
+            pytest.fail(log_path.read_text()[-2000:])
         yield url
     finally:
         process.terminate()

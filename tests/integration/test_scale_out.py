@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 from dnslib import QTYPE, RR, A
 from dnslib.server import BaseResolver, DNSHandler, DNSRecord, DNSServer
+from ports import for_attempt, pick_port, start_all
 from waiting import pause, wait_until
 
 from services.common.errors import PlatformError
@@ -66,12 +68,11 @@ def dns() -> Iterator[tuple[Records, int]]:
     server.stop()
 
 
-def _free_port_on_all(hosts: tuple[str, ...]) -> int:
-    """A port free on every host (a race with other processes is retried by the caller)."""
+def _pick_port_on_all(hosts: tuple[str, ...]) -> int:
+    """A port free on every host a moment ago (if one is taken before the fleet binds it,
+    start_all starts the fleet again on new ones)."""
     while True:
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = int(probe.getsockname()[1])
+        port = pick_port(hosts[0])
         try:
             for host in hosts[1:]:
                 with socket.socket() as other:
@@ -103,11 +104,20 @@ class Fleet:
         return int(self.processes[host].pid)  # type: ignore[attr-defined]
 
 
-@contextmanager
-def fleet(workdir: Path, max_age: float | None) -> Iterator[Fleet]:
-    ports = [_free_port_on_all(HOSTS) for _ in range(3)]
-    running = Fleet(ports[0], ports[2])
-    try:
+@dataclass
+class _FleetLaunch:
+    """The three tritonservers on picked ports, started (and retried) together: start_all."""
+
+    workdir: Path
+    max_age: float | None
+    name: str = f"tritonservers on {', '.join(HOSTS)}"
+    running: Fleet = field(default_factory=lambda: Fleet(0, 0))
+    http_port: int = 0
+
+    def spawn(self, attempt: int) -> list[tuple[subprocess.Popen[bytes], Path]]:
+        ports = [_pick_port_on_all(HOSTS) for _ in range(3)]
+        self.running, self.http_port = Fleet(ports[0], ports[2]), ports[1]
+        started = []
         for host in HOSTS:
             flags = [
                 f"--grpc-address={host}",
@@ -119,22 +129,36 @@ def fleet(workdir: Path, max_age: float | None) -> Iterator[Fleet]:
                 "--model-control-mode=explicit",
                 "--load-model=cxr_pneumonia",
                 "--exit-on-error=true",
-                *connection_flags(max_age, 10.0, 1.0),
+                *connection_flags(self.max_age, 10.0, 1.0),
             ]
+            # A retry in folders of its own: the stopped servers' stubs may hold their files.
+            log = for_attempt(self.workdir / f"{host}.log", attempt)
             process, _ = start_tritonserver(
-                workdir / host, MODEL_DIR, flags, workdir / f"{host}.log"
+                for_attempt(self.workdir / host, attempt), MODEL_DIR, flags, log
             )
-            running.processes[host] = process
-        wait_until(
-            lambda: all(_ready(host, ports[1]) for host in HOSTS), 120, "tritonservers not ready"
-        )
-        yield running
-    finally:
-        for process in running.processes.values():
+            self.running.processes[host] = process
+            started.append((process, log))
+        return started
+
+    def ready(self) -> bool:
+        return all(_ready(host, self.http_port) for host in HOSTS)
+
+    def stop(self) -> None:
+        for process in self.running.processes.values():
             with suppress(ProcessLookupError):  # one the test ended itself
                 os.killpg(process.pid, signal.SIGCONT)  # type: ignore[attr-defined]
                 os.killpg(process.pid, signal.SIGKILL)  # type: ignore[attr-defined]
             process.wait()  # type: ignore[attr-defined]
+
+
+@contextmanager
+def fleet(workdir: Path, max_age: float | None) -> Iterator[Fleet]:
+    launch = _FleetLaunch(workdir, max_age)
+    start_all([launch], 120)
+    try:
+        yield launch.running
+    finally:
+        launch.stop()
 
 
 def _ready(host: str, http_port: int) -> bool:
