@@ -44,8 +44,8 @@ SERVICES = (Service.DECODER, Service.PREPROCESSOR, Service.POSTPROCESSOR, Servic
 
 def free_port() -> int:
     """A port free a moment ago. Another process may take it before it is bound again: only
-    for programs that cannot bind port 0 and report it (tritonserver, whose start the stack
-    retries on a taken port, and external tools in tests)."""
+    for tritonserver, which cannot bind port 0 and report it; the stack retries its start on
+    new ports when one was taken."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
