@@ -5,13 +5,14 @@ Slow (about 10 minutes of CPU: three trainings and a TensorFlow conversion), so 
 
 Training is deterministic for one torch version, thread count and CPU kernel set; the scripts
 pin the kernel set (``scripts/cpu_kernels.py``: AVX2 on any x86-64 machine) and ``metrics.json``
-records what was used. When the rebuild ran with the same ones, the model files and cards must
-be byte-identical to the committed ones. ``metrics.json`` is compared field by field with numbers
-to 1e-5: its evaluation runs the exported model in onnxruntime, whose kernels follow the CPU and
-cannot be pinned (an AVX-512 machine moved one OOD threshold by 1e-6). Without the pinned set (a
-CPU without AVX2) a retrain legitimately diverges, so the check becomes: same graph, same weight
-shapes, test AUC within 0.02 of the committed model. The brain model is converted, not trained:
-its graph must be identical and its weights equal to within float32 rounding.
+records what was used. When the rebuild ran with the same ones (and its first model's weights
+show it: MKL and oneDNN may still dispatch by CPU vendor, which torch does not report), the
+model files and cards must be byte-identical to the committed ones, and ``metrics.json`` equal
+field by field with numbers to 1e-5 (its evaluation runs onnxruntime, whose kernels follow the
+CPU and cannot be pinned: an AVX-512 machine moved one OOD threshold by 1e-6). Otherwise a
+retrain legitimately diverges, so the check becomes: same graph, same weight shapes, test AUC
+within 0.02 of the committed model. The brain model is converted, not trained: its graph must
+be identical and its weights equal to within float32 rounding.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import subprocess
 import sys
 import venv
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,19 @@ def test_training_script_reproduces_the_committed_models(script: str, tmp_path: 
     metrics: dict[str, Any] = json.loads((tmp_path / models[0] / "metrics.json").read_text())
     committed = json.loads((REPOSITORY / models[0] / "metrics.json").read_text())
     same_kernels = all(metrics[k] == committed[k] for k in KERNEL_KEYS)
+    first = Path("1") / "model.onnx"
+    if same_kernels and sha256(tmp_path / models[0] / first) != sha256(
+        REPOSITORY / models[0] / first
+    ):
+        # torch ran the pinned kernels, yet a library below it (MKL, oneDNN) dispatched by
+        # CPU vendor or model and rounded differently: what a retrain here can prove is the
+        # tolerance check, said out loud.
+        warnings.warn(
+            f"{script}: same torch kernels, different weights: a BLAS below torch differs on "
+            "this CPU; checked with tolerances instead of bytes",
+            stacklevel=1,
+        )
+        same_kernels = False
     for model in models:
         rebuilt = tmp_path / model
         files = written_files(rebuilt)
