@@ -13,6 +13,7 @@ import pytest
 from services.api.imaging.v1 import gateway_pb2_grpc
 from services.cli.stack import Ports, Stack
 from services.common.pipelines import PipelineRegistry
+from services.common.settings import GatewaySettings
 from services.preprocessor.core import training_batch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,20 @@ def medmnist_test_split(model: str) -> tuple[np.ndarray, np.ndarray]:
     spec = PipelineRegistry.load(REPO_ROOT / "pipelines").get(pipeline)
     y = data["test_labels"].reshape(-1).astype(np.int64)
     return training_batch(data["test_images"], spec), (1 - y if inverted else y)
+
+
+def gateway_beside(stack: Stack, **overrides: object) -> GatewaySettings:
+    """Settings of an extra in-process gateway on free ports that dials the stack's inner
+    services and Triton; ``overrides`` are the setting under test."""
+    defaults: dict[str, object] = {
+        "port": 0,
+        "metrics_port": 0,
+        "decoder_address": f"127.0.0.1:{stack.ports.decoder}",
+        "preprocessor_address": f"127.0.0.1:{stack.ports.preprocessor}",
+        "postprocessor_address": f"127.0.0.1:{stack.ports.postprocessor}",
+        "triton_address": stack.triton_grpc_address,
+    }
+    return GatewaySettings(**(defaults | overrides))  # type: ignore[arg-type]
 
 
 # Gateway and inner services accept at most this per message in the test stack, so that a

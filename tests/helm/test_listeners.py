@@ -6,11 +6,11 @@ the independent check of the table: changing one of them in one place alone fail
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
+import dockerfile
 import pytest
-from chart_support import REPO_ROOT, component_name, objects, of_kind
+from chart_support import component_name, objects, of_kind
 
 from services.cli.main import parser
 from services.cli.stack import SERVICES, Ports
@@ -76,18 +76,8 @@ def test_the_local_stack_cli_and_rollout_tool_use_the_table() -> None:
     assert DEFAULT_GRPC_PORT == 8001
 
 
-def dockerfile_exposed() -> set[int]:
-    text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    exposed: set[int] = set()
-    for line in text.splitlines():
-        instruction, _, rest = line.strip().partition(" ")
-        if instruction.upper() == "EXPOSE":
-            exposed |= {int(p.split("/")[0]) for p in shlex.split(rest)}
-    return exposed
-
-
 def test_the_image_exposes_every_listener_of_every_service() -> None:
-    assert dockerfile_exposed() == {port for ports in PUBLIC.values() for port in ports}
+    assert dockerfile.exposed_ports() == {port for ports in PUBLIC.values() for port in ports}
 
 
 def container_ports(obj: dict[str, Any]) -> dict[str, dict[str, int]]:

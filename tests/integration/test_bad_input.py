@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import gateway_beside
 from ports import refused_port
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
@@ -17,7 +18,6 @@ from waiting import wait_until
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.cli.stack import Stack
-from services.common.settings import GatewaySettings
 from services.gateway import server as gateway_server
 
 pytestmark = pytest.mark.integration
@@ -169,15 +169,7 @@ def test_stream_must_start_with_a_header(gateway: gateway_pb2_grpc.GatewayStub) 
 def test_triton_down_is_unavailable(stack: Stack, dicom_dir: Path) -> None:
     """A gateway whose Triton address has nothing listening answers UNAVAILABLE, not INTERNAL."""
     with refused_port() as dead:
-        settings = GatewaySettings(
-            port=0,
-            metrics_port=0,
-            decoder_address=f"127.0.0.1:{stack.ports.decoder}",
-            preprocessor_address=f"127.0.0.1:{stack.ports.preprocessor}",
-            postprocessor_address=f"127.0.0.1:{stack.ports.postprocessor}",
-            triton_address=f"127.0.0.1:{dead}",
-            call_timeout_seconds=5,
-        )
+        settings = gateway_beside(stack, triton_address=f"127.0.0.1:{dead}", call_timeout_seconds=5)
         running = gateway_server.start(settings)
         try:
             with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:

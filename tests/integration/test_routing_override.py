@@ -12,12 +12,12 @@ from pathlib import Path
 import grpc
 import pydicom
 import pytest
+from conftest import gateway_beside
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2, gateway_pb2_grpc
 from services.cli.audit_verify import verify
 from services.cli.stack import Stack
 from services.common.audit import AuditKey
-from services.common.settings import GatewaySettings
 from services.gateway import server as gateway_server
 
 pytestmark = pytest.mark.integration
@@ -88,13 +88,8 @@ def test_a_named_pipeline_never_takes_another_modality(
 @pytest.fixture(scope="module")
 def mapped_gateway(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayStub]:
     """A gateway beside the session stack that maps the site value BRST to BREAST."""
-    settings = GatewaySettings(
-        port=0,
-        metrics_port=0,
-        decoder_address=f"127.0.0.1:{stack.ports.decoder}",
-        preprocessor_address=f"127.0.0.1:{stack.ports.preprocessor}",
-        postprocessor_address=f"127.0.0.1:{stack.ports.postprocessor}",
-        triton_address=stack.triton_grpc_address,
+    settings = gateway_beside(
+        stack,
         max_message_bytes=16 * 2**20,
         body_part_aliases={"Brst": "BREAST"},
     )

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import gateway_beside
 from error_cases import good_chest
 
 from services.api.imaging.v1 import gateway_pb2, gateway_pb2_grpc
 from services.cli.stack import Stack
-from services.common.settings import GatewaySettings
 from services.gateway import server as gateway_server
 
 pytestmark = pytest.mark.integration
@@ -42,13 +42,8 @@ def guarded(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     policy = workdir / "policy.yaml"
     policy.write_text("reading-room: {}\n")
     (workdir / "audit-key").write_text("k" * 64)
-    settings = GatewaySettings(
-        port=0,
-        metrics_port=0,
-        decoder_address=f"127.0.0.1:{stack.ports.decoder}",
-        preprocessor_address=f"127.0.0.1:{stack.ports.preprocessor}",
-        postprocessor_address=f"127.0.0.1:{stack.ports.postprocessor}",
-        triton_address=stack.triton_grpc_address,
+    settings = gateway_beside(
+        stack,
         api_keys_file=keys,
         client_policy_file=policy,
         audit_log=workdir / "audit.jsonl",

@@ -14,46 +14,15 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from dockerfile import DOCKERFILE, instructions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO_ROOT / "Dockerfile"
 VALUES = REPO_ROOT / "helm" / "imaging-platform" / "values.yaml"
 DIGEST_REF = re.compile(r"^(?P<name>[^\s@]+)@sha256:[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class Instruction:
-    keyword: str
-    args: str
-    stage: int  # index of the FROM it belongs to
-
-
-def instructions(text: str) -> list[Instruction]:
-    """Dockerfile instructions with continuation lines joined and comments dropped."""
-    result: list[Instruction] = []
-    logical = ""
-    stage = -1
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            logical += line[:-1] + " "
-            continue
-        logical += line
-        keyword, _, args = logical.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            stage += 1
-        result.append(Instruction(keyword, " ".join(args.split()), stage))
-        logical = ""
-    assert not logical, "Dockerfile ends inside a continuation"
-    return result
 
 
 DOCKER = instructions(DOCKERFILE.read_text())

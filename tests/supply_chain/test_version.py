@@ -8,10 +8,10 @@ services read it from the installed package's metadata.
 from __future__ import annotations
 
 import ast
-import shlex
 import tomllib
 from importlib.metadata import version
 
+import dockerfile
 import yaml
 from conftest import REPO_ROOT
 
@@ -23,19 +23,6 @@ def declared() -> str:
     return str(project["version"])
 
 
-def dockerfile_labels() -> dict[str, str]:
-    """LABEL key=value pairs of every stage, continuation lines joined as Docker does."""
-    text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    labels: dict[str, str] = {}
-    for line in text.splitlines():
-        instruction, _, rest = line.strip().partition(" ")
-        if instruction.upper() == "LABEL":
-            for pair in shlex.split(rest):
-                key, _, value = pair.partition("=")
-                labels[key] = value
-    return labels
-
-
 def test_the_installed_package_is_the_declared_version() -> None:
     assert version("imaging-platform") == declared()
 
@@ -45,7 +32,7 @@ def test_the_services_report_the_declared_version() -> None:
 
 
 def test_the_image_label_is_the_declared_version() -> None:
-    assert dockerfile_labels()["org.opencontainers.image.version"] == declared()
+    assert dockerfile.labels()["org.opencontainers.image.version"] == declared()
 
 
 def test_the_chart_app_version_is_the_declared_version() -> None:

@@ -13,9 +13,10 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
+from services.cli.samples import new_instance
 from services.common.results import (
     Assessment,
     Caveat,
@@ -39,16 +40,7 @@ TUMOUR = CodedConcept(
 def _source(rows: int, cols: int) -> Dataset:
     """A CR with native pixels, dark on the left to bright on the right (the capture
     composites over them)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
+    ds = new_instance(ComputedRadiographyImageStorage)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.PatientName, ds.PatientID = "SECRET^PATIENT", "PID-12345"
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     BasicTextSRStorage,
     ComputedRadiographyImageStorage,
-    ExplicitVRLittleEndian,
     generate_uid,
 )
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
 from services.cli import main as main_module
 from services.cli.client import Study, find_studies, read_instance
+from services.cli.samples import new_instance
 
 PATIENT = ("SECRET^PATIENT", "PID-PRIVATE-12345")
 
@@ -26,16 +26,7 @@ PATIENT = ("SECRET^PATIENT", "PID-PRIVATE-12345")
 def _instance(
     study: str, series: str, number: int, *, pixels: bool = True, sop_class: str = ""
 ) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class or ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
+    ds = new_instance(UID(sop_class or ComputedRadiographyImageStorage))
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, number
     ds.PatientName, ds.PatientID = PATIENT
     ds.Modality = "CR"

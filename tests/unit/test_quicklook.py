@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     ComputedRadiographyImageStorage,
-    ExplicitVRLittleEndian,
     MRImageStorage,
     generate_uid,
 )
@@ -20,17 +20,12 @@ from pydicom.uid import (
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
 from services.cli import quicklook
 from services.cli.main import write_outputs
+from services.cli.samples import new_instance
 from services.common import tensors
 
 
 def _dataset(pixels: np.ndarray, sop_class: str = ComputedRadiographyImageStorage) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds = new_instance(UID(sop_class))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.PatientName, ds.PatientID = "SECRET^PATIENT", "PID-12345"
     ds.Modality = "CR"
