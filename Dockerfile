@@ -51,5 +51,5 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 # One image, four services: each one's gRPC API, Prometheus metrics and plaintext health port
 # (services/common/listeners.py; the chart sets IMAGING_PORT / _METRICS_PORT / _HEALTH_PORT).
-EXPOSE 50051 9100 9300 50052 9101 9301 50053 9102 9302 50054 9103 9303
+EXPOSE 50051 9100 9300 50052 9101 9301 50053 9102 9302 50054 9103 9303 50055 9104 9304 11112
 CMD ["python", "-m", "services.gateway.server"]

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup test-packages bench-packages protos check-protos lint typecheck up down clean train train-deps reproduce bench lock
+.PHONY: demo test soak setup test-packages bench-packages protos check-protos lint typecheck up down clean train train-deps reproduce bench lock
 
 # torch's CPU build (torch==2.13.0+cpu in requirements/train.lock) is published on the PyTorch
 # CPU index, not on PyPI. Where pip's configuration does not already find it, pass that index:
@@ -17,6 +17,12 @@ demo: setup
 
 test: setup test-packages check-protos lint typecheck
 	$(BIN)/pytest
+
+# The ingest's kill -9 durability test (tests/integration/test_ingest_stack.py) at many more
+# seeded points than `make test` runs (20): about 10 s a point.
+KILL_POINTS ?= 200
+soak: setup test-packages
+	IMAGING_KILL_POINTS=$(KILL_POINTS) $(BIN)/pytest -k kill tests/integration/test_ingest_stack.py
 
 # Debian packages only the tests use (dciodvfy, dsrdump, Orthanc, Prometheus), installed with
 # no daemon started or enabled; the main job (make demo) needs none. See the README's list.

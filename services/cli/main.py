@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+import pydicom
 from google.protobuf.json_format import MessageToDict
 
 from services.api.imaging.v1 import findings_pb2, gateway_pb2
@@ -28,8 +30,9 @@ from services.cli.audit_verify import (
 from services.cli.client import DOCUMENTS, GatewayClient, Study, find_studies
 from services.cli.pki import create_dev_pki
 from services.cli.quicklook import caveat_text, status_name, write_quicklooks
-from services.cli.samples import pneumoniamnist_samples, write_samples
+from services.cli.samples import brain_series, pneumoniamnist_samples, write_samples
 from services.cli.stack import REPO_ROOT, Ports, Stack, StackError
+from services.cli.studies import IngestClient, describe, state_name, table, write_documents
 from services.cli.usage import UsageError
 from services.common.listeners import Service, loopback
 from services.common.settings import DEFAULT_PIPELINES_DIR
@@ -208,7 +211,7 @@ def write_outputs(
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stack = Stack(run_dir=args.run_dir)
+    stack = Stack(run_dir=args.run_dir, ingest=not args.no_ingest)
     stack.refuse_to_disturb()  # before the certificates below overwrite a running stack's
     client_files = None
     if args.tls:
@@ -228,7 +231,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"tritonserver   grpc://{stack.triton_grpc_address} "
             f"http://127.0.0.1:{stack.ports.triton_http}"
         )
+    if stack.ingest:
+        dicom = "DICOM TLS" if stack.tls.serves_tls else "DICOM"
+        print(f"ingest         {inner}://{stack.ingest_address} (studies API)")
+        print(f"{dicom:<14} AE IMAGING at 127.0.0.1:{stack.ports.dimse} (loopback callers only)")
+        print(f"nats-server    nats://127.0.0.1:{stack.ports.nats} (JetStream)")
     for name, port in stack.ports.metrics.items():
+        if name == Service.INGEST and not stack.ingest:
+            continue
         print(f"metrics        http://127.0.0.1:{port}/metrics ({name})")
     if client_files is not None:
         ca, cert, key = client_files
@@ -263,6 +273,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if name == "tritonserver":
             address = stack.triton_grpc_address
             healthy = name in alive and stack.triton_ready()
+        elif name == "nats-server":
+            address = f"127.0.0.1:{stack.ports.nats}"
+            healthy = name in alive
         else:
             address = f"127.0.0.1:{stack.ports.grpc(name)}"
             healthy = name in alive and stack.serving(name)
@@ -282,6 +295,40 @@ def _client(args: argparse.Namespace) -> GatewayClient:
     except ValueError as err:  # half a TLS configuration, a file that is not there
         raise UsageError(str(err)) from None
     return GatewayClient(args.gateway, files=files, api_key=args.api_key)
+
+
+def _ingest_client(args: argparse.Namespace) -> IngestClient:
+    files = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    try:
+        files.check()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return IngestClient(args.ingest, files)
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    client = _ingest_client(args)
+    try:
+        action = args.studies_command or "list"
+        if action == "list":
+            print(table(client.list(args.limit)))
+        elif action == "show":
+            study = client.show(args.uid, documents=True)
+            print(describe(study))
+            if args.out is not None:
+                for path in write_documents(study, args.out):
+                    print(f"wrote {path}")
+        elif action == "close":
+            study = client.close_study(args.uid)
+            print(f"{study.study_instance_uid}: {state_name(study)} ({study.completion_reason})")
+        elif action == "purge":
+            purged = client.purge(args.uid)
+            print(
+                f"deleted {purged.instances_deleted} instances and {purged.results_deleted} results"
+            )
+    finally:
+        client.close()
+    return 0
 
 
 def _rpc_error(err: grpc.RpcError, gateway: str) -> str:
@@ -428,8 +475,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if missing:
         print(f"sample DICOM files not found: {missing}", file=sys.stderr)
         return 2
-    stack = Stack(run_dir=args.run_dir / "demo", ports=Ports.free())
-    print("starting tritonserver and the four services ...")
+    # The DICOM ingest too, with a short quiet period so that the study sent below completes
+    # on its own while the demo waits.
+    stack = Stack(
+        run_dir=args.run_dir / "demo",
+        ports=Ports.free(),
+        ingest=True,
+        extra_env={"IMAGING_QUIET_SECONDS": str(DEMO_QUIET_SECONDS)},
+    )
+    print("starting tritonserver, the four services, NATS and the DICOM ingest ...")
     started = time.perf_counter()
     stack.start()
     print(f"stack ready in {time.perf_counter() - started:.1f} s (gateway {stack.gateway_address})")
@@ -477,12 +531,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"  {label:<16} median {statistics.median(latencies):.1f} ms, "
                 f"min {min(latencies):.1f} ms, max {max(latencies):.1f} ms"
             )
+        _demo_dicom_in(stack, args.out)
         print(f"findings written to {args.out}")
     finally:
         client.close()
         stack.stop()
         print("stack stopped")
     return 0
+
+
+DEMO_QUIET_SECONDS = 2.0
+
+
+def _demo_dicom_in(stack: Stack, out: Path) -> None:
+    """A study arrives as a PACS sends it: the 64-slice brain MR series pushed with a DICOM
+    C-STORE client (pynetdicom's storescu; dcmtk's `storescu` works the same), completed by
+    the quiet period, analysed by the ingest's worker, read back with `studies show`."""
+    series = out / "dicom-in" / "sent"
+    series.mkdir(parents=True, exist_ok=True)
+    for index, data in enumerate(brain_series()):
+        (series / f"slice-{index:03d}.dcm").write_bytes(data)
+    command = [
+        sys.executable, "-m", "pynetdicom", "storescu", "-q", "-cx",
+        "-aet", "DEMO_MODALITY", "-aec", "IMAGING", "127.0.0.1", str(stack.ports.dimse),
+        str(series),
+    ]  # fmt: skip
+    print(
+        "\nDICOM in: a 64-slice brain MR series sent as a PACS would send it\n"
+        f"$ storescu -aet DEMO_MODALITY -aec IMAGING 127.0.0.1 {stack.ports.dimse} {series}/"
+    )
+    subprocess.run(command, check=True, timeout=120)
+    study_uid = str(
+        pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True).StudyInstanceUID
+    )
+    ingest = IngestClient(stack.ingest_address, TlsFiles())
+    try:
+        deadline = time.monotonic() + 180
+        study = ingest.show(study_uid)
+        while state_name(study) in ("receiving", "complete", "queued", "analysing"):
+            if time.monotonic() > deadline:
+                raise StackError(f"the study sent over DICOM is still {state_name(study)}")
+            time.sleep(0.25)
+            study = ingest.show(study_uid)
+        print(f"$ imaging-platform studies show {study_uid} --out {out / 'dicom-in'}")
+        study = ingest.show(study_uid, documents=True)
+        print(describe(study))
+        for path in write_documents(study, out / "dicom-in"):
+            print(f"wrote {path}")
+    finally:
+        ingest.close()
 
 
 def cmd_pipelines(args: argparse.Namespace) -> int:
@@ -572,6 +669,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--tls", action="store_true", help="mutual TLS with a throwaway CA in the run dir"
     )
+    up.add_argument(
+        "--no-ingest", action="store_true", help="without the DICOM ingest and its NATS server"
+    )
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", parents=[run_dir], help="stop the stack started by `up`").set_defaults(
         func=cmd_down
@@ -627,6 +727,26 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=REPO_ROOT / "demo-output")
     demo.add_argument("--repeat", type=int, default=20, help="calls for the latency median")
     demo.set_defaults(func=cmd_demo)
+    studies = sub.add_parser(
+        "studies", help="studies received over DICOM: list, show UID [--out DIR], close, purge"
+    )
+    studies.add_argument("--ingest", default=loopback(Service.INGEST), help="the ingest's API")
+    studies.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
+    studies.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
+    studies.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
+    studies_sub = studies.add_subparsers(dest="studies_command")
+    listing = studies_sub.add_parser("list", help="newest first")
+    listing.add_argument("--limit", type=int, default=100)
+    studies.set_defaults(func=cmd_studies, limit=100)
+    show = studies_sub.add_parser("show", help="state, what was not analysed and why")
+    show.add_argument("uid", metavar="STUDY_UID")
+    show.add_argument("--out", type=Path, default=None, help="write the result documents here")
+    studies_sub.add_parser("close", help="complete a receiving study now").add_argument(
+        "uid", metavar="STUDY_UID"
+    )
+    studies_sub.add_parser("purge", help="delete its instances, state and results").add_argument(
+        "uid", metavar="STUDY_UID"
+    )
     pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines")
     _connection_flags(pipelines)
     pipelines.set_defaults(func=cmd_pipelines)
@@ -761,7 +881,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except grpc.RpcError as err:
-        print(f"error: {_rpc_error(err, getattr(args, 'gateway', ''))}", file=sys.stderr)
+        where = getattr(args, "gateway", "") or getattr(args, "ingest", "")
+        print(f"error: {_rpc_error(err, where)}", file=sys.stderr)
         return 1
     except OSError as err:  # a file named on the command line: missing, a folder, unreadable
         where = f"{err.filename}: " if err.filename else ""

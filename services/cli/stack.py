@@ -27,8 +27,9 @@ from typing import BinaryIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli.natsserver import NatsError, NatsServer
 from services.cli.pki import INTERNAL_COMMON_NAME, DevPki
-from services.common.listeners import LISTENERS, TRITON, Service
+from services.common.listeners import DATA_PLANE, LISTENERS, NATS, TRITON, Service
 from services.common.settings import DEFAULT_MODEL_REPOSITORY, ServiceSettings
 from services.common.tls import channel_credentials
 from services.common.tls_files import TlsFiles
@@ -38,8 +39,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # The connection policy every server of the stack shares, Triton included (defaults, unread
 # from the environment: the stack's own processes get theirs from IMAGING_*).
 _SERVICE_DEFAULTS = ServiceSettings.model_construct()
-# Start order: the gateway dials the others.
-SERVICES = (Service.DECODER, Service.PREPROCESSOR, Service.POSTPROCESSOR, Service.GATEWAY)
+# Start order: the gateway dials the others (the ingest, when asked for, comes after it).
+SERVICES = DATA_PLANE
 
 
 def free_port() -> int:
@@ -76,6 +77,10 @@ class Ports:
     health: dict[str, int] = field(
         default_factory=lambda: {s.value: LISTENERS[s].health for s in Service}
     )
+    ingest: int = LISTENERS[Service.INGEST].grpc
+    dimse: int = LISTENERS[Service.INGEST].dimse or 0
+    nats: int = NATS.client
+    nats_monitoring: int = NATS.monitoring
 
     # Triton's ports were picked (free_port), not chosen: on a taken one, pick again.
     triton_picked: bool = False
@@ -84,7 +89,9 @@ class Ports:
     def free(cls) -> Ports:
         """Services: port 0 (bound, then reported). Triton cannot report a port it bound, so
         its three are picked here and its start retried with new ones if one was taken."""
-        ports = cls(0, 0, 0, 0, 0, 0, 0, dict.fromkeys(SERVICES, 0), dict.fromkeys(SERVICES, 0))
+        ports = cls(
+            0, 0, 0, 0, 0, 0, 0, dict.fromkeys(Service, 0), dict.fromkeys(Service, 0), 0, 0, 0, 0
+        )
         ports.pick_triton()
         return ports
 
@@ -129,6 +136,11 @@ class Stack:
     # them with); None: the files above. ``allowed_peers``: the identity inner services accept.
     internal_tls: TlsFiles | None = None
     allowed_peers: str = ""
+    # The DICOM ingest (services/ingest) and its NATS server beside the data plane (`up`,
+    # the demo and the ingest tests; most tests need neither).
+    ingest: bool = False
+    # A client pair of the gateway's CA for the ingest's worker (use_dev_pki sets it).
+    client_tls: TlsFiles | None = None
     # More addresses behind a service's name, as a headless Service has several replicas:
     # the gateway dials ``ipv4:`` the stack's own and these (tests of draining replicas).
     replicas: dict[str, list[str]] = field(default_factory=dict)
@@ -138,6 +150,7 @@ class Stack:
         self.tls = TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert)
         self.internal_tls = TlsFiles(pki.internal_cert, pki.internal_key, pki.internal_ca_cert)
         self.allowed_peers = INTERNAL_COMMON_NAME
+        self.client_tls = TlsFiles(pki.client_cert, pki.client_key, pki.ca_cert)
 
     @property
     def inner_tls(self) -> TlsFiles:
@@ -281,6 +294,8 @@ class Stack:
                 setattr(self.ports, service, int(bound["port"]))
                 self.ports.metrics[service] = int(bound["metrics_port"])
                 self.ports.health[service] = int(bound["health_port"])
+                if "dimse_port" in bound:
+                    self.ports.dimse = int(bound["dimse_port"])
                 pending.remove(service)
             if pending and time.monotonic() > deadline:
                 raise StackError(f"no ports reported after {timeout:.0f} s: {pending}")
@@ -329,14 +344,19 @@ class Stack:
             IMAGING_HEALTH_PORT=str(self.ports.health[service] or -1),
             IMAGING_PORTS_FILE=str(self._ports_file(service)),
         )
-        files = self.tls if service == Service.GATEWAY else self.inner_tls
+        # The ingest faces DICOM peers as the gateway faces clients: the edge certificates.
+        files = self.tls if service in (Service.GATEWAY, Service.INGEST) else self.inner_tls
         if service == Service.GATEWAY and self.internal_tls is not None:
             internal = self.internal_tls
             for part, path in (("CERT", internal.cert), ("KEY", internal.key), ("CA", internal.ca)):
                 if path is not None:
                     env[f"IMAGING_PEER_TLS_{part}"] = str(path)
-        if service != Service.GATEWAY and self.allowed_peers:
+        if service not in (Service.GATEWAY, Service.INGEST) and self.allowed_peers:
             env["IMAGING_ALLOWED_PEERS"] = self.allowed_peers
+        if service == Service.INGEST:
+            self._ingest_env(env)
+        if service == Service.GATEWAY and self.ingest:
+            self._gateway_access(env)
         if service == Service.GATEWAY:
             self._secret(self.audit_key_file)
             env.update(
@@ -418,11 +438,120 @@ class Stack:
             "triton grpc": self.ports.triton_grpc,
             "triton metrics": self.ports.triton_metrics,
         }
-        for service in self.services:
+        for service in [*self.services, *([Service.INGEST] if self.ingest else [])]:
             ports[service] = self.ports.grpc(service)
             ports[f"{service} metrics"] = self.ports.metrics[service]
             ports[f"{service} health"] = self.ports.health[service]
+        if self.ingest:
+            ports.update(
+                {
+                    "ingest dicom": self.ports.dimse,
+                    "nats": self.ports.nats,
+                    "nats monitoring": self.ports.nats_monitoring,
+                }
+            )
         return ports
+
+    @property
+    def nats_home(self) -> Path:
+        return self.run_dir / "nats"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.run_dir / "ingest"
+
+    @property
+    def ingest_address(self) -> str:
+        return f"127.0.0.1:{self.ports.ingest}"
+
+    def start_nats(self, timeout: float = 30.0) -> None:
+        """Start (or restart, on the same store and ports) the NATS server."""
+        server = NatsServer(
+            self.nats_home, self.ports.nats, self.ports.nats_monitoring, self._log("nats-server")
+        )
+        try:
+            server.start(timeout)
+        except NatsError as err:
+            raise StackError(str(err)) from err
+        self.pids["nats-server"] = server.pid
+        self.ports.nats = server.bound["client"]
+        self.ports.nats_monitoring = server.bound["monitoring"]
+        self._save_state()
+
+    def start_ingest(self, timeout: float = 60.0) -> None:
+        """Start the ingest (again: the durability tests kill it) and wait until it serves."""
+        self.start_service(Service.INGEST)
+        self._await_ports([Service.INGEST], timeout)
+        deadline = time.monotonic() + timeout
+        while not self.serving(Service.INGEST):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise StackError(f"ingest not ready after {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def _ingest_env(self, env: dict[str, str]) -> None:
+        """The ingest's files, its NATS server, and how its worker calls the gateway: with a
+        client pair of the gateway's CA under TLS, with its own API key where keys are
+        required, and allowed (client policy) to assert the DICOM caller as the origin."""
+        self.spool_dir.mkdir(mode=0o700, exist_ok=True)
+        env.update(
+            IMAGING_SPOOL_DIR=str(self.spool_dir),
+            IMAGING_NATS_URL=f"nats://127.0.0.1:{self.ports.nats}",
+            IMAGING_NATS_MONITORING_URL=f"http://127.0.0.1:{self.ports.nats_monitoring}",
+            IMAGING_DIMSE_PORT=str(self.ports.dimse),
+            IMAGING_GATEWAY_ADDRESS=self.gateway_address,
+            IMAGING_AUDIT_LOG=str(self.audit_log),
+            IMAGING_AUDIT_KEY_FILE=str(self.audit_key_file),
+            IMAGING_AUDIT_CHAIN=f"ingest-{self.tag}",
+        )
+        if self.client_tls is not None:
+            for part, path in (
+                ("CERT", self.client_tls.cert),
+                ("KEY", self.client_tls.key),
+                ("CA", self.client_tls.ca),
+            ):
+                env[f"IMAGING_GATEWAY_TLS_{part}"] = str(path)
+        if self._gateway_keys() is not None:
+            env["IMAGING_GATEWAY_API_KEY_FILE"] = str(self.run_dir / "ingest-api-key")
+
+    def _gateway_keys(self) -> Path | None:
+        value = self.extra_env.get("IMAGING_API_KEYS_FILE") or os.environ.get(
+            "IMAGING_API_KEYS_FILE"
+        )
+        return Path(value) if value else None
+
+    def _ingest_identity(self) -> str:
+        """The name the gateway knows the ingest's worker by."""
+        if self._gateway_keys() is not None:
+            return INGEST_CLIENT
+        if self.client_tls is not None and self.client_tls.cert is not None:
+            from services.cli.pki import common_name
+
+            return common_name(self.client_tls.cert.read_bytes())
+        return ""  # a gateway without authentication: every caller is anonymous
+
+    def _gateway_access(self, env: dict[str, str]) -> None:
+        """The gateway's keys and policy files, with the ingest's worker added to the ones the
+        user gave (or to an allow-everyone policy when none)."""
+        keys = self._gateway_keys()
+        if keys is not None:
+            secret = self._secret(self.run_dir / "ingest-api-key")
+            digest = hashlib.sha256(secret.encode()).hexdigest()
+            merged = self.run_dir / "api-keys"
+            merged.write_text(keys.read_text().rstrip("\n") + f"\n{INGEST_CLIENT} {digest}\n")
+            os.chmod(merged, 0o600)
+            env["IMAGING_API_KEYS_FILE"] = str(merged)
+        given = self.extra_env.get("IMAGING_CLIENT_POLICY_FILE") or os.environ.get(
+            "IMAGING_CLIENT_POLICY_FILE"
+        )
+        import yaml
+
+        policy = (yaml.safe_load(Path(given).read_text()) or {}) if given else {"*": {}}
+        name = self._ingest_identity()
+        policy[name] = {**(policy.get(name) or {}), "assert_origin": True}
+        target = self.run_dir / "client-policy.yaml"
+        target.write_text(yaml.safe_dump(policy))
+        env["IMAGING_CLIENT_POLICY_FILE"] = str(target)
 
     def start(self, timeout: float = 180.0) -> None:
         self.refuse_to_disturb()
@@ -439,10 +568,14 @@ class Stack:
             for service in inner:
                 self.start_service(service)
             self._await_ports(inner, timeout)
+            if self.ingest:
+                self.start_nats()
             if Service.GATEWAY in self.services:
                 self.start_service(Service.GATEWAY)
                 self._await_ports([Service.GATEWAY], timeout)
             self.wait_ready(timeout)
+            if self.ingest:
+                self.start_ingest(timeout)
         except BaseException:
             self.stop()
             raise
@@ -541,11 +674,13 @@ class Stack:
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM everything (gateway first so no new work enters), then SIGKILL stragglers."""
         order = [
+            Service.INGEST,
             Service.GATEWAY,
             Service.DECODER,
             Service.PREPROCESSOR,
             Service.POSTPROCESSOR,
             "tritonserver",
+            "nats-server",
         ]
         alive = {n: p for n, p in self.pids.items() if _signal(p, signal.SIGTERM)}
         for name in order:
@@ -572,6 +707,10 @@ class Stack:
         stack.internal_tls = files(state.get("internal_tls"))
         return stack
 
+
+# The gateway's name for the ingest's worker when API keys are required (its key is minted in
+# the run dir and added to the keys file the gateway reads).
+INGEST_CLIENT = "imaging-ingest"
 
 # Files the stack's processes create (logs, Triton's shared-memory regions, the pixel
 # exchange) are their user's alone.

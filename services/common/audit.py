@@ -155,6 +155,38 @@ class AuditEvent:
     # (BodyPartExamined, ViewPosition) that naming it overrode: services/common/pipelines.py.
     pipeline_named: bool = False
     routing_overridden: tuple[str, ...] = ()
+    # Who sent the study when a trusted relay analysed it on their behalf (AnalyzeRequest.origin,
+    # checked by the gateway): calling AE title and IP address; empty: the client is the origin.
+    # ``client`` stays the relay that asserted it.
+    origin_ae: str = ""
+    origin_address: str = ""
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """One instance the ingest received over DICOM (C-STORE), on the same trail as the
+    gateway's calls: who sent it and what it was, never a value from inside it."""
+
+    calling_ae: str  # checked against the AE VR at association
+    peer: str  # the caller's IP address
+    study_uid: str  # raw; only its pseudonym is written
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    instance_sha256: str
+    outcome: str  # stored, duplicate, conflict
+
+
+def _received_fields(event: ReceivedInstance, key: AuditKey) -> dict[str, Any]:
+    return {
+        "method": "C-STORE",
+        "client": f"dicom:{event.calling_ae}",
+        "peer": event.peer,
+        "study_uid_hmac": key.pseudonym(event.study_uid) if event.study_uid else "",
+        "sop_class_uid": event.sop_class_uid,
+        "transfer_syntax_uid": event.transfer_syntax_uid,
+        "instance_sha256": [event.instance_sha256],
+        "status": event.outcome,
+    }
 
 
 def canonical(record: dict[str, Any]) -> bytes:
@@ -192,6 +224,8 @@ def _event_fields(event: AuditEvent, key: AuditKey) -> dict[str, Any]:
         "latency_ms": _finite(event.latency_ms, 3),
         "pipeline_named": event.pipeline_named,
         "routing_overridden": list(event.routing_overridden),
+        "origin_ae": event.origin_ae,
+        "origin_address": event.origin_address,
     }
 
 
@@ -274,7 +308,7 @@ class AuditLog:
         """Seq of the last record this chain holds (0 before the first)."""
         return self._seq
 
-    def record(self, event: AuditEvent) -> int:
+    def record(self, event: AuditEvent | ReceivedInstance) -> int:
         """Append ``event`` as the chain's next record; returns its seq."""
         with self._lock:
             seq = self._seq + 1
@@ -282,7 +316,11 @@ class AuditLog:
                 "chain": self.chain,
                 "seq": seq,
                 "time": _utc_now(),
-                **_event_fields(event, self._key),
+                **(
+                    _received_fields(event, self._key)
+                    if isinstance(event, ReceivedInstance)
+                    else _event_fields(event, self._key)
+                ),
                 "prev": self._prev,
             }
             record["mac"] = self._key.mac(canonical(record))

@@ -44,6 +44,7 @@ from services.common.results import (
     Finding,
     FindingStatus,
     Measurement,
+    Origin,
     OutputOptions,
     RequestPriority,
     StudyRequest,
@@ -492,7 +493,16 @@ def study_request(
     request_id: str,
     client: str = "",
 ) -> StudyRequest:
-    """The study of an AnalyzeRequest, or of an AnalyzeStream's header and joined chunks."""
+    """The study of an AnalyzeRequest, or of an AnalyzeStream's header and joined chunks.
+
+    The origin and uid_seed come as sent: the gateway judges them (who may assert an origin,
+    what a valid one is) before anything else of the study."""
+    sent = header.origin
+    origin = (
+        Origin(sent.calling_ae_title, sent.source_address)
+        if sent.calling_ae_title or sent.source_address
+        else None
+    )
     return StudyRequest(
         instances=instances,
         pipeline=header.pipeline,
@@ -508,6 +518,8 @@ def study_request(
             fhir=header.options.fhir,
             report_refusal=header.options.report_refusal,
         ),
+        origin=origin,
+        uid_seed=header.uid_seed,
     )
 
 

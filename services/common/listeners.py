@@ -22,6 +22,9 @@ class Service(StrEnum):
     DECODER = "decoder"
     PREPROCESSOR = "preprocessor"
     POSTPROCESSOR = "postprocessor"
+    # DICOM in (services/ingest): not part of the data plane a study passes through; a relay
+    # in front of the gateway, started beside it by `imaging-platform up`.
+    INGEST = "ingest"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Listeners:
     grpc: int  # the API (TLS only when configured)
     metrics: int  # Prometheus /metrics, plaintext
     health: int  # plaintext grpc.health.v1 only, for probes that cannot speak TLS
+    dimse: int | None = None  # DICOM upper layer (C-ECHO, C-STORE): the ingest alone
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,23 @@ LISTENERS: dict[Service, Listeners] = {
     Service.DECODER: Listeners(grpc=50052, metrics=9101, health=9301),
     Service.PREPROCESSOR: Listeners(grpc=50053, metrics=9102, health=9302),
     Service.POSTPROCESSOR: Listeners(grpc=50054, metrics=9103, health=9303),
+    # 11112: the IANA-registered DICOM port (PS3.8 G.3), the one PACS administrators expect.
+    Service.INGEST: Listeners(grpc=50055, metrics=9104, health=9304, dimse=11112),
 }
+# The services a study passes through on its way from the gateway to Triton and back.
+DATA_PLANE = (Service.DECODER, Service.PREPROCESSOR, Service.POSTPROCESSOR, Service.GATEWAY)
 # Triton Inference Server's defaults (tritonserver --http-port/--grpc-port/--metrics-port).
 TRITON = TritonListeners(http=8000, grpc=8001, metrics=8002)
+
+
+@dataclass(frozen=True)
+class NatsListeners:
+    client: int
+    monitoring: int
+
+
+# nats-server's defaults (-p, -m): the ingest's queue and state engine.
+NATS = NatsListeners(client=4222, monitoring=8222)
 
 
 def loopback(service: Service) -> str:

@@ -401,6 +401,17 @@ class Postprocess(_Spec):
     heatmap_opacity: float = Field(0.45, ge=0, le=1, description="overlay alpha at full CAM")
 
 
+class StudyLimits(_Spec):
+    """What one study for this pipeline may be, beyond the gateway's own limits
+    (IMAGING_MAX_INSTANCES, IMAGING_MAX_STUDY_BYTES): those stay the ceiling, so a pipeline
+    can only lower them (the tighter applies; absent: the gateway's). An image pipeline
+    analyses each instance, so a study of hundreds is a mistake there that a CT series is not.
+    Checked by the gateway once the study's pipeline is known (named: while receiving)."""
+
+    max_instances: int | None = Field(None, gt=0, description="instances per study")
+    max_study_bytes: int | None = Field(None, gt=0, description="DICOM bytes per study")
+
+
 class Pipeline(_Spec):
     name: str = Field(pattern=f"^{PIPELINE_NAME}$")
     description: str = ""
@@ -422,6 +433,9 @@ class Pipeline(_Spec):
     )
     model: ModelSpec
     postprocess: Postprocess
+    limits: StudyLimits = Field(
+        StudyLimits(), description="per-study limits below the gateway's; see StudyLimits"
+    )
 
     @model_validator(mode="after")
     def _outputs_exist(self) -> Pipeline:

@@ -6,6 +6,7 @@ here so that no service has to import another to name its return types.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -189,6 +190,21 @@ class Refusal:
     reason: str
 
 
+# What a request's uid_seed may be (AnalyzeRequest.uid_seed): 1 to 128 of these characters.
+UID_SEED = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who sent the study to the platform, asserted by a relay the gateway trusts for it (the
+    ingest service, for studies received over DICOM): the gateway's client policy and audit
+    key on it (services/gateway/policy.py), as the relay's own name says nothing about who
+    the study came from. As received until the gateway has checked it."""
+
+    calling_ae_title: str  # the DICOM association's calling AE title
+    source_address: str  # the peer's IP address as the relay saw it
+
+
 @dataclass(frozen=True)
 class StudyRequest:
     instances: list[bytes]
@@ -197,6 +213,11 @@ class StudyRequest:
     client: str = ""  # who asked (services/gateway/auth.py); "" when the gateway is open
     request_id: str = ""
     options: OutputOptions = field(default_factory=OutputOptions)
+    # Set by a trusted relay only; None: the caller is the origin.
+    origin: Origin | None = None
+    # Non-empty: the result documents' UIDs derive from it (services/gateway/reports/uids.py),
+    # so a re-run of the same analysis makes the same objects.
+    uid_seed: str = ""
 
 
 @dataclass(frozen=True)

@@ -139,12 +139,14 @@ def _metrics(
     return int(metrics_server.server_port)
 
 
-def report_ports(settings: ServiceSettings, port: int, metrics_port: int, health_port: int) -> None:
+def report_ports(
+    settings: ServiceSettings, port: int, metrics_port: int, health_port: int, **more: int
+) -> None:
     """Tell the launcher which ports were bound (IMAGING_PORTS_FILE): written to a temporary
     name and renamed, so a reader sees the whole file or none."""
     if settings.ports_file is None:
         return
-    ports = {"port": port, "metrics_port": metrics_port, "health_port": health_port}
+    ports = {"port": port, "metrics_port": metrics_port, "health_port": health_port, **more}
     partial = settings.ports_file.with_name(f".{settings.ports_file.name}.{os.getpid()}")
     partial.write_text(json.dumps({**ports, "pid": os.getpid()}))
     os.replace(partial, settings.ports_file)

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.listeners import LISTENERS, TRITON, Service, loopback
+from services.common.listeners import LISTENERS, NATS, TRITON, Service, loopback
 from services.common.pipelines import BodyPartAliases
 from services.common.tls_files import TlsFiles
 
@@ -188,7 +188,9 @@ class GatewaySettings(PipelineServiceSettings):
     dns_refresh_seconds: float = Field(
         5.0, gt=0, description="resolve a peer's name again at most this often"
     )
-    max_instances: int = Field(64, gt=0, description="instances per study")
+    # A chest CT is hundreds to a couple of thousand slices; each pipeline's own `limits`
+    # (services/common/pipelines.py StudyLimits) lower this for its studies.
+    max_instances: int = Field(2048, gt=0, description="instances per study (the ceiling)")
     max_study_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="bytes per study")
     max_study_decoded_bytes: int = Field(
         2 * 1024**3, gt=0, description="decoded pixel bytes per study (all its instances)"
@@ -265,3 +267,99 @@ class GatewaySettings(PipelineServiceSettings):
         ):
             self.reflection = False
         return self
+
+
+class IngestSettings(PipelineServiceSettings):
+    """The ingest service (services/ingest): a DICOM SCP that stores studies durably, NATS
+    JetStream as its queue and state engine, workers that analyse through the gateway."""
+
+    port: int = _grpc_port(Service.INGEST)
+    metrics_port: int = _metrics_port(Service.INGEST)
+    roles: str = Field(
+        "receiver,worker", description="comma-separated: receiver (DIMSE SCP), worker (analysis)"
+    )
+    dimse_port: int = Field(
+        LISTENERS[Service.INGEST].dimse or 0, ge=0, le=65535, description="DICOM port; 0: any free"
+    )
+    ae_title: str = Field("IMAGING", description="the SCP's own (called) AE title")
+    # YAML, one entry per calling AE (services/ingest/peers.py); unset: any AE title from a
+    # loopback address only.
+    dicom_peers_file: Path | None = Field(
+        None, description="allowed calling AE titles, their source addresses, quiet periods"
+    )
+    max_associations: int = Field(16, gt=0, description="DICOM associations at once")
+    dimse_timeout_seconds: float = Field(
+        60.0, gt=0, description="a peer silent this long mid-association is aborted"
+    )
+    tls_handshake_seconds: float = Field(
+        10.0, gt=0, description="a TLS handshake not finished by then is dropped"
+    )
+    spool_dir: Path = Field(
+        Path("/var/lib/imaging/ingest"), description="instances and results (stable storage)"
+    )
+    disk_watermark: float = Field(
+        0.95, gt=0, le=1, description="above this fraction of the spool's disk used: 0xA700"
+    )
+    nats_url: str = Field(f"nats://127.0.0.1:{NATS.client}", description="NATS server")
+    # Read once at start-up: the server must report `sync_interval: always` (engine.py).
+    nats_monitoring_url: str = Field(
+        f"http://127.0.0.1:{NATS.monitoring}", description="the NATS server's HTTP monitoring"
+    )
+    nats_timeout_seconds: float = Field(
+        5.0, gt=0, description="a JetStream acknowledgement later than this: out of resources"
+    )
+    quiet_seconds: float = Field(
+        30.0, gt=0, description="a study is complete this long after its last instance"
+    )
+    max_attempts: int = Field(5, gt=0, description="analyses of a job before it is dead-lettered")
+    # The gateway bounds studies analysed at once across all its callers; this keeps one
+    # ingest from queueing more there than it needs to keep it busy.
+    analyses_at_once: int = Field(2, gt=0, description="studies one worker analyses at once")
+    # The worker tells JetStream it is still busy every third of this, so only a worker that
+    # died (or hangs) loses its job to another after this long.
+    job_timeout_seconds: float = Field(
+        60.0, gt=0, description="a job whose worker stopped answering is delivered again after"
+    )
+    analysis_timeout_seconds: float = Field(
+        600.0, gt=0, description="deadline of one AnalyzeStream call to the gateway"
+    )
+    retry_seconds: float = Field(
+        5.0, gt=0, description="first back-off after a failed analysis (doubles, with jitter)"
+    )
+    retention_seconds: float = Field(
+        86400.0, ge=0, description="instances are deleted this long after the result is stored"
+    )
+    gateway_address: str = Field(loopback(Service.GATEWAY), description="the gateway's API")
+    gateway_api_key_file: Path | None = Field(
+        None, description="the worker's API key for the gateway (a file holding the key)"
+    )
+    # What the worker dials the gateway with: a client pair of the gateway's (edge) CA and that
+    # CA; unset: IMAGING_TLS_*.
+    gateway_tls_cert: Path | None = Field(None, description="PEM client certificate")
+    gateway_tls_key: Path | None = Field(None, description="PEM client key")
+    gateway_tls_ca: Path | None = Field(None, description="PEM CA of the gateway's certificate")
+    audit_log: Path | None = Field(None, description="audit trail (JSON lines, HMAC-chained)")
+    audit_key_file: Path | None = Field(None, description="HMAC key of the audit trail")
+    audit_chain: str = Field(
+        default_factory=lambda: f"ingest-{socket.gethostname()}",
+        description="this writer's chain (pod name)",
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        from services.common.dicom import checked_ae_title
+
+        return checked_ae_title(value)
+
+    def role_set(self) -> frozenset[str]:
+        roles = frozenset(r.strip() for r in self.roles.split(",") if r.strip())
+        unknown = roles - {"receiver", "worker"}
+        if unknown or not roles:
+            raise ValueError("IMAGING_ROLES: one or more of receiver, worker")
+        return roles
+
+    def gateway_tls(self) -> TlsFiles:
+        if (self.gateway_tls_cert, self.gateway_tls_key, self.gateway_tls_ca) == (None,) * 3:
+            return self.tls()
+        return TlsFiles(self.gateway_tls_cert, self.gateway_tls_key, self.gateway_tls_ca)

@@ -41,6 +41,9 @@ class CallFacts:
     # The caller named the pipeline; keywords of the routing tags that naming overrode.
     pipeline_named: bool = False
     routing_overridden: list[str] = field(default_factory=list)
+    # The origin a trusted relay asserted for the study, once accepted (services/gateway/policy.py).
+    origin_ae: str = ""
+    origin_address: str = ""
 
 
 _current: ContextVar[CallFacts | None] = ContextVar("audit_facts", default=None)
@@ -129,6 +132,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             findings=tuple(facts.findings),
                             pipeline_named=facts.pipeline_named,
                             routing_overridden=tuple(facts.routing_overridden),
+                            origin_ae=facts.origin_ae,
+                            origin_address=facts.origin_address,
                             status=status,
                             latency_ms=(time.perf_counter() - start) * 1e3,
                         )

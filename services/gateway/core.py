@@ -37,10 +37,12 @@ from services.common.listeners import Service
 from services.common.metrics import Stage, stage_timer
 from services.common.pipelines import Pipeline, PipelineRegistry
 from services.common.results import (
+    UID_SEED,
     Assessment,
     Caveat,
     EncodedObject,
     ModelRef,
+    Origin,
     OutputOptions,
     Refusal,
     RequestPriority,
@@ -50,6 +52,7 @@ from services.common.results import (
 )
 from services.common.settings import GatewaySettings
 from services.gateway import auditing
+from services.gateway.policy import PolicyBook
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,41 +94,58 @@ class Postprocessor(Protocol):
 
 
 class Reporter(Protocol):
-    """Result documents (DICOM SR/SEG/SC, FHIR) of a study: services/gateway/reporting.py."""
+    """Result documents (DICOM SR/SEG/SC, FHIR) of a study: services/gateway/reporting.py.
+    ``uid_seed``: the request's (non-empty: the documents' UIDs derive from it)."""
 
     def outputs(
-        self, instances: Sequence[bytes], result: StudyResult, options: OutputOptions
+        self,
+        instances: Sequence[bytes],
+        result: StudyResult,
+        options: OutputOptions,
+        *,
+        uid_seed: str = "",
     ) -> list[EncodedObject]: ...
 
     def refusal(
-        self, instances: Sequence[bytes], pipeline: str, refusal: Refusal, options: OutputOptions
+        self,
+        instances: Sequence[bytes],
+        pipeline: str,
+        refusal: Refusal,
+        options: OutputOptions,
+        *,
+        uid_seed: str = "",
     ) -> list[EncodedObject]: ...
 
 
 class Policy(Protocol):
-    """What a client may do (services/gateway/policy.py)."""
+    """What a client may do, and whether it may speak for an origin
+    (services/gateway/policy.py)."""
 
-    def admit(self, client: str, priority: RequestPriority, pipeline: str = "") -> None: ...
+    def accept_origin(self, client: str, origin: Origin) -> Origin: ...
 
-    def allow_pipeline(self, client: str, pipeline: str) -> None: ...
+    def admit(
+        self,
+        client: str,
+        priority: RequestPriority,
+        pipeline: str = "",
+        origin: Origin | None = None,
+    ) -> None: ...
 
-
-class _Open:
-    def admit(self, client: str, priority: RequestPriority, pipeline: str = "") -> None:
-        return None
-
-    def allow_pipeline(self, client: str, pipeline: str) -> None:
-        return None
+    def allow_pipeline(self, client: str, pipeline: str, origin: Origin | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one study may be: built only from GatewaySettings (``from_settings``), checked
-    with one wording whether the study came whole (Analyze) or in chunks (AnalyzeStream)."""
+    """What one study may be: the gateway's (``from_settings``), or once its pipeline is known
+    the tighter of those and the pipeline's own (:meth:`of`); checked with one wording whether
+    the study came whole (Analyze) or in chunks (AnalyzeStream)."""
 
     max_instances: int
     max_study_bytes: int
     max_decoded_bytes: int  # all its instances' decoded pixels
+    # The pipeline whose own limit is the tighter one, per limit; "": the gateway's applies.
+    instances_set_by: str = ""
+    bytes_set_by: str = ""
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> Limits:
@@ -133,13 +153,42 @@ class Limits:
             settings.max_instances, settings.max_study_bytes, settings.max_study_decoded_bytes
         )
 
+    def of(self, pipeline: Pipeline) -> Limits:
+        """The limits of a study for ``pipeline``: its spec's ``limits`` where they are tighter;
+        the gateway's are the ceiling (a pipeline cannot raise them)."""
+        own = pipeline.limits
+        limits = self
+        if own.max_instances is not None and own.max_instances < limits.max_instances:
+            limits = dataclasses.replace(
+                limits, max_instances=own.max_instances, instances_set_by=pipeline.name
+            )
+        if own.max_study_bytes is not None and own.max_study_bytes < limits.max_study_bytes:
+            limits = dataclasses.replace(
+                limits, max_study_bytes=own.max_study_bytes, bytes_set_by=pipeline.name
+            )
+        return limits
+
     def check_instances(self, count: int) -> None:
         if count > self.max_instances:
-            raise TooLarge(f"study has {count} instances; the limit is {self.max_instances}")
+            raise TooLarge(
+                f"study has {count} instances; the limit is {self.max_instances}"
+                + _set_by(self.instances_set_by, "max_instances")
+            )
 
     def check_bytes(self, total: int) -> None:
         if total > self.max_study_bytes:
-            raise TooLarge(f"study is {total} bytes; the limit is {self.max_study_bytes}")
+            raise TooLarge(
+                f"study is {total} bytes; the limit is {self.max_study_bytes}"
+                + _set_by(self.bytes_set_by, "max_study_bytes")
+            )
+
+    def check_study(self, instances: Sequence[bytes]) -> None:
+        self.check_instances(len(instances))
+        self.check_bytes(sum(len(i) for i in instances))
+
+
+def _set_by(pipeline: str, limit: str) -> str:
+    return f" (pipeline {pipeline!r}: its limits.{limit})" if pipeline else ""
 
 
 class _Budget:
@@ -227,31 +276,48 @@ class StudyAnalyzer:
         self._postprocessor = postprocessor
         self.limits = limits
         self._fan_out = fan_out  # inner calls in flight per study
-        self._policy: Policy = policy if policy is not None else _Open()
+        # No policy: everyone may do everything, but assert an origin (PolicyBook(None)).
+        self._policy: Policy = policy if policy is not None else PolicyBook(None)
         self._reporter = reporter
 
     def check_limits(self, instances: Sequence[bytes]) -> None:
         if not instances:
             raise InvalidInput("the request contains no DICOM instances")
-        self.limits.check_instances(len(instances))
-        self.limits.check_bytes(sum(len(i) for i in instances))
+        self.limits.check_study(instances)
         for index, instance in enumerate(instances):
             if not instance:
                 raise InvalidInput(f"instance {index} is empty")
 
-    def admit(self, request: StudyRequest) -> None:
+    def receiving_limits(self, request: StudyRequest) -> Limits:
+        """The limits a study is received under: its named pipeline's where it names one
+        (an admitted request: the name exists), the gateway's while routing will tell."""
+        if request.pipeline:
+            return self.limits.of(self.registry.get(request.pipeline))
+        return self.limits
+
+    def admit(self, request: StudyRequest) -> StudyRequest:
         """What can be refused from the request's header alone, before its study takes a slot
-        or any of its instances is buffered: the client's policy and rate limit, and a named
-        pipeline that does not exist."""
-        self._policy.admit(request.client, request.priority, request.pipeline)
+        or any of its instances is buffered: an origin the client may not assert or that is
+        malformed, a malformed uid_seed, the client's (or origin's) policy and rate limit, and
+        a named pipeline that does not exist. Returns the request as admitted (its origin
+        checked and normalised), which is what is to be analysed."""
+        origin = request.origin
+        if origin is not None:
+            origin = self._policy.accept_origin(request.client, origin)
+            # Audited from here on, the refusals its own policy makes included.
+            auditing.note(origin_ae=origin.calling_ae_title, origin_address=origin.source_address)
+        if request.uid_seed and not UID_SEED.fullmatch(request.uid_seed):
+            raise InvalidInput("uid_seed must be 1 to 128 of A-Z a-z 0-9 . _ : -")
+        self._policy.admit(request.client, request.priority, request.pipeline, origin)
         if request.pipeline:
             self.registry.get(request.pipeline)
+        return dataclasses.replace(request, origin=origin)
 
     async def analyze(self, request: StudyRequest, *, admitted: bool = False) -> StudyResult:
-        """The study's result; ``admitted``: :meth:`admit` already passed this request (it is
+        """The study's result; ``admitted``: this request is what :meth:`admit` returned (it is
         not run again, which would take a second rate-limit token)."""
         if not admitted:
-            self.admit(request)
+            request = self.admit(request)
         self.check_limits(request.instances)
         seconds: dict[str, float] = {}
         options = request.options
@@ -280,7 +346,11 @@ class StudyAnalyzer:
                     # ask for them in the response.
                     full = dataclasses.replace(result, assessment=assessment)
                     outputs = await asyncio.to_thread(
-                        self._reporter.outputs, request.instances, full, options
+                        self._reporter.outputs,
+                        request.instances,
+                        full,
+                        options,
+                        uid_seed=request.uid_seed,
                     )
                 result = dataclasses.replace(result, outputs=outputs)
         return dataclasses.replace(
@@ -300,6 +370,7 @@ class StudyAnalyzer:
                 request.pipeline,
                 refusal,
                 request.options,
+                uid_seed=request.uid_seed,
             )
         return StudyResult(
             request_id=request.request_id,
@@ -316,6 +387,8 @@ class StudyAnalyzer:
         rid = request.request_id
         # Name the pipeline first so an unknown name fails before any decoding work.
         named: Pipeline | None = self.registry.get(request.pipeline) if request.pipeline else None
+        if named is not None:  # and its own limits before any decoding work too
+            self.limits.of(named).check_study(request.instances)
         budget = _Budget(self.limits.max_decoded_bytes)
 
         async def decode(dicom: bytes) -> Decoded:
@@ -336,7 +409,10 @@ class StudyAnalyzer:
             study_uid=attributes[0].study_instance_uid,
             routing_overridden=overridden,
         )
-        self._policy.allow_pipeline(request.client, pipeline.name)  # a routed pipeline too
+        # A routed pipeline too: the client's (or origin's) policy, the pipeline's limits.
+        self._policy.allow_pipeline(request.client, pipeline.name, request.origin)
+        if named is None:
+            self.limits.of(pipeline).check_study(request.instances)
         caveats = _intended_use(pipeline, images)
         with stage_timer(Service.GATEWAY, Stage.PREPROCESS, seconds):
             prepared = await self._preprocess(pipeline, images, rid)

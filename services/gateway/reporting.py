@@ -35,7 +35,12 @@ class DocumentReporter:
         self._version = version or platform_version()
 
     def outputs(
-        self, instances: Sequence[bytes], result: StudyResult, options: OutputOptions
+        self,
+        instances: Sequence[bytes],
+        result: StudyResult,
+        options: OutputOptions,
+        *,
+        uid_seed: str = "",
     ) -> list[EncodedObject]:
         return reports.build_outputs(
             _sources(instances, pixels=options.dicom_heatmap),
@@ -43,6 +48,7 @@ class DocumentReporter:
             options,
             manufacturer=self._manufacturer,
             software_version=self._version,
+            uid_seed=uid_seed,
         )
 
     def refusal(
@@ -51,6 +57,8 @@ class DocumentReporter:
         pipeline: str,
         refusal: Refusal,
         options: OutputOptions,
+        *,
+        uid_seed: str = "",
     ) -> list[EncodedObject]:
         return reports.refusal_outputs(
             _sources(instances),
@@ -60,4 +68,5 @@ class DocumentReporter:
             kind=refusal.kind,
             manufacturer=self._manufacturer,
             software_version=self._version,
+            uid_seed=uid_seed,
         )

@@ -34,7 +34,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         deadlines.begin(context)
         rid = logs.adopt_client_request_id(request.client_request_id)
         study = convert.study_request(request, list(request.instances), rid, caller.get())
-        self._analyzer.admit(study)
+        study = self._analyzer.admit(study)
         async with self._admission.slot(study.client):  # a waiting study keeps its message
             return convert.analyze_response(await self._analyzer.analyze(study, admitted=True))
 
@@ -51,10 +51,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise InvalidInput("the stream must start with an AnalyzeHeader message")
         rid = logs.adopt_client_request_id(first.header.client_request_id)
-        header = convert.study_request(first.header, [], rid, caller.get())
-        self._analyzer.admit(header)
+        header = self._analyzer.admit(convert.study_request(first.header, [], rid, caller.get()))
         async with self._admission.slot(header.client):  # receiving a stream holds memory too
-            assembler = InstanceAssembler(self._analyzer.limits)
+            # A named pipeline's own limits apply while receiving; else the gateway's.
+            assembler = InstanceAssembler(self._analyzer.receiving_limits(header))
             async for message in messages:
                 if message.WhichOneof("part") != "chunk":
                     raise InvalidInput("only the first message of the stream may be a header")

@@ -14,10 +14,11 @@ from chart_support import component_name, objects, of_kind
 
 from services.cli.main import parser
 from services.cli.stack import SERVICES, Ports
-from services.common.listeners import LISTENERS, TRITON, Listeners, Service
+from services.common.listeners import DATA_PLANE, LISTENERS, NATS, TRITON, Listeners, Service
 from services.common.settings import (
     DecoderSettings,
     GatewaySettings,
+    IngestSettings,
     PostprocessorSettings,
     PreprocessorSettings,
 )
@@ -28,14 +29,21 @@ PUBLIC = {
     "decoder": (50052, 9101, 9301),
     "preprocessor": (50053, 9102, 9302),
     "postprocessor": (50054, 9103, 9303),
+    "ingest": (50055, 9104, 9304),
 }
+DIMSE_PORT = 11112  # the IANA-registered DICOM port
+NATS_PORTS = (4222, 8222)
 TRITON_PORTS = (8000, 8001, 8002)
 
 
 def test_the_table_states_the_public_names_and_ports() -> None:
     assert {s.value: (p.grpc, p.metrics, p.health) for s, p in LISTENERS.items()} == PUBLIC
     assert (TRITON.http, TRITON.grpc, TRITON.metrics) == TRITON_PORTS
-    assert set(SERVICES) == set(Service) == set(LISTENERS)
+    assert (NATS.client, NATS.monitoring) == NATS_PORTS
+    assert {s: p.dimse for s, p in LISTENERS.items() if p.dimse} == {Service.INGEST: DIMSE_PORT}
+    # The data plane the stack starts by default; the ingest beside it when asked.
+    assert set(SERVICES) == set(DATA_PLANE) == set(Service) - {Service.INGEST}
+    assert set(Service) == set(LISTENERS)
 
 
 @pytest.fixture
@@ -53,6 +61,7 @@ def test_settings_defaults_come_from_the_table() -> None:
         (PreprocessorSettings(), Service.PREPROCESSOR),
         (PostprocessorSettings(), Service.POSTPROCESSOR),
         (GatewaySettings(), Service.GATEWAY),
+        (IngestSettings(), Service.INGEST),
     ]:
         assert (settings.port, settings.metrics_port) == PUBLIC[service][:2], service
     gateway = GatewaySettings()
@@ -60,6 +69,11 @@ def test_settings_defaults_come_from_the_table() -> None:
     assert gateway.preprocessor_address == "127.0.0.1:50053"
     assert gateway.postprocessor_address == "127.0.0.1:50054"
     assert gateway.triton_address == "127.0.0.1:8001"
+    ingest = IngestSettings()
+    assert ingest.dimse_port == DIMSE_PORT
+    assert ingest.gateway_address == "127.0.0.1:50051"
+    assert ingest.nats_url == "nats://127.0.0.1:4222"
+    assert ingest.nats_monitoring_url == "http://127.0.0.1:8222"
 
 
 def test_the_local_stack_cli_and_rollout_tool_use_the_table() -> None:
@@ -71,13 +85,16 @@ def test_the_local_stack_cli_and_rollout_tool_use_the_table() -> None:
             health,
         )
     assert (ports.triton_http, ports.triton_grpc, ports.triton_metrics) == TRITON_PORTS
+    assert (ports.dimse, ports.nats, ports.nats_monitoring) == (DIMSE_PORT, *NATS_PORTS)
+    assert parser().parse_args(["studies", "list"]).ingest == "127.0.0.1:50055"
     analyze = parser().parse_args(["analyze", "x.dcm"])
     assert analyze.gateway == "127.0.0.1:50051"
     assert DEFAULT_GRPC_PORT == 8001
 
 
 def test_the_image_exposes_every_listener_of_every_service() -> None:
-    assert dockerfile.exposed_ports() == {port for ports in PUBLIC.values() for port in ports}
+    listed = {port for ports in PUBLIC.values() for port in ports}
+    assert dockerfile.exposed_ports() == listed | {DIMSE_PORT}
 
 
 def container_ports(obj: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -114,7 +131,7 @@ def test_the_rendered_chart_listens_where_the_table_says() -> None:
 def test_separate_pods_each_listen_on_the_first_set() -> None:
     deployments = of_kind(objects("separate-pods"), "Deployment")
     names = {d["metadata"]["name"] for d in deployments}
-    for service in Service:
+    for service in DATA_PLANE:  # the ingest is not in the chart yet
         assert component_name(service.value) in names
         (ports,) = container_ports(
             next(d for d in deployments if d["metadata"]["name"] == component_name(service))

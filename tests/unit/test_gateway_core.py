@@ -301,17 +301,31 @@ class FakeReporter:
     def __init__(self) -> None:
         self.built: list[StudyResult] = []
         self.refused: list[tuple[str, str]] = []
+        self.seeds: list[str] = []  # each build's uid_seed
 
     def outputs(
-        self, instances: Sequence[bytes], result: StudyResult, options: OutputOptions
+        self,
+        instances: Sequence[bytes],
+        result: StudyResult,
+        options: OutputOptions,
+        *,
+        uid_seed: str = "",
     ) -> list[EncodedObject]:
         self.built.append(result)
+        self.seeds.append(uid_seed)
         return [EncodedObject("dicom_sr", "application/dicom", b"SR", name="sr")]
 
     def refusal(
-        self, instances: Sequence[bytes], pipeline: str, refusal: Refusal, options: OutputOptions
+        self,
+        instances: Sequence[bytes],
+        pipeline: str,
+        refusal: Refusal,
+        options: OutputOptions,
+        *,
+        uid_seed: str = "",
     ) -> list[EncodedObject]:
         self.refused.append((pipeline, refusal.reason))
+        self.seeds.append(uid_seed)
         return [EncodedObject("dicom_sr", "application/dicom", b"WHY", name="refusal-sr")]
 
 
@@ -974,6 +988,20 @@ def test_documents_are_built_from_the_heatmaps_the_caller_did_not_ask_to_see(
     assert result.assessment.findings[0].heatmap_png == b""  # not asked for in the answer
     assert [o.name for o in result.outputs] == ["sr"]
     assert "report" in result.timings_ms
+
+
+def test_the_requests_uid_seed_reaches_the_report_builder(
+    make_analyzer: Callable[..., Analyzer],
+) -> None:
+    instances, attributes = study(1, "CR", "CHEST", age=64.0)
+    backends = Backends(FakeDecoder(attributes))
+    analyzer = make_analyzer(backends)
+    options = OutputOptions(dicom_sr=True, report_refusal=True)
+    analyzer.analyze(StudyRequest(instances, options=options, uid_seed="acc-1"))
+    named = "cxr_pneumonia_ensemble"  # refuses the adult: the refusal report gets it too
+    analyzer.analyze(StudyRequest(instances, pipeline=named, options=options, uid_seed="acc-2"))
+    analyzer.analyze(StudyRequest(instances, options=options))
+    assert backends.reporter.seeds == ["acc-1", "acc-2", ""]
 
 
 def test_no_documents_no_report_stage(make_analyzer: Callable[..., Analyzer]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SERVICES = ("decoder", "preprocessor", "postprocessor", "gateway")
+SERVICES = ("decoder", "preprocessor", "postprocessor", "gateway", "ingest")
 TOOLS = ("cli", "fleet", "trt", "triton_local")
 # Packages no service and no shared module may import.
 PLATFORM_ONLY = tuple(f"services.{name}" for name in (*SERVICES, *TOOLS))
@@ -34,6 +34,8 @@ HOMES = {
     "services.cli.pki": "services.cli",
     # `imaging-platform audit verify`; the writer (services.common.audit) is shared.
     "services.cli.audit_verify": "services.cli",
+    # The local NATS server of `imaging-platform up` and the tests.
+    "services.cli.natsserver": "services.cli",
 }
 
 # The RPC side of services.common: gRPC and protobuf, the wire and what serves it. Every other

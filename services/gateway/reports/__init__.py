@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-import highdicom as hd
 from pydicom.dataset import Dataset
 
 from services.common.errors import InternalError, PlatformError
@@ -32,7 +31,7 @@ from services.common.results import (
     StudyResult,
 )
 from services.common.version import DISTRIBUTION, platform_version
-from services.gateway.reports import capture, fhir, seg, sr
+from services.gateway.reports import capture, fhir, seg, sr, uids
 from services.gateway.reports._common import (
     Context,
     encode,
@@ -86,6 +85,7 @@ def build_outputs(
     *,
     manufacturer: str = DISTRIBUTION,
     software_version: str = "",
+    uid_seed: str = "",
 ) -> list[EncodedObject]:
     """The requested objects for ``result``, in the order SR, segmentations, heatmaps, FHIR.
 
@@ -94,9 +94,23 @@ def build_outputs(
     ``result.assessment.segmentations``, one object per mask; heatmaps from every finding that
     has one. When both an SR and segmentations are made, the SR's volume measurements
     reference the segment they were measured on.
+
+    ``uid_seed`` (non-empty): every UID and FHIR id of the objects derives from it
+    (services/gateway/reports/uids.py), so the same result with the same seed repeats them.
     """
     if not requested.documents:
         return []
+    with uids.seeded(uid_seed):
+        return _build_outputs(sources, result, requested, manufacturer, software_version)
+
+
+def _build_outputs(
+    sources: Sequence[Dataset],
+    result: StudyResult,
+    requested: OutputOptions,
+    manufacturer: str,
+    software_version: str,
+) -> list[EncodedObject]:
     software_version = software_version or platform_version()
     ctx = Context(result.pipeline, result.model, manufacturer, software_version)
     outputs: list[EncodedObject] = []
@@ -149,7 +163,7 @@ def build_outputs(
                         "study's instances given to the report builder"
                     )
                 with _seam(f"heatmap of finding {number}", sources):
-                    series_uid = series_uid or str(hd.UID())
+                    series_uid = series_uid or str(uids.uid())
                     image = capture.heatmap_image(
                         source,
                         finding,
@@ -177,6 +191,7 @@ def refusal_outputs(
     kind: str = "",
     manufacturer: str = DISTRIBUTION,
     software_version: str = "",
+    uid_seed: str = "",
 ) -> list[EncodedObject]:
     """For a study the platform refused (e.g. outside the pipeline's intended use): an SR and
     a cancelled FHIR DiagnosticReport, as requested, saying why and that no finding was made.
@@ -186,9 +201,26 @@ def refusal_outputs(
     the platform's caveats (OUTSIDE_INTENDED_USE); ``model`` names the model the pipeline would
     have run (the platform itself, version ``software_version``, if None).
     Segmentations and heatmaps do not exist for a refused study and are not made.
+    ``uid_seed``: as for :func:`build_outputs`.
     """
     if not (requested.dicom_sr or requested.fhir):
         return []
+    with uids.seeded(uid_seed):
+        return _refusal_outputs(
+            sources, pipeline, reason, requested, model, kind, manufacturer, software_version
+        )
+
+
+def _refusal_outputs(
+    sources: Sequence[Dataset],
+    pipeline: str,
+    reason: str,
+    requested: OutputOptions,
+    model: ModelRef | None,
+    kind: str,
+    manufacturer: str,
+    software_version: str,
+) -> list[EncodedObject]:
     software_version = software_version or platform_version()
     ctx = Context(
         pipeline,

@@ -37,6 +37,7 @@ from pydicom.uid import (
 from services.common.errors import InternalError
 from services.common.results import Finding, FindingStatus
 from services.common.textband import text_band
+from services.gateway.reports import uids
 from services.gateway.reports._common import Context, header, truncate
 
 SOP_CLASS_UID = str(SecondaryCaptureImageStorage)  # 1.2.840.10008.5.1.4.1.1.7
@@ -170,7 +171,7 @@ def heatmap_image(
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=uids.uid(),
         instance_number=number,
         manufacturer=ctx.manufacturer,
         patient_orientation=placeholder,

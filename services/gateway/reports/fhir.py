@@ -18,7 +18,6 @@ valueQuantity (the model's output, which is not a decision here).
 from __future__ import annotations
 
 import datetime
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from services.common.results import (
     Measurement,
     StudyResult,
 )
-from services.gateway.reports import codes
+from services.gateway.reports import codes, uids
 from services.gateway.reports._common import Context
 
 FHIR_VERSION = "4.3.0"  # R4B; R4-compatible for the resources written
@@ -110,7 +109,7 @@ class _Builder:
         self.device_url = self._add(self._device())
 
     def _add(self, resource: dict[str, Any]) -> str:
-        url = f"urn:uuid:{uuid.uuid4()}"
+        url = f"urn:uuid:{uids.uuid()}"
         self.entries.append({"fullUrl": url, "resource": resource})
         return url
 
@@ -244,7 +243,7 @@ class _Builder:
             report["identifier"] = [_uid_identifier(sr_uid)]
         if results:
             report["result"] = [{"reference": url} for url in results]
-        self.entries.insert(0, {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": report})
+        self.entries.insert(0, {"fullUrl": f"urn:uuid:{uids.uuid()}", "resource": report})
 
     def bundle(self) -> bytes:
         bundle = Bundle.model_validate(

@@ -30,7 +30,7 @@ from pydicom.uid import SegmentationStorage
 
 from services.common import grids
 from services.common.errors import InternalError, InvalidInput, Misconfiguration, UnsupportedInput
-from services.gateway.reports import codes
+from services.gateway.reports import codes, uids
 from services.gateway.reports._common import Context, truncate
 
 SOP_CLASS_UID = SegmentationStorage
@@ -266,18 +266,18 @@ def segmentation(
             source=truncate(ctx.manufacturer, 64),
             parameters={"pipeline": ctx.pipeline} if ctx.pipeline else None,
         ),
-        tracking_uid=hd.UID(),
+        tracking_uid=uids.uid(),
         tracking_id=truncate(f"{mask.label} ({ctx.pipeline})", 64),
     )
-    return hd.seg.Segmentation(
+    document = hd.seg.Segmentation(
         source_images=source_images,
         plane_positions=plane_positions,
         pixel_array=(data > 0).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
+        series_instance_uid=uids.uid(),
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=uids.uid(),
         instance_number=1,
         manufacturer=ctx.manufacturer,
         manufacturer_model_name=truncate(ctx.manufacturer, 64),
@@ -290,6 +290,20 @@ def segmentation(
         # says "in it"), so each source instance is referenced.
         omit_empty_frames=False,
     )
+    _derive_dimension_organization(document)
+    return document
+
+
+def _derive_dimension_organization(document: Dataset) -> None:
+    """highdicom makes the Dimension Organization UID itself, at random; a seeded build
+    (services/gateway/reports/uids.py) derives it like every other UID of the object."""
+    if not uids.is_seeded():
+        return
+    derived = uids.uid()
+    for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+        for item in document.get(keyword) or []:
+            if "DimensionOrganizationUID" in item:
+                item.DimensionOrganizationUID = derived
 
 
 def _content_label(label: str) -> str:

@@ -46,7 +46,7 @@ from services.common.results import (
     Measurement,
     StudyResult,
 )
-from services.gateway.reports import codes
+from services.gateway.reports import codes, uids
 from services.gateway.reports._common import Context, truncate
 
 SOP_CLASS_UID = Comprehensive3DSRStorage
@@ -108,7 +108,7 @@ def _finding_group(
     status = finding.status or FindingStatus.NEGATIVE
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=hd.UID(),
+            uid=uids.uid(),
             identifier=truncate(f"finding {number}: {finding.concept.display_name}", 64),
         ),
         algorithm_id=_algorithm(ctx),
@@ -138,7 +138,7 @@ def _measurement_group(
     | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
 ):
     tracking = hd.sr.TrackingIdentifier(
-        uid=hd.UID(),
+        uid=uids.uid(),
         identifier=truncate(f"measurement {number}: {measurement.concept.display_name}", 64),
     )
     value = hd.sr.Measurement(
@@ -187,7 +187,7 @@ def _summary_group(
     if summary is not None:
         evaluations.insert(0, hd.sr.QualitativeEvaluation(codes.PROCESSING_SUMMARY, summary))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="study"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.uid(), identifier="study"),
         algorithm_id=_algorithm(ctx),
         qualitative_evaluations=evaluations or None,
     )
@@ -258,9 +258,9 @@ def _document(
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=uids.uid(),
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=uids.uid(),
         instance_number=1,
         manufacturer=ctx.manufacturer,
         # The algorithm ran to the end; no person has verified what it says.

@@ -59,31 +59,47 @@ class Refusal(_message.Message):
     reason: str
     def __init__(self, kind: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class Origin(_message.Message):
+    __slots__ = ("calling_ae_title", "source_address")
+    CALLING_AE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    calling_ae_title: str
+    source_address: str
+    def __init__(self, calling_ae_title: _Optional[str] = ..., source_address: _Optional[str] = ...) -> None: ...
+
 class AnalyzeRequest(_message.Message):
-    __slots__ = ("instances", "pipeline", "priority", "client_request_id", "options")
+    __slots__ = ("instances", "pipeline", "priority", "client_request_id", "options", "origin", "uid_seed")
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    UID_SEED_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedScalarFieldContainer[bytes]
     pipeline: str
     priority: RequestPriority
     client_request_id: str
     options: OutputOptions
-    def __init__(self, instances: _Optional[_Iterable[bytes]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
+    origin: Origin
+    uid_seed: str
+    def __init__(self, instances: _Optional[_Iterable[bytes]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., uid_seed: _Optional[str] = ...) -> None: ...
 
 class AnalyzeHeader(_message.Message):
-    __slots__ = ("pipeline", "priority", "client_request_id", "options")
+    __slots__ = ("pipeline", "priority", "client_request_id", "options", "origin", "uid_seed")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    UID_SEED_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     priority: RequestPriority
     client_request_id: str
     options: OutputOptions
-    def __init__(self, pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ...) -> None: ...
+    origin: Origin
+    uid_seed: str
+    def __init__(self, pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., uid_seed: _Optional[str] = ...) -> None: ...
 
 class InstanceChunk(_message.Message):
     __slots__ = ("instance_index", "data")

@@ -1,0 +1,137 @@
+"""The Ingest gRPC API: study records and stored results <-> messages, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+
+from services.api.imaging.v1 import gateway_pb2, ingest_pb2, ingest_pb2_grpc
+from services.common.dicom import is_uid
+from services.common.errors import InvalidInput, NotFound
+from services.ingest.core import StudyRecord, StudyState
+from services.ingest.engine import Engine
+from services.ingest.spool import ResultStore, Spool
+from services.ingest.worker import Completer
+
+_STATES: dict[StudyState, Any] = {
+    state: ingest_pb2.StudyState.Value(f"STUDY_STATE_{state.name}") for state in StudyState
+}
+
+
+def study_message(record: StudyRecord) -> ingest_pb2.Study:
+    return ingest_pb2.Study(
+        study_instance_uid=record.study_uid,
+        state=_STATES[record.state],
+        instances=record.instances,
+        calling_ae_title=record.calling_ae,
+        source_address=record.source_address,
+        completion_reason=record.completion_reason,
+        first_received=record.first_received,
+        last_received=record.last_received,
+        completed=record.completed,
+        finished=record.finished,
+        generation=record.generation,
+        pipeline=record.pipeline,
+        result_key=record.result_key,
+        analysed_instances=record.analysed_instances,
+        not_analysed=[
+            ingest_pb2.NotAnalysed(
+                series_instance_uid=n.series_instance_uid,
+                sop_class_uid=n.sop_class_uid,
+                modality=n.modality,
+                instances=n.instances,
+                reason=n.reason,
+            )
+            for n in record.not_analysed
+        ],
+        error=record.error,
+        attempts=record.attempts,
+    )
+
+
+def stored_documents(files: dict[str, bytes]) -> list[gateway_pb2.EncodedObject]:
+    """The stored answer first (findings JSON), then the documents in their stored order."""
+    if not files:
+        return []
+    manifest = json.loads(files.get("manifest.json", b"{}"))
+    objects = [
+        gateway_pb2.EncodedObject(
+            kind="findings",
+            media_type="application/json",
+            data=files.get("response.json", b""),
+            name="findings",
+        )
+    ]
+    for entry in manifest.get("documents", []):
+        objects.append(
+            gateway_pb2.EncodedObject(
+                kind=entry["kind"],
+                media_type=entry["media_type"],
+                data=files.get(entry["file"], b""),
+                sop_class_uid=entry["sop_class_uid"],
+                sop_instance_uid=entry["sop_instance_uid"],
+                name=entry["name"],
+            )
+        )
+    return objects
+
+
+def _uid(value: str) -> str:
+    if not is_uid(value):
+        raise InvalidInput("study_instance_uid is not a DICOM UID")
+    return value
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServicer):
+    def __init__(
+        self, engine: Engine, spool: Spool, results: ResultStore, completer: Completer
+    ) -> None:
+        self._engine = engine
+        self._spool = spool
+        self._results = results
+        self._completer = completer
+
+    async def _record(self, study_uid: str) -> StudyRecord:
+        record, _ = await self._engine.study(_uid(study_uid))
+        if record is None:
+            raise NotFound("no such study in the ingest")
+        return record
+
+    async def ListStudies(  # noqa: N802 (gRPC naming)
+        self, request: ingest_pb2.ListStudiesRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.ListStudiesResponse:
+        records = await self._engine.studies()
+        records.sort(key=lambda r: max(r.last_received, r.finished), reverse=True)
+        limit = request.limit or 100
+        return ingest_pb2.ListStudiesResponse(studies=[study_message(r) for r in records[:limit]])
+
+    async def GetStudy(  # noqa: N802 (gRPC naming)
+        self, request: ingest_pb2.GetStudyRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.Study:
+        record = await self._record(request.study_instance_uid)
+        message = study_message(record)
+        if request.documents and record.result_key:
+            files = await asyncio.to_thread(self._results.read, record.result_key)
+            message.documents.extend(stored_documents(files))
+        return message
+
+    async def CloseStudy(  # noqa: N802 (gRPC naming)
+        self, request: ingest_pb2.CloseStudyRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.Study:
+        record = await self._record(request.study_instance_uid)
+        closed = await self._completer.close(record.study_uid, "imaging-platform studies close")
+        return study_message(closed or record)
+
+    async def PurgeStudy(  # noqa: N802 (gRPC naming)
+        self, request: ingest_pb2.PurgeStudyRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.PurgeStudyResponse:
+        record = await self._record(request.study_instance_uid)
+        await self._engine.forget(record.study_uid)
+        deleted = await asyncio.to_thread(self._spool.delete_study, record.study_uid)
+        results = 0
+        for key in record.results:
+            results += int(await asyncio.to_thread(self._results.delete, key))
+        return ingest_pb2.PurgeStudyResponse(instances_deleted=deleted, results_deleted=results)
