@@ -233,8 +233,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     if stack.ingest:
         dicom = "DICOM TLS" if stack.tls.serves_tls else "DICOM"
-        print(f"ingest         {inner}://{stack.ingest_address} (studies API)")
-        print(f"{dicom:<14} AE IMAGING at 127.0.0.1:{stack.ports.dimse} (loopback callers only)")
+        callers = (
+            "callers from IMAGING_DICOM_PEERS_FILE"
+            if os.environ.get("IMAGING_DICOM_PEERS_FILE")
+            else "loopback callers only"
+        )
+        print(f"ingest         {scheme}://{stack.ingest_address} (studies API)")
+        print(f"{dicom:<14} AE IMAGING at 127.0.0.1:{stack.ports.dimse} ({callers})")
         print(f"nats-server    nats://127.0.0.1:{stack.ports.nats} (JetStream)")
     for name, port in stack.ports.metrics.items():
         if name == Service.INGEST and not stack.ingest:

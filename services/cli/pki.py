@@ -30,6 +30,8 @@ CA_COMMON_NAME = "imaging-platform dev CA"
 INTERNAL_CA_COMMON_NAME = "imaging-platform dev internal CA"
 # The services' identity (CN and a DNS SAN): what inner services accept as a caller.
 INTERNAL_COMMON_NAME = "imaging-internal"
+# The client name of the ingest's worker, in its certificate and its API key alike.
+INGEST_CLIENT_NAME = "imaging-ingest"
 # Validity starts this far in the past, so that a peer whose clock runs a little behind
 # does not reject a certificate minted a second ago.
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
@@ -47,6 +49,10 @@ class DevPki:
     internal_ca_cert: Path
     internal_cert: Path
     internal_key: Path
+    # The ingest worker's own client pair (edge CA): the gateway lets this name alone assert
+    # a DICOM caller as a study's origin, so it is not the CLI's.
+    ingest_client_cert: Path | None = None
+    ingest_client_key: Path | None = None
 
 
 def create_dev_pki(
@@ -109,6 +115,16 @@ def create_dev_pki(
         not_after,
     )
 
+    ingest_key, ingest_cert = _leaf(
+        ca_cert,
+        ca_key,
+        INGEST_CLIENT_NAME,
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        [],
+        not_before,
+        not_after,
+    )
+
     pki = DevPki(
         ca_cert=directory / "ca.pem",
         server_cert=directory / "server.pem",
@@ -118,6 +134,8 @@ def create_dev_pki(
         internal_ca_cert=directory / "internal-ca.pem",
         internal_cert=directory / "internal.pem",
         internal_key=directory / "internal-key.pem",
+        ingest_client_cert=directory / "ingest-client.pem",
+        ingest_client_key=directory / "ingest-client-key.pem",
     )
     _write(pki.ca_cert, _cert_pem(ca_cert), 0o644)
     _write(pki.server_key, _key_pem(server_key), 0o600)
@@ -127,6 +145,9 @@ def create_dev_pki(
     _write(pki.internal_ca_cert, _cert_pem(internal_ca_cert), 0o644)
     _write(pki.internal_key, _key_pem(internal_key), 0o600)
     _write(pki.internal_cert, _cert_pem(internal_cert), 0o644)
+    assert pki.ingest_client_key is not None and pki.ingest_client_cert is not None
+    _write(pki.ingest_client_key, _key_pem(ingest_key), 0o600)
+    _write(pki.ingest_client_cert, _cert_pem(ingest_cert), 0o644)
     return pki
 
 

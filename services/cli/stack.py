@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.cli.natsserver import NatsError, NatsServer
-from services.cli.pki import INTERNAL_COMMON_NAME, DevPki
+from services.cli.pki import INGEST_CLIENT_NAME, INTERNAL_COMMON_NAME, DevPki, common_name
 from services.common.listeners import DATA_PLANE, LISTENERS, NATS, TRITON, Service
 from services.common.settings import DEFAULT_MODEL_REPOSITORY, ServiceSettings
 from services.common.tls import channel_credentials
@@ -139,8 +140,10 @@ class Stack:
     # The DICOM ingest (services/ingest) and its NATS server beside the data plane (`up`,
     # the demo and the ingest tests; most tests need neither).
     ingest: bool = False
-    # A client pair of the gateway's CA for the ingest's worker (use_dev_pki sets it).
+    # A client pair of the gateway's CA for the ingest's worker, and who may call the ingest's
+    # studies API (use_dev_pki sets both).
     client_tls: TlsFiles | None = None
+    studies_readers: str = ""
     # More addresses behind a service's name, as a headless Service has several replicas:
     # the gateway dials ``ipv4:`` the stack's own and these (tests of draining replicas).
     replicas: dict[str, list[str]] = field(default_factory=dict)
@@ -150,7 +153,10 @@ class Stack:
         self.tls = TlsFiles(pki.server_cert, pki.server_key, pki.ca_cert)
         self.internal_tls = TlsFiles(pki.internal_cert, pki.internal_key, pki.internal_ca_cert)
         self.allowed_peers = INTERNAL_COMMON_NAME
-        self.client_tls = TlsFiles(pki.client_cert, pki.client_key, pki.ca_cert)
+        self.client_tls = TlsFiles(pki.ingest_client_cert, pki.ingest_client_key, pki.ca_cert)
+        # The studies API answers the CLI's certificate, not every certificate the edge CA
+        # signed (a modality's DICOM client certificate among them).
+        self.studies_readers = common_name(pki.client_cert.read_bytes())
 
     @property
     def inner_tls(self) -> TlsFiles:
@@ -511,6 +517,8 @@ class Stack:
                 ("CA", self.client_tls.ca),
             ):
                 env[f"IMAGING_GATEWAY_TLS_{part}"] = str(path)
+        if self.studies_readers:
+            env["IMAGING_ALLOWED_PEERS"] = self.studies_readers
         if self._gateway_keys() is not None:
             env["IMAGING_GATEWAY_API_KEY_FILE"] = str(self.run_dir / "ingest-api-key")
 
@@ -525,8 +533,6 @@ class Stack:
         if self._gateway_keys() is not None:
             return INGEST_CLIENT
         if self.client_tls is not None and self.client_tls.cert is not None:
-            from services.cli.pki import common_name
-
             return common_name(self.client_tls.cert.read_bytes())
         return ""  # a gateway without authentication: every caller is anonymous
 
@@ -544,8 +550,6 @@ class Stack:
         given = self.extra_env.get("IMAGING_CLIENT_POLICY_FILE") or os.environ.get(
             "IMAGING_CLIENT_POLICY_FILE"
         )
-        import yaml
-
         policy = (yaml.safe_load(Path(given).read_text()) or {}) if given else {"*": {}}
         name = self._ingest_identity()
         policy[name] = {**(policy.get(name) or {}), "assert_origin": True}
@@ -709,8 +713,8 @@ class Stack:
 
 
 # The gateway's name for the ingest's worker when API keys are required (its key is minted in
-# the run dir and added to the keys file the gateway reads).
-INGEST_CLIENT = "imaging-ingest"
+# the run dir and added to the keys file the gateway reads), as in its dev certificate.
+INGEST_CLIENT = INGEST_CLIENT_NAME
 
 # Files the stack's processes create (logs, Triton's shared-memory regions, the pixel
 # exchange) are their user's alone.

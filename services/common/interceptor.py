@@ -162,8 +162,9 @@ class AsyncServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The same seam for an asyncio server (the gateway). A call the client cancels or lets
     expire cancels the handler's task, and with it every inner call it awaits."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, allowed_peers: frozenset[str] = frozenset()) -> None:
         self._service = service
+        self._allowed = allowed_peers
 
     async def intercept_service(
         self,
@@ -174,6 +175,7 @@ class AsyncServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.response_streaming:
             return handler
         method, rid = details.method.rsplit("/", 1)[-1], request_id(details)
+        allowed = None if details.method.startswith(_HEALTH) else self._allowed
 
         def wrap(
             behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
@@ -181,6 +183,10 @@ class AsyncServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 rpc = _Rpc(self._service, method, rid)
                 try:
+                    if allowed and not peer_identities(context) & allowed:
+                        raise PermissionDenied(
+                            "the caller's certificate names none of IMAGING_ALLOWED_PEERS"
+                        )
                     response = await behavior(request, context)
                 except asyncio.CancelledError:
                     rpc.finish(None, cancelled=True)

@@ -178,7 +178,7 @@ def start_async(
 
     async def build() -> AsyncRunningServer:
         server = grpc.aio.server(
-            interceptors=[AsyncServiceInterceptor(name), *interceptors],
+            interceptors=[AsyncServiceInterceptor(name, settings.peer_identities()), *interceptors],
             options=_options(settings),
         )
         close = await register(server)

@@ -169,7 +169,19 @@ class PostprocessorSettings(PipelineServiceSettings):
     metrics_port: int = _metrics_port(Service.POSTPROCESSOR)
 
 
-class GatewaySettings(PipelineServiceSettings):
+class AuditTrailSettings(BaseModel):
+    """Where a service appends its records to the HMAC-chained audit trail (services/common/
+    audit.py): the gateway's calls and the ingest's received instances share one file, one
+    chain per writer."""
+
+    audit_log: Path | None = Field(None, description="audit trail (JSON lines, HMAC-chained)")
+    audit_key_file: Path | None = Field(None, description="HMAC key of the audit trail")
+    audit_chain: str = Field(
+        default_factory=socket.gethostname, description="this writer's chain (pod name)"
+    )
+
+
+class GatewaySettings(PipelineServiceSettings, AuditTrailSettings):
     decoder_address: str = loopback(Service.DECODER)
     preprocessor_address: str = loopback(Service.PREPROCESSOR)
     postprocessor_address: str = loopback(Service.POSTPROCESSOR)
@@ -209,11 +221,6 @@ class GatewaySettings(PipelineServiceSettings):
     oidc_jwks_file: Path | None = Field(None, description="OIDC: the issuer's JWKS (JSON)")
     client_policy_file: Path | None = Field(
         None, description="YAML: per client, allowed pipelines, highest priority, rate limit"
-    )
-    audit_log: Path | None = Field(None, description="audit trail (JSON lines, HMAC-chained)")
-    audit_key_file: Path | None = Field(None, description="HMAC key of the audit trail")
-    audit_chain: str = Field(
-        default_factory=socket.gethostname, description="this writer's chain (pod name)"
     )
     peer_unreachable_seconds: float = Field(
         3.0, gt=0, description="NOT_SERVING once Triton or a peer failed probes this long"
@@ -269,7 +276,7 @@ class GatewaySettings(PipelineServiceSettings):
         return self
 
 
-class IngestSettings(PipelineServiceSettings):
+class IngestSettings(PipelineServiceSettings, AuditTrailSettings):
     """The ingest service (services/ingest): a DICOM SCP that stores studies durably, NATS
     JetStream as its queue and state engine, workers that analyse through the gateway."""
 
@@ -338,8 +345,6 @@ class IngestSettings(PipelineServiceSettings):
     gateway_tls_cert: Path | None = Field(None, description="PEM client certificate")
     gateway_tls_key: Path | None = Field(None, description="PEM client key")
     gateway_tls_ca: Path | None = Field(None, description="PEM CA of the gateway's certificate")
-    audit_log: Path | None = Field(None, description="audit trail (JSON lines, HMAC-chained)")
-    audit_key_file: Path | None = Field(None, description="HMAC key of the audit trail")
     audit_chain: str = Field(
         default_factory=lambda: f"ingest-{socket.gethostname()}",
         description="this writer's chain (pod name)",

@@ -158,7 +158,7 @@ class Receiver:
         assoc = event.assoc
         # The A-ASSOCIATE-RQ's calling AE title: pynetdicom copies it to requestor.ae_title
         # only during negotiation, after this event (until then it is "").
-        request = assoc.requestor.primitive
+        request = getattr(assoc.requestor, "primitive", None)
         calling = request.calling_ae_title if request is not None else assoc.requestor.ae_title
         ae_title = str(calling)
         verdict = self._peers.admit(ae_title, str(assoc.requestor.address))

@@ -27,7 +27,7 @@ from services.common.pipelines import PipelineRegistry
 from services.common.settings import IngestSettings
 from services.ingest import monitoring
 from services.ingest.dimse import HandshakeServer, Received, Receiver, start_scp
-from services.ingest.engine import Engine, EngineUnavailable
+from services.ingest.engine import Engine, EngineUnavailable, SyncNotAlways
 from services.ingest.peers import Peers
 from services.ingest.servicer import IngestServicer
 from services.ingest.spool import ResultStore, Spool
@@ -71,8 +71,6 @@ async def _connect(settings: IngestSettings) -> Engine:
                 settings.job_timeout_seconds,
             )
         except Exception as err:
-            from services.ingest.engine import SyncNotAlways
-
             if isinstance(err, SyncNotAlways) or time.monotonic() > deadline:
                 raise
             log.info("waiting for the NATS server: %s", type(err).__name__)

@@ -49,7 +49,9 @@ def test_files_have_tight_permissions_whatever_the_umask(tmp_path: Path) -> None
     assert _mode(pki.server_key) == 0o600
     assert _mode(pki.client_key) == 0o600
     assert _mode(pki.internal_key) == 0o600
+    assert pki.ingest_client_key is not None and _mode(pki.ingest_client_key) == 0o600
     for cert in (
+        pki.ingest_client_cert,
         pki.ca_cert,
         pki.server_cert,
         pki.client_cert,
@@ -58,11 +60,13 @@ def test_files_have_tight_permissions_whatever_the_umask(tmp_path: Path) -> None
     ):
         assert cert.is_file() and _mode(cert) == 0o644
     assert b"PRIVATE KEY" in pki.server_key.read_bytes()
-    # Only the eight PEM files: no CA key, no leftover temp files.
+    # Only the ten PEM files: no CA key, no leftover temp files.
     assert sorted(p.name for p in pki.ca_cert.parent.iterdir()) == [
         "ca.pem",
         "client-key.pem",
         "client.pem",
+        "ingest-client-key.pem",
+        "ingest-client.pem",
         "internal-ca.pem",
         "internal-key.pem",
         "internal.pem",
