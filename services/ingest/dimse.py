@@ -279,7 +279,9 @@ class HandshakeServer(ThreadedAssociationServer):
     so one connection that sends nothing blocks every later association. TCP_NODELAY too:
     with Nagle, each small PDU waits for the peer's delayed ACK (tens of ms per instance)."""
 
-    handshake_seconds = 10.0
+    def __init__(self, *args: Any, handshake_seconds: float = 10.0, **kwargs: Any) -> None:
+        self.handshake_seconds = handshake_seconds
+        super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -337,7 +339,6 @@ def start_scp(
         (evt.EVT_C_ECHO, receiver.on_echo),
         (evt.EVT_C_STORE, receiver.on_store),
     ]
-    HandshakeServer.handshake_seconds = handshake_seconds
     server = cast(
         HandshakeServer,
         ae.make_server(
@@ -345,6 +346,7 @@ def start_scp(
             ssl_context=server_context(tls),
             evt_handlers=handlers,
             server_class=HandshakeServer,
+            handshake_seconds=handshake_seconds,
         ),
     )
     # As AE.start_server does: the server's shutdown() removes itself from this list (and

@@ -176,13 +176,13 @@ class ResultStore:
 
     def put(self, key: str, files: Mapping[str, bytes]) -> bool:
         """Store ``files`` under ``key`` durably; False when a result was already there."""
+        if any("/" in name or name.startswith(".") or not name for name in files):
+            raise ValueError("result file names are plain")
         if self.exists(key):
             return False
         partial = self.root / f".{key}.{os.getpid()}.{time.monotonic_ns()}"
         partial.mkdir(mode=0o700)
         for name, data in files.items():
-            if "/" in name or name.startswith("."):
-                raise ValueError("result file names are plain")
             target = partial / name
             with target.open("wb") as out:
                 out.write(data)
