@@ -79,6 +79,8 @@ def describe(s: ingest_pb2.Study) -> str:
         f"pipeline         {s.pipeline or '-'} ({s.analysed_instances} instances analysed)",
         f"result           {s.result_key or '-'}",
     ]
+    if len(s.results) > 1:
+        lines.append(f"earlier results  {', '.join(k for k in s.results if k != s.result_key)}")
     if s.error:
         lines.append(f"reason           {s.error}")
     for line in _findings(s):

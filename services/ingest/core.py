@@ -79,9 +79,20 @@ class StudyRecord(BaseModel):
     attempts: int = 0
 
     def received(
-        self, now: float, calling_ae: str, address: str, instances: int, quiet: float
+        self,
+        now: float,
+        calling_ae: str,
+        address: str,
+        instances: int,
+        quiet: float,
+        new: bool = True,
     ) -> StudyRecord:
-        """An instance was stored; one arriving after completion re-opens the study."""
+        """An instance was stored; one arriving after completion re-opens the study. A copy
+        of one already stored (``new`` False: a PACS re-sending the study) re-opens it only if
+        the spool holds instances the record has not counted (a receiver that died between
+        storing and recording one): otherwise nothing changed that an analysis would see."""
+        if not new and self.state != StudyState.RECEIVING and instances == self.instances:
+            return self
         changes: dict[str, object] = {
             "instances": instances,
             "last_received": now,

@@ -223,7 +223,8 @@ class Receiver:
 
             def received(current: StudyRecord | None) -> StudyRecord:
                 record = current or new_study(study, now)
-                return record.received(now, ae_title, address, count, quiet)
+                new = stored.outcome == StoreOutcome.STORED
+                return record.received(now, ae_title, address, count, quiet, new)
 
             try:
                 self._run(self._change(study, received))

@@ -114,6 +114,11 @@ class Engine:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             name="imaging-ingest",
+            # nats-py logs every failed reconnect attempt at ERROR by default: one line per
+            # change of state is what an operator needs (readiness says the rest).
+            error_cb=_quiet_error,
+            disconnected_cb=_disconnected,
+            reconnected_cb=_reconnected,
         )
         engine = cls(nc, timeout, job_timeout)
         try:
@@ -245,6 +250,18 @@ class Engine:
             json.dumps({**body, "attempts": attempts}).encode(),
             headers={"Nats-Msg-Id": f"dead/{job.msg_id}"},
         )
+
+
+async def _quiet_error(err: Exception) -> None:
+    log.debug("NATS client error: %s", type(err).__name__)
+
+
+async def _disconnected() -> None:
+    log.warning("disconnected from the NATS server: C-STORE answers 0xA700 until it is back")
+
+
+async def _reconnected() -> None:
+    log.info("reconnected to the NATS server")
 
 
 def attempts_of(msg: Msg) -> int:

@@ -49,6 +49,7 @@ def study_message(record: StudyRecord) -> ingest_pb2.Study:
         ],
         error=record.error,
         attempts=record.attempts,
+        results=list(record.results),
     )
 
 

@@ -127,6 +127,29 @@ def test_an_instance_after_receiving_reopens_the_study_as_a_new_generation(
     assert reopened.result_key == "ab12"
 
 
+def test_a_copy_of_a_stored_instance_reopens_only_when_the_spool_holds_more() -> None:
+    done = (
+        new_study(STUDY, 100.0)
+        .received(101.0, "CT_1", "10.0.0.7", 3, 30.0)
+        .complete(131.0, "closed by the caller")
+        .to(StudyState.DONE, finished=140.0, result_key="ab12")
+    )
+    # A PACS re-sending the study: every copy a duplicate, nothing new to analyse.
+    assert done.received(200.0, "CT_1", "10.0.0.7", 3, 30.0, new=False) is done
+    # A duplicate while the spool holds an instance the record never counted (a receiver that
+    # died after storing it): the study re-opens, so that instance is analysed.
+    reopened = done.received(200.0, "CT_1", "10.0.0.7", 4, 30.0, new=False)
+    assert (reopened.state, reopened.generation, reopened.instances) == (
+        StudyState.RECEIVING,
+        2,
+        4,
+    )
+    # While receiving, a duplicate still counts as activity (the quiet period restarts).
+    receiving = new_study(STUDY, 100.0).received(101.0, "CT_1", "10.0.0.7", 3, 30.0)
+    touched = receiving.received(120.0, "CT_1", "10.0.0.7", 3, 30.0, new=False)
+    assert (touched.last_received, touched.generation) == (120.0, 1)
+
+
 def test_a_study_is_due_once_its_quiet_period_has_passed() -> None:
     record = new_study(STUDY, 100.0).received(110.0, "CT_1", "10.0.0.7", 1, 30.0)
     assert record.quiet_until() == 140.0

@@ -43,7 +43,7 @@ class NotAnalysed(_message.Message):
     def __init__(self, series_instance_uid: _Optional[str] = ..., sop_class_uid: _Optional[str] = ..., modality: _Optional[str] = ..., instances: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Study(_message.Message):
-    __slots__ = ("study_instance_uid", "state", "instances", "calling_ae_title", "source_address", "completion_reason", "first_received", "last_received", "completed", "finished", "generation", "pipeline", "result_key", "analysed_instances", "not_analysed", "error", "attempts", "documents")
+    __slots__ = ("study_instance_uid", "state", "instances", "calling_ae_title", "source_address", "completion_reason", "first_received", "last_received", "completed", "finished", "generation", "pipeline", "result_key", "analysed_instances", "not_analysed", "error", "attempts", "documents", "results")
     STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class Study(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     study_instance_uid: str
     state: StudyState
     instances: int
@@ -80,7 +81,8 @@ class Study(_message.Message):
     error: str
     attempts: int
     documents: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.EncodedObject]
-    def __init__(self, study_instance_uid: _Optional[str] = ..., state: _Optional[_Union[StudyState, str]] = ..., instances: _Optional[int] = ..., calling_ae_title: _Optional[str] = ..., source_address: _Optional[str] = ..., completion_reason: _Optional[str] = ..., first_received: _Optional[float] = ..., last_received: _Optional[float] = ..., completed: _Optional[float] = ..., finished: _Optional[float] = ..., generation: _Optional[int] = ..., pipeline: _Optional[str] = ..., result_key: _Optional[str] = ..., analysed_instances: _Optional[int] = ..., not_analysed: _Optional[_Iterable[_Union[NotAnalysed, _Mapping]]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., documents: _Optional[_Iterable[_Union[_gateway_pb2.EncodedObject, _Mapping]]] = ...) -> None: ...
+    results: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, study_instance_uid: _Optional[str] = ..., state: _Optional[_Union[StudyState, str]] = ..., instances: _Optional[int] = ..., calling_ae_title: _Optional[str] = ..., source_address: _Optional[str] = ..., completion_reason: _Optional[str] = ..., first_received: _Optional[float] = ..., last_received: _Optional[float] = ..., completed: _Optional[float] = ..., finished: _Optional[float] = ..., generation: _Optional[int] = ..., pipeline: _Optional[str] = ..., result_key: _Optional[str] = ..., analysed_instances: _Optional[int] = ..., not_analysed: _Optional[_Iterable[_Union[NotAnalysed, _Mapping]]] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., documents: _Optional[_Iterable[_Union[_gateway_pb2.EncodedObject, _Mapping]]] = ..., results: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListStudiesRequest(_message.Message):
     __slots__ = ("limit",)
