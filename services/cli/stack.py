@@ -361,8 +361,6 @@ class Stack:
             env["IMAGING_ALLOWED_PEERS"] = self.allowed_peers
         if service == Service.INGEST:
             self._ingest_env(env)
-        if service == Service.GATEWAY and self.ingest:
-            self._gateway_access(env)
         if service == Service.GATEWAY:
             self._secret(self.audit_key_file)
             env.update(
@@ -380,6 +378,8 @@ class Stack:
             else:
                 env[name] = str(path)
         env.update(self.extra_env)
+        if service == Service.GATEWAY and self.ingest:  # after: it extends the user's files
+            self._gateway_access(env)
         return env
 
     def _peer_address(self, service: str) -> str:

@@ -11,6 +11,7 @@ import yaml
 
 from services.cli.pki import create_dev_pki
 from services.cli.stack import INGEST_CLIENT, Stack
+from services.common.listeners import Service
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +34,9 @@ def test_with_keys_the_worker_gets_its_own_key_and_the_users_policy_is_kept(
         ingest=True,
         extra_env={"IMAGING_API_KEYS_FILE": str(keys), "IMAGING_CLIENT_POLICY_FILE": str(policy)},
     )
-    env: dict[str, str] = {}
-    stack._gateway_access(env)
+    # The gateway's whole environment: the user's files (extra_env) must not win over the
+    # merged ones.
+    env = stack._service_env(Service.GATEWAY)
     secret = (run_dir / "ingest-api-key").read_text().strip()
     merged = Path(env["IMAGING_API_KEYS_FILE"]).read_text().splitlines()
     assert merged == [
