@@ -19,7 +19,7 @@ test: setup test-packages check-protos lint typecheck
 	$(BIN)/pytest
 
 # The ingest's kill -9 durability test (tests/integration/test_ingest_stack.py) at many more
-# seeded points than `make test` runs (20): about 10 s a point.
+# seeded points than `make test` runs (20): 5 to 7 s a point.
 KILL_POINTS ?= 200
 soak: setup test-packages
 	IMAGING_KILL_POINTS=$(KILL_POINTS) $(BIN)/pytest -k kill tests/integration/test_ingest_stack.py
