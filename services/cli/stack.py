@@ -71,12 +71,14 @@ class Ports:
     decoder: int = LISTENERS[Service.DECODER].grpc
     preprocessor: int = LISTENERS[Service.PREPROCESSOR].grpc
     postprocessor: int = LISTENERS[Service.POSTPROCESSOR].grpc
+    # Of the services the stack runs: the data plane, and the ingest once a Stack asks for it
+    # (Stack.__post_init__), so that whoever walks these dicts meets only listening ports.
     metrics: dict[str, int] = field(
-        default_factory=lambda: {s.value: LISTENERS[s].metrics for s in Service}
+        default_factory=lambda: {s.value: LISTENERS[s].metrics for s in DATA_PLANE}
     )
     # Plaintext grpc.health.v1 of each service (used when the API ports serve TLS only).
     health: dict[str, int] = field(
-        default_factory=lambda: {s.value: LISTENERS[s].health for s in Service}
+        default_factory=lambda: {s.value: LISTENERS[s].health for s in DATA_PLANE}
     )
     ingest: int = LISTENERS[Service.INGEST].grpc
     dimse: int = LISTENERS[Service.INGEST].dimse or 0
@@ -91,8 +93,9 @@ class Ports:
         """Services: port 0 (bound, then reported). Triton cannot report a port it bound, so
         its three are picked here and its start retried with new ones if one was taken."""
         ports = cls(
-            0, 0, 0, 0, 0, 0, 0, dict.fromkeys(Service, 0), dict.fromkeys(Service, 0), 0, 0, 0, 0
-        )
+            0, 0, 0, 0, 0, 0, 0, dict.fromkeys(DATA_PLANE, 0), dict.fromkeys(DATA_PLANE, 0),
+            0, 0, 0, 0,
+        )  # fmt: skip
         ports.pick_triton()
         return ports
 
@@ -147,6 +150,13 @@ class Stack:
     # More addresses behind a service's name, as a headless Service has several replicas:
     # the gateway dials ``ipv4:`` the stack's own and these (tests of draining replicas).
     replicas: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ingest and Service.INGEST not in self.ports.metrics:
+            picked = self.ports.gateway == 0  # Ports.free(): every service binds any port
+            listeners = LISTENERS[Service.INGEST]
+            self.ports.metrics[Service.INGEST] = 0 if picked else listeners.metrics
+            self.ports.health[Service.INGEST] = 0 if picked else listeners.health
 
     def use_dev_pki(self, pki: DevPki) -> None:
         """Edge certificates for the gateway's public port, internal ones behind it."""

@@ -6,6 +6,7 @@ the independent check of the table: changing one of them in one place alone fail
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dockerfile
@@ -13,7 +14,7 @@ import pytest
 from chart_support import component_name, objects, of_kind
 
 from services.cli.main import parser
-from services.cli.stack import SERVICES, Ports
+from services.cli.stack import SERVICES, Ports, Stack
 from services.common.listeners import DATA_PLANE, LISTENERS, NATS, TRITON, Listeners, Service
 from services.common.settings import (
     DecoderSettings,
@@ -76,8 +77,9 @@ def test_settings_defaults_come_from_the_table() -> None:
     assert ingest.nats_monitoring_url == "http://127.0.0.1:8222"
 
 
-def test_the_local_stack_cli_and_rollout_tool_use_the_table() -> None:
-    ports = Ports()
+def test_the_local_stack_cli_and_rollout_tool_use_the_table(tmp_path: Path) -> None:
+    ports = Stack(run_dir=tmp_path, ingest=True).ports
+    assert set(Ports().metrics) == set(DATA_PLANE)  # no ingest: none of its ports listed
     for name, (grpc_port, metrics, health) in PUBLIC.items():
         assert (ports.grpc(name), ports.metrics[name], ports.health[name]) == (
             grpc_port,

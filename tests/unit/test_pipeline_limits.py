@@ -51,9 +51,9 @@ def _spec(**limits: object) -> dict[str, Any]:
 def test_the_shipped_pipelines_set_their_limits(registry: PipelineRegistry) -> None:
     limits = {p.name: (p.limits.max_instances, p.limits.max_study_bytes) for p in registry.all()}
     assert limits == {
-        "cxr_pneumonia": (16, 256 * MiB),
-        "cxr_pneumonia_ensemble": (16, 256 * MiB),
-        "us_breast": (16, 256 * MiB),
+        "cxr_pneumonia": (64, 256 * MiB),
+        "cxr_pneumonia_ensemble": (64, 256 * MiB),
+        "us_breast": (64, 256 * MiB),
         "mri_brain_extraction": (512, 1024 * MiB),
     }
 
@@ -80,7 +80,7 @@ def test_a_pipeline_lowers_the_gateways_limits_but_never_raises_them(
 ) -> None:
     gateway = Limits(2048, 1024 * MiB, 2**31)
     chest = gateway.of(registry.get("cxr_pneumonia"))
-    assert (chest.max_instances, chest.max_study_bytes) == (16, 256 * MiB)
+    assert (chest.max_instances, chest.max_study_bytes) == (64, 256 * MiB)
     assert (chest.instances_set_by, chest.bytes_set_by) == ("cxr_pneumonia", "cxr_pneumonia")
     assert chest.max_decoded_bytes == gateway.max_decoded_bytes
     tight = Limits(10, 100 * MiB, 2**31)
@@ -93,9 +93,9 @@ def test_a_pipeline_lowers_the_gateways_limits_but_never_raises_them(
 def test_the_reason_names_the_pipeline_and_its_limit(registry: PipelineRegistry) -> None:
     limits = Limits(2048, 1024 * MiB, 2**31).of(registry.get("us_breast"))
     with pytest.raises(TooLarge) as caught:
-        limits.check_instances(17)
+        limits.check_instances(65)
     assert caught.value.reason == (
-        "study has 17 instances; the limit is 16 (pipeline 'us_breast': its limits.max_instances)"
+        "study has 65 instances; the limit is 64 (pipeline 'us_breast': its limits.max_instances)"
     )
     with pytest.raises(TooLarge, match=r"pipeline 'us_breast': its limits.max_study_bytes"):
         limits.check_bytes(256 * MiB + 1)
@@ -107,13 +107,13 @@ def test_the_reason_names_the_pipeline_and_its_limit(registry: PipelineRegistry)
 def test_a_named_pipelines_limits_apply_while_receiving(registry: PipelineRegistry) -> None:
     analyzer = _analyzer(registry, Limits(2048, 1024 * MiB, 2**31))
     named = analyzer.receiving_limits(StudyRequest([], pipeline="cxr_pneumonia"))
-    assert named.max_instances == 16
+    assert named.max_instances == 64
     assert analyzer.receiving_limits(StudyRequest([])) == analyzer.limits
     assembler = InstanceAssembler(named)
-    for index in range(16):
+    for index in range(64):
         assembler.add(index, b"x")
     with pytest.raises(TooLarge, match="pipeline 'cxr_pneumonia'"):
-        assembler.add(16, b"x")
+        assembler.add(64, b"x")
 
 
 # --- the gateway's core ----------------------------------------------------------------------
@@ -166,11 +166,11 @@ def test_a_routed_study_over_its_pipelines_limit_is_refused_before_preprocessing
     registry: PipelineRegistry,
 ) -> None:
     analyzer = _analyzer(registry, Limits(2048, 1024 * MiB, 2**31))
-    with pytest.raises(TooLarge, match=r"the limit is 16 \(pipeline 'cxr_pneumonia'"):
-        _run(analyzer, StudyRequest([b"dicom"] * 17))
-    assert analyzer._decoder.calls == 17  # type: ignore[attr-defined]  # routing needs them
+    with pytest.raises(TooLarge, match=r"the limit is 64 \(pipeline 'cxr_pneumonia'"):
+        _run(analyzer, StudyRequest([b"dicom"] * 65))
+    assert analyzer._decoder.calls == 65  # type: ignore[attr-defined]  # routing needs them
     assert analyzer._preprocessor.calls == 0  # type: ignore[attr-defined]
-    assert _run(analyzer, StudyRequest([b"dicom"] * 16)).pipeline == "cxr_pneumonia"
+    assert _run(analyzer, StudyRequest([b"dicom"] * 64)).pipeline == "cxr_pneumonia"
 
 
 def test_a_named_study_over_its_pipelines_limit_is_refused_before_decoding(
@@ -178,7 +178,7 @@ def test_a_named_study_over_its_pipelines_limit_is_refused_before_decoding(
 ) -> None:
     analyzer = _analyzer(registry, Limits(2048, 1024 * MiB, 2**31))
     with pytest.raises(TooLarge, match="pipeline 'cxr_pneumonia_ensemble'"):
-        _run(analyzer, StudyRequest([b"dicom"] * 17, pipeline="cxr_pneumonia_ensemble"))
+        _run(analyzer, StudyRequest([b"dicom"] * 65, pipeline="cxr_pneumonia_ensemble"))
     assert analyzer._decoder.calls == 0  # type: ignore[attr-defined]
 
 
