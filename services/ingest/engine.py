@@ -29,7 +29,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import api
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from services.ingest.core import StudyRecord
@@ -208,10 +213,8 @@ class Engine:
     async def studies(self) -> list[StudyRecord]:
         try:
             keys = await self.kv.keys()
-        except NatsError as err:
-            if "no keys" in str(err).lower():
-                return []
-            raise
+        except NoKeysError:
+            return []
         records = []
         for key in keys:
             record, _ = await self.study(key)
