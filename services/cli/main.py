@@ -28,11 +28,20 @@ from services.cli.audit_verify import (
     main_verify,
 )
 from services.cli.client import DOCUMENTS, GatewayClient, Study, find_studies
+from services.cli.pacs import DemoPacs
 from services.cli.pki import create_dev_pki
 from services.cli.quicklook import caveat_text, status_name, write_quicklooks
 from services.cli.samples import brain_series, pneumoniamnist_samples, write_samples
 from services.cli.stack import REPO_ROOT, Ports, Stack, StackError
-from services.cli.studies import IngestClient, describe, state_name, table, write_documents
+from services.cli.studies import (
+    IngestClient,
+    describe,
+    describe_export,
+    exports_table,
+    state_name,
+    table,
+    write_documents,
+)
 from services.cli.usage import UsageError
 from services.common.listeners import Service, loopback
 from services.common.settings import DEFAULT_PIPELINES_DIR
@@ -336,6 +345,23 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exports(args: argparse.Namespace) -> int:
+    client = _ingest_client(args)
+    try:
+        action = args.exports_command or "list"
+        if action == "list":
+            print(exports_table(client.exports(args.destination, args.limit)))
+        elif action == "show":
+            print(describe_export(client.export(args.key)))
+        elif action == "retry":
+            print(describe_export(client.retry_export(args.key)))
+        elif action == "drop":
+            print(describe_export(client.drop_export(args.key)))
+    finally:
+        client.close()
+    return 0
+
+
 def _rpc_error(err: grpc.RpcError, gateway: str) -> str:
     """One line for a failed call to the gateway, with what the user can do about it."""
     code, details = err.code(), (err.details() or "").splitlines()[0][:300]
@@ -482,11 +508,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     # The DICOM ingest too, with a short quiet period so that the study sent below completes
     # on its own while the demo waits.
+    # Results are delivered to a small DICOM receiver standing in for the PACS.
+    pacs = DemoPacs(args.out / "dicom-in" / "pacs")
+    pacs.start()
+    demo_dir = args.run_dir / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    destinations = demo_dir / "destinations.yaml"
+    destinations.write_text(pacs.destinations_yaml())
     stack = Stack(
-        run_dir=args.run_dir / "demo",
+        run_dir=demo_dir,
         ports=Ports.free(),
         ingest=True,
-        extra_env={"IMAGING_QUIET_SECONDS": str(DEMO_QUIET_SECONDS)},
+        extra_env={
+            "IMAGING_QUIET_SECONDS": str(DEMO_QUIET_SECONDS),
+            "IMAGING_DESTINATIONS_FILE": str(destinations),
+        },
     )
     print("starting tritonserver, the four services, NATS and the DICOM ingest ...")
     started = time.perf_counter()
@@ -536,11 +572,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"  {label:<16} median {statistics.median(latencies):.1f} ms, "
                 f"min {min(latencies):.1f} ms, max {max(latencies):.1f} ms"
             )
-        _demo_dicom_in(stack, args.out)
+        _demo_dicom_in(stack, args.out, pacs)
         print(f"findings written to {args.out}")
     finally:
         client.close()
         stack.stop()
+        pacs.stop()
         print("stack stopped")
     return 0
 
@@ -548,7 +585,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 DEMO_QUIET_SECONDS = 2.0
 
 
-def _demo_dicom_in(stack: Stack, out: Path) -> None:
+def _demo_dicom_in(stack: Stack, out: Path, pacs: DemoPacs) -> None:
     """A study arrives as a PACS sends it: the 64-slice brain MR series pushed with a DICOM
     C-STORE client (pynetdicom's storescu; dcmtk's `storescu` works the same), completed by
     the quiet period, analysed by the ingest's worker, read back with `studies show`."""
@@ -583,6 +620,20 @@ def _demo_dicom_in(stack: Stack, out: Path) -> None:
         print(describe(study))
         for path in write_documents(study, out / "dicom-in"):
             print(f"wrote {path}")
+        # Delivered by the ingest's exporter to the PACS its destinations file names.
+        wanted = {
+            d.sop_instance_uid for d in study.documents if d.media_type == "application/dicom"
+        }
+        while {p.stem for p in pacs.files()} < wanted:
+            if time.monotonic() > deadline:
+                raise StackError("the results did not reach the demo PACS")
+            time.sleep(0.25)
+        print("$ imaging-platform exports list")
+        print(exports_table(ingest.exports()))
+        for path in sorted(pacs.files()):
+            kind = pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID.name
+            same = path.parent.name == study_uid
+            print(f"PACS received  {kind} in {'the same' if same else 'another'} study: {path}")
     finally:
         ingest.close()
 
@@ -752,6 +803,24 @@ def parser() -> argparse.ArgumentParser:
     studies_sub.add_parser("purge", help="delete its instances, state and results").add_argument(
         "uid", metavar="STUDY_UID"
     )
+    exports = sub.add_parser(
+        "exports", help="results delivered to destinations: list, show KEY, retry KEY, drop KEY"
+    )
+    exports.add_argument("--ingest", default=loopback(Service.INGEST), help="the ingest's API")
+    exports.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
+    exports.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
+    exports.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
+    exports_sub = exports.add_subparsers(dest="exports_command")
+    listed_exports = exports_sub.add_parser("list", help="newest change first")
+    listed_exports.add_argument("--destination", default="")
+    listed_exports.add_argument("--limit", type=int, default=100)
+    exports.set_defaults(func=cmd_exports, destination="", limit=100)
+    for verb, text in (
+        ("show", "one export: state, attempts, the last failure or the receipt"),
+        ("retry", "queue a dead-lettered or dropped export again"),
+        ("drop", "give up an export not yet delivered"),
+    ):
+        exports_sub.add_parser(verb, help=text).add_argument("key", metavar="KEY")
     pipelines = sub.add_parser("pipelines", help="list the gateway's pipelines")
     _connection_flags(pipelines)
     pipelines.set_defaults(func=cmd_pipelines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from pathlib import Path
@@ -44,6 +45,19 @@ class IngestClient:
     def purge(self, study_uid: str) -> ingest_pb2.PurgeStudyResponse:
         request = ingest_pb2.PurgeStudyRequest(study_instance_uid=study_uid)
         return self.stub.PurgeStudy(request, timeout=self._timeout)  # type: ignore[no-any-return]
+
+    def exports(self, destination: str = "", limit: int = 100) -> builtins.list[ingest_pb2.Export]:
+        request = ingest_pb2.ListExportsRequest(destination=destination, limit=limit)
+        return list(self.stub.ListExports(request, timeout=self._timeout).exports)
+
+    def export(self, key: str) -> ingest_pb2.Export:
+        return self.stub.GetExport(ingest_pb2.ExportRef(key=key), timeout=self._timeout)  # type: ignore[no-any-return]
+
+    def retry_export(self, key: str) -> ingest_pb2.Export:
+        return self.stub.RetryExport(ingest_pb2.ExportRef(key=key), timeout=self._timeout)  # type: ignore[no-any-return]
+
+    def drop_export(self, key: str) -> ingest_pb2.Export:
+        return self.stub.DropExport(ingest_pb2.ExportRef(key=key), timeout=self._timeout)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self.channel.close()
@@ -127,3 +141,37 @@ def write_documents(study: ingest_pb2.Study, out: Path) -> list[Path]:
         target.write_bytes(document.data)
         written.append(target)
     return written
+
+
+def export_state(export: ingest_pb2.Export) -> str:
+    return ingest_pb2.ExportState.Name(export.state).removeprefix("EXPORT_STATE_").lower()
+
+
+def exports_table(exports: list[ingest_pb2.Export]) -> str:
+    lines = [f"{'EXPORT':<56} {'STATE':<14} {'TRIAGE':<8} {'TRIES':>5}  LAST"]
+    for e in exports:
+        last = e.receipt or (f"{e.status}: {e.failure}" if e.failure else "-")
+        lines.append(
+            f"{e.key[:56]:<56} {export_state(e):<14} {e.triage or '-':<8} {e.attempts:>5}  "
+            f"{last[:60]}"
+        )
+    return "\n".join(lines)
+
+
+def describe_export(e: ingest_pb2.Export) -> str:
+    lines = [
+        f"export           {e.key}",
+        f"destination      {e.destination}",
+        f"study            {e.study_instance_uid}",
+        f"result           {e.result_key} ({', '.join(e.kinds)})",
+        f"state            {export_state(e)} after {e.attempts} attempt(s), "
+        f"triage {e.triage or '-'}",
+        f"queued           {_when(e.created)}; last change {_when(e.updated)}",
+    ]
+    if e.supersedes:
+        lines.append(f"supersedes       {e.supersedes}")
+    if e.receipt:
+        lines.append(f"receipt          {e.receipt}")
+    if e.failure:
+        lines.append(f"last failure     {e.status or '-'}: {e.failure}")
+    return "\n".join(lines)

@@ -283,7 +283,13 @@ class IngestSettings(PipelineServiceSettings, AuditTrailSettings):
     port: int = _grpc_port(Service.INGEST)
     metrics_port: int = _metrics_port(Service.INGEST)
     roles: str = Field(
-        "receiver,worker", description="comma-separated: receiver (DIMSE SCP), worker (analysis)"
+        "receiver,worker,exporter",
+        description="comma-separated: receiver (DIMSE SCP), worker (analysis), exporter",
+    )
+    # YAML: destinations (DICOM, DICOMweb, FHIR) and the rules routing results to them
+    # (services/ingest/destinations.py); unset: nothing is exported.
+    destinations_file: Path | None = Field(
+        None, description="where results are delivered, and which go where"
     )
     dimse_port: int = Field(
         LISTENERS[Service.INGEST].dimse or 0, ge=0, le=65535, description="DICOM port; 0: any free"
@@ -359,9 +365,9 @@ class IngestSettings(PipelineServiceSettings, AuditTrailSettings):
 
     def role_set(self) -> frozenset[str]:
         roles = frozenset(r.strip() for r in self.roles.split(",") if r.strip())
-        unknown = roles - {"receiver", "worker"}
+        unknown = roles - {"receiver", "worker", "exporter"}
         if unknown or not roles:
-            raise ValueError("IMAGING_ROLES: one or more of receiver, worker")
+            raise ValueError("IMAGING_ROLES: one or more of receiver, worker, exporter")
         return roles
 
     def gateway_tls(self) -> TlsFiles:

@@ -124,6 +124,55 @@ class StudyRecord(BaseModel):
         return self.model_copy(update={"state": state, **changes})
 
 
+class ExportState(StrEnum):
+    PENDING = "pending"  # queued, not yet tried
+    RETRYING = "retrying"  # failed transiently; the next attempt waits its back-off
+    DELIVERED = "delivered"  # the destination has it (and committed it, where asked)
+    DEAD_LETTERED = "dead_lettered"  # failed for good, or out of attempts or time
+    DROPPED = "dropped"  # an operator dropped it (`exports drop`)
+
+
+# Triage priorities (findings.proto TriagePriority names) -> the export rank taken first.
+TRIAGE_RANKS = {"STAT": 0, "URGENT": 1, "ROUTINE": 2}
+
+
+def export_rank(triage: str) -> int:
+    return TRIAGE_RANKS.get(triage.removeprefix("TRIAGE_PRIORITY_"), 2)
+
+
+class ExportRecord(BaseModel):
+    """One result's delivery to one destination, as `imaging-platform exports` shows it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    destination: str
+    result_key: str
+    study_uid: str
+    kinds: tuple[str, ...]
+    rank: int = 2
+    triage: str = ""
+    supersedes: str = ""
+    state: ExportState = ExportState.PENDING
+    attempts: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+    failure: str = ""  # the last failure's reason
+    status: str = ""  # its status, e.g. dimse:0xA700, http:503, unconfirmed
+    receipt: str = ""
+    retries: int = 0  # times an operator asked for a retry (`exports retry`)
+
+    @property
+    def key(self) -> str:
+        return export_key(self.destination, self.result_key)
+
+    def to(self, state: ExportState, now: float, **changes: object) -> ExportRecord:
+        return self.model_copy(update={"state": state, "updated": now, **changes})
+
+
+def export_key(destination: str, result_key: str) -> str:
+    return f"{destination}.{result_key}"
+
+
 def new_study(study_uid: str, now: float) -> StudyRecord:
     return StudyRecord(study_uid=study_uid, first_received=now)
 

@@ -15,6 +15,12 @@ answers 0x0000. Status codes (PS3.4 Annex B.2.3, C-STORE):
 - 0x0110 processing failure: anything unexpected (logged with its traceback, never raised
   into pynetdicom: a handler's exception would abort the whole association).
 
+The AE also accepts Storage Commitment Push Model with the peer as SCP (SCP/SCU role selection):
+a destination our exporter stored to opens an association back to report, by N-EVENT-REPORT,
+which instances it committed (PS3.4 J.3.3); :meth:`Receiver.on_event_report` hands the report
+to the senders' :class:`~services.ingest.senders.dicom.Commitments`. Such a peer is admitted
+by the allow-list like any caller.
+
 Handlers never log identity values: no UID, name or ID of the dataset; the calling AE title
 and address only once checked against their VR.
 """
@@ -35,6 +41,7 @@ from typing import Any, cast
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -47,6 +54,11 @@ from services.ingest import monitoring
 from services.ingest.core import InstanceFacts, StudyRecord, new_study
 from services.ingest.engine import EngineUnavailable
 from services.ingest.peers import Peers
+from services.ingest.senders.dicom import (
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    Commitments,
+    parse_report,
+)
 from services.ingest.spool import Spool, StoreOutcome
 
 log = logging.getLogger("imaging.ingest.dimse")
@@ -140,7 +152,9 @@ class Receiver:
         quiet_seconds: float,
         watermark: float,
         clock: Callable[[], float] = time.time,
+        commitments: Commitments | None = None,
     ) -> None:
+        self._commitments = commitments
         self._spool = spool
         self._peers = peers
         self._run = run
@@ -172,6 +186,37 @@ class Receiver:
 
     def on_echo(self, event: evt.Event) -> int:
         return SUCCESS
+
+    # -- Storage Commitment reports ---------------------------------------------------------
+
+    def on_event_report(self, event: evt.Event) -> tuple[int, None]:
+        """A peer's Storage Commitment result (N-EVENT-REPORT, Event Type 1: all committed,
+        2: failures exist), for the sender waiting on its transaction. Answered 0x0000 even
+        when no sender waits (an attempt given up on, or unknown): the peer did its part."""
+        try:
+            request = event.request
+            if str(getattr(request, "AffectedSOPClassUID", "")) != STORAGE_COMMITMENT_PUSH_MODEL:
+                return 0x0118, None  # no such SOP class: only commitment reports are taken
+            transaction, committed, failed = parse_report(event.event_information)
+            waited = self._commitments is not None and self._commitments.report(
+                transaction, committed, failed
+            )
+            if not waited:
+                log.warning(
+                    "storage commitment report (event type %s) for a transaction no sender "
+                    "waits for",
+                    event.event_type,
+                )
+            else:
+                log.info(
+                    "storage commitment report: %d committed, %d failed",
+                    len(committed),
+                    len(failed),
+                )
+        except Exception:  # never into pynetdicom
+            log.exception("storage commitment report failed unexpectedly")
+            return PROCESSING_FAILURE, None
+        return SUCCESS, None
 
     # -- C-STORE --------------------------------------------------------------------------
 
@@ -313,6 +358,13 @@ def build_ae(ae_title: str, max_associations: int, timeout: float) -> AE:
     ae.acse_timeout = timeout
     ae.require_called_aet = True
     ae.add_supported_context(Verification)
+    # The peer reports as SCP of the push model (it proposes that role); we are its SCU.
+    ae.add_supported_context(
+        STORAGE_COMMITMENT_PUSH_MODEL,
+        [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+        scu_role=True,
+        scp_role=True,
+    )
     for context in AllStoragePresentationContexts:
         syntax = context.abstract_syntax
         if syntax is not None:
@@ -339,6 +391,7 @@ def start_scp(
         (evt.EVT_REQUESTED, receiver.on_requested),
         (evt.EVT_C_ECHO, receiver.on_echo),
         (evt.EVT_C_STORE, receiver.on_store),
+        (evt.EVT_N_EVENT_REPORT, receiver.on_event_report),
     ]
     server = cast(
         HandshakeServer,

@@ -37,7 +37,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from services.ingest.core import StudyRecord
+from services.ingest.core import ExportRecord, StudyRecord
 
 log = logging.getLogger("imaging.ingest.engine")
 
@@ -47,6 +47,12 @@ JOBS_SUBJECT = "imaging.jobs.analyze"
 DEAD_STREAM = "IMAGING_DEAD"
 DEAD_SUBJECT = "imaging.dead.analyze"
 WORKERS = "workers"
+EXPORTS_BUCKET = "imaging-exports"
+EXPORTS_STREAM = "IMAGING_EXPORTS"
+# imaging.exports.<destination>.<rank>: one work-queue subject per destination and triage rank
+# (0 STAT, 1 URGENT, 2 ROUTINE), each with its own consumer, so a destination's exporter takes
+# the most urgent waiting result first and one destination's backlog never holds another's.
+EXPORT_RANKS = (0, 1, 2)
 # Re-sent jobs (a crash between queueing and recording it) are dropped within this window.
 DUPLICATE_WINDOW_SECONDS = 24 * 3600.0
 _CAS_ATTEMPTS = 50
@@ -107,6 +113,7 @@ class Engine:
         self.timeout = timeout
         self._job_timeout = job_timeout
         self._kv: KeyValue | None = None
+        self._exports: KeyValue | None = None
 
     @classmethod
     async def connect(
@@ -144,6 +151,20 @@ class Engine:
             api.StreamConfig(
                 name=JOBS_STREAM,
                 subjects=[JOBS_SUBJECT],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                storage=api.StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            )
+        )
+        self._exports = await self.js.create_key_value(
+            config=api.KeyValueConfig(
+                bucket=EXPORTS_BUCKET, history=1, storage=api.StorageType.FILE
+            )
+        )
+        await self._stream(
+            api.StreamConfig(
+                name=EXPORTS_STREAM,
+                subjects=["imaging.exports.>"],
                 retention=api.RetentionPolicy.WORK_QUEUE,
                 storage=api.StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
@@ -265,6 +286,61 @@ async def _disconnected() -> None:
 
 async def _reconnected() -> None:
     log.info("reconnected to the NATS server")
+
+
+class Outbox:
+    """Exports on the engine: a record per (destination, result) in ``imaging-exports`` for
+    `exports list/show`, and a message per delivery to make on the destination's subject."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def records(self) -> KeyValue:
+        assert self._engine._exports is not None
+        return self._engine._exports
+
+    async def put(self, record: ExportRecord, msg_id: str) -> None:
+        """Record it, then queue it (a crash between the two is repaired by the worker's
+        redelivered job, which queues again under the same message id)."""
+        await self.save(record)
+        subject = f"imaging.exports.{record.destination}.{record.rank}"
+        await self._engine.js.publish(subject, record.key.encode(), headers={"Nats-Msg-Id": msg_id})
+
+    async def save(self, record: ExportRecord) -> None:
+        await self.records.put(record.key, record.model_dump_json().encode())
+
+    async def get(self, key: str) -> ExportRecord | None:
+        try:
+            entry = await self.records.get(key)
+        except KeyNotFoundError:
+            return None
+        return None if entry.value is None else ExportRecord.model_validate_json(entry.value)
+
+    async def all(self) -> list[ExportRecord]:
+        try:
+            keys = await self.records.keys()
+        except NoKeysError:
+            return []
+        found = [await self.get(key) for key in keys]
+        return [r for r in found if r is not None]
+
+    async def consumer(self, destination: str, rank: int, ack_wait: float) -> Any:
+        return await self._engine.js.pull_subscribe(
+            f"imaging.exports.{destination}.{rank}",
+            durable=f"export-{destination}-{rank}",
+            stream=EXPORTS_STREAM,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1
+            ),
+        )
+
+    async def dead_letter(self, record: ExportRecord) -> None:
+        await self._engine.js.publish(
+            f"imaging.dead.export.{record.destination}",
+            record.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": f"dead/{record.key}/{record.attempts}"},
+        )
 
 
 def attempts_of(msg: Msg) -> int:

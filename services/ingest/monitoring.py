@@ -56,3 +56,39 @@ def declare() -> None:
         STUDIES_COMPLETED.labels(how)
     for result in ("done", "refused", "retry", "failed", "dead_lettered", "stale"):
         ANALYSES.labels(result)
+
+
+EXPORTS = Counter(
+    "imaging_ingest_exports_total",
+    "Exports finished, by destination and result (delivered, dead_lettered)",
+    ["destination", "result"],
+)
+EXPORT_FAILURES = Counter(
+    "imaging_ingest_export_failures_total",
+    "Failed delivery attempts, by destination and class (transient, permanent)",
+    ["destination", "failure"],
+)
+EXPORT_SECONDS = Histogram(
+    "imaging_ingest_export_seconds",
+    "One delivery attempt (association or request, and the storage commitment wait)",
+    ["destination"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+EXPORT_BACKLOG = Gauge(
+    "imaging_ingest_export_backlog", "Exports waiting (pending or retrying)", ["destination"]
+)
+EXPORT_OLDEST_SECONDS = Gauge(
+    "imaging_ingest_export_oldest_seconds",
+    "Age of the oldest export waiting for the destination",
+    ["destination"],
+)
+
+
+def declare_destinations(names: list[str]) -> None:
+    for name in names:
+        for result in ("delivered", "dead_lettered"):
+            EXPORTS.labels(name, result)
+        for failure in ("transient", "permanent"):
+            EXPORT_FAILURES.labels(name, failure)
+        EXPORT_BACKLOG.labels(name).set(0)
+        EXPORT_OLDEST_SECONDS.labels(name).set(0)

@@ -26,9 +26,13 @@ from services.common.listeners import Service
 from services.common.pipelines import PipelineRegistry
 from services.common.settings import IngestSettings
 from services.ingest import monitoring
+from services.ingest.destinations import Destinations
 from services.ingest.dimse import HandshakeServer, Received, Receiver, start_scp
-from services.ingest.engine import Engine, EngineUnavailable, SyncNotAlways
+from services.ingest.engine import Engine, EngineUnavailable, Outbox, SyncNotAlways
+from services.ingest.exporter import Exporter
 from services.ingest.peers import Peers
+from services.ingest.senders import senders_for
+from services.ingest.senders.dicom import Commitments
 from services.ingest.servicer import IngestServicer
 from services.ingest.spool import ResultStore, Spool
 from services.ingest.worker import Analyst, Completer, GatewayCaller
@@ -96,7 +100,11 @@ def start(settings: IngestSettings) -> RunningIngest:
     peers = Peers.load(settings.dicom_peers_file)
     registry = PipelineRegistry.load(settings.pipelines_dir)
     trail = _audit_trail(settings)
+    destinations = Destinations.load(settings.destinations_file)
     monitoring.declare()
+    monitoring.declare_destinations(sorted(destinations.destinations))
+    # Storage Commitment reports come back to the receiver's SCP, for the exporter's senders.
+    commitments = Commitments()
     held: dict[str, Any] = {}
     tasks: list[asyncio.Task[None]] = []
 
@@ -108,6 +116,17 @@ def start(settings: IngestSettings) -> RunningIngest:
             IngestServicer(engine, spool, results, completer), srv
         )
         gateway = None
+        exporter = None
+        if "exporter" in roles or "worker" in roles:
+            exporter = Exporter(
+                Outbox(engine),
+                results,
+                destinations,
+                senders_for(destinations, commitments),
+                settings.job_timeout_seconds,
+            )
+        if "exporter" in roles and exporter is not None and exporter.configured:
+            tasks.append(asyncio.ensure_future(exporter.run()))
         if "worker" in roles:
             key = ""
             if settings.gateway_api_key_file is not None:
@@ -127,6 +146,7 @@ def start(settings: IngestSettings) -> RunningIngest:
                 settings.max_attempts,
                 settings.retry_seconds,
                 settings.job_timeout_seconds,
+                exporter=exporter,
             )
             tasks.append(asyncio.ensure_future(completer.run()))
             for _ in range(settings.analyses_at_once):
@@ -183,6 +203,7 @@ def start(settings: IngestSettings) -> RunningIngest:
             audit,
             settings.quiet_seconds,
             settings.disk_watermark,
+            commitments=commitments,
         )
         scp = start_scp(
             receiver,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
 from typing import Any
 
 import grpc
@@ -11,8 +13,9 @@ import grpc
 from services.api.imaging.v1 import gateway_pb2, ingest_pb2, ingest_pb2_grpc
 from services.common.dicom import is_uid
 from services.common.errors import InvalidInput, NotFound
-from services.ingest.core import StudyRecord, StudyState
-from services.ingest.engine import Engine
+from services.ingest.core import ExportRecord, ExportState, StudyRecord, StudyState
+from services.ingest.engine import Engine, Outbox
+from services.ingest.exporter import drop_export, retry_export
 from services.ingest.spool import ResultStore, Spool
 from services.ingest.worker import Completer
 
@@ -80,6 +83,31 @@ def stored_documents(files: dict[str, bytes]) -> list[gateway_pb2.EncodedObject]
     return objects
 
 
+_EXPORT_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\.[0-9a-f]{1,64}")
+_EXPORT_STATES: dict[ExportState, Any] = {
+    state: ingest_pb2.ExportState.Value(f"EXPORT_STATE_{state.name}") for state in ExportState
+}
+
+
+def export_message(record: ExportRecord) -> ingest_pb2.Export:
+    return ingest_pb2.Export(
+        key=record.key,
+        destination=record.destination,
+        result_key=record.result_key,
+        study_instance_uid=record.study_uid,
+        state=_EXPORT_STATES[record.state],
+        kinds=list(record.kinds),
+        triage=record.triage,
+        attempts=record.attempts,
+        created=record.created,
+        updated=record.updated,
+        failure=record.failure,
+        status=record.status,
+        receipt=record.receipt,
+        supersedes=record.supersedes,
+    )
+
+
 def _uid(value: str) -> str:
     if not is_uid(value):
         raise InvalidInput("study_instance_uid is not a DICOM UID")
@@ -88,12 +116,17 @@ def _uid(value: str) -> str:
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
     def __init__(
-        self, engine: Engine, spool: Spool, results: ResultStore, completer: Completer
+        self,
+        engine: Engine,
+        spool: Spool,
+        results: ResultStore,
+        completer: Completer,
     ) -> None:
         self._engine = engine
         self._spool = spool
         self._results = results
         self._completer = completer
+        self._outbox = Outbox(engine)
 
     async def _record(self, study_uid: str) -> StudyRecord:
         record, _ = await self._engine.study(_uid(study_uid))
@@ -136,3 +169,40 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         for key in record.results:
             results += int(await asyncio.to_thread(self._results.delete, key))
         return ingest_pb2.PurgeStudyResponse(instances_deleted=deleted, results_deleted=results)
+
+    async def ListExports(  # noqa: N802 (gRPC naming)
+        self, request: ingest_pb2.ListExportsRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.ListExportsResponse:
+        wanted = {s for s in request.states}
+        records = [
+            r
+            for r in await self._outbox.all()
+            if (not request.destination or r.destination == request.destination)
+            and (not wanted or _EXPORT_STATES[r.state] in wanted)
+        ]
+        records.sort(key=lambda r: r.updated, reverse=True)
+        limit = request.limit or 100
+        return ingest_pb2.ListExportsResponse(exports=[export_message(r) for r in records[:limit]])
+
+    async def _export(self, key: str) -> ExportRecord:
+        record = await self._outbox.get(key) if _EXPORT_KEY.fullmatch(key) else None
+        if record is None:
+            raise NotFound("no such export (keys look like <destination>.<result key>)")
+        return record
+
+    async def GetExport(  # noqa: N802 (gRPC naming)
+        self, request: ingest_pb2.ExportRef, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.Export:
+        return export_message(await self._export(request.key))
+
+    async def RetryExport(  # noqa: N802 (gRPC naming)
+        self, request: ingest_pb2.ExportRef, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.Export:
+        record = await self._export(request.key)
+        return export_message(await retry_export(self._outbox, record.key, time.time()) or record)
+
+    async def DropExport(  # noqa: N802 (gRPC naming)
+        self, request: ingest_pb2.ExportRef, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.Export:
+        record = await self._export(request.key)
+        return export_message(await drop_export(self._outbox, record.key, time.time()) or record)

@@ -47,6 +47,7 @@ from services.ingest.core import (
 )
 from services.ingest.dimse import Malformed, read_facts
 from services.ingest.engine import Engine, Job, attempts_of
+from services.ingest.exporter import Exporter
 from services.ingest.spool import ResultStore, Spool, sha256_of
 
 log = logging.getLogger("imaging.ingest.worker")
@@ -300,10 +301,12 @@ class Analyst:
         retry_seconds: float,
         job_timeout: float,
         clock: Callable[[], float] = time.time,
+        exporter: Exporter | None = None,
     ) -> None:
         self._engine = engine
         self._spool = spool
         self._results = results
+        self._exporter = exporter
         self._registry = registry
         self._gateway = gateway
         self._max_attempts = max_attempts
@@ -422,7 +425,8 @@ class Analyst:
         for _ in range(2):  # a second time only if Triton served another model version
             key = result_key(record.study_uid, digest, plan.pipeline.name, version)
             stored = await asyncio.to_thread(self._results.read, key)
-            if stored:
+            if stored:  # a redelivered job: its result was stored, maybe not yet queued
+                await self._export(record, key)
                 return self._outcome_of_stored(plan, key, stored, common)
             request_id = f"ingest-{key[:16]}-{attempts}"
             response = await self._gateway.analyze(self._spool, plan, record, key, request_id)
@@ -442,8 +446,18 @@ class Analyst:
             }
             await asyncio.to_thread(self._results.put, key, documents(response, manifest))
             stored = await asyncio.to_thread(self._results.read, key)
+            await self._export(record, key)
             return self._outcome_of_stored(plan, key, stored, common)
         raise Retryable("the served model version changed during the analysis")
+
+    async def _export(self, record: StudyRecord, key: str) -> None:
+        """Queue the stored result for its destinations before the study is marked done and
+        the job acknowledged (services/ingest/exporter.py). An earlier result of the study
+        (late instances re-opened it) is named as superseded."""
+        if self._exporter is None or not self._exporter.configured:
+            return
+        earlier = [k for k in record.results if k != key]
+        await self._exporter.enqueue(record, key, earlier[-1] if earlier else "")
 
     @staticmethod
     def _outcome_of_stored(

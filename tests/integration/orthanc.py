@@ -22,8 +22,10 @@ PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 class Orthanc:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, dicom_port: int = 0, aet: str = "ORTHANC") -> None:
         self.url = url
+        self.dicom_port = dicom_port  # its DICOM (DIMSE) port on 127.0.0.1
+        self.aet = aet  # its AE title (DicomAet)
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as reply:
@@ -58,24 +60,37 @@ class _OrthancLaunch:
 
     name = "Orthanc"
 
-    def __init__(self, binary: str, folder: Path) -> None:
+    def __init__(
+        self,
+        binary: str,
+        folder: Path,
+        aet: str = "ORTHANC",
+        modalities: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         self.binary = binary
         self.folder = folder
+        self.aet = aet
+        self.modalities = modalities or {}
+        self.settings = settings or {}
         self.orthanc = Orthanc("")
         self.process: subprocess.Popen[bytes] | None = None
 
     def spawn(self, attempt: int) -> list[tuple[subprocess.Popen[bytes], Path]]:
-        http = pick_port()
-        config = {
+        http, dicom = pick_port(), pick_port()
+        config: dict[str, Any] = {
             "Name": "imaging-platform-tests",
             "StorageDirectory": str(self.folder / "storage"),
             "IndexDirectory": str(self.folder / "storage"),
             "HttpPort": http,
-            "DicomPort": pick_port(),
+            "DicomPort": dicom,
+            "DicomAet": self.aet,
+            "DicomModalities": self.modalities,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "Plugins": [str(PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            **self.settings,
         }
         path = for_attempt(self.folder / "orthanc.json", attempt)
         path.write_text(json.dumps(config))
@@ -84,7 +99,7 @@ class _OrthancLaunch:
             self.process = subprocess.Popen(
                 [self.binary, str(path)], stdout=out, stderr=subprocess.STDOUT
             )
-        self.orthanc = Orthanc(f"http://127.0.0.1:{http}")
+        self.orthanc = Orthanc(f"http://127.0.0.1:{http}", dicom, self.aet)
         return [(self.process, log)]
 
     def ready(self) -> bool:
@@ -106,11 +121,19 @@ class _OrthancLaunch:
 
 
 @contextmanager
-def running_orthanc(folder: Path) -> Iterator[Orthanc]:
+def running_orthanc(
+    folder: Path,
+    aet: str = "ORTHANC",
+    modalities: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> Iterator[Orthanc]:
+    """``aet``: its DicomAet; ``modalities``: its DicomModalities (the peers it may call back,
+    e.g. ``{"IMAGING": ["IMAGING", "127.0.0.1", port]}``, where it sends Storage Commitment
+    reports); ``settings``: further configuration options, over the ones set here."""
     binary = shutil.which("Orthanc")
     if binary is None or not PLUGIN.exists():
         raise RuntimeError("Orthanc tests need the Debian packages orthanc and orthanc-dicomweb")
-    launch = _OrthancLaunch(binary, folder)
+    launch = _OrthancLaunch(binary, folder, aet, modalities, settings)
     start_all([launch], 60)
     try:
         yield launch.orthanc

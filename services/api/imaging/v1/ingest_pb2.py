@@ -15,31 +15,41 @@ _sym_db = _symbol_database.Default()
 from services.api.imaging.v1 import gateway_pb2 as imaging_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imaging/v1/ingest.proto\x12\nimaging.v1\x1a\x18imaging/v1/gateway.proto\"v\n\x0bNotAnalysed\x12\x1b\n\x13series_instance_uid\x18\x01 \x01(\t\x12\x15\n\rsop_class_uid\x18\x02 \x01(\t\x12\x10\n\x08modality\x18\x03 \x01(\t\x12\x11\n\tinstances\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xe3\x03\n\x05Study\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.imaging.v1.StudyState\x12\x11\n\tinstances\x18\x03 \x01(\r\x12\x18\n\x10\x63\x61lling_ae_title\x18\x04 \x01(\t\x12\x16\n\x0esource_address\x18\x05 \x01(\t\x12\x19\n\x11\x63ompletion_reason\x18\x06 \x01(\t\x12\x16\n\x0e\x66irst_received\x18\x07 \x01(\x01\x12\x15\n\rlast_received\x18\x08 \x01(\x01\x12\x11\n\tcompleted\x18\t \x01(\x01\x12\x10\n\x08\x66inished\x18\n \x01(\x01\x12\x12\n\ngeneration\x18\x0b \x01(\r\x12\x10\n\x08pipeline\x18\x0c \x01(\t\x12\x12\n\nresult_key\x18\r \x01(\t\x12\x1a\n\x12\x61nalysed_instances\x18\x0e \x01(\r\x12-\n\x0cnot_analysed\x18\x0f \x03(\x0b\x32\x17.imaging.v1.NotAnalysed\x12\r\n\x05\x65rror\x18\x10 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x11 \x01(\r\x12,\n\tdocuments\x18\x12 \x03(\x0b\x32\x19.imaging.v1.EncodedObject\x12\x0f\n\x07results\x18\x13 \x03(\t\"#\n\x12ListStudiesRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"9\n\x13ListStudiesResponse\x12\"\n\x07studies\x18\x01 \x03(\x0b\x32\x11.imaging.v1.Study\"@\n\x0fGetStudyRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x01(\x08\"/\n\x11\x43loseStudyRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\"/\n\x11PurgeStudyRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\"H\n\x12PurgeStudyResponse\x12\x19\n\x11instances_deleted\x18\x01 \x01(\r\x12\x17\n\x0fresults_deleted\x18\x02 \x01(\r*\xf7\x01\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15STUDY_STATE_RECEIVING\x10\x01\x12\x18\n\x14STUDY_STATE_COMPLETE\x10\x02\x12\x16\n\x12STUDY_STATE_QUEUED\x10\x03\x12\x19\n\x15STUDY_STATE_ANALYSING\x10\x04\x12\x14\n\x10STUDY_STATE_DONE\x10\x05\x12\x17\n\x13STUDY_STATE_REFUSED\x10\x06\x12\x16\n\x12STUDY_STATE_FAILED\x10\x07\x12\x1d\n\x19STUDY_STATE_DEAD_LETTERED\x10\x08\x32\xa1\x02\n\x06Ingest\x12N\n\x0bListStudies\x12\x1e.imaging.v1.ListStudiesRequest\x1a\x1f.imaging.v1.ListStudiesResponse\x12:\n\x08GetStudy\x12\x1b.imaging.v1.GetStudyRequest\x1a\x11.imaging.v1.Study\x12>\n\nCloseStudy\x12\x1d.imaging.v1.CloseStudyRequest\x1a\x11.imaging.v1.Study\x12K\n\nPurgeStudy\x12\x1d.imaging.v1.PurgeStudyRequest\x1a\x1e.imaging.v1.PurgeStudyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17imaging/v1/ingest.proto\x12\nimaging.v1\x1a\x18imaging/v1/gateway.proto\"\x9b\x02\n\x06\x45xport\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\x12\x12\n\nresult_key\x18\x03 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x04 \x01(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.imaging.v1.ExportState\x12\r\n\x05kinds\x18\x06 \x03(\t\x12\x0e\n\x06triage\x18\x07 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\r\x12\x0f\n\x07\x63reated\x18\t \x01(\x01\x12\x0f\n\x07updated\x18\n \x01(\x01\x12\x0f\n\x07\x66\x61ilure\x18\x0b \x01(\t\x12\x0e\n\x06status\x18\x0c \x01(\t\x12\x0f\n\x07receipt\x18\r \x01(\t\x12\x12\n\nsupersedes\x18\x0e \x01(\t\"a\n\x12ListExportsRequest\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\'\n\x06states\x18\x02 \x03(\x0e\x32\x17.imaging.v1.ExportState\x12\r\n\x05limit\x18\x03 \x01(\r\":\n\x13ListExportsResponse\x12#\n\x07\x65xports\x18\x01 \x03(\x0b\x32\x12.imaging.v1.Export\"\x18\n\tExportRef\x12\x0b\n\x03key\x18\x01 \x01(\t\"v\n\x0bNotAnalysed\x12\x1b\n\x13series_instance_uid\x18\x01 \x01(\t\x12\x15\n\rsop_class_uid\x18\x02 \x01(\t\x12\x10\n\x08modality\x18\x03 \x01(\t\x12\x11\n\tinstances\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xe3\x03\n\x05Study\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.imaging.v1.StudyState\x12\x11\n\tinstances\x18\x03 \x01(\r\x12\x18\n\x10\x63\x61lling_ae_title\x18\x04 \x01(\t\x12\x16\n\x0esource_address\x18\x05 \x01(\t\x12\x19\n\x11\x63ompletion_reason\x18\x06 \x01(\t\x12\x16\n\x0e\x66irst_received\x18\x07 \x01(\x01\x12\x15\n\rlast_received\x18\x08 \x01(\x01\x12\x11\n\tcompleted\x18\t \x01(\x01\x12\x10\n\x08\x66inished\x18\n \x01(\x01\x12\x12\n\ngeneration\x18\x0b \x01(\r\x12\x10\n\x08pipeline\x18\x0c \x01(\t\x12\x12\n\nresult_key\x18\r \x01(\t\x12\x1a\n\x12\x61nalysed_instances\x18\x0e \x01(\r\x12-\n\x0cnot_analysed\x18\x0f \x03(\x0b\x32\x17.imaging.v1.NotAnalysed\x12\r\n\x05\x65rror\x18\x10 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x11 \x01(\r\x12,\n\tdocuments\x18\x12 \x03(\x0b\x32\x19.imaging.v1.EncodedObject\x12\x0f\n\x07results\x18\x13 \x03(\t\"#\n\x12ListStudiesRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"9\n\x13ListStudiesResponse\x12\"\n\x07studies\x18\x01 \x03(\x0b\x32\x11.imaging.v1.Study\"@\n\x0fGetStudyRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x01(\x08\"/\n\x11\x43loseStudyRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\"/\n\x11PurgeStudyRequest\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\"H\n\x12PurgeStudyResponse\x12\x19\n\x11instances_deleted\x18\x01 \x01(\r\x12\x17\n\x0fresults_deleted\x18\x02 \x01(\r*\xb6\x01\n\x0b\x45xportState\x12\x1c\n\x18\x45XPORT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45XPORT_STATE_PENDING\x10\x01\x12\x19\n\x15\x45XPORT_STATE_RETRYING\x10\x02\x12\x1a\n\x16\x45XPORT_STATE_DELIVERED\x10\x03\x12\x1e\n\x1a\x45XPORT_STATE_DEAD_LETTERED\x10\x04\x12\x18\n\x14\x45XPORT_STATE_DROPPED\x10\x05*\xf7\x01\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15STUDY_STATE_RECEIVING\x10\x01\x12\x18\n\x14STUDY_STATE_COMPLETE\x10\x02\x12\x16\n\x12STUDY_STATE_QUEUED\x10\x03\x12\x19\n\x15STUDY_STATE_ANALYSING\x10\x04\x12\x14\n\x10STUDY_STATE_DONE\x10\x05\x12\x17\n\x13STUDY_STATE_REFUSED\x10\x06\x12\x16\n\x12STUDY_STATE_FAILED\x10\x07\x12\x1d\n\x19STUDY_STATE_DEAD_LETTERED\x10\x08\x32\x9c\x04\n\x06Ingest\x12N\n\x0bListStudies\x12\x1e.imaging.v1.ListStudiesRequest\x1a\x1f.imaging.v1.ListStudiesResponse\x12:\n\x08GetStudy\x12\x1b.imaging.v1.GetStudyRequest\x1a\x11.imaging.v1.Study\x12>\n\nCloseStudy\x12\x1d.imaging.v1.CloseStudyRequest\x1a\x11.imaging.v1.Study\x12K\n\nPurgeStudy\x12\x1d.imaging.v1.PurgeStudyRequest\x1a\x1e.imaging.v1.PurgeStudyResponse\x12N\n\x0bListExports\x12\x1e.imaging.v1.ListExportsRequest\x1a\x1f.imaging.v1.ListExportsResponse\x12\x36\n\tGetExport\x12\x15.imaging.v1.ExportRef\x1a\x12.imaging.v1.Export\x12\x38\n\x0bRetryExport\x12\x15.imaging.v1.ExportRef\x1a\x12.imaging.v1.Export\x12\x37\n\nDropExport\x12\x15.imaging.v1.ExportRef\x1a\x12.imaging.v1.Exportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imaging.v1.ingest_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_STUDYSTATE']._serialized_start=1006
-  _globals['_STUDYSTATE']._serialized_end=1253
-  _globals['_NOTANALYSED']._serialized_start=65
-  _globals['_NOTANALYSED']._serialized_end=183
-  _globals['_STUDY']._serialized_start=186
-  _globals['_STUDY']._serialized_end=669
-  _globals['_LISTSTUDIESREQUEST']._serialized_start=671
-  _globals['_LISTSTUDIESREQUEST']._serialized_end=706
-  _globals['_LISTSTUDIESRESPONSE']._serialized_start=708
-  _globals['_LISTSTUDIESRESPONSE']._serialized_end=765
-  _globals['_GETSTUDYREQUEST']._serialized_start=767
-  _globals['_GETSTUDYREQUEST']._serialized_end=831
-  _globals['_CLOSESTUDYREQUEST']._serialized_start=833
-  _globals['_CLOSESTUDYREQUEST']._serialized_end=880
-  _globals['_PURGESTUDYREQUEST']._serialized_start=882
-  _globals['_PURGESTUDYREQUEST']._serialized_end=929
-  _globals['_PURGESTUDYRESPONSE']._serialized_start=931
-  _globals['_PURGESTUDYRESPONSE']._serialized_end=1003
-  _globals['_INGEST']._serialized_start=1256
-  _globals['_INGEST']._serialized_end=1545
+  _globals['_EXPORTSTATE']._serialized_start=1477
+  _globals['_EXPORTSTATE']._serialized_end=1659
+  _globals['_STUDYSTATE']._serialized_start=1662
+  _globals['_STUDYSTATE']._serialized_end=1909
+  _globals['_EXPORT']._serialized_start=66
+  _globals['_EXPORT']._serialized_end=349
+  _globals['_LISTEXPORTSREQUEST']._serialized_start=351
+  _globals['_LISTEXPORTSREQUEST']._serialized_end=448
+  _globals['_LISTEXPORTSRESPONSE']._serialized_start=450
+  _globals['_LISTEXPORTSRESPONSE']._serialized_end=508
+  _globals['_EXPORTREF']._serialized_start=510
+  _globals['_EXPORTREF']._serialized_end=534
+  _globals['_NOTANALYSED']._serialized_start=536
+  _globals['_NOTANALYSED']._serialized_end=654
+  _globals['_STUDY']._serialized_start=657
+  _globals['_STUDY']._serialized_end=1140
+  _globals['_LISTSTUDIESREQUEST']._serialized_start=1142
+  _globals['_LISTSTUDIESREQUEST']._serialized_end=1177
+  _globals['_LISTSTUDIESRESPONSE']._serialized_start=1179
+  _globals['_LISTSTUDIESRESPONSE']._serialized_end=1236
+  _globals['_GETSTUDYREQUEST']._serialized_start=1238
+  _globals['_GETSTUDYREQUEST']._serialized_end=1302
+  _globals['_CLOSESTUDYREQUEST']._serialized_start=1304
+  _globals['_CLOSESTUDYREQUEST']._serialized_end=1351
+  _globals['_PURGESTUDYREQUEST']._serialized_start=1353
+  _globals['_PURGESTUDYREQUEST']._serialized_end=1400
+  _globals['_PURGESTUDYRESPONSE']._serialized_start=1402
+  _globals['_PURGESTUDYRESPONSE']._serialized_end=1474
+  _globals['_INGEST']._serialized_start=1912
+  _globals['_INGEST']._serialized_end=2452
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,15 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExportState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_STATE_UNSPECIFIED: _ClassVar[ExportState]
+    EXPORT_STATE_PENDING: _ClassVar[ExportState]
+    EXPORT_STATE_RETRYING: _ClassVar[ExportState]
+    EXPORT_STATE_DELIVERED: _ClassVar[ExportState]
+    EXPORT_STATE_DEAD_LETTERED: _ClassVar[ExportState]
+    EXPORT_STATE_DROPPED: _ClassVar[ExportState]
+
 class StudyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STUDY_STATE_UNSPECIFIED: _ClassVar[StudyState]
@@ -18,6 +27,12 @@ class StudyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STUDY_STATE_REFUSED: _ClassVar[StudyState]
     STUDY_STATE_FAILED: _ClassVar[StudyState]
     STUDY_STATE_DEAD_LETTERED: _ClassVar[StudyState]
+EXPORT_STATE_UNSPECIFIED: ExportState
+EXPORT_STATE_PENDING: ExportState
+EXPORT_STATE_RETRYING: ExportState
+EXPORT_STATE_DELIVERED: ExportState
+EXPORT_STATE_DEAD_LETTERED: ExportState
+EXPORT_STATE_DROPPED: ExportState
 STUDY_STATE_UNSPECIFIED: StudyState
 STUDY_STATE_RECEIVING: StudyState
 STUDY_STATE_COMPLETE: StudyState
@@ -27,6 +42,60 @@ STUDY_STATE_DONE: StudyState
 STUDY_STATE_REFUSED: StudyState
 STUDY_STATE_FAILED: StudyState
 STUDY_STATE_DEAD_LETTERED: StudyState
+
+class Export(_message.Message):
+    __slots__ = ("key", "destination", "result_key", "study_instance_uid", "state", "kinds", "triage", "attempts", "created", "updated", "failure", "status", "receipt", "supersedes")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_KEY_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    TRIAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    destination: str
+    result_key: str
+    study_instance_uid: str
+    state: ExportState
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    triage: str
+    attempts: int
+    created: float
+    updated: float
+    failure: str
+    status: str
+    receipt: str
+    supersedes: str
+    def __init__(self, key: _Optional[str] = ..., destination: _Optional[str] = ..., result_key: _Optional[str] = ..., study_instance_uid: _Optional[str] = ..., state: _Optional[_Union[ExportState, str]] = ..., kinds: _Optional[_Iterable[str]] = ..., triage: _Optional[str] = ..., attempts: _Optional[int] = ..., created: _Optional[float] = ..., updated: _Optional[float] = ..., failure: _Optional[str] = ..., status: _Optional[str] = ..., receipt: _Optional[str] = ..., supersedes: _Optional[str] = ...) -> None: ...
+
+class ListExportsRequest(_message.Message):
+    __slots__ = ("destination", "states", "limit")
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    destination: str
+    states: _containers.RepeatedScalarFieldContainer[ExportState]
+    limit: int
+    def __init__(self, destination: _Optional[str] = ..., states: _Optional[_Iterable[_Union[ExportState, str]]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListExportsResponse(_message.Message):
+    __slots__ = ("exports",)
+    EXPORTS_FIELD_NUMBER: _ClassVar[int]
+    exports: _containers.RepeatedCompositeFieldContainer[Export]
+    def __init__(self, exports: _Optional[_Iterable[_Union[Export, _Mapping]]] = ...) -> None: ...
+
+class ExportRef(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
 
 class NotAnalysed(_message.Message):
     __slots__ = ("series_instance_uid", "sop_class_uid", "modality", "instances", "reason")

@@ -35,6 +35,26 @@ class IngestStub(object):
                 request_serializer=imaging_dot_v1_dot_ingest__pb2.PurgeStudyRequest.SerializeToString,
                 response_deserializer=imaging_dot_v1_dot_ingest__pb2.PurgeStudyResponse.FromString,
                 )
+        self.ListExports = channel.unary_unary(
+                '/imaging.v1.Ingest/ListExports',
+                request_serializer=imaging_dot_v1_dot_ingest__pb2.ListExportsRequest.SerializeToString,
+                response_deserializer=imaging_dot_v1_dot_ingest__pb2.ListExportsResponse.FromString,
+                )
+        self.GetExport = channel.unary_unary(
+                '/imaging.v1.Ingest/GetExport',
+                request_serializer=imaging_dot_v1_dot_ingest__pb2.ExportRef.SerializeToString,
+                response_deserializer=imaging_dot_v1_dot_ingest__pb2.Export.FromString,
+                )
+        self.RetryExport = channel.unary_unary(
+                '/imaging.v1.Ingest/RetryExport',
+                request_serializer=imaging_dot_v1_dot_ingest__pb2.ExportRef.SerializeToString,
+                response_deserializer=imaging_dot_v1_dot_ingest__pb2.Export.FromString,
+                )
+        self.DropExport = channel.unary_unary(
+                '/imaging.v1.Ingest/DropExport',
+                request_serializer=imaging_dot_v1_dot_ingest__pb2.ExportRef.SerializeToString,
+                response_deserializer=imaging_dot_v1_dot_ingest__pb2.Export.FromString,
+                )
 
 
 class IngestServicer(object):
@@ -69,6 +89,33 @@ class IngestServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListExports(self, request, context):
+        """Deliveries of results to destinations (IMAGING_DESTINATIONS_FILE), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryExport(self, request, context):
+        """Queue a dead-lettered or dropped export again, its attempts counted from one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropExport(self, request, context):
+        """Give up an export that has not been delivered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +138,26 @@ def add_IngestServicer_to_server(servicer, server):
                     servicer.PurgeStudy,
                     request_deserializer=imaging_dot_v1_dot_ingest__pb2.PurgeStudyRequest.FromString,
                     response_serializer=imaging_dot_v1_dot_ingest__pb2.PurgeStudyResponse.SerializeToString,
+            ),
+            'ListExports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExports,
+                    request_deserializer=imaging_dot_v1_dot_ingest__pb2.ListExportsRequest.FromString,
+                    response_serializer=imaging_dot_v1_dot_ingest__pb2.ListExportsResponse.SerializeToString,
+            ),
+            'GetExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExport,
+                    request_deserializer=imaging_dot_v1_dot_ingest__pb2.ExportRef.FromString,
+                    response_serializer=imaging_dot_v1_dot_ingest__pb2.Export.SerializeToString,
+            ),
+            'RetryExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryExport,
+                    request_deserializer=imaging_dot_v1_dot_ingest__pb2.ExportRef.FromString,
+                    response_serializer=imaging_dot_v1_dot_ingest__pb2.Export.SerializeToString,
+            ),
+            'DropExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropExport,
+                    request_deserializer=imaging_dot_v1_dot_ingest__pb2.ExportRef.FromString,
+                    response_serializer=imaging_dot_v1_dot_ingest__pb2.Export.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -168,5 +235,73 @@ class Ingest(object):
         return grpc.experimental.unary_unary(request, target, '/imaging.v1.Ingest/PurgeStudy',
             imaging_dot_v1_dot_ingest__pb2.PurgeStudyRequest.SerializeToString,
             imaging_dot_v1_dot_ingest__pb2.PurgeStudyResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListExports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/imaging.v1.Ingest/ListExports',
+            imaging_dot_v1_dot_ingest__pb2.ListExportsRequest.SerializeToString,
+            imaging_dot_v1_dot_ingest__pb2.ListExportsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/imaging.v1.Ingest/GetExport',
+            imaging_dot_v1_dot_ingest__pb2.ExportRef.SerializeToString,
+            imaging_dot_v1_dot_ingest__pb2.Export.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RetryExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/imaging.v1.Ingest/RetryExport',
+            imaging_dot_v1_dot_ingest__pb2.ExportRef.SerializeToString,
+            imaging_dot_v1_dot_ingest__pb2.Export.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def DropExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/imaging.v1.Ingest/DropExport',
+            imaging_dot_v1_dot_ingest__pb2.ExportRef.SerializeToString,
+            imaging_dot_v1_dot_ingest__pb2.Export.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
