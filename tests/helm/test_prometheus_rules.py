@@ -29,6 +29,7 @@ from chart_support import (
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import metrics as app_metrics
+from services.ingest import monitoring as ingest_monitoring
 from services.postprocessor import monitoring as model_monitoring
 
 RULES_FILE = CHART_DIR / "files" / "prometheus-rules.yaml"
@@ -74,7 +75,7 @@ def all_rules() -> list[dict[str, Any]]:
 def app_series_names() -> set[str]:
     """Series names the services export, read from the modules that define them."""
     names: set[str] = set()
-    for module in (app_metrics, model_monitoring):
+    for module in (app_metrics, model_monitoring, ingest_monitoring):
         for value in vars(module).values():
             if isinstance(value, Histogram):
                 names |= {f"{value._name}_{s}" for s in ("bucket", "count", "sum")}
