@@ -45,7 +45,9 @@ class _Spec(BaseModel):
 class RetryPolicy(_Spec):
     """Exponential back-off with jitter between attempts, bounded in count and in age."""
 
-    max_attempts: int = Field(10, gt=0, description="attempts before the dead letters")
+    # 5 s doubling to 15 min: 100 attempts span about 24 hours, as max_age does, so a PACS down
+    # over a night is retried until it is back rather than dead-lettered after half an hour.
+    max_attempts: int = Field(100, gt=0, description="attempts before the dead letters")
     max_age_seconds: float = Field(86400.0, gt=0, description="older exports are dead-lettered")
     backoff_seconds: float = Field(5.0, gt=0, description="the first wait; doubles each time")
     max_backoff_seconds: float = Field(900.0, gt=0, description="the longest wait")
@@ -76,6 +78,8 @@ class FailureTable(_Spec):
     permanent: list[str] = [
         "association-rejected-permanent",
         "sop-class-not-supported",
+        "dimse:0x0122",  # SOP class not supported (PS3.7 C.4.2)
+        "dimse:0x0124",  # not authorized
         "dimse:0xA9xx",
         "dimse:0xCxxx",
         "http:4xx",
