@@ -495,8 +495,8 @@ def study_request(
 ) -> StudyRequest:
     """The study of an AnalyzeRequest, or of an AnalyzeStream's header and joined chunks.
 
-    The origin and uid_seed come as sent: the gateway judges them (who may assert an origin,
-    what a valid one is) before anything else of the study."""
+    The origin, uid_seed and predecessor documents come as sent: the gateway judges them (who
+    may assert an origin, what a valid one is) before anything else of the study."""
     sent = header.origin
     origin = (
         Origin(sent.calling_ae_title, sent.source_address)
@@ -520,6 +520,7 @@ def study_request(
         ),
         origin=origin,
         uid_seed=header.uid_seed,
+        predecessors=tuple(bytes(d) for d in header.predecessor_documents),
     )
 
 

@@ -218,6 +218,9 @@ class StudyRequest:
     # Non-empty: the result documents' UIDs derive from it (services/gateway/reports/uids.py),
     # so a re-run of the same analysis makes the same objects.
     uid_seed: str = ""
+    # DICOM Part 10 SRs of earlier versions of this result (same study, as sent; the gateway
+    # judges them): the new SR names them in its Predecessor Documents Sequence.
+    predecessors: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -60,6 +62,13 @@ T = TypeVar("T")
 # Stages the gateway times for every study (metrics and AnalyzeResponse.timings).
 STAGES = tuple(Stage)
 
+# Earlier versions of a result a request may name (AnalyzeRequest.predecessor_documents).
+MAX_PREDECESSORS = 8
+MAX_PREDECESSOR_BYTES = 1 << 20
+# The SR storage SOP classes (PS3.4 B.5: 1.2.840.10008.5.1.4.1.1.88.x); with Modality SR, which
+# leaves out the Key Object Selection documents (KO) of the same family.
+_SR_STORAGE_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
 
 class Decoder(Protocol):
     async def decode(self, dicom: bytes, request_id: str) -> Decoded: ...
@@ -95,7 +104,10 @@ class Postprocessor(Protocol):
 
 class Reporter(Protocol):
     """Result documents (DICOM SR/SEG/SC, FHIR) of a study: services/gateway/reporting.py.
-    ``uid_seed``: the request's (non-empty: the documents' UIDs derive from it)."""
+    ``uid_seed``: the request's (non-empty: the documents' UIDs derive from it);
+    ``predecessors``: the request's predecessor documents (checked by
+    :func:`predecessor_studies`), which the SR names as its earlier versions. The analyzer
+    passes ``predecessors`` only when there are some."""
 
     def outputs(
         self,
@@ -104,6 +116,7 @@ class Reporter(Protocol):
         options: OutputOptions,
         *,
         uid_seed: str = "",
+        predecessors: Sequence[bytes] = (),
     ) -> list[EncodedObject]: ...
 
     def refusal(
@@ -114,7 +127,60 @@ class Reporter(Protocol):
         options: OutputOptions,
         *,
         uid_seed: str = "",
+        predecessors: Sequence[bytes] = (),
     ) -> list[EncodedObject]: ...
+
+
+def predecessor_studies(documents: Sequence[bytes]) -> list[str]:
+    """The StudyInstanceUID of each predecessor document (AnalyzeRequest.predecessor_documents),
+    each checked to be a DICOM SR of at most MAX_PREDECESSOR_BYTES, at most MAX_PREDECESSORS of
+    them; else InvalidInput, whose reason quotes no value of the documents."""
+    if len(documents) > MAX_PREDECESSORS:
+        raise InvalidInput(
+            f"the request names {len(documents)} predecessor documents; at most "
+            f"{MAX_PREDECESSORS} may be named"
+        )
+    if not documents:
+        return []
+    import pydicom  # here: it loads Pillow, which the gateway's core does not need otherwise
+
+    studies: list[str] = []
+    for index, data in enumerate(documents):
+        if len(data) > MAX_PREDECESSOR_BYTES:
+            raise InvalidInput(
+                f"predecessor document {index} is {len(data)} bytes; the limit is "
+                f"{MAX_PREDECESSOR_BYTES}"
+            )
+        try:
+            ds = pydicom.dcmread(BytesIO(bytes(data)), stop_before_pixels=True)
+            sop_class = str(ds.get("SOPClassUID") or "")
+            modality = str(ds.get("Modality") or "")
+            uids = [str(ds.get(k) or "") for k in ("StudyInstanceUID", "SeriesInstanceUID")]
+            uids.append(str(ds.get("SOPInstanceUID") or ""))
+        except Exception:  # the foreign message may quote the document's values
+            raise InvalidInput(
+                f"predecessor document {index} is not a readable DICOM Part 10 object"
+            ) from None
+        if not sop_class.startswith(_SR_STORAGE_PREFIX) or modality != "SR":
+            raise InvalidInput(
+                f"predecessor document {index} is not a DICOM SR (an SR storage SOP class and "
+                "Modality SR)"
+            )
+        if not all(uids):
+            raise InvalidInput(
+                f"predecessor document {index} lacks its Study, Series or SOP Instance UID"
+            )
+        studies.append(uids[0])
+    return studies
+
+
+def check_predecessor_study(documents: Sequence[bytes], study_uid: str) -> None:
+    """Every predecessor document is of the study (its StudyInstanceUID) being analysed."""
+    for index, study in enumerate(predecessor_studies(documents)):
+        if study != study_uid:
+            raise InvalidInput(
+                f"predecessor document {index} is of another study than the one analysed"
+            )
 
 
 class Policy(Protocol):
@@ -298,8 +364,9 @@ class StudyAnalyzer:
     def admit(self, request: StudyRequest) -> StudyRequest:
         """What can be refused from the request's header alone, before its study takes a slot
         or any of its instances is buffered: an origin the client may not assert or that is
-        malformed, a malformed uid_seed, the client's (or origin's) policy and rate limit, and
-        a named pipeline that does not exist. Returns the request as admitted (its origin
+        malformed, a malformed uid_seed, predecessor documents that are not SRs (or too many,
+        or too large), the client's (or origin's) policy and rate limit, and a named pipeline
+        that does not exist. Returns the request as admitted (its origin
         checked and normalised), which is what is to be analysed."""
         origin = request.origin
         if origin is not None:
@@ -308,6 +375,8 @@ class StudyAnalyzer:
             auditing.note(origin_ae=origin.calling_ae_title, origin_address=origin.source_address)
         if request.uid_seed and not UID_SEED.fullmatch(request.uid_seed):
             raise InvalidInput("uid_seed must be 1 to 128 of A-Z a-z 0-9 . _ : -")
+        # Their study is judged once the study's own is known (after decoding).
+        predecessor_studies(request.predecessors)
         self._policy.admit(request.client, request.priority, request.pipeline, origin)
         if request.pipeline:
             self.registry.get(request.pipeline)
@@ -346,7 +415,7 @@ class StudyAnalyzer:
                     # ask for them in the response.
                     full = dataclasses.replace(result, assessment=assessment)
                     outputs = await asyncio.to_thread(
-                        self._reporter.outputs,
+                        _with_predecessors(self._reporter.outputs, request.predecessors),
                         request.instances,
                         full,
                         options,
@@ -365,7 +434,7 @@ class StudyAnalyzer:
         auditing.note(findings=[AuditFinding("", 0.0, f"refused: {refused.kind}")])
         if self._reporter is not None and (request.options.dicom_sr or request.options.fhir):
             outputs = await asyncio.to_thread(
-                self._reporter.refusal,
+                _with_predecessors(self._reporter.refusal, request.predecessors),
                 request.instances,
                 request.pipeline,
                 refusal,
@@ -397,6 +466,8 @@ class StudyAnalyzer:
         with stage_timer(Service.GATEWAY, Stage.DECODE, seconds):
             images = await _all([decode(d) for d in request.instances], self._fan_out)
         attributes = [i.attributes for i in images]
+        if request.predecessors:  # before a refusal could name them as its predecessors
+            check_predecessor_study(request.predecessors, attributes[0].study_instance_uid)
         # A named pipeline overrides the routing tags only (PipelineRegistry.override); which
         # ones is audited by keyword and told to the caller in the answer's warnings.
         overridden: list[str] = []
@@ -483,6 +554,11 @@ class StudyAnalyzer:
         except DependencyUnavailable:
             return None
         return card_from_parameters(pipeline.model.name, pipeline.model.version, parameters)
+
+
+def _with_predecessors(build: Callable[..., T], predecessors: Sequence[bytes]) -> Callable[..., T]:
+    """``build`` (a Reporter method) naming the predecessor documents, where there are any."""
+    return functools.partial(build, predecessors=predecessors) if predecessors else build
 
 
 def _outputs_not_made(pipeline: Pipeline, options: OutputOptions) -> list[str]:

@@ -28,6 +28,26 @@ def _sources(instances: Sequence[bytes], pixels: bool = False) -> list[Dataset]:
     return sources
 
 
+def _predecessors(documents: Sequence[bytes], sources: Sequence[Dataset]) -> list[Dataset]:
+    """The predecessor documents' data sets (their headers: the SR names them by their UIDs),
+    each of the study the documents are filed in (the first source's)."""
+    study = str(sources[0].get("StudyInstanceUID") or "") if sources else ""
+    found: list[Dataset] = []
+    for index, data in enumerate(documents):
+        try:
+            ds = pydicom.dcmread(BytesIO(bytes(data)), stop_before_pixels=True)
+        except Exception:  # the gateway read it on admission; the message may quote values
+            raise InvalidInput(
+                f"predecessor document {index}: cannot be read for the report"
+            ) from None
+        if str(ds.get("StudyInstanceUID") or "") != study:
+            raise InvalidInput(
+                f"predecessor document {index} is of another study than the one analysed"
+            )
+        found.append(ds)
+    return found
+
+
 class DocumentReporter:
     def __init__(self, manufacturer: str = DISTRIBUTION, version: str = "") -> None:
         # The installed package's own version: what the documents name as software version.
@@ -41,14 +61,17 @@ class DocumentReporter:
         options: OutputOptions,
         *,
         uid_seed: str = "",
+        predecessors: Sequence[bytes] = (),
     ) -> list[EncodedObject]:
+        sources = _sources(instances, pixels=options.dicom_heatmap)
         return reports.build_outputs(
-            _sources(instances, pixels=options.dicom_heatmap),
+            sources,
             result,
             options,
             manufacturer=self._manufacturer,
             software_version=self._version,
             uid_seed=uid_seed,
+            predecessors=_predecessors(predecessors, sources),
         )
 
     def refusal(
@@ -59,9 +82,11 @@ class DocumentReporter:
         options: OutputOptions,
         *,
         uid_seed: str = "",
+        predecessors: Sequence[bytes] = (),
     ) -> list[EncodedObject]:
+        sources = _sources(instances)
         return reports.refusal_outputs(
-            _sources(instances),
+            sources,
             pipeline,
             refusal.reason,
             options,
@@ -69,4 +94,5 @@ class DocumentReporter:
             manufacturer=self._manufacturer,
             software_version=self._version,
             uid_seed=uid_seed,
+            predecessors=_predecessors(predecessors, sources),
         )

@@ -215,7 +215,10 @@ class GatewayCaller:
         record: StudyRecord,
         seed: str,
         request_id: str,
+        predecessors: tuple[bytes, ...] = (),
     ) -> gateway_pb2.AnalyzeResponse:
+        """``predecessors``: the SRs of the study's earlier result, which the new SR names as
+        its earlier versions (AnalyzeHeader.predecessor_documents)."""
         assert plan.pipeline is not None
         volume = plan.pipeline.kind == "volume"
         header = gateway_pb2.AnalyzeHeader(
@@ -230,6 +233,7 @@ class GatewayCaller:
                 report_refusal=True,
             ),
             uid_seed=seed,
+            predecessor_documents=list(predecessors),
         )
         if record.calling_ae:
             header.origin.calling_ae_title = record.calling_ae
@@ -429,7 +433,24 @@ class Analyst:
                 await self._export(record, key)
                 return self._outcome_of_stored(plan, key, stored, common)
             request_id = f"ingest-{key[:16]}-{attempts}"
-            response = await self._gateway.analyze(self._spool, plan, record, key, request_id)
+            # Late instances re-opened the study: the new SR supersedes the latest earlier
+            # result's (its Predecessor Documents Sequence names them). One over the gateway's
+            # limit (1 MiB each, AnalyzeHeader.predecessor_documents) is left out, not failed on.
+            earlier = [k for k in record.results if k != key]
+            predecessors: tuple[bytes, ...] = ()
+            if earlier:
+                files = await asyncio.to_thread(self._results.read, earlier[-1])
+                listed = json.loads(files.get("manifest.json", b"{}")).get("documents", [])
+                predecessors = tuple(
+                    files[d["file"]]
+                    for d in listed
+                    if d.get("kind") == "dicom_sr"
+                    and d.get("file") in files
+                    and len(files[d["file"]]) <= 1 << 20
+                )[:8]
+            response = await self._gateway.analyze(
+                self._spool, plan, record, key, request_id, predecessors
+            )
             served = response.model.version
             if served and served != version:
                 version = served

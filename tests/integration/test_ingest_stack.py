@@ -502,6 +502,24 @@ def test_instance_after_done_reopens_and_the_same_instances_find_their_result(
         again.result_key,
     }
 
+    # The second result's SR supersedes the first's: its Predecessor Documents Sequence
+    # (PS3.3 C.17.2) names the first SR, so a PACS shows it as the newer version.
+    def stored_sr(key: str) -> Dataset:
+        folder = ingest_stack.spool_dir / "results" / key
+        [name] = [d["file"] for d in manifest_of(folder)["documents"] if d["kind"] == "dicom_sr"]
+        return _dataset((folder / name).read_bytes())
+
+    earlier, later = stored_sr(done.result_key), stored_sr(again.result_key)
+    assert "PredecessorDocumentsSequence" not in earlier
+    [predecessor] = later.PredecessorDocumentsSequence
+    assert predecessor.StudyInstanceUID == earlier.StudyInstanceUID == study_uid
+    [series] = predecessor.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == earlier.SeriesInstanceUID
+    assert [str(s.ReferencedSOPInstanceUID) for s in series.ReferencedSOPSequence] == [
+        str(earlier.SOPInstanceUID)
+    ]
+    assert later.SOPInstanceUID != earlier.SOPInstanceUID
+
     # The same instances again (a modality re-sending the study): stored as duplicates and
     # answered success, but nothing an analysis would see changed: the study stays done.
     assert send(ingest_stack, [first, second]) == [SUCCESS, SUCCESS]

@@ -86,6 +86,7 @@ def build_outputs(
     manufacturer: str = DISTRIBUTION,
     software_version: str = "",
     uid_seed: str = "",
+    predecessors: Sequence[Dataset] = (),
 ) -> list[EncodedObject]:
     """The requested objects for ``result``, in the order SR, segmentations, heatmaps, FHIR.
 
@@ -97,11 +98,16 @@ def build_outputs(
 
     ``uid_seed`` (non-empty): every UID and FHIR id of the objects derives from it
     (services/gateway/reports/uids.py), so the same result with the same seed repeats them.
+
+    ``predecessors``: earlier versions of the SR (their headers suffice), of the same study,
+    which the SR names in its Predecessor Documents Sequence.
     """
     if not requested.documents:
         return []
     with uids.seeded(uid_seed):
-        return _build_outputs(sources, result, requested, manufacturer, software_version)
+        return _build_outputs(
+            sources, result, requested, manufacturer, software_version, predecessors
+        )
 
 
 def _build_outputs(
@@ -110,6 +116,7 @@ def _build_outputs(
     requested: OutputOptions,
     manufacturer: str,
     software_version: str,
+    predecessors: Sequence[Dataset],
 ) -> list[EncodedObject]:
     software_version = software_version or platform_version()
     ctx = Context(result.pipeline, result.model, manufacturer, software_version)
@@ -142,7 +149,12 @@ def _build_outputs(
                     linked[index] = on_series[0]
             with _seam("DICOM SR", sources):
                 report = sr.measurement_report(
-                    heads, result, ctx, series_number=series_number, segmentations=linked
+                    heads,
+                    result,
+                    ctx,
+                    series_number=series_number,
+                    segmentations=linked,
+                    predecessors=predecessors,
                 )
                 outputs.append(_dicom(DocumentKind.DICOM_SR, report, "sr", sources[0]))
             sr_uid = str(report.SOPInstanceUID)
@@ -192,6 +204,7 @@ def refusal_outputs(
     manufacturer: str = DISTRIBUTION,
     software_version: str = "",
     uid_seed: str = "",
+    predecessors: Sequence[Dataset] = (),
 ) -> list[EncodedObject]:
     """For a study the platform refused (e.g. outside the pipeline's intended use): an SR and
     a cancelled FHIR DiagnosticReport, as requested, saying why and that no finding was made.
@@ -201,13 +214,21 @@ def refusal_outputs(
     the platform's caveats (OUTSIDE_INTENDED_USE); ``model`` names the model the pipeline would
     have run (the platform itself, version ``software_version``, if None).
     Segmentations and heatmaps do not exist for a refused study and are not made.
-    ``uid_seed``: as for :func:`build_outputs`.
+    ``uid_seed``, ``predecessors``: as for :func:`build_outputs`.
     """
     if not (requested.dicom_sr or requested.fhir):
         return []
     with uids.seeded(uid_seed):
         return _refusal_outputs(
-            sources, pipeline, reason, requested, model, kind, manufacturer, software_version
+            sources,
+            pipeline,
+            reason,
+            requested,
+            model,
+            kind,
+            manufacturer,
+            software_version,
+            predecessors,
         )
 
 
@@ -220,6 +241,7 @@ def _refusal_outputs(
     kind: str,
     manufacturer: str,
     software_version: str,
+    predecessors: Sequence[Dataset],
 ) -> list[EncodedObject]:
     software_version = software_version or platform_version()
     ctx = Context(
@@ -236,7 +258,12 @@ def _refusal_outputs(
         if requested.dicom_sr:
             caveat = CaveatReason(kind) if kind in {r.value for r in CaveatReason} else None
             report = sr.refusal_report(
-                heads, reason, ctx, series_number=first_series_number(heads), caveat=caveat
+                heads,
+                reason,
+                ctx,
+                series_number=first_series_number(heads),
+                caveat=caveat,
+                predecessors=predecessors,
             )
             outputs.append(_dicom(DocumentKind.DICOM_SR, report, "sr", sources[0]))
             sr_uid = str(report.SOPInstanceUID)

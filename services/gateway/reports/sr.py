@@ -247,6 +247,7 @@ def _document(
     ctx: Context,
     series_number: int,
     description: str,
+    predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(ctx),
@@ -271,6 +272,8 @@ def _document(
         manufacturer_model_name=truncate(ctx.manufacturer, 64),
         software_versions=ctx.software_version,
         coding_schemes=codes.coding_schemes(),
+        # The Predecessor Documents Sequence (PS3.3 C.17.2): this SR is their newer version.
+        previous_versions=list(predecessors) or None,
     )
 
 
@@ -281,12 +284,15 @@ def measurement_report(
     *,
     series_number: int,
     segmentations: Mapping[int, tuple[grids.Segmentation, Dataset]] | None = None,
+    predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """The study's findings and measurements as one SR in the source study.
 
     ``sources`` are header copies of the study's instances; ``segmentations`` maps a
     measurement's index to the platform mask and the DICOM Segmentation built from it, which
-    the measurement's group then references (and the SR lists as evidence).
+    the measurement's group then references (and the SR lists as evidence);
+    ``predecessors`` are earlier versions of this SR (same study), named in its Predecessor
+    Documents Sequence.
     """
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     assessment = result.assessment
@@ -330,7 +336,9 @@ def measurement_report(
     elif rest:
         groups.append(_summary_group(None, [], rest, ctx))
     description = f"AI results: {result.pipeline} ({ctx.algorithm})"
-    return _document([*sources, *seg_documents], sources, groups, ctx, series_number, description)
+    return _document(
+        [*sources, *seg_documents], sources, groups, ctx, series_number, description, predecessors
+    )
 
 
 def refusal_report(
@@ -340,6 +348,7 @@ def refusal_report(
     *,
     series_number: int,
     caveat: CaveatReason | None = None,
+    predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """An SR saying the platform did not analyse the study, and why: CAD Processing and
     Findings Summary = "No algorithms succeeded; without findings", the reason as text (and
@@ -352,4 +361,4 @@ def refusal_report(
         caveat_texts=False,
     )
     description = f"AI results: {ctx.pipeline or 'platform'} did not analyze the study"
-    return _document(sources, sources, [group], ctx, series_number, description)
+    return _document(sources, sources, [group], ctx, series_number, description, predecessors)

@@ -16,7 +16,7 @@ from services.api.imaging.v1 import findings_pb2 as imaging_dot_v1_dot_findings_
 from services.api.imaging.v1 import tensor_pb2 as imaging_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18imaging/v1/gateway.proto\x12\nimaging.v1\x1a\x19imaging/v1/findings.proto\x1a\x17imaging/v1/tensor.proto\"\x92\x01\n\rOutputOptions\x12\x10\n\x08heatmaps\x18\x01 \x01(\x08\x12\r\n\x05masks\x18\x02 \x01(\x08\x12\x10\n\x08\x64icom_sr\x18\x03 \x01(\x08\x12\x11\n\tdicom_seg\x18\x04 \x01(\x08\x12\x15\n\rdicom_heatmap\x18\x05 \x01(\x08\x12\x0c\n\x04\x66hir\x18\x06 \x01(\x08\x12\x16\n\x0ereport_refusal\x18\x07 \x01(\x08\"~\n\rEncodedObject\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x15\n\rsop_class_uid\x18\x04 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\"\'\n\x07Refusal\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x06Origin\x12\x18\n\x10\x63\x61lling_ae_title\x18\x01 \x01(\t\x12\x16\n\x0esource_address\x18\x02 \x01(\t\"\xe1\x01\n\x0e\x41nalyzeRequest\x12\x11\n\tinstances\x18\x01 \x03(\x0c\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12-\n\x08priority\x18\x03 \x01(\x0e\x32\x1b.imaging.v1.RequestPriority\x12\x19\n\x11\x63lient_request_id\x18\x04 \x01(\t\x12*\n\x07options\x18\x05 \x01(\x0b\x32\x19.imaging.v1.OutputOptions\x12\"\n\x06origin\x18\x06 \x01(\x0b\x32\x12.imaging.v1.Origin\x12\x10\n\x08uid_seed\x18\x07 \x01(\t\"\xcd\x01\n\rAnalyzeHeader\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12-\n\x08priority\x18\x02 \x01(\x0e\x32\x1b.imaging.v1.RequestPriority\x12\x19\n\x11\x63lient_request_id\x18\x03 \x01(\t\x12*\n\x07options\x18\x04 \x01(\x0b\x32\x19.imaging.v1.OutputOptions\x12\"\n\x06origin\x18\x05 \x01(\x0b\x32\x12.imaging.v1.Origin\x12\x10\n\x08uid_seed\x18\x06 \x01(\t\"5\n\rInstanceChunk\x12\x16\n\x0einstance_index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"o\n\x0c\x41nalyzeChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.imaging.v1.AnalyzeHeaderH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.imaging.v1.InstanceChunkH\x00\x42\x06\n\x04part\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"2\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x14\n\x0cmilliseconds\x18\x02 \x01(\x01\"\xcb\x03\n\x0f\x41nalyzeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.imaging.v1.ModelRef\x12%\n\x08\x66indings\x18\x04 \x03(\x0b\x32\x13.imaging.v1.Finding\x12\x33\n\x0ftriage_priority\x18\x05 \x01(\x0e\x32\x1a.imaging.v1.TriagePriority\x12(\n\x07timings\x18\x06 \x03(\x0b\x32\x17.imaging.v1.StageTiming\x12-\n\x0cmeasurements\x18\x07 \x03(\x0b\x32\x17.imaging.v1.Measurement\x12/\n\rsegmentations\x18\x08 \x03(\x0b\x32\x18.imaging.v1.Segmentation\x12\x10\n\x08warnings\x18\t \x03(\t\x12#\n\x07\x63\x61veats\x18\n \x03(\x0b\x32\x12.imaging.v1.Caveat\x12*\n\x07outputs\x18\x0b \x03(\x0b\x32\x19.imaging.v1.EncodedObject\x12$\n\x07refusal\x18\x0c \x01(\x0b\x32\x13.imaging.v1.Refusal\"\x16\n\x14ListPipelinesRequest\"\xcf\x01\n\x0cPipelineInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.imaging.v1.ModelRef\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\x04 \x01(\t\x12#\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32\x15.imaging.v1.ModelCard\x12\x12\n\nauto_route\x18\x06 \x01(\x08\x12-\n\x0cintended_use\x18\x07 \x01(\x0b\x32\x17.imaging.v1.IntendedUse\";\n\x05Range\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\x8e\x02\n\x0bIntendedUse\x12\x12\n\npopulation\x18\x01 \x01(\t\x12$\n\tage_years\x18\x02 \x01(\x0b\x32\x11.imaging.v1.Range\x12!\n\x19presentation_intent_types\x18\x03 \x03(\t\x12\x16\n\x0eview_positions\x18\x04 \x03(\t\x12#\n\x1bphotometric_interpretations\x18\x05 \x03(\t\x12+\n\x10pixel_spacing_mm\x18\x06 \x01(\x0b\x32\x11.imaging.v1.Range\x12\x12\n\nmin_matrix\x18\x07 \x01(\x05\x12\x0f\n\x07outside\x18\x08 \x01(\t\x12\x13\n\x0b\x61ge_unknown\x18\t \x01(\t\"\xd2\x01\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cintended_use\x18\x03 \x01(\t\x12\x13\n\x0bnot_for_use\x18\x04 \x01(\t\x12\x33\n\x07metrics\x18\x05 \x03(\x0b\x32\".imaging.v1.ModelCard.MetricsEntry\x12\x16\n\x0e\x63\x61rd_reference\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x15ListPipelinesResponse\x12+\n\tpipelines\x18\x01 \x03(\x0b\x32\x18.imaging.v1.PipelineInfo*n\n\x0fRequestPriority\x12 \n\x1cREQUEST_PRIORITY_UNSPECIFIED\x10\x00\x12\x1c\n\x18REQUEST_PRIORITY_ROUTINE\x10\x01\x12\x1b\n\x17REQUEST_PRIORITY_URGENT\x10\x02\x32\xed\x01\n\x07Gateway\x12\x42\n\x07\x41nalyze\x12\x1a.imaging.v1.AnalyzeRequest\x1a\x1b.imaging.v1.AnalyzeResponse\x12H\n\rAnalyzeStream\x12\x18.imaging.v1.AnalyzeChunk\x1a\x1b.imaging.v1.AnalyzeResponse(\x01\x12T\n\rListPipelines\x12 .imaging.v1.ListPipelinesRequest\x1a!.imaging.v1.ListPipelinesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18imaging/v1/gateway.proto\x12\nimaging.v1\x1a\x19imaging/v1/findings.proto\x1a\x17imaging/v1/tensor.proto\"\x92\x01\n\rOutputOptions\x12\x10\n\x08heatmaps\x18\x01 \x01(\x08\x12\r\n\x05masks\x18\x02 \x01(\x08\x12\x10\n\x08\x64icom_sr\x18\x03 \x01(\x08\x12\x11\n\tdicom_seg\x18\x04 \x01(\x08\x12\x15\n\rdicom_heatmap\x18\x05 \x01(\x08\x12\x0c\n\x04\x66hir\x18\x06 \x01(\x08\x12\x16\n\x0ereport_refusal\x18\x07 \x01(\x08\"~\n\rEncodedObject\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x15\n\rsop_class_uid\x18\x04 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\"\'\n\x07Refusal\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x06Origin\x12\x18\n\x10\x63\x61lling_ae_title\x18\x01 \x01(\t\x12\x16\n\x0esource_address\x18\x02 \x01(\t\"\x80\x02\n\x0e\x41nalyzeRequest\x12\x11\n\tinstances\x18\x01 \x03(\x0c\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12-\n\x08priority\x18\x03 \x01(\x0e\x32\x1b.imaging.v1.RequestPriority\x12\x19\n\x11\x63lient_request_id\x18\x04 \x01(\t\x12*\n\x07options\x18\x05 \x01(\x0b\x32\x19.imaging.v1.OutputOptions\x12\"\n\x06origin\x18\x06 \x01(\x0b\x32\x12.imaging.v1.Origin\x12\x10\n\x08uid_seed\x18\x07 \x01(\t\x12\x1d\n\x15predecessor_documents\x18\x08 \x03(\x0c\"\xec\x01\n\rAnalyzeHeader\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12-\n\x08priority\x18\x02 \x01(\x0e\x32\x1b.imaging.v1.RequestPriority\x12\x19\n\x11\x63lient_request_id\x18\x03 \x01(\t\x12*\n\x07options\x18\x04 \x01(\x0b\x32\x19.imaging.v1.OutputOptions\x12\"\n\x06origin\x18\x05 \x01(\x0b\x32\x12.imaging.v1.Origin\x12\x10\n\x08uid_seed\x18\x06 \x01(\t\x12\x1d\n\x15predecessor_documents\x18\x07 \x03(\x0c\"5\n\rInstanceChunk\x12\x16\n\x0einstance_index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"o\n\x0c\x41nalyzeChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.imaging.v1.AnalyzeHeaderH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.imaging.v1.InstanceChunkH\x00\x42\x06\n\x04part\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"2\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x14\n\x0cmilliseconds\x18\x02 \x01(\x01\"\xcb\x03\n\x0f\x41nalyzeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.imaging.v1.ModelRef\x12%\n\x08\x66indings\x18\x04 \x03(\x0b\x32\x13.imaging.v1.Finding\x12\x33\n\x0ftriage_priority\x18\x05 \x01(\x0e\x32\x1a.imaging.v1.TriagePriority\x12(\n\x07timings\x18\x06 \x03(\x0b\x32\x17.imaging.v1.StageTiming\x12-\n\x0cmeasurements\x18\x07 \x03(\x0b\x32\x17.imaging.v1.Measurement\x12/\n\rsegmentations\x18\x08 \x03(\x0b\x32\x18.imaging.v1.Segmentation\x12\x10\n\x08warnings\x18\t \x03(\t\x12#\n\x07\x63\x61veats\x18\n \x03(\x0b\x32\x12.imaging.v1.Caveat\x12*\n\x07outputs\x18\x0b \x03(\x0b\x32\x19.imaging.v1.EncodedObject\x12$\n\x07refusal\x18\x0c \x01(\x0b\x32\x13.imaging.v1.Refusal\"\x16\n\x14ListPipelinesRequest\"\xcf\x01\n\x0cPipelineInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.imaging.v1.ModelRef\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\x04 \x01(\t\x12#\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32\x15.imaging.v1.ModelCard\x12\x12\n\nauto_route\x18\x06 \x01(\x08\x12-\n\x0cintended_use\x18\x07 \x01(\x0b\x32\x17.imaging.v1.IntendedUse\";\n\x05Range\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\x8e\x02\n\x0bIntendedUse\x12\x12\n\npopulation\x18\x01 \x01(\t\x12$\n\tage_years\x18\x02 \x01(\x0b\x32\x11.imaging.v1.Range\x12!\n\x19presentation_intent_types\x18\x03 \x03(\t\x12\x16\n\x0eview_positions\x18\x04 \x03(\t\x12#\n\x1bphotometric_interpretations\x18\x05 \x03(\t\x12+\n\x10pixel_spacing_mm\x18\x06 \x01(\x0b\x32\x11.imaging.v1.Range\x12\x12\n\nmin_matrix\x18\x07 \x01(\x05\x12\x0f\n\x07outside\x18\x08 \x01(\t\x12\x13\n\x0b\x61ge_unknown\x18\t \x01(\t\"\xd2\x01\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cintended_use\x18\x03 \x01(\t\x12\x13\n\x0bnot_for_use\x18\x04 \x01(\t\x12\x33\n\x07metrics\x18\x05 \x03(\x0b\x32\".imaging.v1.ModelCard.MetricsEntry\x12\x16\n\x0e\x63\x61rd_reference\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x15ListPipelinesResponse\x12+\n\tpipelines\x18\x01 \x03(\x0b\x32\x18.imaging.v1.PipelineInfo*n\n\x0fRequestPriority\x12 \n\x1cREQUEST_PRIORITY_UNSPECIFIED\x10\x00\x12\x1c\n\x18REQUEST_PRIORITY_ROUTINE\x10\x01\x12\x1b\n\x17REQUEST_PRIORITY_URGENT\x10\x02\x32\xed\x01\n\x07Gateway\x12\x42\n\x07\x41nalyze\x12\x1a.imaging.v1.AnalyzeRequest\x1a\x1b.imaging.v1.AnalyzeResponse\x12H\n\rAnalyzeStream\x12\x18.imaging.v1.AnalyzeChunk\x1a\x1b.imaging.v1.AnalyzeResponse(\x01\x12T\n\rListPipelines\x12 .imaging.v1.ListPipelinesRequest\x1a!.imaging.v1.ListPipelinesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -25,8 +25,8 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _globals['_MODELCARD_METRICSENTRY']._options = None
   _globals['_MODELCARD_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_REQUESTPRIORITY']._serialized_start=2482
-  _globals['_REQUESTPRIORITY']._serialized_end=2592
+  _globals['_REQUESTPRIORITY']._serialized_start=2544
+  _globals['_REQUESTPRIORITY']._serialized_end=2654
   _globals['_OUTPUTOPTIONS']._serialized_start=93
   _globals['_OUTPUTOPTIONS']._serialized_end=239
   _globals['_ENCODEDOBJECT']._serialized_start=241
@@ -36,33 +36,33 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_ORIGIN']._serialized_start=410
   _globals['_ORIGIN']._serialized_end=468
   _globals['_ANALYZEREQUEST']._serialized_start=471
-  _globals['_ANALYZEREQUEST']._serialized_end=696
-  _globals['_ANALYZEHEADER']._serialized_start=699
-  _globals['_ANALYZEHEADER']._serialized_end=904
-  _globals['_INSTANCECHUNK']._serialized_start=906
-  _globals['_INSTANCECHUNK']._serialized_end=959
-  _globals['_ANALYZECHUNK']._serialized_start=961
-  _globals['_ANALYZECHUNK']._serialized_end=1072
-  _globals['_MODELREF']._serialized_start=1074
-  _globals['_MODELREF']._serialized_end=1115
-  _globals['_STAGETIMING']._serialized_start=1117
-  _globals['_STAGETIMING']._serialized_end=1167
-  _globals['_ANALYZERESPONSE']._serialized_start=1170
-  _globals['_ANALYZERESPONSE']._serialized_end=1629
-  _globals['_LISTPIPELINESREQUEST']._serialized_start=1631
-  _globals['_LISTPIPELINESREQUEST']._serialized_end=1653
-  _globals['_PIPELINEINFO']._serialized_start=1656
-  _globals['_PIPELINEINFO']._serialized_end=1863
-  _globals['_RANGE']._serialized_start=1865
-  _globals['_RANGE']._serialized_end=1924
-  _globals['_INTENDEDUSE']._serialized_start=1927
-  _globals['_INTENDEDUSE']._serialized_end=2197
-  _globals['_MODELCARD']._serialized_start=2200
-  _globals['_MODELCARD']._serialized_end=2410
-  _globals['_MODELCARD_METRICSENTRY']._serialized_start=2364
-  _globals['_MODELCARD_METRICSENTRY']._serialized_end=2410
-  _globals['_LISTPIPELINESRESPONSE']._serialized_start=2412
-  _globals['_LISTPIPELINESRESPONSE']._serialized_end=2480
-  _globals['_GATEWAY']._serialized_start=2595
-  _globals['_GATEWAY']._serialized_end=2832
+  _globals['_ANALYZEREQUEST']._serialized_end=727
+  _globals['_ANALYZEHEADER']._serialized_start=730
+  _globals['_ANALYZEHEADER']._serialized_end=966
+  _globals['_INSTANCECHUNK']._serialized_start=968
+  _globals['_INSTANCECHUNK']._serialized_end=1021
+  _globals['_ANALYZECHUNK']._serialized_start=1023
+  _globals['_ANALYZECHUNK']._serialized_end=1134
+  _globals['_MODELREF']._serialized_start=1136
+  _globals['_MODELREF']._serialized_end=1177
+  _globals['_STAGETIMING']._serialized_start=1179
+  _globals['_STAGETIMING']._serialized_end=1229
+  _globals['_ANALYZERESPONSE']._serialized_start=1232
+  _globals['_ANALYZERESPONSE']._serialized_end=1691
+  _globals['_LISTPIPELINESREQUEST']._serialized_start=1693
+  _globals['_LISTPIPELINESREQUEST']._serialized_end=1715
+  _globals['_PIPELINEINFO']._serialized_start=1718
+  _globals['_PIPELINEINFO']._serialized_end=1925
+  _globals['_RANGE']._serialized_start=1927
+  _globals['_RANGE']._serialized_end=1986
+  _globals['_INTENDEDUSE']._serialized_start=1989
+  _globals['_INTENDEDUSE']._serialized_end=2259
+  _globals['_MODELCARD']._serialized_start=2262
+  _globals['_MODELCARD']._serialized_end=2472
+  _globals['_MODELCARD_METRICSENTRY']._serialized_start=2426
+  _globals['_MODELCARD_METRICSENTRY']._serialized_end=2472
+  _globals['_LISTPIPELINESRESPONSE']._serialized_start=2474
+  _globals['_LISTPIPELINESRESPONSE']._serialized_end=2542
+  _globals['_GATEWAY']._serialized_start=2657
+  _globals['_GATEWAY']._serialized_end=2894
 # @@protoc_insertion_point(module_scope)

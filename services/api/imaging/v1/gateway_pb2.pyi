@@ -68,7 +68,7 @@ class Origin(_message.Message):
     def __init__(self, calling_ae_title: _Optional[str] = ..., source_address: _Optional[str] = ...) -> None: ...
 
 class AnalyzeRequest(_message.Message):
-    __slots__ = ("instances", "pipeline", "priority", "client_request_id", "options", "origin", "uid_seed")
+    __slots__ = ("instances", "pipeline", "priority", "client_request_id", "options", "origin", "uid_seed", "predecessor_documents")
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class AnalyzeRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     UID_SEED_FIELD_NUMBER: _ClassVar[int]
+    PREDECESSOR_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     instances: _containers.RepeatedScalarFieldContainer[bytes]
     pipeline: str
     priority: RequestPriority
@@ -83,23 +84,26 @@ class AnalyzeRequest(_message.Message):
     options: OutputOptions
     origin: Origin
     uid_seed: str
-    def __init__(self, instances: _Optional[_Iterable[bytes]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., uid_seed: _Optional[str] = ...) -> None: ...
+    predecessor_documents: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, instances: _Optional[_Iterable[bytes]] = ..., pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., uid_seed: _Optional[str] = ..., predecessor_documents: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class AnalyzeHeader(_message.Message):
-    __slots__ = ("pipeline", "priority", "client_request_id", "options", "origin", "uid_seed")
+    __slots__ = ("pipeline", "priority", "client_request_id", "options", "origin", "uid_seed", "predecessor_documents")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     UID_SEED_FIELD_NUMBER: _ClassVar[int]
+    PREDECESSOR_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     pipeline: str
     priority: RequestPriority
     client_request_id: str
     options: OutputOptions
     origin: Origin
     uid_seed: str
-    def __init__(self, pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., uid_seed: _Optional[str] = ...) -> None: ...
+    predecessor_documents: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, pipeline: _Optional[str] = ..., priority: _Optional[_Union[RequestPriority, str]] = ..., client_request_id: _Optional[str] = ..., options: _Optional[_Union[OutputOptions, _Mapping]] = ..., origin: _Optional[_Union[Origin, _Mapping]] = ..., uid_seed: _Optional[str] = ..., predecessor_documents: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class InstanceChunk(_message.Message):
     __slots__ = ("instance_index", "data")
