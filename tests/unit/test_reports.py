@@ -624,3 +624,24 @@ def test_person_names_are_copied_exactly(chest: Dataset, recwarn: pytest.Warning
             assert (str(ds.PatientName), str(ds.ReferringPhysicianName)) == ("ANONYMIZED", "WARD")
     assert not [w for w in recwarn if "ANONYMIZED" in str(w.message)]
     assert str(source.PatientName) == "ANONYMIZED"  # the source is not changed
+
+
+def test_fhir_report_is_based_on_the_order_by_its_accession_number(chest: Dataset) -> None:
+    """The EHR files the report against its order: basedOn a ServiceRequest identified by the
+    study's Accession Number (type ACSN); none when the sources disagree or it is not one SH."""
+    ordered = chest.copy()
+    ordered.AccessionNumber = "ACC-2026-0042"
+    (fhir,) = build_outputs([ordered], chest_result(ordered), OutputOptions(fhir=True))
+    (report,) = _resources(fhir.data, "DiagnosticReport")
+    (order,) = report["basedOn"]
+    assert order["type"] == "ServiceRequest"
+    assert order["identifier"]["value"] == "ACC-2026-0042"
+    assert order["identifier"]["type"]["coding"][0]["code"] == "ACSN"
+    other = ordered.copy()
+    other.AccessionNumber = "ACC-2026-0043"
+    unordered = ordered.copy()
+    del unordered.AccessionNumber
+    for sources in ([ordered, other], [unordered]):
+        (fhir,) = build_outputs(sources, chest_result(ordered), OutputOptions(fhir=True))
+        (report,) = _resources(fhir.data, "DiagnosticReport")
+        assert "basedOn" not in report

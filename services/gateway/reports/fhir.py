@@ -18,6 +18,7 @@ valueQuantity (the model's output, which is not a decision here).
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,11 +101,33 @@ def _caveat_parts(caveats: Sequence[Caveat]) -> tuple[list[dict[str, Any]], list
     return components, notes
 
 
+# The order the report answers, as the EHR files it: the study's Accession Number as a
+# ServiceRequest identifier of type ACSN (HL7 v2 table 0203), the way FHIR's ImagingStudy
+# and DiagnosticReport carry it. An order number, not a patient's identity.
+_ACSN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}
+# VR SH (PS3.5 6.2): at most 16 characters, no backslash or control characters.
+_SHORT_STRING = re.compile(r"[^\\\x00-\x1f]{1,16}")
+
+
+def _accession(sources: Sequence[Dataset]) -> str:
+    """The study's Accession Number, when every source that has one agrees and it is a valid
+    Short String; "" otherwise (never guessed between two orders)."""
+    values = [ds.get("AccessionNumber") for ds in sources]
+    if any(v is not None and not isinstance(v, str) for v in values):
+        return ""  # several values (a backslash in SH): not one order
+    numbers = {str(v).strip() for v in values if v} - {""}
+    if len(numbers) != 1:
+        return ""
+    (number,) = numbers
+    return number if _SHORT_STRING.fullmatch(number) else ""
+
+
 class _Builder:
     def __init__(self, sources: Sequence[Dataset], ctx: Context, issued: str) -> None:
         self.ctx = ctx
         self.issued = issued
         self.studies = _study_refs(sources)
+        self.accession = _accession(sources)
         self.entries: list[dict[str, Any]] = []
         self.device_url = self._add(self._device())
 
@@ -241,6 +264,13 @@ class _Builder:
         if sr_uid:
             # The DICOM SR with the same content, where one was made.
             report["identifier"] = [_uid_identifier(sr_uid)]
+        if self.accession:
+            report["basedOn"] = [
+                {
+                    "type": "ServiceRequest",
+                    "identifier": {"type": _ACSN, "value": self.accession},
+                }
+            ]
         if results:
             report["result"] = [{"reference": url} for url in results]
         self.entries.insert(0, {"fullUrl": f"urn:uuid:{uids.uuid()}", "resource": report})
