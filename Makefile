@@ -18,11 +18,14 @@ demo: setup
 test: setup test-packages check-protos lint typecheck
 	$(BIN)/pytest
 
-# The ingest's kill -9 durability test (tests/integration/test_ingest_stack.py) at many more
-# seeded points than `make test` runs (20): 5 to 7 s a point.
+# The kill -9 durability tests at many more seeded points than `make test` runs: receiving
+# (tests/integration/test_ingest_stack.py, 20 in CI, 5 to 7 s a point) and exporting
+# (tests/integration/test_export_stack.py, 5 in CI, 2 to 11 s a point).
 KILL_POINTS ?= 200
+EXPORT_KILL_POINTS ?= 100
 soak: setup test-packages
-	IMAGING_KILL_POINTS=$(KILL_POINTS) $(BIN)/pytest -k kill tests/integration/test_ingest_stack.py
+	IMAGING_KILL_POINTS=$(KILL_POINTS) IMAGING_EXPORT_KILL_POINTS=$(EXPORT_KILL_POINTS) \
+		$(BIN)/pytest -k kill tests/integration/test_ingest_stack.py tests/integration/test_export_stack.py
 
 # Debian packages only the tests use (dciodvfy, dsrdump, Orthanc, Prometheus), installed with
 # no daemon started or enabled; the main job (make demo) needs none. See the README's list.

@@ -32,7 +32,6 @@ from nats.js import api
 from nats.js.errors import (
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
     NotFoundError,
 )
 from nats.js.kv import KeyValue
@@ -232,16 +231,7 @@ class Engine:
         raise EngineUnavailable(f"study record kept changing under {_CAS_ATTEMPTS} updates")
 
     async def studies(self) -> list[StudyRecord]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
-        records = []
-        for key in keys:
-            record, _ = await self.study(key)
-            if record is not None:
-                records.append(record)
-        return records
+        return [StudyRecord.model_validate_json(value) for _, value in await entries(self.kv)]
 
     async def forget(self, study_uid: str) -> None:
         try:
@@ -288,6 +278,28 @@ async def _reconnected() -> None:
     log.info("reconnected to the NATS server")
 
 
+# A listing's watch consumer is gone this long after the listing ends. nats-py's own keys()
+# leaves its consumer for the server's default of five minutes, and a stream holds at most a
+# thousand: a completion pass every second would fill that within hours.
+_LISTING_INACTIVE_SECONDS = 2.0
+
+
+async def entries(kv: KeyValue) -> list[tuple[str, bytes]]:
+    """Every live key and its value, in one pass over the bucket (one watch consumer, which the
+    server drops two seconds after this returns)."""
+    watcher = await kv.watchall(ignore_deletes=True, inactive_threshold=_LISTING_INACTIVE_SECONDS)
+    found: list[tuple[str, bytes]] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the initial values are all delivered
+                break
+            if entry.value:
+                found.append((entry.key, entry.value))
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return found
+
+
 class Outbox:
     """Exports on the engine: a record per (destination, result) in ``imaging-exports`` for
     `exports list/show`, and a message per delivery to make on the destination's subject."""
@@ -318,12 +330,7 @@ class Outbox:
         return None if entry.value is None else ExportRecord.model_validate_json(entry.value)
 
     async def all(self) -> list[ExportRecord]:
-        try:
-            keys = await self.records.keys()
-        except NoKeysError:
-            return []
-        found = [await self.get(key) for key in keys]
-        return [r for r in found if r is not None]
+        return [ExportRecord.model_validate_json(v) for _, v in await entries(self.records)]
 
     async def consumer(self, destination: str, rank: int, ack_wait: float) -> Any:
         return await self._engine.js.pull_subscribe(

@@ -289,3 +289,24 @@ def test_a_dropped_export_is_not_delivered(nats: NatsServer, tmp_path: Path) -> 
     finally:
         stop(r)
         down.stop()
+
+
+def test_listings_leave_no_watch_consumers_behind(nats: NatsServer, tmp_path: Path) -> None:
+    """Listing studies or exports (the completion pass every second, `studies list`, `exports
+    list`) watches the bucket; a stream holds at most 1000 consumers, and nats-py's keys()
+    left each for five minutes, so listings failed after 1000 within that time."""
+    r = rig(nats, tmp_path, {"any": dicom(pick_port())})
+    try:
+        for _ in range(60):
+            r.loop.run(r.engine.studies())
+            r.loop.run(r.outbox.all())
+
+        def consumers() -> int:
+            buckets = ("KV_imaging-studies", "KV_imaging-exports")
+            infos = [r.loop.run(r.engine.js.stream_info(b)) for b in buckets]
+            return sum(i.state.consumer_count for i in infos)
+
+        assert consumers() > 0  # the listings' watchers were real consumers
+        wait_until(lambda: consumers() == 0, 20, "the listings' consumers dropped by the server")
+    finally:
+        stop(r)
