@@ -152,6 +152,9 @@ class ExportRecord(BaseModel):
     rank: int = 2
     triage: str = ""
     supersedes: str = ""
+    # A rule lets this destination name the patient (read from the study's instances when
+    # sent, never stored here: the engine holds no identity).
+    identity: bool = False
     state: ExportState = ExportState.PENDING
     attempts: int = 0
     created: float = 0.0

@@ -12,10 +12,12 @@
         auth: {username: imaging, password_file: /run/secrets/ehr-password}
     rules:
       - {destinations: [pacs], documents: [sr, seg]}
-      - {destinations: [ehr], documents: [fhir], pipelines: [cxr_pneumonia], refusals: true}
+      - {destinations: [ehr], documents: [fhir], pipelines: [cxr_pneumonia], refusals: true,
+         identity: true}
 
 A rule without ``pipelines`` or ``calling_ae_titles`` matches every result; ``refusals`` (off by
-default) also sends the refusal SR and cancelled report of a refused study. There is no default
+default) also sends the refusal SR and cancelled report of a refused study; ``identity`` (off
+by default, FHIR only) names the patient by identifier in the report. There is no default
 destination: without the file nothing is exported. Secrets are read from files, never written in
 the file itself. Every mistake (an unknown destination in a rule, FHIR to a DICOM peer, a bad AE
 title) stops the ingest at start-up with the reason.
@@ -192,6 +194,10 @@ class Rule(_Spec):
     pipelines: list[str] | None = None
     calling_ae_titles: list[str] | None = None
     refusals: bool = False
+    # FHIR only: the DiagnosticReport and Observations name the patient, as a Patient reference
+    # by identifier (PatientID, with IssuerOfPatientID as its assigner), for an EHR that files
+    # by patient. Off: no identity leaves the platform (the EHR links by the study's UID).
+    identity: bool = False
 
     def matches(self, pipeline: str, calling_ae: str, refused: bool) -> bool:
         if refused and not self.refusals:
@@ -220,6 +226,8 @@ class Destinations(_Spec):
                 target = self.destinations.get(name)
                 if target is None:
                     raise ValueError(f"rule {index}: unknown destination {name!r}")
+                if rule.identity and target.type != "fhir":
+                    raise ValueError(f"rule {index}: identity applies to FHIR destinations only")
                 refused = [d for d in rule.documents if not target.accepts(d)]
                 if refused:
                     raise ValueError(
@@ -232,6 +240,15 @@ class Destinations(_Spec):
         if path is None:
             return cls()
         return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+
+    def identity(self, pipeline: str, calling_ae: str, refused: bool) -> set[str]:
+        """The destinations a matching rule lets name the patient."""
+        return {
+            name
+            for rule in self.rules
+            if rule.identity and rule.matches(pipeline, calling_ae, refused)
+            for name in rule.destinations
+        }
 
     def route(self, pipeline: str, calling_ae: str, refused: bool) -> dict[str, set[str]]:
         """Destination -> the document kinds (EncodedObject.kind) it gets of one result."""

@@ -22,9 +22,12 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import pydicom
 
 from services.ingest import monitoring
 from services.ingest.core import ExportRecord, ExportState, StudyRecord, export_rank
@@ -42,6 +45,7 @@ from services.ingest.spool import ResultStore
 
 log = logging.getLogger("imaging.ingest.exporter")
 
+_LONG_STRING = re.compile(r"[^\\\x00-\x1f]{1,64}")
 FINISHED = frozenset({ExportState.DELIVERED, ExportState.DEAD_LETTERED, ExportState.DROPPED})
 
 
@@ -99,6 +103,9 @@ class Exporter:
             d.kind
             for d in stored_documents(files, {"dicom_sr", "dicom_seg", "dicom_heatmap", "fhir"})
         }
+        named = self._destinations.identity(
+            record.pipeline or str(answer.get("pipeline", "")), record.calling_ae, refused
+        )
         routed = self._destinations.route(
             record.pipeline or str(answer.get("pipeline", "")), record.calling_ae, refused
         )
@@ -116,6 +123,7 @@ class Exporter:
                 rank=export_rank(triage),
                 triage=triage.removeprefix("TRIAGE_PRIORITY_"),
                 supersedes=supersedes,
+                identity=destination in named and "fhir" in wanted,
                 created=now,
                 updated=now,
             )
@@ -176,6 +184,13 @@ class Exporter:
         if not documents:
             await self._dead(message, record, attempt, "the stored result is gone", "missing")
             return
+        labels: dict[str, str] = {}
+        if record.identity:
+            labels = await asyncio.to_thread(self._patient, record.study_uid)
+            if not labels:
+                reason = "no stored instance names a valid patient identifier"
+                await self._dead(message, record, attempt, reason, "no patient")
+                return
         delivery = Delivery(
             destination=name,
             result_key=record.result_key,
@@ -183,6 +198,7 @@ class Exporter:
             documents=tuple(documents),
             supersedes=record.supersedes,
             attempt=attempt,
+            labels=labels,
         )
         keepalive = asyncio.ensure_future(self._in_progress(message))
         started = time.perf_counter()
@@ -208,6 +224,29 @@ class Exporter:
                       failure="", status="")
         )  # fmt: skip
         await message.ack_sync()
+
+    def _patient(self, study_uid: str) -> dict[str, str]:
+        """PatientID and IssuerOfPatientID of the study's stored instances, when they agree and
+        are valid LO values (PS3.5 6.2: at most 64 characters, no backslash or control
+        characters); {} otherwise. Never logged."""
+        found: set[tuple[str, str]] = set()
+        for path in self._results.spool.study_files(study_uid):
+            try:
+                ds = pydicom.dcmread(
+                    path, stop_before_pixels=True, specific_tags=["PatientID", "IssuerOfPatientID"]
+                )
+            except Exception:
+                continue
+            patient, issuer = ds.get("PatientID"), ds.get("IssuerOfPatientID") or ""
+            if not isinstance(patient, str) or not isinstance(issuer, str):
+                return {}
+            found.add((patient.strip(), issuer.strip()))
+        if len(found) != 1:
+            return {}
+        ((patient, issuer),) = found
+        if not _LONG_STRING.fullmatch(patient) or (issuer and not _LONG_STRING.fullmatch(issuer)):
+            return {}
+        return {"patient_id": patient, **({"patient_issuer": issuer} if issuer else {})}
 
     async def _transient(
         self, message: Any, record: ExportRecord, attempt: int, failure: DeliveryFailure

@@ -166,6 +166,10 @@ class ResultStore:
         self._spool = spool
         self.root = spool.results
 
+    @property
+    def spool(self) -> Spool:
+        return self._spool
+
     def path(self, key: str) -> Path:
         if not key.isalnum():
             raise ValueError("a result key is a hex digest")

@@ -6,6 +6,7 @@ destination's failure table says."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import ssl
@@ -135,6 +136,30 @@ def test_a_report_is_created_once_however_often_it_is_sent(
     for observation in standin.resources("Observation"):
         [value] = [i["value"] for i in observation["identifier"] if i["system"] == SYSTEM]
         assert len(standin.with_identifier("Observation", SYSTEM, value)) == 1
+
+
+def test_identity_only_where_the_rule_allows_it(
+    standin: FhirStandIn, source: pydicom.Dataset
+) -> None:
+    """Without identity labels (the default) no resource has a subject; with them (a rule with
+    ``identity: true``, the exporter reading the study's PatientID) the report and observations
+    name the patient by identifier, and the stand-in validates the result."""
+    sender = _fhir(standin.url)
+    sender.send(_delivery(source, FIRST))
+    held = [*standin.resources("DiagnosticReport"), *standin.resources("Observation")]
+    assert held and all("subject" not in r for r in held)
+    named = dataclasses.replace(
+        _delivery(source, SECOND),
+        labels={"patient_id": "PID-4711", "patient_issuer": "HOSPITAL-A"},
+    )
+    sender.send(named)
+    ours = standin.with_identifier("DiagnosticReport", SYSTEM, report_identifier(SECOND))
+    assert [r["subject"] for r in ours] == [
+        {
+            "type": "Patient",
+            "identifier": {"value": "PID-4711", "assigner": {"display": "HOSPITAL-A"}},
+        }
+    ]
 
 
 def test_a_superseding_result_amends_the_same_report(

@@ -310,3 +310,34 @@ def test_listings_leave_no_watch_consumers_behind(nats: NatsServer, tmp_path: Pa
         wait_until(lambda: consumers() == 0, 20, "the listings' consumers dropped by the server")
     finally:
         stop(r)
+
+
+def test_the_patient_is_read_from_the_studys_instances_only_when_unambiguous(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    """For a FHIR destination whose rule allows identity, the exporter names the patient from
+    the stored instances at send time (the engine never holds identity): one valid PatientID
+    (LO) agreed by every instance, else none and the export is dead-lettered."""
+    r = rig(nats, tmp_path, {"any": dicom(pick_port())})
+    try:
+
+        def study_with(*patients: tuple[str, str]) -> str:
+            study = generate_uid()
+            folder = r.results.spool.study_dir(study)
+            folder.mkdir(parents=True)
+            for patient, issuer in patients:
+                ds = new_instance(SecondaryCaptureImageStorage)
+                ds.StudyInstanceUID, ds.PatientID = study, patient
+                if issuer:
+                    ds.IssuerOfPatientID = issuer
+                (folder / f"{ds.SOPInstanceUID}.dcm").write_bytes(to_bytes(ds))
+            return study
+
+        one = study_with(("PID-1", "HOSP"), ("PID-1", "HOSP"))
+        assert r.exporter._patient(one) == {"patient_id": "PID-1", "patient_issuer": "HOSP"}
+        assert r.exporter._patient(study_with(("PID-1", ""))) == {"patient_id": "PID-1"}
+        assert r.exporter._patient(study_with(("PID-1", ""), ("PID-2", ""))) == {}
+        assert r.exporter._patient(study_with(("A\\B", ""))) == {}  # two values: not one id
+        assert r.exporter._patient(generate_uid()) == {}  # instances gone (retention)
+    finally:
+        stop(r)

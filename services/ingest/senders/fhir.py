@@ -103,14 +103,31 @@ def _collection(data: bytes) -> list[dict[str, Any]]:
     return [copy.deepcopy(e) for e in entries]
 
 
-def transaction(data: bytes, result_key: str, supersedes: str = "") -> dict[str, Any]:
+def _subject(labels: dict[str, str]) -> dict[str, Any] | None:
+    """A Patient reference by identifier, where the destination's rule allows identity."""
+    patient = labels.get("patient_id", "")
+    if not patient:
+        return None
+    identifier: dict[str, Any] = {"value": patient}
+    if labels.get("patient_issuer"):
+        identifier["assigner"] = {"display": labels["patient_issuer"]}
+    return {"type": "Patient", "identifier": identifier}
+
+
+def transaction(
+    data: bytes, result_key: str, supersedes: str = "", labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The transaction Bundle for the gateway's collection Bundle ``data`` of result
-    ``result_key`` (see the module's docstring), validated."""
+    ``result_key`` (see the module's docstring), validated. ``labels`` with a ``patient_id``
+    (a rule allowing identity): the report and observations name the patient by identifier."""
+    subject = _subject(labels or {})
     entries = []
     seen: Counter[str] = Counter()
     for entry in _collection(data):
         resource = entry["resource"]
         kind = str(resource["resourceType"])
+        if subject is not None and kind in (REPORT, "Observation"):
+            resource["subject"] = subject
         ordinal = seen[kind]
         seen[kind] += 1
         identifiers = resource.setdefault("identifier", [])
@@ -186,7 +203,9 @@ class FhirSender:
                 f"{len(documents)} FHIR documents in one result; one is expected",
                 "invalid FHIR document",
             )
-        bundle = transaction(documents[0].data, delivery.result_key, delivery.supersedes)
+        bundle = transaction(
+            documents[0].data, delivery.result_key, delivery.supersedes, delivery.labels
+        )
         reply = exchange(
             "POST",
             self.destination.url.rstrip("/"),
