@@ -20,7 +20,7 @@ test: setup test-packages check-protos lint typecheck
 
 # The kill -9 durability tests at many more seeded points than `make test` runs: receiving
 # (tests/integration/test_ingest_stack.py, 20 in CI, 5 to 7 s a point) and exporting
-# (tests/integration/test_export_stack.py, 5 in CI, 2 to 11 s a point).
+# (tests/integration/test_export_stack.py, 20 in CI, 2 to 11 s a point).
 KILL_POINTS ?= 200
 EXPORT_KILL_POINTS ?= 100
 soak: setup test-packages

@@ -4,14 +4,12 @@ Commitment, and STOW-RS) and to the stand-in FHIR server (tests/integration/fhir
 
 Orthanc knows the ingest's SCP (AE title IMAGING, a port picked before the stack starts) so that
 its Storage Commitment reports come back to it. The destinations retry after 1 to 3 s, and the
-ingest's job timeout (also the exporter's ack wait) is 10 s, so an export cut short by kill -9
+ingest's job timeout (also the exporter's ack wait) is 4 s, so an export cut short by kill -9
 is delivered again soon after the ingest comes back (``IMAGING_EXPORT_KILL_POINTS`` seeded
-points, default 5): Orthanc still holds one SR of the study.
+points, default 20): Orthanc still holds one SR of the study.
 
 The stack's quiet period is long (600 s): only an explicit close completes a study. Export
-records are polled by key (GetExport), never with ListExports: each listing is a NATS KV
-``keys()``, which leaves an ordered consumer on the server for 5 minutes, and a stream takes
-1000 at most (then ListExports fails INTERNAL, "maximum consumers limit reached").
+records are polled by key (GetExport).
 """
 
 from __future__ import annotations
@@ -66,7 +64,7 @@ FINAL = frozenset({"done", "refused", "failed", "dead_lettered"})
 ANALYSIS_SECONDS = 120.0
 EXPORT_SECONDS = 60.0
 RESTART_SECONDS = 60.0
-KILL_POINTS = int(os.environ.get("IMAGING_EXPORT_KILL_POINTS", "5"))
+KILL_POINTS = int(os.environ.get("IMAGING_EXPORT_KILL_POINTS", "20"))
 # Seconds after each moment within which the kill falls: the close (the analysis, then the
 # exports), the result stored (the exports being queued), the C-STORE export's record.
 KILL_WINDOWS = {"closed": 0.4, "stored": 0.1, "exporting": 0.2}
@@ -183,7 +181,7 @@ def export_stack(
         extra_env={
             "IMAGING_QUIET_SECONDS": "600",
             "IMAGING_DESTINATIONS_FILE": str(config),
-            "IMAGING_JOB_TIMEOUT_SECONDS": "10",
+            "IMAGING_JOB_TIMEOUT_SECONDS": "4",
         },
     )
     running.start()
