@@ -708,6 +708,14 @@ def _connection_flags(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _ingest_flags(command: argparse.ArgumentParser) -> None:
+    """How a command reaches the ingest's API: address and mutual TLS (env defaults)."""
+    command.add_argument("--ingest", default=loopback(Service.INGEST), help="the ingest's API")
+    command.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
+    command.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
+    command.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="imaging-platform", description=__doc__)
     root.add_argument(
@@ -786,10 +794,7 @@ def parser() -> argparse.ArgumentParser:
     studies = sub.add_parser(
         "studies", help="studies received over DICOM: list, show UID [--out DIR], close, purge"
     )
-    studies.add_argument("--ingest", default=loopback(Service.INGEST), help="the ingest's API")
-    studies.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
-    studies.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
-    studies.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
+    _ingest_flags(studies)
     studies_sub = studies.add_subparsers(dest="studies_command")
     listing = studies_sub.add_parser("list", help="newest first")
     listing.add_argument("--limit", type=int, default=100)
@@ -806,10 +811,7 @@ def parser() -> argparse.ArgumentParser:
     exports = sub.add_parser(
         "exports", help="results delivered to destinations: list, show KEY, retry KEY, drop KEY"
     )
-    exports.add_argument("--ingest", default=loopback(Service.INGEST), help="the ingest's API")
-    exports.add_argument("--tls-ca", type=Path, default=_env_path("IMAGING_TLS_CA"))
-    exports.add_argument("--tls-cert", type=Path, default=_env_path("IMAGING_TLS_CERT"))
-    exports.add_argument("--tls-key", type=Path, default=_env_path("IMAGING_TLS_KEY"))
+    _ingest_flags(exports)
     exports_sub = exports.add_subparsers(dest="exports_command")
     listed_exports = exports_sub.add_parser("list", help="newest change first")
     listed_exports.add_argument("--destination", default="")
