@@ -10,6 +10,8 @@ blocking (pynetdicom and HTTP clients are): the exporter runs them on a thread.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,6 +26,26 @@ class Document:
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
     name: str = ""
+
+
+def stored_documents(
+    files: Mapping[str, bytes], kinds: Collection[str] | None = None
+) -> list[Document]:
+    """The documents of one stored result (services/ingest/worker.py ``documents`` writes
+    them with their manifest), in their stored order; only ``kinds`` when given."""
+    manifest = json.loads(files.get("manifest.json", b"{}"))
+    return [
+        Document(
+            kind=entry["kind"],
+            media_type=entry["media_type"],
+            data=files.get(entry["file"], b""),
+            sop_class_uid=entry.get("sop_class_uid", ""),
+            sop_instance_uid=entry.get("sop_instance_uid", ""),
+            name=entry.get("name", ""),
+        )
+        for entry in manifest.get("documents", [])
+        if kinds is None or entry["kind"] in kinds
+    ]
 
 
 @dataclass(frozen=True)

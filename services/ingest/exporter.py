@@ -34,10 +34,10 @@ from services.ingest.core import ExportRecord, ExportState, StudyRecord, export_
 from services.ingest.delivery import (
     Delivery,
     DeliveryFailure,
-    Document,
     PermanentFailure,
     Sender,
     TransientFailure,
+    stored_documents,
 )
 from services.ingest.destinations import Destinations
 from services.ingest.engine import EXPORT_RANKS, Outbox, attempts_of
@@ -47,25 +47,6 @@ log = logging.getLogger("imaging.ingest.exporter")
 
 _LONG_STRING = re.compile(r"[^\\\x00-\x1f]{1,64}")
 FINISHED = frozenset({ExportState.DELIVERED, ExportState.DEAD_LETTERED, ExportState.DROPPED})
-
-
-def stored_documents(
-    files: Mapping[str, bytes], kinds: set[str] | tuple[str, ...]
-) -> list[Document]:
-    """The stored result's documents of the given kinds, in their stored order."""
-    manifest = json.loads(files.get("manifest.json", b"{}"))
-    return [
-        Document(
-            kind=entry["kind"],
-            media_type=entry["media_type"],
-            data=files.get(entry["file"], b""),
-            sop_class_uid=entry.get("sop_class_uid", ""),
-            sop_instance_uid=entry.get("sop_instance_uid", ""),
-            name=entry.get("name", ""),
-        )
-        for entry in manifest.get("documents", [])
-        if entry["kind"] in kinds
-    ]
 
 
 class Exporter:
@@ -99,10 +80,7 @@ class Exporter:
         answer = json.loads(files.get("response.json", b"{}"))
         refused = bool(answer.get("refusal"))
         triage = str(answer.get("triagePriority", ""))
-        present = {
-            d.kind
-            for d in stored_documents(files, {"dicom_sr", "dicom_seg", "dicom_heatmap", "fhir"})
-        }
+        present = {d.kind for d in stored_documents(files)}
         named = self._destinations.identity(
             record.pipeline or str(answer.get("pipeline", "")), record.calling_ae, refused
         )

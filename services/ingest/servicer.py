@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from typing import Any
@@ -14,6 +13,7 @@ from services.api.imaging.v1 import gateway_pb2, ingest_pb2, ingest_pb2_grpc
 from services.common.dicom import is_uid
 from services.common.errors import InvalidInput, NotFound
 from services.ingest.core import ExportRecord, ExportState, StudyRecord, StudyState
+from services.ingest.delivery import stored_documents
 from services.ingest.engine import Engine, Outbox
 from services.ingest.exporter import drop_export, retry_export
 from services.ingest.spool import ResultStore, Spool
@@ -56,31 +56,27 @@ def study_message(record: StudyRecord) -> ingest_pb2.Study:
     )
 
 
-def stored_documents(files: dict[str, bytes]) -> list[gateway_pb2.EncodedObject]:
+def result_documents(files: dict[str, bytes]) -> list[gateway_pb2.EncodedObject]:
     """The stored answer first (findings JSON), then the documents in their stored order."""
     if not files:
         return []
-    manifest = json.loads(files.get("manifest.json", b"{}"))
-    objects = [
+    findings = gateway_pb2.EncodedObject(
+        kind="findings",
+        media_type="application/json",
+        data=files.get("response.json", b""),
+        name="findings",
+    )
+    return [findings] + [
         gateway_pb2.EncodedObject(
-            kind="findings",
-            media_type="application/json",
-            data=files.get("response.json", b""),
-            name="findings",
+            kind=d.kind,
+            media_type=d.media_type,
+            data=d.data,
+            sop_class_uid=d.sop_class_uid,
+            sop_instance_uid=d.sop_instance_uid,
+            name=d.name,
         )
+        for d in stored_documents(files)
     ]
-    for entry in manifest.get("documents", []):
-        objects.append(
-            gateway_pb2.EncodedObject(
-                kind=entry["kind"],
-                media_type=entry["media_type"],
-                data=files.get(entry["file"], b""),
-                sop_class_uid=entry["sop_class_uid"],
-                sop_instance_uid=entry["sop_instance_uid"],
-                name=entry["name"],
-            )
-        )
-    return objects
 
 
 _EXPORT_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\.[0-9a-f]{1,64}")
@@ -149,7 +145,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         message = study_message(record)
         if request.documents and record.result_key:
             files = await asyncio.to_thread(self._results.read, record.result_key)
-            message.documents.extend(stored_documents(files))
+            message.documents.extend(result_documents(files))
         return message
 
     async def CloseStudy(  # noqa: N802 (gRPC naming)
