@@ -145,6 +145,16 @@ def test_the_studies_api_answers_the_clis_certificate_only(stack: Stack, pki: De
         with pytest.raises(grpc.RpcError) as unknown:
             cli.show("1.2.3.4.5")
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert unknown.value.details() == "no such study in the ingest"
+        # Bad input: the right status and a reason that quotes nothing the caller sent.
+        with pytest.raises(grpc.RpcError) as bad:
+            cli.show("1.2.x; DROP")
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad.value.details() == "study_instance_uid is not a DICOM UID"
+        with pytest.raises(grpc.RpcError) as no_export:
+            cli.export("pacs.not-hex")
+        assert no_export.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "<destination>.<result key>" in (no_export.value.details() or "")
     finally:
         cli.close()
 
