@@ -237,8 +237,10 @@ def test_services_select_exactly_their_deployment(scenario: str) -> None:
     objs = objects(scenario)
     for svc in of_kind(objs, "Service"):
         selected = pods_selected(objs, {"matchLabels": svc["spec"]["selector"]})
-        assert selected == {svc["metadata"]["labels"]["app.kubernetes.io/component"]}
-        deploy = deployment(objs, svc["metadata"]["labels"]["app.kubernetes.io/component"])
+        # An entry's LoadBalancer (component gateway-lb) selects the gateway's pods too.
+        component = svc["metadata"]["labels"]["app.kubernetes.io/component"].removesuffix("-lb")
+        assert selected == {component}
+        deploy = deployment(objs, component)
         port_names = {p["name"] for c in containers(deploy, init=False) for p in c["ports"]}
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in port_names
@@ -343,7 +345,10 @@ def test_security_context_defaults_on_every_container(scenario: str) -> None:
             assert "add" not in sc["capabilities"], where
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
             if c["name"] in SERVICES:
-                assert sc["runAsUser"] == 10001 and pod_sc["runAsUser"] == 10001, where
+                # 10001 unless the scenario unsets it (OpenShift assigns UIDs per namespace).
+                uid = merged_values(scenario)["containerSecurityContext"].get("runAsUser")
+                assert sc.get("runAsUser") == uid == pod_sc.get("runAsUser"), where
+                assert uid in (10001, None)
         # Writable scratch space comes from emptyDirs, never the image.
         assert any(v["name"] == "tmp" and "emptyDir" in v for v in spec["volumes"])
 
@@ -576,7 +581,9 @@ def test_gateway_is_the_only_entry_point(scenario: str) -> None:
     grpc_rules = [r for r in spec["ingress"] if _rule_ports(r) == {values["ports"]["grpc"]}]
     (rule,) = grpc_rules
     configured = values["networkPolicy"]["gatewayIngressFrom"]
-    assert rule.get("from", []) == configured
+    lb = values["entry"]["loadBalancer"]
+    ranges = lb["loadBalancerSourceRanges"] if lb["enabled"] and configured else []
+    assert rule.get("from", []) == configured + [{"ipBlock": {"cidr": c}} for c in ranges]
     egress_targets = [_in_release_sources(objs, r) for r in spec["egress"]]
     # Colocated: the sidecars are reached over loopback, so only the postprocessor and Triton.
     peers = [c for c in deployed_components(scenario) if c != "gateway"]

@@ -14,6 +14,7 @@ from chart_support import (
     component_name,
     deployed_components,
     lint,
+    merged_values,
     objects,
     of_kind,
     pod_spec,
@@ -96,9 +97,13 @@ def test_core_workloads_exist(scenario: str) -> None:
     peers = {f"{component_name(c)}-peers" for c in deployed_components(scenario) if c != "gateway"}
     assert len(deployments) == (5 if scenario == "separate-pods" else 3)
     assert deployments == expected
-    assert services == expected | peers
+    # entry.loadBalancer adds <fullname>-gateway-lb, the one Service that is not ClusterIP.
+    lb = merged_values(scenario)["entry"]["loadBalancer"]["enabled"]
+    entries = {component_name("gateway-lb")} if lb else set()
+    assert services == expected | peers | entries
     for svc in of_kind(objs, "Service"):
-        assert svc["spec"].get("type", "ClusterIP") == "ClusterIP"
+        internal = svc["metadata"]["name"] not in entries
+        assert (svc["spec"].get("type", "ClusterIP") == "ClusterIP") is internal
     assert any(
         o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-pipelines") for o in objs
     )

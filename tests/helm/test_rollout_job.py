@@ -567,7 +567,10 @@ def test_job_pods_meet_pod_security_restricted(scenario: str, action: str) -> No
     assert restricted_violations(pod_spec(job)) == []
     sc = job_container(job)["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
-    assert sc["runAsUser"] == 10001 == pod_spec(job)["securityContext"]["runAsUser"]
+    # 10001 unless the scenario unsets it (OpenShift assigns UIDs per namespace).
+    uid = merged_values(scenario)["containerSecurityContext"].get("runAsUser")
+    assert sc.get("runAsUser") == uid == pod_spec(job)["securityContext"].get("runAsUser")
+    assert uid in (10001, None)
     # Scratch space from an emptyDir, never the image.
     _, tmp = mounted_volume(job, job_container(job), "/tmp/x")
     assert "emptyDir" in tmp

@@ -549,3 +549,75 @@ selects on) with the kind's own extra labels over them. Takes (dict "root" $ "ex
       port: {{ . }}
     {{- end }}
 {{- end }}
+
+{{/* Egress rules of networkPolicy.egress.extra that name one of `members` (the containers of
+one pod: a colocated sidecar's rules apply to the gateway's pod). Takes (dict "root" $ "members"
+(list ...)); renders NetworkPolicyEgressRule list items, or nothing. */}}
+{{- define "imaging-platform.extraEgress" -}}
+{{- range $rule := .root.Values.networkPolicy.egress.extra }}
+{{- $applies := false }}
+{{- range $c := $rule.components }}{{ if has $c $.members }}{{ $applies = true }}{{ end }}{{ end }}
+{{- if $applies }}
+- to:
+    {{- range $rule.cidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    {{- range $rule.ports }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* One backend an entry may point at, as YAML: the Service, its port and port name, and the
+gRPC services the entry exposes (health and reflection stay inside the cluster). Today only the
+gateway. Takes (dict "root" $ "backend" "gateway" "value" "entry.x.backend"). */}}
+{{- define "imaging-platform.entryBackend" -}}
+{{- if eq .backend "gateway" }}
+component: gateway
+service: {{ include "imaging-platform.componentName" (dict "root" .root "component" "gateway") }}
+host: {{ include "imaging-platform.serviceHost" (dict "root" .root "component" "gateway") }}
+port: {{ .root.Values.ports.grpc }}
+portName: grpc
+grpcServices: [imaging.v1.Gateway]
+{{- else }}
+{{- fail (printf "%s: unknown backend %q (known: gateway)" .value .backend) }}
+{{- end }}
+{{- end }}
+
+{{/* A cert-manager issuerRef: the value's, or the chart's own CA Issuer of a trust domain.
+Takes (dict "root" $ "domain" "internal|gateway"). */}}
+{{- define "imaging-platform.issuerRef" -}}
+{{- $ref := (index .root.Values.certManager .domain).issuerRef }}
+{{- if $ref }}
+{{- toYaml $ref }}
+{{- else -}}
+name: {{ include "imaging-platform.componentName" (dict "root" .root "component" (printf "%s-ca" .domain)) }}
+kind: Issuer
+group: cert-manager.io
+{{- end }}
+{{- end }}
+
+{{/* duration, renewBefore and the private key of the chart's leaf certificates. */}}
+{{- define "imaging-platform.leafLifetime" -}}
+duration: {{ .Values.certManager.duration }}
+{{- with .Values.certManager.renewBefore }}
+renewBefore: {{ . }}
+{{- end }}
+privateKey:
+  algorithm: ECDSA
+  size: 256
+  rotationPolicy: Always
+{{- end }}
+
+{{/* DNS names of the gateway's public certificate: its Service's names (in-cluster callers and
+the Gateway's BackendTLSPolicy hostname) and certManager.gateway.dnsNames (passthrough entries). */}}
+{{- define "imaging-platform.gatewayDnsNames" -}}
+{{- $gateway := include "imaging-platform.componentName" (dict "root" . "component" "gateway") }}
+{{- $names := list $gateway (printf "%s.%s" $gateway .Release.Namespace) (printf "%s.%s.svc" $gateway .Release.Namespace) (include "imaging-platform.serviceHost" (dict "root" . "component" "gateway")) }}
+{{- with .Values.entry.gatewayAPI.backendTLS.hostname }}{{ $names = append $names . }}{{ end }}
+{{- join " " (uniq (concat $names .Values.certManager.gateway.dnsNames)) }}
+{{- end }}
