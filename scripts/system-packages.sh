@@ -2,11 +2,13 @@
 # Install the Debian packages one part of the project needs, without leaving a daemon behind.
 #   test   dicom3tools (dciodvfy) and dcmtk (dsrdump) check the DICOM result objects;
 #          orthanc + orthanc-dicomweb are the PACS the tests store them to; prometheus gives
-#          promtool and the Prometheus server the chart's rules are checked against.
+#          promtool and the Prometheus server the chart's rules are checked against; nginx is
+#          the edge proxy of the Kubernetes walk-through's local twin (TLS ends there and is
+#          re-encrypted to the gateway with a client certificate).
 #   bench  libb64-0d, which perf_analyzer (the tritonclient wheel) links.
 # The platform itself (make demo, imaging-platform up) needs none of them.
 #
-# Orthanc and Prometheus are daemons: Debian's install scripts start them and enable them at
+# Orthanc, Prometheus and nginx are daemons: Debian's install scripts start them and enable them at
 # boot. The tests start their own on loopback ports, so a start is denied during the install
 # (policy-rc.d, the Debian mechanism invoke-rc.d consults) and the units of the packages this run
 # installed are disabled afterwards. A package that was already installed is left as it was.
@@ -14,7 +16,7 @@
 set -euo pipefail
 group=${1:?usage: system-packages.sh test|bench}
 case "$group" in
-  test) packages=(dicom3tools dcmtk orthanc orthanc-dicomweb prometheus) daemons=(orthanc prometheus) ;;
+  test) packages=(dicom3tools dcmtk orthanc orthanc-dicomweb prometheus nginx) daemons=(orthanc prometheus nginx) ;;
   bench) packages=(libb64-0d) daemons=() ;;
   *) echo "system-packages.sh: unknown group '$group' (test or bench)" >&2; exit 2 ;;
 esac
