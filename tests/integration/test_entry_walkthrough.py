@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from waiting import wait_until
+from ports import for_attempt, pick_port, start_all
 
 from services.cli.chart import render
 from services.cli.pki import DevPki, create_dev_pki
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.integration
 SCENARIO = REPO_ROOT / "helm" / "imaging-platform" / "ci" / "entry-tls-values.yaml"
 README = REPO_ROOT / "README.md"
 MARKER = "<!-- entry-client -->"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # Debian installs it outside a user's PATH
 CLIENT = "reading-room"
 API_KEY = "key-of-the-reading-room-behind-the-entry"
 # Settings the chart renders that are about where things are (ports, files, peers), which the
@@ -116,28 +118,36 @@ def stack(
 class Entry:
     address: str
     ca: Path
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _seconds(env: dict[str, str], *names: str) -> int:
     return sum(int(float(env[name])) for name in names)
 
 
-def _nginx_conf(
-    scenario: Scenario, stack: Stack, pki: DevPki, entry_pki: DevPki, port: int, prefix: Path
-) -> str:
-    """nginx as the Gateway's listener and the route: what the chart's objects ask for."""
-    env = scenario.gateway_env
-    (rule,) = scenario.route["spec"]["rules"]
-    locations = "\n".join(
-        f"""    location /{m["method"]["service"]}/ {{
-      grpc_pass grpcs://127.0.0.1:{stack.ports.gateway};
+class NginxEntry:
+    """nginx as the Gateway's listener and the route, for ports.start_all (nginx cannot bind
+    port 0 and say which port it got)."""
+
+    name = "nginx (the entry)"
+
+    def __init__(self, scenario: Scenario, stack: Stack, pki: DevPki, prefix: Path) -> None:
+        self.scenario, self.stack, self.pki, self.prefix = scenario, stack, pki, prefix
+        # The entry's public certificate: a CA of its own (a public CA in a cluster), for the
+        # route's host names.
+        hosts = (*scenario.route["spec"]["hostnames"], "127.0.0.1")
+        self.entry_pki = create_dev_pki(prefix / "pki", hosts=hosts)
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def conf(self, log: Path) -> str:
+        """What the chart's objects ask of the entry: the route's host names and service, the
+        BackendTLSPolicy's check, the client certificate, a study's body size and timeouts."""
+        env, pki, prefix = self.scenario.gateway_env, self.pki, self.prefix
+        (rule,) = self.scenario.route["spec"]["rules"]
+        timeout = _seconds(env, "IMAGING_STREAM_RECEIVE_SECONDS", "IMAGING_CALL_TIMEOUT_SECONDS")
+        locations = "\n".join(
+            f"""    location /{m["method"]["service"]}/ {{
+      grpc_pass grpcs://127.0.0.1:{self.stack.ports.gateway};
       grpc_ssl_certificate {pki.client_cert};
       grpc_ssl_certificate_key {pki.client_key};
       grpc_ssl_trusted_certificate {pki.ca_cert};
@@ -147,66 +157,72 @@ def _nginx_conf(
       grpc_read_timeout {timeout}s;
       grpc_send_timeout {timeout}s;
     }}"""
-        for m in rule["matches"]
-        for timeout in [
-            _seconds(env, "IMAGING_STREAM_RECEIVE_SECONDS", "IMAGING_CALL_TIMEOUT_SECONDS")
-        ]
-    )
-    user = "user root root;\n" if os.geteuid() == 0 else ""
-    body = int(env["IMAGING_MAX_STUDY_BYTES"]) + (1 << 20)  # the study plus its gRPC framing
-    return f"""{user}daemon off;
+            for m in rule["matches"]
+        )
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        body = int(env["IMAGING_MAX_STUDY_BYTES"]) + (1 << 20)  # the study and its framing
+        return f"""{user}daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
-error_log {prefix}/error.log info;
+error_log {log} info;
 events {{}}
 http {{
   access_log {prefix}/access.log;
   client_body_temp_path {prefix}/body;
   server {{
-    listen 127.0.0.1:{port} ssl http2;
-    server_name {" ".join(scenario.route["spec"]["hostnames"])};
-    ssl_certificate {entry_pki.server_cert};
-    ssl_certificate_key {entry_pki.server_key};
+    listen 127.0.0.1:{self.port} ssl http2;
+    server_name {" ".join(self.scenario.route["spec"]["hostnames"])};
+    ssl_certificate {self.entry_pki.server_cert};
+    ssl_certificate_key {self.entry_pki.server_key};
     client_max_body_size {body};
 {locations}
   }}
 }}
 """
 
+    def spawn(self, attempt: int) -> list[tuple[subprocess.Popen[bytes], Path]]:
+        self.port = pick_port()
+        log = for_attempt(self.prefix / "error.log", attempt)
+        conf = for_attempt(self.prefix / "nginx.conf", attempt)
+        conf.write_text(self.conf(log))
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [NGINX, "-c", str(conf), "-p", str(self.prefix), "-e", str(log)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return [(self.process, log)]
+
+    def ready(self) -> bool:
+        """A TLS handshake that shows the entry's certificate: nobody else's passes."""
+        context = ssl.create_default_context(cafile=str(self.entry_pki.ca_cert))
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=2) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1"),
+            ):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+
 
 @pytest.fixture(scope="module")
 def entry(
     scenario: Scenario, stack: Stack, pki: DevPki, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Entry]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
+    if not Path(NGINX).exists():
         pytest.fail("nginx is not installed: run `bash scripts/system-packages.sh test` as root")
-    prefix = tmp_path_factory.mktemp("entry")
-    # The entry's public certificate: a CA of its own (a public CA in a cluster), for the
-    # route's host names.
-    entry_pki = create_dev_pki(
-        prefix / "pki", hosts=(*scenario.route["spec"]["hostnames"], "127.0.0.1")
-    )
-    port = _free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(_nginx_conf(scenario, stack, pki, entry_pki, port, prefix))
-    process = subprocess.Popen(
-        [nginx, "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    launch = NginxEntry(scenario, stack, pki, tmp_path_factory.mktemp("entry"))
+    start_all([launch], timeout=20)
     try:
-
-        def listening() -> bool:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_until(listening, 15, "nginx did not listen")
-        yield Entry(f"127.0.0.1:{port}", entry_pki.ca_cert, prefix / "error.log")
+        yield Entry(f"127.0.0.1:{launch.port}", launch.entry_pki.ca_cert)
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        launch.stop()
 
 
 def _client_block() -> str:
