@@ -17,7 +17,9 @@ import pytest
 import yaml
 from chart_support import (
     CHART_DIR,
+    COMPONENTS,
     NAMESPACE,
+    RELEASE,
     TESTS_DIR,
     adapter_rules_file,
     by_name,
@@ -54,7 +56,59 @@ TRITON_METRICS = {
     "nv_gpu_power_limit",
     "nv_energy_consumption",
 }
-METRIC_TOKEN = re.compile(r"\b(?:imaging|nv)[a-z0-9_:]*")
+# Series of exporters the chart does not run, which the rules and dashboards may use, with the
+# label names each exports (a selector may match only these):
+#   up: Prometheus' per-target series, with the target labels prometheus-operator attaches for a
+#     ServiceMonitor or PodMonitor (job, instance, namespace, pod, container, service, endpoint)
+#     and the chart's monitors' targetLabels/podTargetLabels (app_kubernetes_io_*).
+#   kube_*: kube-state-metrics v2.20.0 (docs/metrics/workload/deployment-metrics.md and
+#     horizontalpodautoscaler-metrics.md).
+#   certmanager_*: cert-manager v1.21.1 (pkg/metrics/metrics.go, certificates_test.go).
+#   DCGM_*: dcgm-exporter 4.5.3-4.8.2: fields of etc/default-counters.csv, the labels its
+#     renderer writes (internal/pkg/rendermetrics/render_metrics.go; GPU_I_* on MIG instances,
+#     DCGM_FI_DRIVER_VERSION a label field), err_code/err_msg on XID errors
+#     (internal/pkg/collector/gpu_collector.go) and the Kubernetes pod attribution's namespace,
+#     pod and container (internal/pkg/transformation/kubernetes.go).
+_UP_LABELS = frozenset(
+    {"job", "instance", "namespace", "pod", "container", "service", "endpoint"}
+    | {f"app_kubernetes_io_{k}" for k in ("name", "instance", "component")}
+)
+_DEPLOYMENT = frozenset({"namespace", "deployment"})
+_HPA = frozenset({"namespace", "horizontalpodautoscaler"})
+_CERTIFICATE = frozenset({"namespace", "name", "issuer_name", "issuer_kind", "issuer_group"})
+_DCGM = frozenset(
+    {"gpu", "UUID", "pci_bus_id", "device", "modelName", "GPU_I_PROFILE", "GPU_I_ID"}
+    | {"Hostname", "DCGM_FI_DRIVER_VERSION", "namespace", "pod", "container"}
+)
+EXTERNAL_METRICS: dict[str, frozenset[str]] = {
+    "up": _UP_LABELS,
+    "kube_deployment_spec_replicas": _DEPLOYMENT,
+    "kube_deployment_status_replicas_available": _DEPLOYMENT,
+    "kube_horizontalpodautoscaler_spec_min_replicas": _HPA,
+    "kube_horizontalpodautoscaler_spec_max_replicas": _HPA,
+    "kube_horizontalpodautoscaler_status_current_replicas": _HPA,
+    "certmanager_certificate_expiration_timestamp_seconds": _CERTIFICATE,
+    "certmanager_certificate_renewal_timestamp_seconds": _CERTIFICATE,
+    "certmanager_certificate_ready_status": _CERTIFICATE | {"condition"},
+    "DCGM_FI_DEV_GPU_UTIL": _DCGM,
+    "DCGM_FI_DEV_FB_USED": _DCGM,
+    "DCGM_FI_DEV_FB_FREE": _DCGM,
+    "DCGM_FI_DEV_XID_ERRORS": _DCGM | {"err_code", "err_msg"},
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": _DCGM,
+}
+# Names of series in PromQL: the platform's and Triton's, recorded ones, and the external ones
+# above (a misspelt DCGM_, kube_ or certmanager_ name, or `up`, is caught as well).
+METRIC_TOKEN = re.compile(
+    r"\b(?:(?:imaging|nv)[a-z0-9_:]*|DCGM_[A-Z0-9_]+|kube_[a-z0-9_]+|certmanager_[a-z0-9_]+|up\b)"
+)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_SELECTOR = re.compile(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^}]*)\}")
+_MATCHER_LABEL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+TARGET_LABELS = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+]
 
 
 def run_promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -88,7 +142,23 @@ def app_series_names() -> set[str]:
 
 def known_series() -> set[str]:
     recorded = {r["record"] for r in all_rules() if "record" in r}
-    return app_series_names() | TRITON_METRICS | recorded
+    return app_series_names() | TRITON_METRICS | set(EXTERNAL_METRICS) | recorded
+
+
+def metric_names(expr: str) -> list[str]:
+    """Series names in a PromQL expression, string literals (label values) left out."""
+    return METRIC_TOKEN.findall(_STRING.sub('""', expr))
+
+
+def unknown_labels(expr: str) -> list[str]:
+    """Labels that selectors of external series match on but their exporter does not export."""
+    return [
+        f"{name}{{{label}}}"
+        for name, matchers in _SELECTOR.findall(expr)
+        if name in EXTERNAL_METRICS
+        for label in _MATCHER_LABEL.findall(matchers)
+        if label not in EXTERNAL_METRICS[name]
+    ]
 
 
 def check_promql(tmp_path: Path, exprs: dict[str, str]) -> None:
@@ -172,13 +242,42 @@ def test_unit_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
 def test_rules_use_only_exported_metrics_and_labels() -> None:
     known = known_series()
     for rule in all_rules():
-        for token in METRIC_TOKEN.findall(rule["expr"]):
-            assert token in known, f"{token} in {rule.get('record') or rule.get('alert')}"
+        name = rule.get("record") or rule.get("alert")
+        for token in metric_names(rule["expr"]):
+            assert token in known, f"{token} in {name}"
+        assert not unknown_labels(rule["expr"]), f"{unknown_labels(rule['expr'])} in {name}"
     assert set(app_metrics.STAGE_LATENCY._labelnames) == {"service", "stage"}
     assert set(app_metrics.RPC_TOTAL._labelnames) == {"service", "method", "code"}
     decisions = model_monitoring.DECISIONS._labelnames
     assert set(decisions) == {"model", "version", "finding", "status"}
     assert set(model_monitoring.EXPECTED._labelnames) == {"model", "version", "kind"}
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "DCGM_FI_DEV_FB_USE",
+        "max(kube_deployment_status_replicas_availble)",
+        'certmanager_certificate_expiry_timestamp_seconds{namespace="imaging"}',
+        "nv_inference_cont",
+    ],
+)
+def test_a_misspelt_metric_is_caught(expr: str) -> None:
+    (token,) = metric_names(expr)
+    assert token not in known_series()
+
+
+@pytest.mark.parametrize(
+    ("expr", "unknown"),
+    [
+        ('kube_deployment_spec_replicas{deploy="x"}', ["kube_deployment_spec_replicas{deploy}"]),
+        ('DCGM_FI_DEV_FB_USED{uuid="GPU-1", pod="p"}', ["DCGM_FI_DEV_FB_USED{uuid}"]),
+        ('DCGM_FI_DEV_XID_ERRORS{err_code!="0"}', []),
+        ('up{app_kubernetes_io_component="triton"}', []),
+    ],
+)
+def test_a_label_an_exporter_lacks_is_caught(expr: str, unknown: list[str]) -> None:
+    assert unknown_labels(expr) == unknown
 
 
 def test_alerts_are_labelled_and_annotated() -> None:
@@ -206,6 +305,46 @@ def test_monitors_keep_the_services_own_service_label() -> None:
         assert all(e["honorLabels"] is True for e in services["spec"][endpoints])
         triton = by_name(objs, kind, component_name("triton"))
         assert triton["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "triton"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    matched = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In"
+        matched = matched and labels.get(expression["key"]) in expression["values"]
+    return matched
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind", "key"),
+    [
+        ("gpu-production", "ServiceMonitor", "targetLabels"),
+        ("gpu-keda", "PodMonitor", "podTargetLabels"),
+    ],
+)
+def test_monitors_label_every_series_with_release_and_component(
+    scenario: str, kind: str, key: str
+) -> None:
+    """The app_kubernetes_io_* labels the cluster rules scope by: copied from the Services
+    (ServiceMonitor) or pods (PodMonitor) each monitor selects, which all carry them, with the
+    values the rule file matches (name "imaging-platform", a component of the chart)."""
+    objs = objects(scenario)
+    sanitized = {re.sub(r"[./-]", "_", label) for label in TARGET_LABELS}
+    assert sanitized == {label for label in _UP_LABELS if label.startswith("app_")}
+    assert 'app_kubernetes_io_name="imaging-platform"' in RULES_FILE.read_text()
+    if kind == "ServiceMonitor":
+        sources = [s["metadata"]["labels"] for s in of_kind(objs, "Service")]
+    else:
+        sources = [d["spec"]["template"]["metadata"]["labels"] for d in of_kind(objs, "Deployment")]
+    for name in ("services", "triton"):
+        monitor = by_name(objs, kind, component_name(name))
+        assert monitor["spec"][key] == TARGET_LABELS
+        selected = [labels for labels in sources if _selects(monitor["spec"]["selector"], labels)]
+        assert selected, f"{kind} {name} selects nothing"
+        for labels in selected:
+            assert labels["app.kubernetes.io/name"] == "imaging-platform"
+            assert labels["app.kubernetes.io/instance"] == RELEASE
+            assert labels["app.kubernetes.io/component"] in COMPONENTS
 
 
 # --- prometheus-adapter rules and the KEDA query ----------------------------------------------
@@ -390,8 +529,9 @@ def test_dashboard_queries_parse_and_use_known_metrics(path: Path, tmp_path: Pat
         for target in panel.get("targets", []):
             expr = target["expr"]
             assert "$" not in _grafana_to_promql(expr), expr
-            for token in METRIC_TOKEN.findall(expr):
+            for token in metric_names(expr):
                 assert token in known, f"{token} in panel {panel['title']!r}"
+            assert not unknown_labels(expr), f"{unknown_labels(expr)} in {panel['title']!r}"
             exprs[f"{panel['title']} {target['refId']}"] = _grafana_to_promql(expr)
     assert exprs
     check_promql(tmp_path, exprs)
@@ -416,6 +556,13 @@ def test_dashboard_shows_what_operators_need(path: Path) -> None:
         "nv_inference_queue_duration_us",
         "nv_inference_pending_request_count",
         "nv_gpu_utilization",
+        # dcgm-exporter's series of the Triton pods' GPUs, MIG instances by profile and id.
+        "imaging:triton_dcgm_gpu_util:max",
+        "imaging:triton_dcgm_fb_used_mib:max",
+        "imaging:triton_dcgm_fb_free_mib:max",
+        "imaging:triton_dcgm_gr_engine_active:max",
+        "imaging:triton_dcgm_xid_errors:max",
+        "{{GPU_I_PROFILE}} {{GPU_I_ID}}",
     ):
         assert needle in text
     for panel in panels:
