@@ -638,6 +638,38 @@ FAILURES = {
         ),
         "entry.loadBalancer.externalTrafficPolicy must be Local",
     ),
+    "load balancer without source ranges behind a restricted policy": (
+        _merge(
+            scenario_values("mtls"),
+            {"entry": {"loadBalancer": {"loadBalancerSourceRanges": []}}},
+        ),
+        "entry.loadBalancer.loadBalancerSourceRanges is empty",
+    ),
+    "edge route with TLS and no caller authentication": (
+        _merge(scenario_values("entry-tls"), {"gateway": {"auth": {"apiKeysSecret": ""}}}),
+        "entry.gatewayAPI ends the callers' TLS",
+    ),
+    "terminating Ingress with TLS and no caller authentication": (
+        _merge(
+            scenario_values("openshift"),
+            {
+                "gateway": {"auth": {"apiKeysSecret": ""}},
+                "entry": {"ingress": {"passthrough": False}},
+            },
+        ),
+        "entry.ingress ends the callers' TLS",
+    ),
+    "request timeout on a GRPCRoute": (
+        _merge(scenario_values("entry-tls"), {"entry": {"gatewayAPI": {"requestTimeout": "360s"}}}),
+        "entry.gatewayAPI.requestTimeout applies to an HTTPRoute only",
+    ),
+    "one Secret for two certificates": (
+        _merge(
+            scenario_values("entry-tls"),
+            {"certManager": {"entryClient": {"secretName": "imaging-gateway-tls"}}},
+        ),
+        "must differ",
+    ),
 }
 
 
@@ -698,10 +730,15 @@ def test_dns_rule_follows_the_values(scenario: str) -> None:
 
 def test_production_dns_reaches_node_local_dns_cache() -> None:
     dns = merged_values("gpu-production")["networkPolicy"]["dns"]
-    assert dns["ipBlocks"]
-    for cidr in dns["ipBlocks"]:
-        # NodeLocal DNSCache listens on a link-local address of every node.
-        assert ipaddress.ip_network(cidr).subnet_of(ipaddress.ip_network("169.254.0.0/16"))
+    # NodeLocal DNSCache listens on a link-local address of every node and, with kube-proxy in
+    # iptables mode, on the kube-dns ClusterIP (a single address in the cluster's range).
+    link_local = [
+        c
+        for c in dns["ipBlocks"]
+        if ipaddress.ip_network(c).subnet_of(ipaddress.ip_network("169.254.0.0/16"))
+    ]
+    assert link_local
+    assert all(ipaddress.ip_network(c).num_addresses == 1 for c in dns["ipBlocks"])
     (rule,) = by_name(objects("gpu-production"), "NetworkPolicy", component_name("allow-dns"))[
         "spec"
     ]["egress"]
@@ -840,3 +877,32 @@ def test_secure_as_shipped(scenario: str) -> None:
         {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: ns}}} for ns in namespaces
     ]
     assert _gateway_grpc_rule(objs, values)["from"] == expected
+
+
+def test_passthrough_callers_need_no_key_but_the_notes_warn() -> None:
+    """Passthrough callers are identified by their own certificates: allowed without keys, with
+    a warning in the notes; with keys, no warning."""
+    values = _merge(scenario_values("openshift"), {"gateway": {"auth": {"apiKeysSecret": ""}}})
+    notes = next(v for k, v in render(values).items() if k.endswith("NOTES.txt"))
+    assert "Warning: the gateway is reachable from outside the cluster" in notes
+    notes = next(
+        v for k, v in render(scenario_values("openshift")).items() if k.endswith("NOTES.txt")
+    )
+    assert "Warning: the gateway is reachable" not in notes
+
+
+def test_bootstrapped_cas_keep_their_key_and_leaves_rotate() -> None:
+    """A CA renewed with a new key would orphan every leaf it signed until they are reissued."""
+    objs = objects("entry-tls")
+    for certificate in of_kind(objs, "Certificate"):
+        policy = certificate["spec"]["privateKey"]["rotationPolicy"]
+        assert policy == ("Never" if certificate["spec"].get("isCA") else "Always")
+
+
+def test_request_timeout_follows_the_gateway_api_duration_format() -> None:
+    with pytest.raises(helm.HelmValuesError, match="requestTimeout"):
+        render(
+            _merge(
+                scenario_values("dev-cpu"), {"entry": {"gatewayAPI": {"requestTimeout": "1.5s"}}}
+            )
+        )

@@ -93,8 +93,12 @@ def _carried_settings(env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    return create_dev_pki(tmp_path_factory.mktemp("pki"))
+def pki(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    """The gateway's certificate carries the name the BackendTLSPolicy checks, as the chart's
+    cert-manager Certificate does; the client pair stands for the entry's client certificate
+    (the gateway CA's)."""
+    hosts = (scenario.backend_tls["spec"]["validation"]["hostname"], "localhost", "127.0.0.1")
+    return create_dev_pki(tmp_path_factory.mktemp("pki"), hosts=hosts)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +156,7 @@ class NginxEntry:
       grpc_ssl_certificate_key {pki.client_key};
       grpc_ssl_trusted_certificate {pki.ca_cert};
       grpc_ssl_verify on;
-      grpc_ssl_name localhost;
+      grpc_ssl_name {self.scenario.backend_tls["spec"]["validation"]["hostname"]};
       grpc_ssl_server_name on;
       grpc_read_timeout {timeout}s;
       grpc_send_timeout {timeout}s;
@@ -169,6 +173,10 @@ events {{}}
 http {{
   access_log {prefix}/access.log;
   client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
   server {{
     listen 127.0.0.1:{self.port} ssl http2;
     server_name {" ".join(self.scenario.route["spec"]["hostnames"])};
@@ -286,29 +294,39 @@ def test_the_entry_routes_only_the_public_api(entry: Entry, stack: Stack, pki: D
 
 
 def test_the_gateway_itself_needs_the_entry_client_certificate(stack: Stack, pki: DevPki) -> None:
-    """Re-encryption is mutual: a caller that goes round the entry with only the CA is refused."""
-    grpcurl = REPO_ROOT / ".venv" / "bin" / "grpcurl"
-    done = subprocess.run(
-        [
-            str(grpcurl),
-            "-cacert",
-            str(pki.ca_cert),
-            "-H",
-            f"authorization: Bearer {API_KEY}",
-            "-import-path",
-            "protos",
-            "-proto",
-            "imaging/v1/gateway.proto",
-            "-servername",
-            "localhost",
-            stack.gateway_address,
-            "imaging.v1.Gateway/ListPipelines",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode != 0
-    assert "cxr_pneumonia" not in done.stdout
+    """Re-encryption is mutual: a caller that goes round the entry with only the CA fails the
+    handshake; the same call with the entry's client pair gets the pipelines."""
+
+    def call(*client: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(REPO_ROOT / ".venv" / "bin" / "grpcurl"),
+                "-cacert",
+                str(pki.ca_cert),
+                *client,
+                "-H",
+                f"authorization: Bearer {API_KEY}",
+                "-import-path",
+                "protos",
+                "-proto",
+                "imaging/v1/gateway.proto",
+                "-servername",
+                "localhost",
+                stack.gateway_address,
+                "imaging.v1.Gateway/ListPipelines",
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    refused = call()
+    assert refused.returncode != 0
+    assert "cxr_pneumonia" not in refused.stdout
+    # Refused while connecting (the TLS handshake), not by an RPC status such as a bad key's.
+    assert "Failed to dial target host" in refused.stderr, refused.stderr
+    admitted = call("-cert", str(pki.client_cert), "-key", str(pki.client_key))
+    assert admitted.returncode == 0, admitted.stderr
+    assert '"name": "cxr_pneumonia"' in admitted.stdout

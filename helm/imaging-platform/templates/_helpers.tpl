@@ -621,3 +621,14 @@ the Gateway's BackendTLSPolicy hostname) and certManager.gateway.dnsNames (passt
 {{- with .Values.entry.gatewayAPI.backendTLS.hostname }}{{ $names = append $names . }}{{ end }}
 {{- join " " (uniq (concat $names .Values.certManager.gateway.dnsNames)) }}
 {{- end }}
+
+{{/* An entry that ends the callers' TLS (a route, an Ingress that is not passthrough) hands the
+gateway its own client certificate for every caller: with mutual TLS on, the callers must then
+authenticate with API keys or OIDC, or every caller on the other side would be the entry.
+Takes (dict "root" $ "value" "entry.x"). */}}
+{{- define "imaging-platform.requireCallerAuth" -}}
+{{- $auth := .root.Values.gateway.auth }}
+{{- if and .root.Values.tls.enabled (not $auth.apiKeysSecret) (not $auth.oidc.issuer) }}
+{{- fail (printf "%s ends the callers' TLS and re-encrypts with the entry's own client certificate, so without gateway.auth.apiKeysSecret or gateway.auth.oidc.issuer every caller would be the entry: set one of them (or use a passthrough entry, where callers present their own certificates)" .value) }}
+{{- end }}
+{{- end }}
