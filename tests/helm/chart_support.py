@@ -50,6 +50,18 @@ def _merged_values(scenario: str) -> dict[str, Any]:
         return merged
 
 
+def overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base`` as Helm merges values files (maps key by key;
+    lists and scalars replaced)."""
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = overlay(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def merged_values(scenario: str) -> dict[str, Any]:
     """The values a release of this scenario computes (defaults coalesced with overrides)."""
     return copy.deepcopy(_merged_values(scenario))

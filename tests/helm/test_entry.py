@@ -4,7 +4,6 @@ add for them (NodeLocal DNS, egress by CIDR, the load balancer's source ranges).
 
 from __future__ import annotations
 
-import copy
 import functools
 import ipaddress
 import re
@@ -30,6 +29,7 @@ from chart_support import (
     mounted_volume,
     objects,
     of_kind,
+    overlay,
     parse_manifests,
     pod_of,
     pods_selected,
@@ -69,16 +69,6 @@ def _go_seconds(text: str) -> float:
     parts = _GO_PART.findall(text)
     assert parts and "".join(n + u for n, u in parts) == text, f"not a Go duration: {text!r}"
     return sum(float(n) * _GO_UNITS[u] for n, u in parts)
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 @functools.cache
@@ -381,7 +371,7 @@ def test_backend_tls_policy_checks_the_certificate_the_gateway_serves(scenario: 
 
 def test_backend_tls_hostname_override_joins_the_gateway_certificate() -> None:
     hostname = "imaging-gateway.internal.example"
-    values = _merge(
+    values = overlay(
         scenario_values("entry-tls"),
         {"entry": {"gatewayAPI": {"backendTLS": {"hostname": hostname}}}},
     )
@@ -589,7 +579,7 @@ GATEWAY_REF = {"name": "hospital-gateway-ca", "kind": "Issuer", "group": "cert-m
 )
 def test_issuer_refs_replace_the_bootstrapped_cas(refs: dict[str, Obj]) -> None:
     cm = {domain: {"issuerRef": ref} for domain, ref in refs.items()}
-    objs = parse_manifests(render(_merge(scenario_values("entry-tls"), {"certManager": cm})))
+    objs = parse_manifests(render(overlay(scenario_values("entry-tls"), {"certManager": cm})))
     own = [d for d in ("internal", "gateway") if d not in refs]
     cas = [c for c in of_kind(objs, "Certificate") if c["spec"].get("isCA")]
     assert {c["metadata"]["name"] for c in cas} == {component_name(f"{d}-ca") for d in own}
@@ -621,7 +611,7 @@ FAILURES = {
         "entry.gatewayAPI.parentRefs is required",
     ),
     "backendTLS without caCertificateRefs": (
-        _merge(
+        overlay(
             scenario_values("entry-tls"),
             {"entry": {"gatewayAPI": {"backendTLS": {"caCertificateRefs": []}}}},
         ),
@@ -632,25 +622,25 @@ FAILURES = {
         "entry.ingress.hosts is required",
     ),
     "load balancer Cluster with gatewayIngressFrom": (
-        _merge(
+        overlay(
             scenario_values("mtls"),
             {"entry": {"loadBalancer": {"externalTrafficPolicy": "Cluster"}}},
         ),
         "entry.loadBalancer.externalTrafficPolicy must be Local",
     ),
     "load balancer without source ranges behind a restricted policy": (
-        _merge(
+        overlay(
             scenario_values("mtls"),
             {"entry": {"loadBalancer": {"loadBalancerSourceRanges": []}}},
         ),
         "entry.loadBalancer.loadBalancerSourceRanges is empty",
     ),
     "edge route with TLS and no caller authentication": (
-        _merge(scenario_values("entry-tls"), {"gateway": {"auth": {"apiKeysSecret": ""}}}),
+        overlay(scenario_values("entry-tls"), {"gateway": {"auth": {"apiKeysSecret": ""}}}),
         "entry.gatewayAPI ends the callers' TLS",
     ),
     "terminating Ingress with TLS and no caller authentication": (
-        _merge(
+        overlay(
             scenario_values("openshift"),
             {
                 "gateway": {"auth": {"apiKeysSecret": ""}},
@@ -660,11 +650,13 @@ FAILURES = {
         "entry.ingress ends the callers' TLS",
     ),
     "request timeout on a GRPCRoute": (
-        _merge(scenario_values("entry-tls"), {"entry": {"gatewayAPI": {"requestTimeout": "360s"}}}),
+        overlay(
+            scenario_values("entry-tls"), {"entry": {"gatewayAPI": {"requestTimeout": "360s"}}}
+        ),
         "entry.gatewayAPI.requestTimeout applies to an HTTPRoute only",
     ),
     "one Secret for two certificates": (
-        _merge(
+        overlay(
             scenario_values("entry-tls"),
             {"certManager": {"entryClient": {"secretName": "imaging-gateway-tls"}}},
         ),
@@ -882,7 +874,7 @@ def test_secure_as_shipped(scenario: str) -> None:
 def test_passthrough_callers_need_no_key_but_the_notes_warn() -> None:
     """Passthrough callers are identified by their own certificates: allowed without keys, with
     a warning in the notes; with keys, no warning."""
-    values = _merge(scenario_values("openshift"), {"gateway": {"auth": {"apiKeysSecret": ""}}})
+    values = overlay(scenario_values("openshift"), {"gateway": {"auth": {"apiKeysSecret": ""}}})
     notes = next(v for k, v in render(values).items() if k.endswith("NOTES.txt"))
     assert "Warning: the gateway is reachable from outside the cluster" in notes
     notes = next(
@@ -902,7 +894,7 @@ def test_bootstrapped_cas_keep_their_key_and_leaves_rotate() -> None:
 def test_request_timeout_follows_the_gateway_api_duration_format() -> None:
     with pytest.raises(helm.HelmValuesError, match="requestTimeout"):
         render(
-            _merge(
+            overlay(
                 scenario_values("dev-cpu"), {"entry": {"gatewayAPI": {"requestTimeout": "1.5s"}}}
             )
         )

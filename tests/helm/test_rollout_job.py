@@ -37,6 +37,7 @@ from chart_support import (
     mounted_volume,
     objects,
     of_kind,
+    overlay,
     parse_manifests,
     pod_spec,
     pods_selected,
@@ -58,19 +59,9 @@ ACTIONS = ("rollout", "retire")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def with_job(base: dict[str, Any] | None = None, **job: Any) -> dict[str, Any]:
     """``base`` with explicit model control, rollout RBAC and the Job on (MODEL, VERSION)."""
-    return _merge(
+    return overlay(
         base or {},
         {
             "triton": {"modelControlMode": "explicit"},
@@ -165,7 +156,9 @@ def test_job_renders_only_with_explicit_control_and_the_job_enabled(scenario: st
 def test_explicit_control_alone_renders_no_job() -> None:
     values = {"triton": {"modelControlMode": "explicit"}, "rollout": {"rbac": {"create": True}}}
     assert not of_kind(parse_manifests(render(values)), "Job")
-    production = _merge(scenario_values("gpu-production"), {"rollout": {"job": {"enabled": False}}})
+    production = overlay(
+        scenario_values("gpu-production"), {"rollout": {"job": {"enabled": False}}}
+    )
     assert not of_kind(parse_manifests(render(production)), "Job")
 
 
