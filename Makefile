@@ -27,7 +27,7 @@ soak: setup test-packages
 	IMAGING_KILL_POINTS=$(KILL_POINTS) IMAGING_EXPORT_KILL_POINTS=$(EXPORT_KILL_POINTS) \
 		$(BIN)/pytest -k kill tests/integration/test_ingest_stack.py tests/integration/test_export_stack.py
 
-# Debian packages only the tests use (dciodvfy, dsrdump, Orthanc, Prometheus), installed with
+# Debian packages only the tests use (dciodvfy, dsrdump, Orthanc, Prometheus, nginx), installed with
 # no daemon started or enabled; the main job (make demo) needs none. See the README's list.
 test-packages:
 	bash scripts/system-packages.sh test
