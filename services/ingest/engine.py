@@ -20,9 +20,9 @@ import asyncio
 import json
 import logging
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -59,6 +59,26 @@ _CAS_ATTEMPTS = 50
 
 class EngineUnavailable(RuntimeError):
     """The queue engine did not acknowledge in time (down, partitioned, or overloaded)."""
+
+
+T = TypeVar("T")
+
+
+def bridge(
+    loop: asyncio.AbstractEventLoop, timeout: float
+) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """How the SCP's handler threads run the engine's coroutines on the service's loop: an
+    answer later than ``timeout`` is EngineUnavailable (0xA700), and the call is cancelled."""
+
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError as err:
+            future.cancel()
+            raise EngineUnavailable("no acknowledgement in time") from err
+
+    return run
 
 
 class SyncNotAlways(RuntimeError):

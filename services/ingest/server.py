@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -28,7 +28,7 @@ from services.common.settings import IngestSettings
 from services.ingest import monitoring
 from services.ingest.destinations import Destinations
 from services.ingest.dimse import HandshakeServer, Received, Receiver, start_scp
-from services.ingest.engine import Engine, EngineUnavailable, Outbox, SyncNotAlways
+from services.ingest.engine import Engine, Outbox, SyncNotAlways, bridge
 from services.ingest.exporter import Exporter
 from services.ingest.peers import Peers
 from services.ingest.senders import senders_for
@@ -39,7 +39,6 @@ from services.ingest.worker import Analyst, Completer, GatewayCaller
 
 log = logging.getLogger("imaging.ingest")
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name
-T = TypeVar("T")
 _CONNECT_SECONDS = 60.0
 
 
@@ -173,14 +172,6 @@ def start(settings: IngestSettings) -> RunningIngest:
     if "receiver" in roles:
         engine: Engine = held["engine"]
 
-        def run(coro: Coroutine[Any, Any, T]) -> T:
-            future = asyncio.run_coroutine_threadsafe(coro, running.loop)
-            try:
-                return future.result(settings.nats_timeout_seconds)
-            except TimeoutError as err:
-                future.cancel()
-                raise EngineUnavailable("no acknowledgement in time") from err
-
         def audit(received: Received) -> None:
             if trail is not None:
                 trail.record(
@@ -198,7 +189,7 @@ def start(settings: IngestSettings) -> RunningIngest:
         receiver = Receiver(
             spool,
             peers,
-            run,
+            bridge(running.loop, settings.nats_timeout_seconds),
             engine.change,
             audit,
             settings.quiet_seconds,

@@ -13,18 +13,18 @@ the association of the request itself.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pydicom
 import pytest
+from loop_thread import LoopThread
 from orthanc import Orthanc, running_orthanc
 from ports import refused_port
 from pydicom.dataset import Dataset
@@ -39,7 +39,7 @@ from services.common.tls_files import PLAINTEXT
 from services.ingest.delivery import Delivery, Document, PermanentFailure, TransientFailure
 from services.ingest.destinations import DicomDestination
 from services.ingest.dimse import HandshakeServer, Receiver, start_scp
-from services.ingest.engine import Engine, EngineUnavailable
+from services.ingest.engine import Engine
 from services.ingest.peers import Peers
 from services.ingest.senders.dicom import (
     STORAGE_COMMITMENT_INSTANCE,
@@ -62,31 +62,6 @@ PRIVATE_SOP_CLASS = "1.2.826.0.1.3680043.8.498.1.99.1"
 # -- wiring: the ingest's SCP, as in test_ingest_receiver.py ------------------------------------
 
 
-class LoopThread:
-    """The service's event loop in a thread (the SCP's handlers run on other threads)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(10.0)
-        except TimeoutError as err:
-            future.cancel()
-            raise EngineUnavailable("no acknowledgement in time") from err
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture(scope="module")
 def commitments() -> Commitments:
     return Commitments()
@@ -105,7 +80,7 @@ def scp(tmp_path_factory: pytest.TempPathFactory, commitments: Commitments) -> I
     receiver = Receiver(
         spool,
         Peers.load(None),
-        loop.run,
+        loop.receiver_run(10.0),
         engine.change,
         lambda received: None,
         30.0,

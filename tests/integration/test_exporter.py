@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from loop_thread import LoopThread
 from ports import pick_port
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import AE, evt
@@ -67,20 +67,6 @@ class Peer:
             self.server = None
 
 
-class Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @pytest.fixture(scope="module")
 def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("nats"), port=0, monitoring=0)
@@ -91,7 +77,7 @@ def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
 
 @dataclass
 class Rig:
-    loop: Loop
+    loop: LoopThread
     engine: Engine
     outbox: Outbox
     results: ResultStore
@@ -100,8 +86,8 @@ class Rig:
 
 
 def rig(nats: NatsServer, tmp_path: Path, destinations: dict[str, Any]) -> Rig:
-    loop = Loop()
-    engine = loop.run(
+    loop = LoopThread()
+    engine = loop.call(
         Engine.connect(nats.url, f"http://127.0.0.1:{nats.bound['monitoring']}", 5, 30)
     )
     spec = Destinations.model_validate(
@@ -118,7 +104,7 @@ def rig(nats: NatsServer, tmp_path: Path, destinations: dict[str, Any]) -> Rig:
 
 def stop(r: Rig) -> None:
     r.task.cancel()
-    r.loop.run(r.engine.close())
+    r.loop.call(r.engine.close())
     r.loop.close()
 
 
@@ -177,7 +163,7 @@ def sop_of(r: Rig, key: str) -> str:
 
 
 def state(r: Rig, destination: str, key: str) -> ExportState | None:
-    record = r.loop.run(r.outbox.get(export_key(destination, key)))
+    record = r.loop.call(r.outbox.get(export_key(destination, key)))
     return None if record is None else record.state
 
 
@@ -190,11 +176,11 @@ def test_a_dead_destination_blocks_neither_the_other_nor_other_studies(
     try:
         queued = [stored_result(r) for _ in range(5)]
         for record, key in queued:
-            assert r.loop.run(r.exporter.enqueue(record, key)) == 2
+            assert r.loop.call(r.exporter.enqueue(record, key)) == 2
         # Queued again (a redelivered analysis job): the same message ids, so each peer still
         # gets each result once (checked below: no SOP instance twice).
         record, key = queued[0]
-        r.loop.run(r.exporter.enqueue(record, key))
+        r.loop.call(r.exporter.enqueue(record, key))
         sops = [sop_of(r, key) for _, key in queued]
         wait_until(lambda: sorted(live.stored) == sorted(sops), 60, "every result at the live peer")
         wait_until(
@@ -202,7 +188,7 @@ def test_a_dead_destination_blocks_neither_the_other_nor_other_studies(
             60,
             "the dead destination's exports retrying with back-off",
         )
-        dead_record = r.loop.run(r.outbox.get(export_key("dead", queued[0][1])))
+        dead_record = r.loop.call(r.outbox.get(export_key("dead", queued[0][1])))
         assert dead_record is not None and dead_record.status == "connection"
         # Back: everything arrives, each once.
         dead.start()
@@ -227,11 +213,11 @@ def test_a_refused_sop_class_is_dead_lettered_at_once_and_retried_by_hand(
     r = rig(nats, tmp_path, {"strict": dicom(refusing.port)})
     try:
         record, key = stored_result(r)
-        r.loop.run(r.exporter.enqueue(record, key))
+        r.loop.call(r.exporter.enqueue(record, key))
         wait_until(
             lambda: state(r, "strict", key) == ExportState.DEAD_LETTERED, 60, "dead-lettered"
         )
-        dead = r.loop.run(r.outbox.get(export_key("strict", key)))
+        dead = r.loop.call(r.outbox.get(export_key("strict", key)))
         assert dead is not None
         assert (dead.attempts, dead.status) == (1, "sop-class-not-supported")
         # Fixed (the peer now takes the class): `exports retry` delivers it.
@@ -239,7 +225,7 @@ def test_a_refused_sop_class_is_dead_lettered_at_once_and_retried_by_hand(
         fixed = Peer(refusing.port)
         fixed.start()
         try:
-            again = r.loop.run(retry_export(r.outbox, export_key("strict", key), time.time()))
+            again = r.loop.call(retry_export(r.outbox, export_key("strict", key), time.time()))
             assert again is not None and again.state == ExportState.PENDING
             wait_until(lambda: fixed.stored == [sop_of(r, key)], 60, "delivered after the retry")
             wait_until(lambda: state(r, "strict", key) == ExportState.DELIVERED, 30, "delivered")
@@ -257,10 +243,10 @@ def test_urgent_results_overtake_the_routine_backlog(nats: NatsServer, tmp_path:
     try:
         routine = [stored_result(r) for _ in range(20)]
         for record, key in routine:
-            r.loop.run(r.exporter.enqueue(record, key))
+            r.loop.call(r.exporter.enqueue(record, key))
         wait_until(lambda: len(slow.stored) >= 1, 30, "the routine backlog started")
         record, urgent = stored_result(r, "TRIAGE_PRIORITY_URGENT")
-        r.loop.run(r.exporter.enqueue(record, urgent))
+        r.loop.call(r.exporter.enqueue(record, urgent))
         wait_until(lambda: sop_of(r, urgent) in slow.stored, 60, "the urgent result delivered")
         position = slow.stored.index(sop_of(r, urgent))
         assert position <= 3, f"urgent delivered after {position} routine results"
@@ -275,15 +261,15 @@ def test_a_dropped_export_is_not_delivered(nats: NatsServer, tmp_path: Path) -> 
     r = rig(nats, tmp_path, {"later": dicom(down.port)})
     try:
         record, key = stored_result(r)
-        r.loop.run(r.exporter.enqueue(record, key))
+        r.loop.call(r.exporter.enqueue(record, key))
         wait_until(lambda: state(r, "later", key) == ExportState.RETRYING, 30, "retrying")
-        dropped = r.loop.run(drop_export(r.outbox, export_key("later", key), time.time()))
+        dropped = r.loop.call(drop_export(r.outbox, export_key("later", key), time.time()))
         assert dropped is not None and dropped.state == ExportState.DROPPED
         down.start()
         # The next attempt finds it dropped and acknowledges it without sending: the peer
         # stays empty while a second result, queued after, is delivered.
         record2, key2 = stored_result(r)
-        r.loop.run(r.exporter.enqueue(record2, key2))
+        r.loop.call(r.exporter.enqueue(record2, key2))
         wait_until(lambda: down.stored == [sop_of(r, key2)], 60, "the second result delivered")
         assert state(r, "later", key) == ExportState.DROPPED
     finally:
@@ -298,12 +284,12 @@ def test_listings_leave_no_watch_consumers_behind(nats: NatsServer, tmp_path: Pa
     r = rig(nats, tmp_path, {"any": dicom(pick_port())})
     try:
         for _ in range(60):
-            r.loop.run(r.engine.studies())
-            r.loop.run(r.outbox.all())
+            r.loop.call(r.engine.studies())
+            r.loop.call(r.outbox.all())
 
         def consumers() -> int:
             buckets = ("KV_imaging-studies", "KV_imaging-exports")
-            infos = [r.loop.run(r.engine.js.stream_info(b)) for b in buckets]
+            infos = [r.loop.call(r.engine.js.stream_info(b)) for b in buckets]
             return sum(i.state.consumer_count for i in infos)
 
         assert consumers() > 0  # the listings' watchers were real consumers

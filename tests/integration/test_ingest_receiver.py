@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from loop_thread import LoopThread
 from prometheus_client import REGISTRY
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -64,7 +65,7 @@ from services.ingest.dimse import (
     Receiver,
     start_scp,
 )
-from services.ingest.engine import Engine, EngineUnavailable, SyncNotAlways
+from services.ingest.engine import Engine, SyncNotAlways
 from services.ingest.peers import Peers
 from services.ingest.spool import Fsync, Spool
 
@@ -80,36 +81,6 @@ TRAILING_PADDING = 0xFFFCFFFC  # Data Set Trailing Padding (PS3.10)
 
 
 # -- wiring ------------------------------------------------------------------------------------
-
-
-class LoopThread:
-    """The service's event loop, run in a thread (the SCP's handlers are on other threads)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def receiver_run(self, timeout: float) -> Callable[[Coroutine[Any, Any, Any]], Any]:
-        """What services/ingest/server.py gives the receiver as ``run``."""
-
-        def run(coro: Coroutine[Any, Any, T]) -> T:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-            try:
-                return future.result(timeout)
-            except TimeoutError as err:
-                future.cancel()
-                raise EngineUnavailable("no acknowledgement in time") from err
-
-        return run
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 def monitoring_url(server: NatsServer) -> str:
