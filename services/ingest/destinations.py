@@ -161,22 +161,24 @@ class DicomDestination(_Destination):
         return document != "fhir"
 
 
-class DicomWebDestination(_Destination):
-    type: Literal["dicomweb"]
+class _HttpDestination(_Destination):
+    """What every HTTP destination has (senders/http.py reads these)."""
+
     url: str = Field(pattern=r"^https?://")
     auth: HttpAuth | None = None
     ca_file: Path | None = None
+
+
+class DicomWebDestination(_HttpDestination):
+    type: Literal["dicomweb"]
     timeout_seconds: float = Field(60.0, gt=0)
 
     def accepts(self, document: str) -> bool:
         return document != "fhir"
 
 
-class FhirDestination(_Destination):
+class FhirDestination(_HttpDestination):
     type: Literal["fhir"]
-    url: str = Field(pattern=r"^https?://")
-    auth: HttpAuth | None = None
-    ca_file: Path | None = None
     timeout_seconds: float = Field(30.0, gt=0)
 
     def accepts(self, document: str) -> bool:
